@@ -1,0 +1,77 @@
+"""Exact conversions between what a network predicts and the (data, noise) pair every solver needs.
+
+With ``x = alpha x0 + sigma eps`` each prediction type is an affine function of ``(x, out)``:
+
+============== ============================== ===============================================
+prediction     x0                             eps
+============== ============================== ===============================================
+epsilon        (x - sigma out) / alpha        out
+sample         out                            (x - alpha out) / sigma
+v_prediction   (alpha x - sigma out) / n2     (sigma x + alpha out) / n2,   n2 = alpha^2+sigma^2
+score          (x + sigma^2 out) / alpha      -sigma out
+velocity       (s' x - sigma out) / det       (alpha out - a' x) / det,     det = alpha s' - sigma a'
+============== ============================== ===============================================
+
+(``v = alpha eps - sigma x0`` as in Salimans & Ho; ``velocity = a' x0 + s' eps = dx/dt`` as in flow matching.)
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+Prediction = Literal["epsilon", "sample", "v_prediction", "score", "velocity"]
+PREDICTIONS: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "score", "velocity")
+
+
+class Affine(NamedTuple):
+    """``x0 = x0_x x + x0_out out`` and ``eps = eps_x x + eps_out out``."""
+
+    x0_x: float
+    x0_out: float
+    eps_x: float
+    eps_out: float
+
+
+def check_prediction(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction: unknown type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+
+
+def conversion(prediction: str, alpha: float, sigma: float, dalpha: float = 0.0, dsigma: float = 0.0) -> Affine:
+    """The affine map from a model output of type ``prediction`` to (x0, eps) at noise level (alpha, sigma)."""
+    check_prediction(prediction)
+    if prediction in ("epsilon", "score") and alpha <= 0:
+        raise ValueError(
+            f"prediction: {prediction!r} cannot recover x0 where alpha(t) = {alpha} (pure noise); "
+            "use a t_max with alpha > 0, or a model that predicts 'velocity', 'v_prediction' or 'sample'"
+        )
+    if prediction == "epsilon":
+        return Affine(1.0 / alpha, -sigma / alpha, 0.0, 1.0)
+    if prediction == "score":
+        return Affine(1.0 / alpha, sigma * sigma / alpha, 0.0, -sigma)
+    if prediction == "sample":
+        return Affine(0.0, 1.0, 1.0 / sigma, -alpha / sigma)
+    if prediction == "v_prediction":
+        n2 = alpha * alpha + sigma * sigma
+        return Affine(alpha / n2, -sigma / n2, sigma / n2, alpha / n2)
+    det = alpha * dsigma - sigma * dalpha
+    if det == 0:
+        raise ValueError("prediction: 'velocity' needs alpha sigma' - sigma alpha' != 0")
+    return Affine(dsigma / det, -sigma / det, -dalpha / det, alpha / det)
+
+
+def output_from(prediction: str, x0, eps, alpha: float, sigma: float, dalpha: float = 0.0, dsigma: float = 0.0):  # type: ignore[no-untyped-def]
+    """The model output of type ``prediction`` that corresponds to (x0, eps): the inverse of :func:`conversion`.
+
+    Works on tensors or arrays; used by the exact targets to act as a model of any type.
+    """
+    check_prediction(prediction)
+    if prediction == "epsilon":
+        return eps
+    if prediction == "sample":
+        return x0
+    if prediction == "score":
+        return -eps / sigma
+    if prediction == "v_prediction":
+        return alpha * eps - sigma * x0
+    return dalpha * x0 + dsigma * eps

@@ -1,0 +1,8 @@
+"""Noise schedules ``x_t = alpha(t) x0 + sigma(t) eps``."""
+
+from .base import NoiseSchedule
+from .flow import Flow, Interpolant
+from .ve import EDM, VE
+from .vp import VP, Cosine, DiscreteVP, zero_terminal_snr
+
+__all__ = ["NoiseSchedule", "VP", "Cosine", "DiscreteVP", "VE", "EDM", "Flow", "Interpolant", "zero_terminal_snr"]
