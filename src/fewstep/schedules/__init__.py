@@ -5,4 +5,14 @@ from .flow import Flow, Interpolant
 from .ve import EDM, VE
 from .vp import VP, Cosine, DiscreteVP, zero_terminal_snr
 
-__all__ = ["NoiseSchedule", "VP", "Cosine", "DiscreteVP", "VE", "EDM", "Flow", "Interpolant", "zero_terminal_snr"]
+__all__ = [
+    "NoiseSchedule",
+    "VP",
+    "Cosine",
+    "DiscreteVP",
+    "VE",
+    "EDM",
+    "Flow",
+    "Interpolant",
+    "zero_terminal_snr",
+]

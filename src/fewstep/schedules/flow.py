@@ -73,7 +73,9 @@ class Interpolant(NoiseSchedule):
         t_max: float = 1.0,
     ):
         if not (callable(alpha_fn) and callable(sigma_fn)):
-            raise TypeError("alpha_fn, sigma_fn: must be callables mapping a float64 tensor of times to a tensor")
+            raise TypeError(
+                "alpha_fn, sigma_fn: must be callables mapping a float64 tensor of times to a tensor"
+            )
         check_range("Interpolant", t_min, t_max)
         self.alpha_fn, self.sigma_fn = alpha_fn, sigma_fn
         self.dalpha_fn, self.dsigma_fn = dalpha_fn, dsigma_fn
@@ -81,10 +83,14 @@ class Interpolant(NoiseSchedule):
         grid = torch.linspace(t_min, t_max, 257, dtype=torch.float64)
         a, s = self.alpha(grid), self.sigma(grid)
         if torch.any(s[:-1] <= 0) or torch.any(a[1:] < 0) or torch.any(a[:-1] <= 0):
-            raise ValueError("alpha_fn, sigma_fn: need sigma > 0 and alpha > 0 on [t_min, t_max) (alpha may be 0 at t_max)")
+            raise ValueError(
+                "alpha_fn, sigma_fn: need sigma > 0 and alpha > 0 on [t_min, t_max) (alpha may be 0 at t_max)"
+            )
         lam = self.lambda_(grid)
         if not torch.all(torch.diff(lam) < 0):
-            raise ValueError("alpha_fn, sigma_fn: lambda = log(alpha/sigma) must decrease strictly on [t_min, t_max]")
+            raise ValueError(
+                "alpha_fn, sigma_fn: lambda = log(alpha/sigma) must decrease strictly on [t_min, t_max]"
+            )
         self.alpha_clean = float(alpha_fn(torch.zeros((), dtype=torch.float64)))
 
     def alpha(self, t: TimeLike) -> Tensor:

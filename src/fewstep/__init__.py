@@ -1,0 +1,28 @@
+"""fewstep: training-free fast samplers for diffusion and flow-matching models."""
+
+from . import schedules, solvers, spacing
+from .denoiser import Denoiser, NonFiniteModelOutput, Threshold
+from .predictions import PREDICTIONS
+from .sampling import sample
+from .schedules import EDM, VE, VP, Cosine, DiscreteVP, Flow, Interpolant, NoiseSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "sample",
+    "Denoiser",
+    "Threshold",
+    "NonFiniteModelOutput",
+    "PREDICTIONS",
+    "NoiseSchedule",
+    "VP",
+    "Cosine",
+    "DiscreteVP",
+    "VE",
+    "EDM",
+    "Flow",
+    "Interpolant",
+    "schedules",
+    "solvers",
+    "spacing",
+]

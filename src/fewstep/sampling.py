@@ -1,0 +1,139 @@
+"""``fewstep.sample``: the one entry point from a model and a noise tensor to samples."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .denoiser import Denoiser, Threshold
+from .schedules import NoiseSchedule
+from .solvers import Grid, Solver, get_solver
+from .solvers.grid import Callback
+from .spacing import model_times
+
+Final = Literal["zero", "t_min"]
+
+
+def sample(
+    model: Callable[..., Tensor] | Denoiser,
+    noise: Tensor,
+    schedule: NoiseSchedule | None = None,
+    solver: str | Solver = "dpmpp_3m",
+    nfe: int | None = None,
+    spacing: str | Tensor | np.ndarray | list[float] = "logsnr",
+    prediction: str = "epsilon",
+    generator: torch.Generator | None = None,
+    *,
+    steps: int | None = None,
+    final: Final = "zero",
+    time_input: str | Callable[[Tensor], Tensor] = "auto",
+    model_kwargs: Mapping[str, Any] | None = None,
+    guidance_scale: float = 1.0,
+    uncond_kwargs: Mapping[str, Any] | None = None,
+    guidance_rescale: float = 0.0,
+    threshold: Threshold | None = None,
+    rho: float = 7.0,
+    callback: Callback | None = None,
+    progress: bool | None = None,
+    **solver_options: Any,
+) -> Tensor:
+    """Solve from ``noise`` (the state at the first time, ``t_max`` unless ``spacing`` gives times) to data.
+
+    Args:
+        model: the network, called as ``model(x, time, **model_kwargs)``, or a prepared :class:`Denoiser`.
+        noise: the initial state ``x_{t_max}`` (N(0, I) for VP schedules, scaled by sigma_max for VE/EDM).
+        schedule: the :class:`NoiseSchedule` the model was trained with (ignored if ``model`` is a Denoiser).
+        solver: a name from :func:`fewstep.solvers.available` or a :class:`Solver` instance.
+        nfe: the exact number of model evaluations to spend (give this or ``steps``).
+        spacing: a spacing name (:mod:`fewstep.spacing`) or the model-evaluation times themselves.
+        prediction: what the model returns: epsilon, sample, v_prediction, score or velocity.
+        generator: for stochastic solvers.
+        steps: the number of solver steps (instead of ``nfe``).
+        final: ``"zero"`` ends with a step to sigma = 0 (the clean data); ``"t_min"`` ends at the last time.
+        time_input: the model's time convention, see :class:`Denoiser`.
+        callback: called after each step with ``{"i", "t", "x", "denoised"}``.
+        progress: show a tqdm bar (default: when the run spends 100 or more evaluations).
+        solver_options: options of the named solver (e.g. ``lower_order_final=False``).
+
+    Returns:
+        The sample, with the shape, dtype and device of ``noise``. Float16/bfloat16 noise is integrated in
+        float32; the model is called in its own dtype.
+    """
+    if not isinstance(noise, Tensor):
+        raise TypeError(f"noise: must be a torch.Tensor, got {type(noise).__name__}")
+    if noise.ndim < 1 or noise.shape[0] < 1:
+        raise ValueError(f"noise: need a batch dimension first, got shape {tuple(noise.shape)}")
+    if isinstance(model, Denoiser):
+        denoiser = model
+    else:
+        if schedule is None:
+            raise TypeError("schedule: required (the NoiseSchedule the model was trained with)")
+        denoiser = Denoiser(
+            model,
+            schedule,
+            prediction,
+            time_input=time_input,
+            model_kwargs=dict(model_kwargs or {}),
+            guidance_scale=guidance_scale,
+            uncond_kwargs=uncond_kwargs,
+            guidance_rescale=guidance_rescale,
+            threshold=threshold,
+        )
+    schedule = denoiser.schedule
+    slv = get_solver(solver, **solver_options)
+    if final not in ("zero", "t_min"):
+        raise ValueError(f"final: choose 'zero' or 't_min', got {final!r}")
+    if (nfe is None) == (steps is None):
+        raise ValueError("nfe, steps: give exactly one of them")
+    for name, value in (("nfe", nfe), ("steps", steps)):
+        if value is not None and (
+            not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1
+        ):
+            raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+    clean_end = final == "zero"
+
+    if isinstance(spacing, str):
+        first_infinite = float(schedule.alpha(schedule.t_max)) == 0.0
+        n_steps = steps if steps is not None else slv.steps_for_nfe(int(nfe), first_infinite, clean_end)  # type: ignore[arg-type]
+        times = model_times(schedule, n_steps if clean_end else n_steps + 1, spacing, rho=rho)
+    else:
+        times = model_times(schedule, 1, spacing)
+        n_steps = len(times) if clean_end else len(times) - 1
+        if n_steps < 1:
+            raise ValueError("spacing: with final='t_min' give at least two times")
+        if steps is not None and steps != n_steps:
+            raise ValueError(f"steps: {steps} does not match the {len(times)} times given in spacing")
+    node_t = np.concatenate([times.numpy(), [math.nan]]) if clean_end else times.numpy()
+
+    dtype = torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype
+    if not dtype.is_floating_point:
+        raise TypeError(f"noise: must be a floating-point tensor, got {noise.dtype}")
+    grid = Grid(
+        denoiser,
+        node_t,
+        clean_end,
+        batch=noise.shape[0],
+        device=noise.device,
+        dtype=dtype,
+        callback=callback,
+        generator=generator,
+        nfe_budget=int(nfe) if nfe is not None and isinstance(spacing, str) else None,
+    )
+    expected = slv.nfe(grid)
+    if nfe is not None and expected != nfe:
+        raise ValueError(
+            f"nfe: {slv.name!r} spends {expected} evaluations on these {n_steps} steps, not {nfe}"
+        )
+    grid.progress = progress if progress is not None else expected >= 100
+    start = denoiser.nfe
+    x = slv.solve(noise.to(dtype), grid)
+    denoiser.raise_if_nonfinite()
+    used = denoiser.nfe - start
+    if used != expected:  # an internal invariant: the plan and the run must agree
+        raise RuntimeError(f"solver {slv.name!r} used {used} evaluations, planned {expected}")
+    return x.to(noise.dtype)

@@ -1,0 +1,123 @@
+"""The solver interface and registry.
+
+A solver is a small class: class attributes describe it (order, NFE per step, paper, peer names),
+``__init__`` takes and validates its options, :meth:`Solver.step_orders` says which order each step of a
+grid uses (so the NFE of a run is known before it starts) and :meth:`Solver.solve` is the update rule.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from .grid import Grid
+
+
+@dataclass(frozen=True)
+class SolverInfo:
+    name: str
+    order: int
+    nfe_per_step: int
+    stochastic: bool
+    summary: str
+    paper: str
+    peers: str
+
+
+class Solver:
+    name: ClassVar[str]
+    order: ClassVar[int]
+    nfe_per_step: ClassVar[int] = 1
+    stochastic: ClassVar[bool] = False
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    peers: ClassVar[str] = ""
+    #: True for solvers stepping in lambda (they take a first-order step where lambda is infinite);
+    #: False for solvers stepping in the noise level (Euler/Heun), which only lower the order to a clean end.
+    lambda_based: ClassVar[bool] = True
+
+    def step_orders(self, grid: Grid) -> list[int]:
+        """The order used on each step (1 on a step of infinite size)."""
+        if self.lambda_based:
+            return [self.order if grid.finite(i) else 1 for i in range(grid.steps)]
+        return [1 if grid.clean_end and i == grid.steps - 1 else self.order for i in range(grid.steps)]
+
+    def step_nfe(self, order: int) -> int:
+        """Model evaluations spent by one step at the given order (a singlestep method spends its order)."""
+        return order if self.nfe_per_step > 1 else 1
+
+    def nfe(self, grid: Grid) -> int:
+        return sum(self.step_nfe(o) for o in self.step_orders(grid))
+
+    def steps_for_nfe(self, nfe: int, first_infinite: bool, clean_end: bool) -> int:
+        """The number of steps that spends exactly ``nfe`` evaluations (ValueError when impossible).
+
+        Steps of infinite lambda-size (from alpha = 0, or to a clean end) run at order 1 and cost one evaluation.
+        """
+        per = self.nfe_per_step
+        if per == 1:
+            return nfe
+        forced = int(first_infinite and self.lambda_based) + int(clean_end)
+        if nfe == 1 and forced:
+            return 1
+        steps, rest = divmod(nfe + (per - 1) * forced, per)
+        if rest or steps < max(forced, 1):
+            ok = [n for n in range(1, 4 * per + 1) if (n + (per - 1) * forced) % per == 0]
+            raise ValueError(
+                f"nfe: {self.name!r} spends {per} evaluations per step ({forced} single-evaluation end step(s) here), "
+                f"so nfe={nfe} cannot be spent exactly; possible values start {ok[:6]}"
+            )
+        return steps
+
+    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def info(cls) -> SolverInfo:
+        return SolverInfo(
+            cls.name, cls.order, cls.nfe_per_step, cls.stochastic, cls.summary, cls.paper, cls.peers
+        )
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({opts})"
+
+
+_REGISTRY: dict[str, type[Solver]] = {}
+
+
+def register(cls: type[Solver]) -> type[Solver]:
+    """Class decorator: make a solver available by its name."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"solver name {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[SolverInfo]:
+    """Every solver, with its order, model evaluations per step and whether it is stochastic."""
+    return [cls.info() for cls in _REGISTRY.values()]
+
+
+def get_solver(solver: str | Solver, **options: Any) -> Solver:
+    """A solver instance from a name (and options) or an instance (no options then)."""
+    if isinstance(solver, Solver):
+        if options:
+            raise TypeError(
+                f"solver options {sorted(options)} given with a solver instance; pass them to its constructor"
+            )
+        return solver
+    if not isinstance(solver, str):
+        raise TypeError(f"solver: must be a solver name or a Solver instance, got {type(solver).__name__}")
+    if solver not in _REGISTRY:
+        raise ValueError(f"solver: unknown name {solver!r}; choose one of {', '.join(_REGISTRY)}")
+    cls = _REGISTRY[solver]
+    params = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        allowed = [p for p in params if p != "self"]
+        raise TypeError(f"solver {solver!r}: unknown option(s) {unknown}; allowed: {allowed or 'none'}")
+    return cls(**options)

@@ -1,0 +1,28 @@
+"""DDIM (Song, Meng & Ermon 2021), deterministic (eta = 0)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .base import Solver, register
+from .grid import Grid
+
+
+@register
+class DDIM(Solver):
+    """``x_{i+1} = alpha_{i+1} x0_hat(x_i) + sigma_{i+1} eps_hat(x_i)`` (DDIM eq. 12 with eta = 0)."""
+
+    name = "ddim"
+    order = 1
+    lambda_based = False
+    summary = "DDIM: re-noise the data estimate with the predicted noise"
+    paper = "Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models"
+    peers = "diffusers DDIMScheduler"
+
+    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+        alpha, sigma = grid.alpha.tolist(), grid.sigma.tolist()
+        for i in grid.loop():
+            x0, eps = grid(x, grid.node(i))
+            x = alpha[i + 1] * x0 + sigma[i + 1] * eps
+            grid.emit(i, x, x0)
+        return x

@@ -1,0 +1,161 @@
+"""DPM-Solver++ with the data prediction (Lu et al. 2022, "DPM-Solver++", Alg. 1 and 2 and App. B).
+
+With ``h = lambda_t - lambda_s`` and ``D_j`` the data estimates:
+
+- first order:  ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) D_s``
+- 2S (singlestep, r = 1/2): ``u = (sigma_s1/sigma_s) x_s - alpha_s1 (e^{-r h} - 1) D_s``;
+  ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) ((1 - 1/(2r)) D_s + 1/(2r) D(u, s1))``
+- 2M (multistep, ``r = h_{i-1}/h``): ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) ((1 + 1/(2r)) D_i - 1/(2r) D_{i-1})``
+- 3M: ``x_t = (sigma_t/sigma_s) x_s + alpha_t (h phi_1(-h) D_i + h phi_2(-h) D1 + h phi_3(-h) D2)`` with the
+  divided differences ``D1``, ``D2`` of the last three data estimates in lambda (Taylor coefficients scaled by h).
+
+Multistep solvers warm up with lower orders; with ``lower_order_final`` (default, as diffusers) the last
+step is first order when it goes to sigma = 0 or when there are fewer than 15 steps, and the one before it at
+most second order in the latter case. A step of infinite lambda-size is always first order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from torch import Tensor
+
+from .base import Solver, register
+from .grid import Grid
+from .phi import hphi
+
+PAPER_PP = "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
+
+
+def multistep_orders(grid: Grid, order: int, lower_order_final: bool) -> list[int]:
+    """Per-step orders of a multistep method: warm-up, lower-order final steps, first order on infinite steps."""
+    n = grid.steps
+    short = lower_order_final and n < 15
+    orders, history = [], 0  # history: previous steps with finite size that the current step can use
+    for i in range(n):
+        k = min(order, history + 1)
+        if i == n - 1 and (short or grid.clean_end):
+            k = 1
+        if i == n - 2 and short:
+            k = min(k, 2)
+        if not grid.finite(i):
+            k, history = 1, 0
+        else:
+            history += 1
+        orders.append(k)
+    return orders
+
+
+def multistep_weights(h: np.ndarray, i: int, order: int, d2_weight: str = "reference") -> list[float]:
+    """Weights ``w_j`` of the data estimates ``D_i, D_{i-1}, ...`` in ``alpha_t sum_j w_j D_{i-j}``.
+
+    For order 3, ``d2_weight="reference"`` gives D2 the weight ``h phi_3(-h)`` of DPM-Solver's reference code
+    (and of diffusers and k-diffusion); since ``D2 ~ h^2 x0''/2`` the Taylor-exact weight is ``2 h phi_3(-h)``
+    (``d2_weight="taylor"``), which makes the step exact for data estimates quadratic in lambda.
+    """
+    hi = h[i]
+    w1 = hphi(1, hi)
+    if order == 1:
+        return [w1]
+    w2 = hphi(2, hi) / hi  # h phi_2(-h)
+    r0 = h[i - 1] / hi
+    if order == 2:  # DPM-Solver++(2M), "midpoint" form: D1 = (D_i - D_{i-1}) / r0, weight w1 / 2 (eq. 13)
+        c = 0.5 * w1 / r0
+        return [w1 + c, -c]
+    w3 = hphi(3, hi) / hi**2  # h phi_3(-h)
+    r1 = h[i - 2] / hi
+    # D1_0 = (D_i - D_{i-1})/r0, D1_1 = (D_{i-1} - D_{i-2})/r1,
+    # D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1),  D2 = (D1_0 - D1_1)/(r0+r1)  (divided differences, scaled by h)
+    d10 = np.array([1.0, -1.0, 0.0]) / r0
+    d11 = np.array([0.0, 1.0, -1.0]) / r1
+    d1 = d10 + r0 / (r0 + r1) * (d10 - d11)
+    d2 = (d10 - d11) / (r0 + r1)
+    c2 = 2.0 * w3 if d2_weight == "taylor" else w3
+    return (np.array([w1, 0.0, 0.0]) + w2 * d1 + c2 * d2).tolist()
+
+
+class _Multistep(Solver):
+    """Shared loop of the data-prediction multistep solvers: ``x_t = (sigma_t/sigma_s) x_s + alpha_t sum_j w_j D_{i-j}``."""
+
+    paper = PAPER_PP
+
+    def __init__(self, lower_order_final: bool = True, d2_weight: str = "reference"):
+        if not isinstance(lower_order_final, bool):
+            raise TypeError(f"lower_order_final: must be a bool, got {lower_order_final!r}")
+        if d2_weight not in ("reference", "taylor"):
+            raise ValueError(f"d2_weight: choose 'reference' or 'taylor', got {d2_weight!r}")
+        self.lower_order_final = lower_order_final
+        self.d2_weight = d2_weight
+
+    def step_orders(self, grid: Grid) -> list[int]:
+        return multistep_orders(grid, self.order, self.lower_order_final)
+
+    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+        a, s, h = grid.alpha, grid.sigma, grid.h
+        coef = []
+        for i, k in enumerate(self.step_orders(grid)):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = s[i + 1] / s[i]  # 0 at a clean end
+            coef.append((ratio, [a[i + 1] * w for w in multistep_weights(h, i, k, self.d2_weight)]))
+        history: list[Tensor] = []
+        for i in grid.loop():
+            x0, _ = grid(x, grid.node(i))
+            history = [x0, *history[: self.order - 1]]
+            ratio, weights = coef[i]
+            x = ratio * x
+            for w, d in zip(weights, history, strict=False):
+                x = x + w * d
+            grid.emit(i, x, x0)
+        return x
+
+
+@register
+class DPMSolverPP2M(_Multistep):
+    name = "dpmpp_2m"
+    order = 2
+    summary = "DPM-Solver++(2M): second-order multistep, data prediction"
+    peers = "diffusers DPMSolverMultistepScheduler(solver_order=2); k-diffusion sample_dpmpp_2m"
+
+
+@register
+class DPMSolverPP3M(_Multistep):
+    name = "dpmpp_3m"
+    order = 3
+    summary = "DPM-Solver++(3M): third-order multistep, data prediction"
+    peers = "diffusers DPMSolverMultistepScheduler(solver_order=3)"
+
+
+@register
+class DPMSolverPP2S(Solver):
+    """DPM-Solver++(2S) with r = 1/2: the midpoint data estimate alone (k-diffusion's 2S at eta = 0)."""
+
+    name = "dpmpp_2s"
+    order = 2
+    nfe_per_step = 2
+    summary = "DPM-Solver++(2S): second-order singlestep, data prediction"
+    paper = PAPER_PP
+    peers = "k-diffusion sample_dpmpp_2s_ancestral(eta=0)"
+
+    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+        a, s, lam, h = grid.alpha, grid.sigma, grid.lam, grid.h
+        r = 0.5
+        plan: list[tuple] = []
+        for i, k in enumerate(self.step_orders(grid)):
+            if k == 1:
+                plan.append((None, a[i + 1], s[i + 1], 0.0))
+            else:
+                p1 = grid.point_at_lambda(lam[i] + r * h[i])
+                u = (p1.sigma / s[i], -p1.alpha * math.expm1(-r * h[i]))
+                plan.append((p1, u, s[i + 1] / s[i], -a[i + 1] * math.expm1(-h[i])))
+        for i in grid.loop():
+            x0, eps = grid(x, grid.node(i))
+            p1, c1, c2, c3 = plan[i]
+            if p1 is None:  # first order, in (x0, eps) form: finite at alpha_s = 0 and at sigma_t = 0
+                x = c1 * x0 + c2 * eps
+            else:
+                ux, ud = c1
+                x0_mid, _ = grid(ux * x + ud * x0, p1)
+                x = c2 * x + c3 * ((1 - 1 / (2 * r)) * x0 + 1 / (2 * r) * x0_mid)
+            grid.emit(i, x, x0)
+        return x

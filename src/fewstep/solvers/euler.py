@@ -1,0 +1,72 @@
+"""Euler and Heun on the probability-flow ODE in its noise level (k-diffusion / EDM form).
+
+With ``y = x / c`` and noise level ``tau`` (:meth:`Grid.ode_frame`): ``dy/dtau = a x0_hat + b eps_hat``
+(for diffusion schedules ``tau = sigma/alpha``, ``c = alpha`` and ``dy/dtau = eps_hat = (y - x0_hat)/tau``,
+EDM eq. 4; for flows ``tau = t``, ``c = 1`` and ``dy/dt = v``).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .base import Solver, register
+from .grid import Grid
+
+
+@register
+class Euler(Solver):
+    """Euler: ``y_{i+1} = y_i + (tau_{i+1} - tau_i) f(y_i, tau_i)``.
+
+    In the diffusion form this is algebraically DDIM (the data and noise estimates are held fixed).
+    """
+
+    name = "euler"
+    order = 1
+    lambda_based = False
+    summary = "Euler on the probability-flow ODE in sigma/alpha (or t for flows)"
+    paper = "Karras et al. 2022 (EDM), Alg. 1 without the correction"
+    peers = "k-diffusion sample_euler; diffusers EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler"
+
+    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+        tau, c = grid.ode_frame()
+        vel = [grid.ode_velocity(grid.node(i)) for i in range(grid.steps)]
+        # x_{i+1} = c_{i+1} (x_i / c_i + dtau f)
+        coef = [(c[i + 1] / c[i], c[i + 1] * (tau[i + 1] - tau[i])) for i in range(grid.steps)]
+        for i in grid.loop():
+            x0, eps = grid(x, grid.node(i))
+            (a, b), (cx, cf) = vel[i], coef[i]
+            x = cx * x + cf * (a * x0 + b * eps)
+            grid.emit(i, x, x0)
+        return x
+
+
+@register
+class Heun(Solver):
+    """Heun's second-order method (EDM Alg. 1): an Euler predictor, then the trapezoidal corrector
+    ``y_{i+1} = y_i + dtau (f(y_i, tau_i) + f(y~_{i+1}, tau_{i+1})) / 2``; the step to sigma = 0 is Euler."""
+
+    name = "heun"
+    order = 2
+    nfe_per_step = 2
+    lambda_based = False
+    summary = "Heun (trapezoidal predictor-corrector) on the probability-flow ODE"
+    paper = "Karras et al. 2022 (EDM), Alg. 1"
+    peers = "k-diffusion sample_heun; diffusers HeunDiscreteScheduler"
+
+    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+        tau, c = grid.ode_frame()
+        orders = self.step_orders(grid)
+        vel = [grid.ode_velocity(p) if p is not None else (0.0, 0.0) for p in grid.points]
+        coef = [(c[i + 1] / c[i], c[i + 1] * (tau[i + 1] - tau[i])) for i in range(grid.steps)]
+        for i in grid.loop():
+            x0, eps = grid(x, grid.node(i))
+            (a, b), (cx, cf) = vel[i], coef[i]
+            d = a * x0 + b * eps
+            x_pred = cx * x + cf * d
+            if orders[i] == 2:
+                x0_2, eps_2 = grid(x_pred, grid.node(i + 1))
+                a2, b2 = vel[i + 1]
+                x_pred = cx * x + (0.5 * cf) * (d + a2 * x0_2 + b2 * eps_2)
+            x = x_pred
+            grid.emit(i, x, x0)
+        return x

@@ -1,0 +1,111 @@
+"""``Grid``: the nodes of one sampling run, with every per-node quantity precomputed.
+
+Nodes ``t_0 > t_1 > ... > t_N`` in schedule time; the last node may be the clean end (sigma = 0,
+lambda = +inf), which is a target only and never evaluated. Node arrays are float64 numpy arrays; the
+evaluation :class:`~fewstep.denoiser.Point` of each model node (and of any intermediate time a solver
+asks for) is built before the step loop, so that the loop does tensor arithmetic with Python floats only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..denoiser import Denoiser, Point
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Grid:
+    denoiser: Denoiser
+    t: np.ndarray  # node times; nan at a clean end
+    clean_end: bool
+    batch: int
+    device: torch.device
+    dtype: torch.dtype
+    callback: Callback | None = None
+    progress: bool = False
+    generator: torch.Generator | None = None
+    nfe_budget: int | None = None
+    alpha: np.ndarray = field(init=False)
+    sigma: np.ndarray = field(init=False)
+    lam: np.ndarray = field(init=False)
+    points: list[Point | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        sched = self.denoiser.schedule
+        model_t = self.t[:-1] if self.clean_end else self.t
+        self.points = [self.point(float(t)) for t in model_t]
+        alpha = [p.alpha for p in self.points]
+        sigma = [p.sigma for p in self.points]
+        lam = [p.lam for p in self.points]
+        if self.clean_end:
+            self.points.append(None)
+            alpha.append(sched.alpha_clean)
+            sigma.append(0.0)
+            lam.append(math.inf)
+        self.alpha, self.sigma, self.lam = np.array(alpha), np.array(sigma), np.array(lam)
+
+    @property
+    def steps(self) -> int:
+        return len(self.t) - 1
+
+    @property
+    def h(self) -> np.ndarray:
+        """Step sizes in lambda, ``h_i = lambda_{i+1} - lambda_i`` (inf on a step from alpha = 0 or to sigma = 0)."""
+        with np.errstate(invalid="ignore"):
+            return np.diff(self.lam)
+
+    def finite(self, i: int) -> bool:
+        """Whether step i has a finite lambda-size (so higher-order corrections are defined)."""
+        return bool(np.isfinite(self.lam[i]) and np.isfinite(self.lam[i + 1]))
+
+    def point(self, t: float) -> Point:
+        return self.denoiser.point(t, self.batch, self.device, self.dtype)
+
+    def point_at_lambda(self, lam: float) -> Point:
+        return self.point(float(self.denoiser.schedule.t_of_lambda(lam)))
+
+    def node(self, i: int) -> Point:
+        p = self.points[i]
+        if p is None:
+            raise IndexError("the clean end is not a model node")
+        return p
+
+    def __call__(self, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
+        """Evaluate the model: ``(x0_hat, eps_hat)`` at point p."""
+        return self.denoiser(x, p)
+
+    def loop(self) -> Iterator[int]:
+        """The step indices 0..N-1, with a progress bar when asked."""
+        it = range(self.steps)
+        return iter(tqdm(it, desc="fewstep", leave=False)) if self.progress else iter(it)
+
+    def emit(self, i: int, x: Tensor, denoised: Tensor) -> None:
+        if self.callback is not None:
+            self.callback({"i": i, "t": float(self.t[i]), "x": x, "denoised": denoised})
+
+    # Euler/Heun-type solvers integrate y = x / c in the noise level tau (NoiseSchedule.ode_variable):
+    #   "sigma": tau = sigma/alpha, c = alpha, dy/dtau = eps_hat                  (k-diffusion, EDM)
+    #   "t":     tau = t,           c = 1,     dy/dtau = alpha' x0_hat + sigma' eps_hat  (flow matching)
+    def ode_frame(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(tau, c)`` at every node."""
+        if self.denoiser.schedule.ode_variable == "t":
+            tau = np.where(np.isnan(self.t), 0.0, self.t)
+            return tau, np.ones_like(tau)
+        with np.errstate(divide="ignore"):
+            return self.sigma / self.alpha, self.alpha.copy()
+
+    def ode_velocity(self, p: Point) -> tuple[float, float]:
+        """Coefficients ``(a, b)`` of ``dy/dtau = a x0_hat + b eps_hat`` at point p."""
+        if self.denoiser.schedule.ode_variable == "t":
+            return p.dalpha, p.dsigma
+        return 0.0, 1.0
