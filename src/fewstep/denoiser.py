@@ -92,9 +92,7 @@ class Denoiser:
 
     def __post_init__(self) -> None:
         if not callable(self.model):
-            raise TypeError(
-                f"model: must be callable as model(x, t, **kwargs), got {type(self.model).__name__}"
-            )
+            raise TypeError(f"model: must be callable as model(x, t, **kwargs), got {type(self.model).__name__}")
         if not isinstance(self.schedule, NoiseSchedule):
             raise TypeError(f"schedule: must be a fewstep NoiseSchedule, got {type(self.schedule).__name__}")
         check_prediction(self.prediction)
@@ -139,9 +137,7 @@ class Denoiser:
         dalpha, dsigma = float(self.schedule.dalpha(tt)), float(self.schedule.dsigma(tt))
         affine = conversion(self.prediction, alpha, sigma, dalpha, dsigma)
         time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-        model_time = torch.as_tensor(self.time_of(tt), dtype=torch.float64).to(
-            device=device, dtype=time_dtype
-        )
+        model_time = torch.as_tensor(self.time_of(tt), dtype=torch.float64).to(device=device, dtype=time_dtype)
         lam = float(self.schedule.lambda_(tt))
         return Point(float(t), alpha, sigma, lam, dalpha, dsigma, model_time.expand(batch), affine)
 
@@ -199,9 +195,7 @@ def _cat(uncond: Any, cond: Any) -> Any:
     """Batch unconditional and conditional model kwargs (tensors concatenated, other values must agree)."""
     if isinstance(cond, Tensor):
         if not isinstance(uncond, Tensor) or uncond.shape != cond.shape:
-            raise ValueError(
-                "uncond_kwargs: each tensor must match the shape of its model_kwargs counterpart"
-            )
+            raise ValueError("uncond_kwargs: each tensor must match the shape of its model_kwargs counterpart")
         return torch.cat([uncond, cond])
     if uncond is not None and uncond != cond:
         raise ValueError("uncond_kwargs: non-tensor arguments must equal their model_kwargs counterpart")

@@ -37,9 +37,7 @@ def check_prediction(prediction: str) -> None:
         raise ValueError(f"prediction: unknown type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
-def conversion(
-    prediction: str, alpha: float, sigma: float, dalpha: float = 0.0, dsigma: float = 0.0
-) -> Affine:
+def conversion(prediction: str, alpha: float, sigma: float, dalpha: float = 0.0, dsigma: float = 0.0) -> Affine:
     """The affine map from a model output of type ``prediction`` to (x0, eps) at noise level (alpha, sigma)."""
     check_prediction(prediction)
     if prediction in ("epsilon", "score") and alpha <= 0:
@@ -62,9 +60,7 @@ def conversion(
     return Affine(dsigma / det, -sigma / det, -dalpha / det, alpha / det)
 
 
-def output_from(
-    prediction: str, x0, eps, alpha: float, sigma: float, dalpha: float = 0.0, dsigma: float = 0.0
-):  # type: ignore[no-untyped-def]
+def output_from(prediction: str, x0, eps, alpha: float, sigma: float, dalpha: float = 0.0, dsigma: float = 0.0):  # type: ignore[no-untyped-def]
     """The model output of type ``prediction`` that corresponds to (x0, eps): the inverse of :func:`conversion`.
 
     Works on tensors or arrays; used by the exact targets to act as a model of any type.

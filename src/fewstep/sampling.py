@@ -91,9 +91,7 @@ def sample(
     if (nfe is None) == (steps is None):
         raise ValueError("nfe, steps: give exactly one of them")
     for name, value in (("nfe", nfe), ("steps", steps)):
-        if value is not None and (
-            not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1
-        ):
+        if value is not None and (not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1):
             raise ValueError(f"{name}: must be a positive integer, got {value!r}")
     clean_end = final == "zero"
 
@@ -126,9 +124,7 @@ def sample(
     )
     expected = slv.nfe(grid)
     if nfe is not None and expected != nfe:
-        raise ValueError(
-            f"nfe: {slv.name!r} spends {expected} evaluations on these {n_steps} steps, not {nfe}"
-        )
+        raise ValueError(f"nfe: {slv.name!r} spends {expected} evaluations on these {n_steps} steps, not {nfe}")
     grid.progress = progress if progress is not None else expected >= 100
     start = denoiser.nfe
     x = slv.solve(noise.to(dtype), grid)

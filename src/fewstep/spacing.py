@@ -17,9 +17,7 @@ from torch import Tensor
 
 from .schedules import DiscreteVP, NoiseSchedule
 
-SpacingName = Literal[
-    "uniform", "logsnr", "time_quadratic", "karras", "exponential", "linspace", "leading", "trailing"
-]
+SpacingName = Literal["uniform", "logsnr", "time_quadratic", "karras", "exponential", "linspace", "leading", "trailing"]
 SPACINGS: tuple[str, ...] = (
     "uniform",
     "logsnr",
@@ -64,9 +62,7 @@ def model_times(
     if not isinstance(spacing, str):
         return check_times(schedule, spacing)
     if spacing not in SPACINGS:
-        raise ValueError(
-            f"spacing: unknown name {spacing!r}; choose one of {', '.join(SPACINGS)} or pass a tensor"
-        )
+        raise ValueError(f"spacing: unknown name {spacing!r}; choose one of {', '.join(SPACINGS)} or pass a tensor")
     t_max, t_min = schedule.t_max, schedule.t_min
     if n == 1:
         times = torch.tensor([t_max], dtype=torch.float64)
@@ -80,9 +76,7 @@ def model_times(
         neg_lo, neg_hi = _finite_span(-lam_max, -lam_min)
         times = schedule.t_of_lambda(-torch.linspace(neg_hi, neg_lo, n, dtype=torch.float64))
     elif spacing in ("karras", "exponential"):
-        log_lo, log_hi = _finite_span(
-            math.log(float(schedule.level(t_min))), math.log(float(schedule.level(t_max)))
-        )
+        log_lo, log_hi = _finite_span(math.log(float(schedule.level(t_min))), math.log(float(schedule.level(t_max))))
         if spacing == "karras":
             if not (isinstance(rho, int | float) and rho > 0):
                 raise ValueError(f"rho: must be a positive number, got {rho!r}")

@@ -73,9 +73,7 @@ class Interpolant(NoiseSchedule):
         t_max: float = 1.0,
     ):
         if not (callable(alpha_fn) and callable(sigma_fn)):
-            raise TypeError(
-                "alpha_fn, sigma_fn: must be callables mapping a float64 tensor of times to a tensor"
-            )
+            raise TypeError("alpha_fn, sigma_fn: must be callables mapping a float64 tensor of times to a tensor")
         check_range("Interpolant", t_min, t_max)
         self.alpha_fn, self.sigma_fn = alpha_fn, sigma_fn
         self.dalpha_fn, self.dsigma_fn = dalpha_fn, dsigma_fn
@@ -88,9 +86,7 @@ class Interpolant(NoiseSchedule):
             )
         lam = self.lambda_(grid)
         if not torch.all(torch.diff(lam) < 0):
-            raise ValueError(
-                "alpha_fn, sigma_fn: lambda = log(alpha/sigma) must decrease strictly on [t_min, t_max]"
-            )
+            raise ValueError("alpha_fn, sigma_fn: lambda = log(alpha/sigma) must decrease strictly on [t_min, t_max]")
         self.alpha_clean = float(alpha_fn(torch.zeros((), dtype=torch.float64)))
 
     def alpha(self, t: TimeLike) -> Tensor:

@@ -20,9 +20,7 @@ class VE(NoiseSchedule):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         if not (0 < sigma_min < sigma_max):
-            raise ValueError(
-                f"sigma_min, sigma_max: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}"
-            )
+            raise ValueError(f"sigma_min, sigma_max: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.t_min, self.t_max = 0.0, 1.0
         self._log_ratio = math.log(sigma_max / sigma_min)
@@ -50,9 +48,7 @@ class EDM(NoiseSchedule):
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         if not (0 < sigma_min < sigma_max):
-            raise ValueError(
-                f"sigma_min, sigma_max: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}"
-            )
+            raise ValueError(f"sigma_min, sigma_max: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         check_range("EDM", sigma_min, sigma_max)
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.t_min, self.t_max = sigma_min, sigma_max

@@ -32,9 +32,7 @@ class _VariancePreserving(NoiseSchedule):
 class VP(_VariancePreserving):
     """Linear-beta VP SDE (Song et al. 2021): ``log alpha(t) = -(beta_max - beta_min) t^2 / 4 - beta_min t / 2``."""
 
-    def __init__(
-        self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0
-    ):
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
         if not (0 <= beta_min < beta_max):
             raise ValueError(f"beta_min, beta_max: need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
         check_range("VP", t_min, t_max)
@@ -77,9 +75,7 @@ class Cosine(_VariancePreserving):
 
     def t_of_lambda(self, lam: TimeLike) -> Tensor:
         log_alpha = self.log_alpha_of_lambda(lam)
-        return (
-            torch.arccos(torch.exp(log_alpha + self._log_alpha_0)) * 2.0 * (1.0 + self.s) / math.pi - self.s
-        )
+        return torch.arccos(torch.exp(log_alpha + self._log_alpha_0)) * 2.0 * (1.0 + self.s) / math.pi - self.s
 
 
 def zero_terminal_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
@@ -132,9 +128,7 @@ class DiscreteVP(_VariancePreserving):
         self.t_min, self.t_max = 1.0 / n, 1.0
 
     @classmethod
-    def linear(
-        cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
-    ) -> DiscreteVP:
+    def linear(cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteVP:
         """DDPM's linear betas."""
         return cls(betas=np.linspace(beta_start, beta_end, num_train_timesteps))
 
@@ -147,9 +141,9 @@ class DiscreteVP(_VariancePreserving):
 
     def log_alpha(self, t: TimeLike) -> Tensor:
         t = as64(t)
-        return torch.from_numpy(
-            np.asarray(np.interp(t.numpy(), self._t, self._log_alpha), dtype=np.float64)
-        ).reshape(t.shape)
+        return torch.from_numpy(np.asarray(np.interp(t.numpy(), self._t, self._log_alpha), dtype=np.float64)).reshape(
+            t.shape
+        )
 
     def dalpha(self, t: TimeLike) -> Tensor:
         t = as64(t)

@@ -77,9 +77,7 @@ class Solver:
 
     @classmethod
     def info(cls) -> SolverInfo:
-        return SolverInfo(
-            cls.name, cls.order, cls.nfe_per_step, cls.stochastic, cls.summary, cls.paper, cls.peers
-        )
+        return SolverInfo(cls.name, cls.order, cls.nfe_per_step, cls.stochastic, cls.summary, cls.paper, cls.peers)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

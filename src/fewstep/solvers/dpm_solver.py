@@ -52,9 +52,7 @@ class _DPMSolver(Solver):
 
     def steps_for_nfe(self, nfe: int, first_infinite: bool, clean_end: bool) -> int:
         if nfe < int(first_infinite) + int(clean_end) or nfe < 1:
-            raise ValueError(
-                f"nfe: {self.name!r} needs at least {max(1, int(first_infinite) + int(clean_end))} here"
-            )
+            raise ValueError(f"nfe: {self.name!r} needs at least {max(1, int(first_infinite) + int(clean_end))} here")
         return len(self._plan(nfe, first_infinite, clean_end))
 
     def step_orders(self, grid: Grid) -> list[int]:
@@ -71,17 +69,13 @@ class _DPMSolver(Solver):
         # Precompute every intermediate point and coefficient (float64) before the loop.
         plan: list[tuple] = []
         for i, k in enumerate(orders):
-            if (
-                k == 1
-            ):  # DPM-Solver-1 == DDIM; written in (x0, eps) so it is finite at alpha_s = 0 or sigma_t = 0
+            if k == 1:  # DPM-Solver-1 == DDIM; written in (x0, eps) so it is finite at alpha_s = 0 or sigma_t = 0
                 plan.append((1, a[i + 1], s[i + 1]))
                 continue
             hi, e = h[i], math.expm1(h[i])
             ratio = a[i + 1] / a[i]
             pts = [grid.point_at_lambda(lam[i] + rj * hi) for rj in r[k]]
-            first = [
-                (p.alpha / a[i], -p.sigma * math.expm1(rj * hi)) for p, rj in zip(pts, r[k], strict=True)
-            ]
+            first = [(p.alpha / a[i], -p.sigma * math.expm1(rj * hi)) for p, rj in zip(pts, r[k], strict=True)]
             if k == 2:
                 (r1,) = r[2]
                 plan.append((2, pts, first, ratio, -s[i + 1] * e, -s[i + 1] / (2 * r1) * e))
