@@ -50,7 +50,8 @@ def sample(
         schedule: the :class:`NoiseSchedule` the model was trained with (ignored if ``model`` is a Denoiser).
         solver: a name from :func:`fewstep.solvers.available` or a :class:`Solver` instance.
         nfe: the exact number of model evaluations to spend (give this or ``steps``).
-        spacing: a spacing name (:mod:`fewstep.spacing`) or the model-evaluation times themselves.
+        spacing: a spacing name (:mod:`fewstep.spacing`) or the model-evaluation times themselves (then
+            ``nfe``/``steps`` may be left out, or are checked against the times).
         prediction: what the model returns: epsilon, sample, v_prediction, score or velocity.
         generator: for stochastic solvers.
         steps: the number of solver steps (instead of ``nfe``).
@@ -88,8 +89,10 @@ def sample(
     slv = get_solver(solver, **solver_options)
     if final not in ("zero", "t_min"):
         raise ValueError(f"final: choose 'zero' or 't_min', got {final!r}")
-    if (nfe is None) == (steps is None):
-        raise ValueError("nfe, steps: give exactly one of them")
+    if nfe is not None and steps is not None:
+        raise ValueError("nfe, steps: give one of them, not both")
+    if isinstance(spacing, str) and nfe is None and steps is None:
+        raise ValueError("nfe, steps: give one of them (or pass the times themselves as spacing=)")
     for name, value in (("nfe", nfe), ("steps", steps)):
         if value is not None and (not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1):
             raise ValueError(f"{name}: must be a positive integer, got {value!r}")

@@ -103,7 +103,7 @@ def _discrete_times(schedule: NoiseSchedule, n: int, spacing: str, steps_offset:
         idx = np.linspace(0, total - 1, n).round()[::-1]
     elif spacing == "leading":
         ratio = total // n
-        idx = (np.arange(0, n) * ratio).round()[::-1] + steps_offset
+        idx = (np.arange(0, n, dtype=np.float64) * ratio).round()[::-1] + steps_offset
     else:  # trailing
         idx = np.round(np.arange(total, 0, -total / n)) - 1
     idx = np.clip(idx, 0, total - 1).astype(np.float64)

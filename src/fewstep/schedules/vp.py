@@ -134,10 +134,15 @@ class DiscreteVP(_VariancePreserving):
 
     @classmethod
     def scaled_linear(
-        cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012, **kw: bool
+        cls,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        rescale_zero_terminal_snr: bool = False,
     ) -> DiscreteVP:
         """Stable Diffusion's betas (linear in sqrt(beta))."""
-        return cls(betas=np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2, **kw)
+        betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
+        return cls(betas=betas, rescale_zero_terminal_snr=rescale_zero_terminal_snr)
 
     def log_alpha(self, t: TimeLike) -> Tensor:
         t = as64(t)

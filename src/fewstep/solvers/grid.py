@@ -43,10 +43,11 @@ class Grid:
     def __post_init__(self) -> None:
         sched = self.denoiser.schedule
         model_t = self.t[:-1] if self.clean_end else self.t
-        self.points = [self.point(float(t)) for t in model_t]
-        alpha = [p.alpha for p in self.points]
-        sigma = [p.sigma for p in self.points]
-        lam = [p.lam for p in self.points]
+        model_points = [self.point(float(t)) for t in model_t]
+        alpha = [p.alpha for p in model_points]
+        sigma = [p.sigma for p in model_points]
+        lam = [p.lam for p in model_points]
+        self.points = list(model_points)
         if self.clean_end:
             self.points.append(None)
             alpha.append(sched.alpha_clean)
