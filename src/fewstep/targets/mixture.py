@@ -14,6 +14,7 @@ Both are finite at alpha = 0 (pure noise) and at sigma = 0 (clean data). All ari
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from torch import Tensor
 from ..predictions import check_prediction, output_from
 from ..schedules import DiscreteVP, NoiseSchedule
 
-ArrayLike = Tensor | np.ndarray | Sequence[float] | float
+ArrayLike = Tensor | np.ndarray | Sequence[float] | Sequence[Sequence[float]] | float
 TIME_INPUTS = ("t", "sigma", "index")
 CHUNK_ELEMENTS = 50_000_000  # largest batch x components (x dim) block held in memory at once
 DIRECT_MAX = 4096  # up to this many components x dims, form the differences x - alpha mu_k explicitly
@@ -116,17 +117,16 @@ class GaussianMixture:
     def covariance(self) -> Tensor:
         """``Cov[x0] = sum_k w_k (s_k^2 I + mu_k mu_k^T) - m m^T``, shape (D, D)."""
         m = self.mean()
-        second = (self.means.T * self.weights) @ self.means
-        return (
-            second
-            + float(self.weights @ self.stds**2) * torch.eye(self.dim, dtype=torch.float64)
-            - torch.outer(m, m)
-        )
+        spread = float(self.weights @ self.stds**2) * torch.eye(self.dim, dtype=torch.float64)
+        return (self.means.T * self.weights) @ self.means + spread - torch.outer(m, m)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` exact samples, shape (n, D), float64 (reproducible with a CPU ``torch.Generator``)."""
-        if not (isinstance(n, int) and n >= 0):
+        if not (isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0):
             raise ValueError(f"n: must be a non-negative integer, got {n!r}")
+        n = int(n)
+        if n == 0:
+            return torch.empty(0, self.dim, dtype=torch.float64)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[k] + self.stds[k, None] * noise
@@ -183,14 +183,12 @@ class GaussianMixture:
             diff = x[:, None, :] - a[:, :, None] * mu[None]  # (b, K, D)
             sq = diff.square().sum(-1)
         else:  # many components: |x - a mu|^2 = |x|^2 - 2 a x.mu + a^2 |mu|^2, no (b, K, D) tensor
-            sq = (x.square().sum(1, keepdim=True) - 2.0 * a * (x @ mu.T) + a**2 * mu.square().sum(1)).clamp(
-                min=0
-            )
+            sq = (x.square().sum(1, keepdim=True) - 2.0 * a * (x @ mu.T) + a**2 * mu.square().sum(1)).clamp(min=0)
         r = torch.softmax(log_w - 0.5 * self.dim * torch.log(v) - sq / (2.0 * v), dim=1)  # (b, K)
         c, e = r * std**2 / v, r / v
         if self._direct:
-            x0 = r @ mu + a * torch.einsum("bk,bkd->bd", c, diff)
-            eps = s * torch.einsum("bk,bkd->bd", e, diff)
+            x0 = r @ mu + a * torch.bmm(c[:, None, :], diff)[:, 0]
+            eps = s * torch.bmm(e[:, None, :], diff)[:, 0]
         else:
             x0 = r @ mu + a * (c.sum(1, keepdim=True) * x - a * (c @ mu))
             eps = s * (e.sum(1, keepdim=True) * x - a * (e @ mu))
@@ -255,7 +253,7 @@ class MixtureModel:
         x0, eps = self.target.denoise(x, a, s)
         shape = (-1,) + (1,) * (x.ndim - 1)
         a, s, da, ds = (v.to(x0.device).reshape(shape) for v in (a, s, da, ds))
-        out = output_from(self.prediction, x0, eps, a, s, da, ds)
+        out = output_from(self.prediction, x0, eps, a, s, da, ds)  # type: ignore[arg-type]  # tensors broadcast
         return out.to(dtype=self.dtype or x.dtype)
 
 

@@ -8,8 +8,9 @@ trajectories depend only on the path of (alpha, sigma) up to scale. With the ang
     dy/dphi = -sin(phi) x0_hat(y; cos phi, sin phi) + cos(phi) eps_hat(y; cos phi, sin phi),
 
 which is regular on the whole of [0, pi/2] (pure noise, alpha = 0, included). Integrating phi from its
-start down to 0 gives the clean sample ``y(0)``. Each sample may start at its own angle: with
-``phi = u phi_b`` all samples are integrated together over ``u`` from 1 to 0 in one DOP853 solve.
+start down to 0 gives the clean sample ``y(0)``; stopping at an intermediate angle gives the state there.
+Each sample may start (and end) at its own angle: with ``phi = phi_end + u (phi_start - phi_end)`` all
+samples are integrated together over ``u`` from 1 to 0 in one DOP853 solve.
 """
 
 from __future__ import annotations
@@ -43,36 +44,46 @@ def reference_solution(
     alpha: float | Tensor,
     sigma: float | Tensor,
     *,
+    alpha_end: float | Tensor = 1.0,
+    sigma_end: float | Tensor = 0.0,
     rtol: float = 1e-11,
     atol: float = 1e-11,
 ) -> Tensor:
-    """The exact PF-ODE image at the clean data (sigma = 0, alpha = 1) of the state ``x`` at (alpha, sigma).
+    """The exact PF-ODE image of the state ``x`` at noise level (alpha, sigma), at (alpha_end, sigma_end).
 
-    ``x`` has shape (B, ...); ``alpha``, ``sigma`` are numbers or hold one value per sample. Returns a
-    float64 tensor shaped like ``x`` on ``x``'s device. Integrated with scipy's DOP853 at ``rtol``/``atol``.
+    By default the end is the clean data (alpha = 1, sigma = 0). ``x`` has shape (B, ...); the levels are
+    numbers or hold one value per sample, with ``sigma_end / alpha_end <= sigma / alpha`` (the ODE runs
+    towards the data). Returns a float64 tensor shaped like ``x`` on ``x``'s device. Integrated with
+    scipy's DOP853 at ``rtol``/``atol`` in the angle variable (module docstring).
     """
     x = torch.as_tensor(x)
     if x.ndim < 1 or x.shape[0] < 1:
         raise ValueError(f"x: need a batch of shape (B, ...) with B >= 1, got {tuple(x.shape)}")
     b = x.shape[0]
     a, s = _per_sample(alpha, "alpha", b), _per_sample(sigma, "sigma", b)
+    a1, s1 = _per_sample(alpha_end, "alpha_end", b), _per_sample(sigma_end, "sigma_end", b)
     if bool(torch.any((a == 0) & (s == 0))):
         raise ValueError("alpha, sigma: not both 0")
+    if bool(torch.any((a1 == 0) & (s1 == 0))):
+        raise ValueError("alpha_end, sigma_end: not both 0")
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol, atol: must be > 0, got {rtol}, {atol}")
-    phi0 = torch.atan2(s, a)  # (B, 1)
+    phi0, phi1 = torch.atan2(s, a), torch.atan2(s1, a1)  # (B, 1)
+    if bool(torch.any(phi1 > phi0)):
+        raise ValueError("alpha_end, sigma_end: the end must be at least as clean as the start (sigma/alpha lower)")
+    span = phi0 - phi1
     y0 = x.detach().to(device="cpu", dtype=torch.float64).reshape(b, -1) / torch.hypot(a, s)
 
     def rhs(u: float, y: np.ndarray) -> np.ndarray:
-        phi = u * phi0
+        phi = phi1 + u * span
         c, sn = torch.cos(phi), torch.sin(phi)
         x0, eps = target.denoise(torch.from_numpy(y).view(b, -1), c, sn)
-        return (phi0 * (c * eps - sn * x0)).reshape(-1).numpy()
+        return (span * (c * eps - sn * x0)).reshape(-1).numpy()
 
     sol = solve_ivp(rhs, (1.0, 0.0), y0.reshape(-1).numpy(), method="DOP853", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"reference_solution: solve_ivp failed: {sol.message}")
-    out = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1]))
+    out = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(b, -1) * torch.hypot(a1, s1)
     return out.reshape(x.shape).to(x.device)
 
 
@@ -81,9 +92,17 @@ def reference_solution_from_time(
     x: Tensor,
     schedule: NoiseSchedule,
     t: float | Tensor,
+    t_end: float | Tensor | None = None,
     *,
     rtol: float = 1e-11,
     atol: float = 1e-11,
 ) -> Tensor:
-    """:func:`reference_solution` from the state ``x`` at schedule time ``t`` (a number or one per sample)."""
-    return reference_solution(target, x, schedule.alpha(t), schedule.sigma(t), rtol=rtol, atol=atol)
+    """:func:`reference_solution` from the state ``x`` at schedule time ``t`` (a number or one per sample).
+
+    Ends at the clean data (alpha = 1, sigma = 0) or, given ``t_end``, at the state at time ``t_end``
+    (scaled by alpha(t_end), sigma(t_end) of the schedule).
+    """
+    a1, s1 = (1.0, 0.0) if t_end is None else (schedule.alpha(t_end), schedule.sigma(t_end))
+    return reference_solution(
+        target, x, schedule.alpha(t), schedule.sigma(t), alpha_end=a1, sigma_end=s1, rtol=rtol, atol=atol
+    )
