@@ -11,7 +11,8 @@ Per-time work (schedule values, conversion coefficients, the model's time tensor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,10 +142,37 @@ class Denoiser:
         lam = float(self.schedule.lambda_(tt))
         return Point(float(t), alpha, sigma, lam, dalpha, dsigma, model_time.expand(batch), affine)
 
+    def points(self, ts: Sequence[float], batch: int, device: torch.device, dtype: torch.dtype) -> list[Point]:
+        """:meth:`point` at each of ``ts``, with the schedule evaluated once for all of them (and the model's
+        time moved to ``device`` in one copy). A callable ``time_input`` is still called once per time."""
+        if callable(self.time_input) or len(ts) < 2:
+            return [self.point(t, batch, device, dtype) for t in ts]
+        tt = torch.tensor([float(t) for t in ts], dtype=torch.float64)
+        sched = self.schedule
+        alpha, sigma = sched.alpha(tt).tolist(), sched.sigma(tt).tolist()
+        dalpha, dsigma = sched.dalpha(tt).tolist(), sched.dsigma(tt).tolist()
+        lam = sched.lambda_(tt).tolist()
+        time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        model_time = torch.as_tensor(self.time_of(tt), dtype=torch.float64).to(device=device, dtype=time_dtype)
+        return [
+            Point(
+                float(t),
+                alpha[j],
+                sigma[j],
+                lam[j],
+                dalpha[j],
+                dsigma[j],
+                model_time[j].expand(batch),
+                conversion(self.prediction, alpha[j], sigma[j], dalpha[j], dsigma[j]),
+            )
+            for j, t in enumerate(tt.tolist())
+        ]
+
     def _call_model(self, x: Tensor, time: Tensor) -> Tensor:
         dtype = self.model_dtype or x.dtype
-        if not self.guided:
-            return self.model(x.to(dtype), time, **self.model_kwargs).to(x.dtype)
+        if self.guidance_scale == 1.0:
+            out = self.model(x if x.dtype == dtype else x.to(dtype), time, **self.model_kwargs)
+            return out if out.dtype == x.dtype else out.to(x.dtype)
         assert self.uncond_kwargs is not None
         kwargs = {k: _cat(self.uncond_kwargs.get(k), v) for k, v in self.model_kwargs.items()}
         out = self.model(torch.cat([x, x]).to(dtype), torch.cat([time, time]), **kwargs).to(x.dtype)
@@ -158,27 +186,40 @@ class Denoiser:
 
     def __call__(self, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
         """One model evaluation at point ``p``: returns ``(x0_hat, eps_hat)`` in ``x``'s dtype."""
+        out = self._evaluate(x, p)
+        a = p.affine
+        x0 = _affine(x, a.x0_x, out, a.x0_out)
+        if self.threshold is not None:
+            x0 = self.threshold(x0)
+            eps = (x - p.alpha * x0) / p.sigma
+        else:
+            eps = _affine(x, a.eps_x, out, a.eps_out)
+        return x0, eps
+
+    def denoise(self, x: Tensor, p: Point) -> Tensor:
+        """One model evaluation at point ``p``: the data estimate ``x0_hat`` alone (for data-prediction solvers)."""
+        out = self._evaluate(x, p)
+        a = p.affine
+        x0 = _affine(x, a.x0_x, out, a.x0_out)
+        return x0 if self.threshold is None else self.threshold(x0)
+
+    def _evaluate(self, x: Tensor, p: Point) -> Tensor:
+        """The model's raw output at point ``p`` (counted, shape- and finiteness-checked)."""
         out = self._call_model(x, p.model_time)
         self.nfe += 1
         if out.shape != x.shape:
             raise ValueError(f"model: returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}")
         self._check_finite(out, p.t)
-        a = p.affine
-        x0 = a.x0_out * out if a.x0_x == 0.0 else a.x0_x * x + a.x0_out * out
-        if self.threshold is not None:
-            x0 = self.threshold(x0)
-            eps = (x - p.alpha * x0) / p.sigma
-        else:
-            eps = a.eps_out * out if a.eps_x == 0.0 else a.eps_x * x + a.eps_out * out
-        return x0, eps
+        return out
 
     def _check_finite(self, out: Tensor, t: float) -> None:
-        ok = torch.isfinite(out).all()
-        if out.device.type == "cpu":  # no device sync to avoid: check at once
-            if not bool(ok):
+        if out.is_cpu:  # no device sync to avoid: check at once
+            # The sum is non-finite whenever an element is, and costs a fraction of isfinite().all() on the CPU;
+            # a huge finite output can overflow it, so the elementwise check confirms before raising.
+            if not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
                 raise NonFiniteModelOutput(f"model: returned NaN/inf at evaluation {self.nfe} (t = {t:.6g})")
         else:  # accelerators: record without a host-device sync, checked once after the loop
-            self._pending.append((self.nfe, t, ok))
+            self._pending.append((self.nfe, t, torch.isfinite(out).all()))
 
     def raise_if_nonfinite(self) -> None:
         """Raise for the first deferred non-finite evaluation (accelerator devices)."""
@@ -189,6 +230,13 @@ class Denoiser:
             if len(bad):
                 n, t, _ = pending[int(bad[0])]
                 raise NonFiniteModelOutput(f"model: returned NaN/inf at evaluation {n} (t = {t:.6g})")
+
+
+def _affine(x: Tensor, cx: float, out: Tensor, co: float) -> Tensor:
+    """``cx x + co out`` as a new tensor (never ``out`` itself, which the model may reuse), in two operations."""
+    if cx == 0.0:
+        return out * co
+    return (x * cx).add_(out, alpha=co)
 
 
 def _cat(uncond: Any, cond: Any) -> Any:

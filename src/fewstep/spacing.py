@@ -87,8 +87,8 @@ def model_times(
         times = schedule.t_of_level(levels)
     else:
         times = _discrete_times(schedule, n, spacing, steps_offset)
-    times[0] = t_max
-    if spacing not in DISCRETE_SPACINGS:
+    if spacing not in DISCRETE_SPACINGS and n > 1:  # diffusers' tables are kept ("leading" starts below t_max)
+        times[0] = t_max
         times[-1] = t_min
     return check_times(schedule, times)
 
@@ -104,8 +104,10 @@ def _discrete_times(schedule: NoiseSchedule, n: int, spacing: str, steps_offset:
     elif spacing == "leading":
         ratio = total // n
         idx = (np.arange(0, n, dtype=np.float64) * ratio).round()[::-1] + steps_offset
-    else:  # trailing
-        idx = np.round(np.arange(total, 0, -total / n)) - 1
+    else:  # trailing: diffusers' np.arange(total, 0, -total / n), whose length is n + 1 for some n (61, 103, ...);
+        # its values are total + i * delta with numpy's delta = (total - total / n) - total, kept for equality
+        delta = (total - total / n) - total
+        idx = np.round(total + np.arange(n) * delta) - 1
     idx = np.clip(idx, 0, total - 1).astype(np.float64)
     return schedule.t_of_index(torch.from_numpy(idx.copy()))
 

@@ -79,6 +79,10 @@ class Interpolant(NoiseSchedule):
         self.dalpha_fn, self.dsigma_fn = dalpha_fn, dsigma_fn
         self.t_min, self.t_max = t_min, t_max
         grid = torch.linspace(t_min, t_max, 257, dtype=torch.float64)
+        # alpha(t_max) at rounding level (cos(pi/2) = 6e-17 in float64) is pure noise: read it as exactly 0, as
+        # otherwise lambda(t_max) ~ -37 and a logSNR grid puts times closer to t_max than float64 can separate.
+        raw = torch.as_tensor(alpha_fn(grid), dtype=torch.float64)
+        self._alpha_zero_at_t_max = 0.0 < abs(float(raw[-1])) <= 1e-12 * float(raw.abs().max())
         a, s = self.alpha(grid), self.sigma(grid)
         if torch.any(s[:-1] <= 0) or torch.any(a[1:] < 0) or torch.any(a[:-1] <= 0):
             raise ValueError(
@@ -90,7 +94,9 @@ class Interpolant(NoiseSchedule):
         self.alpha_clean = float(alpha_fn(torch.zeros((), dtype=torch.float64)))
 
     def alpha(self, t: TimeLike) -> Tensor:
-        return torch.as_tensor(self.alpha_fn(as64(t)), dtype=torch.float64)
+        t = as64(t)
+        a = torch.as_tensor(self.alpha_fn(t), dtype=torch.float64)
+        return torch.where(t >= self.t_max, 0.0, a) if self._alpha_zero_at_t_max else a
 
     def sigma(self, t: TimeLike) -> Tensor:
         return torch.as_tensor(self.sigma_fn(as64(t)), dtype=torch.float64)

@@ -46,13 +46,15 @@ class _DPMSolver(Solver):
     paper = "Lu et al. 2022, DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling"
 
     def _plan(self, nfe: int, first_infinite: bool, clean_end: bool) -> list[int]:
+        if nfe == 1:  # one first-order step, which may go from alpha = 0 to sigma = 0 at once (as DDIM's)
+            return [1]
         forced_first, forced_last = int(first_infinite), int(clean_end)
         free = fast_orders(nfe - forced_first - forced_last, self.order)
         return [1] * forced_first + free + [1] * forced_last
 
     def steps_for_nfe(self, nfe: int, first_infinite: bool, clean_end: bool) -> int:
-        if nfe < int(first_infinite) + int(clean_end) or nfe < 1:
-            raise ValueError(f"nfe: {self.name!r} needs at least {max(1, int(first_infinite) + int(clean_end))} here")
+        if nfe < 1:
+            raise ValueError(f"nfe: {self.name!r} needs at least 1 evaluation, got {nfe}")
         return len(self._plan(nfe, first_infinite, clean_end))
 
     def step_orders(self, grid: Grid) -> list[int]:

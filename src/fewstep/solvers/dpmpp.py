@@ -97,15 +97,15 @@ class _Multistep(Solver):
         for i, k in enumerate(self.step_orders(grid)):
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = s[i + 1] / s[i]  # 0 at a clean end
-            coef.append((ratio, [a[i + 1] * w for w in multistep_weights(h, i, k, self.d2_weight)]))
+            coef.append((float(ratio), [float(a[i + 1] * w) for w in multistep_weights(h, i, k, self.d2_weight)]))
         history: list[Tensor] = []
         for i in grid.loop():
-            x0, _ = grid(x, grid.node(i))
+            x0 = grid.denoise(x, grid.node(i))
             history = [x0, *history[: self.order - 1]]
             ratio, weights = coef[i]
-            x = ratio * x
+            x = x * ratio  # a new tensor: the caller's noise and the states already passed on are never changed
             for w, d in zip(weights, history, strict=False):
-                x = x + w * d
+                x.add_(d, alpha=w)
             grid.emit(i, x, x0)
         return x
 
@@ -155,7 +155,7 @@ class DPMSolverPP2S(Solver):
                 x = c1 * x0 + c2 * eps
             else:
                 ux, ud = c1
-                x0_mid, _ = grid(ux * x + ud * x0, p1)
+                x0_mid = grid.denoise(ux * x + ud * x0, p1)
                 x = c2 * x + c3 * ((1 - 1 / (2 * r)) * x0 + 1 / (2 * r) * x0_mid)
             grid.emit(i, x, x0)
         return x

@@ -43,7 +43,7 @@ class Grid:
     def __post_init__(self) -> None:
         sched = self.denoiser.schedule
         model_t = self.t[:-1] if self.clean_end else self.t
-        model_points = [self.point(float(t)) for t in model_t]
+        model_points = self.denoiser.points([float(t) for t in model_t], self.batch, self.device, self.dtype)
         alpha = [p.alpha for p in model_points]
         sigma = [p.sigma for p in model_points]
         lam = [p.lam for p in model_points]
@@ -84,6 +84,10 @@ class Grid:
     def __call__(self, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
         """Evaluate the model: ``(x0_hat, eps_hat)`` at point p."""
         return self.denoiser(x, p)
+
+    def denoise(self, x: Tensor, p: Point) -> Tensor:
+        """Evaluate the model: ``x0_hat`` alone at point p (one evaluation, the noise estimate not formed)."""
+        return self.denoiser.denoise(x, p)
 
     def loop(self) -> Iterator[int]:
         """The step indices 0..N-1, with a progress bar when asked."""

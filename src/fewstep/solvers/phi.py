@@ -42,4 +42,17 @@ def hphi(k: int, h: float) -> float:
         if k == 1:
             return 1.0
         raise ValueError("hphi: higher-order weights are infinite for an infinite step")
-    return float(h**k * phi(k, -h))
+    h = float(h)
+    return h**k * _phi_scalar(k, -h)
+
+
+def _phi_scalar(k: int, z: float) -> float:
+    """:func:`phi` for one Python float, with the same arithmetic in ``math`` (no numpy per-call overhead)."""
+    if k == 0:
+        return math.exp(z)
+    if abs(z) < 0.5:
+        return sum(z**j / math.factorial(j + k) for j in range(24))
+    direct = math.expm1(z) / z
+    for j in range(2, k + 1):
+        direct = (direct - 1.0 / math.factorial(j - 1)) / z
+    return direct
