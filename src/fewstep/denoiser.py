@@ -184,24 +184,19 @@ class Denoiser:
             guided = self.guidance_rescale * rescaled + (1.0 - self.guidance_rescale) * guided
         return guided
 
-    def __call__(self, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
-        """One model evaluation at point ``p``: returns ``(x0_hat, eps_hat)`` in ``x``'s dtype."""
-        out = self._evaluate(x, p)
+    def __call__(self, x: Tensor, p: Point, eps: bool = True) -> tuple[Tensor, Tensor | None]:
+        """One model evaluation at point ``p``: ``(x0_hat, eps_hat)`` in ``x``'s dtype (``eps_hat`` None if not
+        asked for: data-prediction solvers need the data estimate alone)."""
+        return self.convert(x, self._evaluate(x, p), p, eps)
+
+    def convert(self, x: Tensor, out: Tensor, p: Point, eps: bool = True) -> tuple[Tensor, Tensor | None]:
+        """``(x0_hat, eps_hat)`` from a model output ``out`` at ``x`` (thresholding applied to x0_hat)."""
         a = p.affine
         x0 = _affine(x, a.x0_x, out, a.x0_out)
         if self.threshold is not None:
             x0 = self.threshold(x0)
-            eps = (x - p.alpha * x0) / p.sigma
-        else:
-            eps = _affine(x, a.eps_x, out, a.eps_out)
-        return x0, eps
-
-    def denoise(self, x: Tensor, p: Point) -> Tensor:
-        """One model evaluation at point ``p``: the data estimate ``x0_hat`` alone (for data-prediction solvers)."""
-        out = self._evaluate(x, p)
-        a = p.affine
-        x0 = _affine(x, a.x0_x, out, a.x0_out)
-        return x0 if self.threshold is None else self.threshold(x0)
+            return x0, ((x - p.alpha * x0) / p.sigma if eps else None)
+        return x0, (_affine(x, a.eps_x, out, a.eps_out) if eps else None)
 
     def _evaluate(self, x: Tensor, p: Point) -> Tensor:
         """The model's raw output at point ``p`` (counted, shape- and finiteness-checked)."""

@@ -40,6 +40,7 @@ def sample(
     rho: float = 7.0,
     callback: Callback | None = None,
     progress: bool | None = None,
+    grad: bool = False,
     **solver_options: Any,
 ) -> Tensor:
     """Solve from ``noise`` (the state at the first time, ``t_max`` unless ``spacing`` gives times) to data.
@@ -59,6 +60,7 @@ def sample(
         time_input: the model's time convention, see :class:`Denoiser`.
         callback: called after each step with ``{"i", "t", "x", "denoised"}``.
         progress: show a tqdm bar (default: when the run spends 100 or more evaluations).
+        grad: record the autograd graph through the run (off by default, as in diffusers pipelines).
         solver_options: options of the named solver (e.g. ``lower_order_final=False``).
 
     Returns:
@@ -130,7 +132,8 @@ def sample(
         raise ValueError(f"nfe: {slv.name!r} spends {expected} evaluations on these {n_steps} steps, not {nfe}")
     grid.progress = progress if progress is not None else expected >= 100
     start = denoiser.nfe
-    x = slv.solve(noise.to(dtype), grid)
+    with torch.set_grad_enabled(grad):
+        x = slv.run(noise.to(dtype), grid)
     denoiser.raise_if_nonfinite()
     used = denoiser.nfe - start
     if used != expected:  # an internal invariant: the plan and the run must agree

@@ -19,7 +19,6 @@ sample. The solver state is float32 (or float64), whatever the pipeline's dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from torch import Tensor
 from ..denoiser import Denoiser, Point, Threshold
 from ..schedules import DiscreteVP, Flow, NoiseSchedule
 from ..solvers import Grid, Solver, get_solver
+from ..solvers.base import Steps
 from ..spacing import model_times
 
 PREDICTION_TYPES = {
@@ -118,27 +118,35 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self.num_inference_steps: int | None = None
         self.timesteps = torch.zeros(0)
         self._points: list[Point] = []
-        self._run: Generator[tuple[Tensor, Point], tuple[Tensor, Tensor], Tensor] | None = None
+        self._run: Steps | None = None
         self._step_index = 0
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
         """As :meth:`ConfigMixin.from_config`; a ``FlowMatch*`` scheduler's config selects the flow schedule."""
         cfg = dict(config or {})
-        if str(cfg.get("_class_name", "")).startswith("FlowMatch") and "flow" not in kwargs:
+        flow_config = str(cfg.get("_class_name", "")).startswith("FlowMatch") or (
+            "shift" in cfg and "beta_schedule" not in cfg and "flow" not in cfg
+        )
+        if flow_config and "flow" not in kwargs:
             kwargs["flow"] = True
             cfg.setdefault("prediction_type", "flow_prediction")
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @property
+    def cfg(self) -> Any:
+        """The registered config (attribute access)."""
+        return self.config
 
     @property
     def step_index(self) -> int:
         return self._step_index
 
     def __len__(self) -> int:
-        return int(self.config.num_train_timesteps)
+        return int(self.cfg.num_train_timesteps)
 
     def _grid(self, nfe: int) -> Grid:
-        sched, cfg = self.schedule, self.config
+        sched, cfg = self.schedule, self.cfg
         clean_end = cfg.final == "zero"
         first_infinite = float(sched.alpha(sched.t_max)) == 0.0
         steps = self.solver.steps_for_nfe(nfe, first_infinite, clean_end)
@@ -195,7 +203,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         if self._run is None:
             self._run = self.solver.solve(x, self._grid_)
             next(self._run)
-        x0, eps = self.denoiser.convert(x, model_output.to(dtype), self._points[self._step_index])
+        x0, eps = self.denoiser.convert(
+            x, model_output.to(dtype), self._points[self._step_index], self.solver.needs_eps
+        )
         self._step_index += 1
         try:
             prev, _ = self._run.send((x0, eps))
@@ -206,8 +216,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
 
     def _t_of_timestep(self, timesteps: Tensor) -> Tensor:
         ts = torch.as_tensor(timesteps, dtype=torch.float64).cpu()
-        if self.config.flow:
-            return ts / self.config.num_train_timesteps
+        if self.cfg.flow:
+            return ts / self.cfg.num_train_timesteps
         assert isinstance(self.schedule, DiscreteVP)
         return self.schedule.t_of_index(ts)
 

@@ -144,6 +144,9 @@ class DiscreteVP(_VariancePreserving):
         betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
         return cls(betas=betas, rescale_zero_terminal_snr=rescale_zero_terminal_snr)
 
+    def __repr__(self) -> str:
+        return f"DiscreteVP(num_train_timesteps={self.num_train_timesteps}, alphas_cumprod[-1]={self.alphas_cumprod[-1]:.3g})"
+
     def log_alpha(self, t: TimeLike) -> Tensor:
         t = as64(t)
         return torch.from_numpy(np.asarray(np.interp(t.numpy(), self._t, self._log_alpha), dtype=np.float64)).reshape(

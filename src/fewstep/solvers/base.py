@@ -8,12 +8,19 @@ grid uses (so the NFE of a run is known before it starts) and :meth:`Solver.solv
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor
 
+from ..denoiser import Point
 from .grid import Grid
+
+#: A solver run: it yields ``(x, point)`` where it wants the model evaluated, is sent ``(x0_hat, eps_hat)``
+#: back, and returns the final state. The solver never calls the model itself.
+Steps = Generator[tuple[Tensor, Point], Any, Tensor]
+Evaluate = Callable[[Tensor, Point], Any]
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,8 @@ class Solver:
     #: True for solvers stepping in lambda (they take a first-order step where lambda is infinite);
     #: False for solvers stepping in the noise level (Euler/Heun), which only lower the order to a clean end.
     lambda_based: ClassVar[bool] = True
+    #: False for solvers that use the data estimate alone (the driver then sends ``(x0_hat, None)``).
+    needs_eps: ClassVar[bool] = True
 
     def step_orders(self, grid: Grid) -> list[int]:
         """The order used on each step (1 on a step of infinite size)."""
@@ -72,8 +81,23 @@ class Solver:
             )
         return steps
 
-    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+    def solve(self, x: Tensor, grid: Grid) -> Steps:
+        """The update rule, as a generator of model-evaluation requests (see :data:`Steps`)."""
         raise NotImplementedError
+
+    def run(self, x: Tensor, grid: Grid, evaluate: Evaluate | None = None) -> Tensor:
+        """Drive :meth:`solve` to the end, answering each request with ``evaluate(x, point)``
+        (default: the grid's denoiser, one counted model call)."""
+        if evaluate is None:
+            denoiser, eps = grid.denoiser, self.needs_eps
+            evaluate = lambda x_, p: denoiser(x_, p, eps)  # noqa: E731
+        steps = self.solve(x, grid)
+        try:
+            request = next(steps)
+            while True:
+                request = steps.send(evaluate(*request))
+        except StopIteration as done:
+            return done.value
 
     @classmethod
     def info(cls) -> SolverInfo:

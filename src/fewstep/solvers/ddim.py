@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Solver, register
+from .base import Solver, Steps, register
 from .grid import Grid
 
 
@@ -19,10 +19,10 @@ class DDIM(Solver):
     paper = "Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models"
     peers = "diffusers DDIMScheduler"
 
-    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+    def solve(self, x: Tensor, grid: Grid) -> Steps:
         alpha, sigma = grid.alpha.tolist(), grid.sigma.tolist()
         for i in grid.loop():
-            x0, eps = grid(x, grid.node(i))
+            x0, eps = yield x, grid.node(i)
             x = alpha[i + 1] * x0 + sigma[i + 1] * eps
             grid.emit(i, x, x0)
         return x

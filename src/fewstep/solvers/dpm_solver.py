@@ -24,7 +24,7 @@ import math
 
 from torch import Tensor
 
-from .base import Solver, register
+from .base import Solver, Steps, register
 from .grid import Grid
 
 
@@ -64,7 +64,7 @@ class _DPMSolver(Solver):
         assert len(orders) == grid.steps
         return orders
 
-    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+    def solve(self, x: Tensor, grid: Grid) -> Steps:
         orders = self.step_orders(grid)
         a, s, lam, h = grid.alpha, grid.sigma, grid.lam, grid.h
         r = {2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
@@ -86,19 +86,19 @@ class _DPMSolver(Solver):
                 c_u2 = -pts[1].sigma * r2 / r1 * (math.expm1(r2 * hi) / (r2 * hi) - 1.0)
                 plan.append((3, pts, first, ratio, -s[i + 1] * e, c_u2, -s[i + 1] / r2 * (e / hi - 1.0)))
         for i in grid.loop():
-            x0, eps = grid(x, grid.node(i))
+            x0, eps = yield x, grid.node(i)
             step = plan[i]
             if step[0] == 1:
                 _, ca, cs = step
                 x = ca * x0 + cs * eps
             elif step[0] == 2:
                 _, (p1,), ((u_x, u_e),), cx, ce, cd = step
-                _, eps1 = grid(u_x * x + u_e * eps, p1)
+                _, eps1 = yield u_x * x + u_e * eps, p1
                 x = cx * x + ce * eps + cd * (eps1 - eps)
             else:
                 _, (p1, p2), ((u1_x, u1_e), (u2_x, u2_e)), cx, ce, c_u2, cd = step
-                _, eps1 = grid(u1_x * x + u1_e * eps, p1)
-                _, eps2 = grid(u2_x * x + u2_e * eps + c_u2 * (eps1 - eps), p2)
+                _, eps1 = yield u1_x * x + u1_e * eps, p1
+                _, eps2 = yield u2_x * x + u2_e * eps + c_u2 * (eps1 - eps), p2
                 x = cx * x + ce * eps + cd * (eps2 - eps)
             grid.emit(i, x, x0)
         return x

@@ -6,8 +6,9 @@ With ``h = lambda_t - lambda_s`` and ``D_j`` the data estimates:
 - 2S (singlestep, r = 1/2): ``u = (sigma_s1/sigma_s) x_s - alpha_s1 (e^{-r h} - 1) D_s``;
   ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) ((1 - 1/(2r)) D_s + 1/(2r) D(u, s1))``
 - 2M (multistep, ``r = h_{i-1}/h``): ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) ((1 + 1/(2r)) D_i - 1/(2r) D_{i-1})``
-- 3M: ``x_t = (sigma_t/sigma_s) x_s + alpha_t (h phi_1(-h) D_i + h phi_2(-h) D1 + h phi_3(-h) D2)`` with the
-  divided differences ``D1``, ``D2`` of the last three data estimates in lambda (Taylor coefficients scaled by h).
+- 3M: ``x_t = (sigma_t/sigma_s) x_s + alpha_t (h phi_1(-h) D_i + h phi_2(-h) D1 + 2 h phi_3(-h) D2)`` with
+  ``D1 ~ h x0'`` and ``D2 ~ h^2 x0''/2`` the divided differences of the last three data estimates in lambda, so
+  that the terms are the Taylor terms ``h^{k+1} phi_{k+1}(-h) x0^{(k)}`` of the exact solution.
 
 Multistep solvers warm up with lower orders; with ``lower_order_final`` (default, as diffusers) the last
 step is first order when it goes to sigma = 0 or when there are fewer than 15 steps, and the one before it at
@@ -21,7 +22,7 @@ import math
 import numpy as np
 from torch import Tensor
 
-from .base import Solver, register
+from .base import Solver, Steps, register
 from .grid import Grid
 from .phi import hphi
 
@@ -47,12 +48,13 @@ def multistep_orders(grid: Grid, order: int, lower_order_final: bool) -> list[in
     return orders
 
 
-def multistep_weights(h: np.ndarray, i: int, order: int, d2_weight: str = "reference") -> list[float]:
+def multistep_weights(h: np.ndarray, i: int, order: int, d2_weight: str = "taylor") -> list[float]:
     """Weights ``w_j`` of the data estimates ``D_i, D_{i-1}, ...`` in ``alpha_t sum_j w_j D_{i-j}``.
 
-    For order 3, ``d2_weight="reference"`` gives D2 the weight ``h phi_3(-h)`` of DPM-Solver's reference code
-    (and of diffusers and k-diffusion); since ``D2 ~ h^2 x0''/2`` the Taylor-exact weight is ``2 h phi_3(-h)``
-    (``d2_weight="taylor"``), which makes the step exact for data estimates quadratic in lambda.
+    For order 3, ``D2 ~ h^2 x0''/2`` and the Taylor-exact weight is ``2 h phi_3(-h)`` (``d2_weight="taylor"``,
+    the default: the step is exact for data estimates quadratic in lambda and the method third order).
+    ``d2_weight="reference"`` gives D2 the weight ``h phi_3(-h)`` of DPM-Solver's reference code, diffusers and
+    k-diffusion, which leaves an O(h^3) local error and makes that method second order.
     """
     hi = h[i]
     w1 = hphi(1, hi)
@@ -79,8 +81,9 @@ class _Multistep(Solver):
     """Shared loop of the data-prediction multistep solvers: ``x_t = (sigma_t/sigma_s) x_s + alpha_t sum_j w_j D_{i-j}``."""
 
     paper = PAPER_PP
+    needs_eps = False
 
-    def __init__(self, lower_order_final: bool = True, d2_weight: str = "reference"):
+    def __init__(self, lower_order_final: bool = True, d2_weight: str = "taylor"):
         if not isinstance(lower_order_final, bool):
             raise TypeError(f"lower_order_final: must be a bool, got {lower_order_final!r}")
         if d2_weight not in ("reference", "taylor"):
@@ -91,7 +94,7 @@ class _Multistep(Solver):
     def step_orders(self, grid: Grid) -> list[int]:
         return multistep_orders(grid, self.order, self.lower_order_final)
 
-    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+    def solve(self, x: Tensor, grid: Grid) -> Steps:
         a, s, h = grid.alpha, grid.sigma, grid.h
         coef = []
         for i, k in enumerate(self.step_orders(grid)):
@@ -100,7 +103,7 @@ class _Multistep(Solver):
             coef.append((float(ratio), [float(a[i + 1] * w) for w in multistep_weights(h, i, k, self.d2_weight)]))
         history: list[Tensor] = []
         for i in grid.loop():
-            x0 = grid.denoise(x, grid.node(i))
+            x0, _ = yield x, grid.node(i)
             history = [x0, *history[: self.order - 1]]
             ratio, weights = coef[i]
             x = x * ratio  # a new tensor: the caller's noise and the states already passed on are never changed
@@ -137,7 +140,7 @@ class DPMSolverPP2S(Solver):
     paper = PAPER_PP
     peers = "k-diffusion sample_dpmpp_2s_ancestral(eta=0)"
 
-    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+    def solve(self, x: Tensor, grid: Grid) -> Steps:
         a, s, lam, h = grid.alpha, grid.sigma, grid.lam, grid.h
         r = 0.5
         plan: list[tuple] = []
@@ -149,13 +152,13 @@ class DPMSolverPP2S(Solver):
                 u = (p1.sigma / s[i], -p1.alpha * math.expm1(-r * h[i]))
                 plan.append((p1, u, s[i + 1] / s[i], -a[i + 1] * math.expm1(-h[i])))
         for i in grid.loop():
-            x0, eps = grid(x, grid.node(i))
+            x0, eps = yield x, grid.node(i)
             p1, c1, c2, c3 = plan[i]
             if p1 is None:  # first order, in (x0, eps) form: finite at alpha_s = 0 and at sigma_t = 0
                 x = c1 * x0 + c2 * eps
             else:
                 ux, ud = c1
-                x0_mid = grid.denoise(ux * x + ud * x0, p1)
+                x0_mid, _ = yield ux * x + ud * x0, p1
                 x = c2 * x + c3 * ((1 - 1 / (2 * r)) * x0 + 1 / (2 * r) * x0_mid)
             grid.emit(i, x, x0)
         return x

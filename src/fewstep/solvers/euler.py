@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Solver, register
+from .base import Solver, Steps, register
 from .grid import Grid
 
 
@@ -27,13 +27,13 @@ class Euler(Solver):
     paper = "Karras et al. 2022 (EDM), Alg. 1 without the correction"
     peers = "k-diffusion sample_euler; diffusers EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler"
 
-    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+    def solve(self, x: Tensor, grid: Grid) -> Steps:
         tau, c = grid.ode_frame()
         vel = [grid.ode_velocity(grid.node(i)) for i in range(grid.steps)]
         # x_{i+1} = c_{i+1} (x_i / c_i + dtau f)
         coef = [(c[i + 1] / c[i], c[i + 1] * (tau[i + 1] - tau[i])) for i in range(grid.steps)]
         for i in grid.loop():
-            x0, eps = grid(x, grid.node(i))
+            x0, eps = yield x, grid.node(i)
             (a, b), (cx, cf) = vel[i], coef[i]
             x = cx * x + cf * (a * x0 + b * eps)
             grid.emit(i, x, x0)
@@ -53,18 +53,18 @@ class Heun(Solver):
     paper = "Karras et al. 2022 (EDM), Alg. 1"
     peers = "k-diffusion sample_heun; diffusers HeunDiscreteScheduler"
 
-    def solve(self, x: Tensor, grid: Grid) -> Tensor:
+    def solve(self, x: Tensor, grid: Grid) -> Steps:
         tau, c = grid.ode_frame()
         orders = self.step_orders(grid)
         vel = [grid.ode_velocity(p) if p is not None else (0.0, 0.0) for p in grid.points]
         coef = [(c[i + 1] / c[i], c[i + 1] * (tau[i + 1] - tau[i])) for i in range(grid.steps)]
         for i in grid.loop():
-            x0, eps = grid(x, grid.node(i))
+            x0, eps = yield x, grid.node(i)
             (a, b), (cx, cf) = vel[i], coef[i]
             d = a * x0 + b * eps
             x_pred = cx * x + cf * d
             if orders[i] == 2:
-                x0_2, eps_2 = grid(x_pred, grid.node(i + 1))
+                x0_2, eps_2 = yield x_pred, grid.node(i + 1)
                 a2, b2 = vel[i + 1]
                 x_pred = cx * x + (0.5 * cf) * (d + a2 * x0_2 + b2 * eps_2)
             x = x_pred

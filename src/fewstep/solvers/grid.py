@@ -81,14 +81,6 @@ class Grid:
             raise IndexError("the clean end is not a model node")
         return p
 
-    def __call__(self, x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
-        """Evaluate the model: ``(x0_hat, eps_hat)`` at point p."""
-        return self.denoiser(x, p)
-
-    def denoise(self, x: Tensor, p: Point) -> Tensor:
-        """Evaluate the model: ``x0_hat`` alone at point p (one evaluation, the noise estimate not formed)."""
-        return self.denoiser.denoise(x, p)
-
     def loop(self) -> Iterator[int]:
         """The step indices 0..N-1, with a progress bar when asked."""
         it = range(self.steps)
