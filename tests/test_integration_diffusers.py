@@ -46,7 +46,7 @@ def unet() -> diffusers.UNet2DModel:
     return tiny_unet()
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize(
     ("solver", "spacing", "nfe"), [(s, "logsnr", 7) for s in SOLVERS] + [("dpmpp_2m", "trailing", 6)]
 )
