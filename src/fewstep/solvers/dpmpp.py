@@ -13,6 +13,9 @@ With ``h = lambda_t - lambda_s`` and ``D_j`` the data estimates:
 Multistep solvers warm up with lower orders; with ``lower_order_final`` (default, as diffusers) the last
 step is first order when it goes to sigma = 0 or when there are fewer than 15 steps, and the one before it at
 most second order in the latter case. A step of infinite lambda-size is always first order.
+
+``corrector="unic"`` (2M, 3M) adds UniPC's UniC corrector (:mod:`fewstep.solvers.unic`) at no extra model
+evaluation, at each step's order: 2M becomes third order, 3M fourth.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import Tensor
 from .base import Solver, Steps, register
 from .grid import Grid
 from .phi import hphi
+from .unic import CORRECTORS, check_corrector, predict_correct, unic_plan
 
 PAPER_PP = "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
 
@@ -83,13 +87,14 @@ class _Multistep(Solver):
     paper = PAPER_PP
     needs_eps = False
 
-    def __init__(self, lower_order_final: bool = True, d2_weight: str = "taylor"):
+    def __init__(self, lower_order_final: bool = True, d2_weight: str = "taylor", corrector: str | None = None):
         if not isinstance(lower_order_final, bool):
             raise TypeError(f"lower_order_final: must be a bool, got {lower_order_final!r}")
         if d2_weight not in ("reference", "taylor"):
             raise ValueError(f"d2_weight: choose 'reference' or 'taylor', got {d2_weight!r}")
         self.lower_order_final = lower_order_final
         self.d2_weight = d2_weight
+        self.corrector = check_corrector(corrector)
 
     def step_orders(self, grid: Grid) -> list[int]:
         return multistep_orders(grid, self.order, self.lower_order_final)
@@ -97,10 +102,14 @@ class _Multistep(Solver):
     def solve(self, x: Tensor, grid: Grid) -> Steps:
         a, s, h = grid.alpha, grid.sigma, grid.h
         coef = []
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = s[1:] / s[:-1]  # 0 at a clean end
         for i, k in enumerate(self.step_orders(grid)):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = s[i + 1] / s[i]  # 0 at a clean end
+            ratio = ratios[i]
             coef.append((float(ratio), [float(a[i + 1] * w) for w in multistep_weights(h, i, k, self.d2_weight)]))
+        if self.corrector is not None:
+            corr = unic_plan(grid, self.step_orders(grid), CORRECTORS[self.corrector])
+            return (yield from predict_correct(x, grid, [(r, w, ()) for r, w in coef], corr))
         history: list[Tensor] = []
         for i in grid.loop():
             x0, _ = yield x, grid.node(i)

@@ -67,7 +67,7 @@ class Grid:
 
     def finite(self, i: int) -> bool:
         """Whether step i has a finite lambda-size (so higher-order corrections are defined)."""
-        return bool(np.isfinite(self.lam[i]) and np.isfinite(self.lam[i + 1]))
+        return math.isfinite(self.lam[i]) and math.isfinite(self.lam[i + 1])
 
     def point(self, t: float) -> Point:
         return self.denoiser.point(t, self.batch, self.device, self.dtype)
