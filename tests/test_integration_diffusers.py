@@ -248,3 +248,14 @@ def test_flow_higher_order_solvers_are_closer_to_the_exact_answer(shift: float) 
         ours = FewstepScheduler.from_config(theirs.config, solver=solver, spacing=spacing)
         err = rmse(run_pipeline_loop(ours, model, noise, 19))
         assert err < 0.75 * euler, (solver, err, euler)
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_named_betas_equal_diffusers_tables(beta_schedule: str) -> None:
+    from fewstep.schedules.vp import named_betas
+
+    theirs = diffusers.DDPMScheduler(beta_schedule=beta_schedule, beta_start=0.00085, beta_end=0.012).betas
+    ours = named_betas(beta_schedule, 1000, 0.00085, 0.012)
+    np.testing.assert_allclose(ours, theirs.double().numpy(), rtol=1e-5, atol=1e-7)  # diffusers' float32 tables
+    with pytest.raises(ValueError, match="beta_schedule"):
+        named_betas("sigmoid", 10)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..denoiser import Denoiser, Point, Threshold
 from ..schedules import DiscreteVP, Flow, NoiseSchedule
+from ..schedules.vp import named_betas
 from ..solvers import Grid, Solver, get_solver
 from ..solvers.base import Steps
 from ..spacing import model_times
@@ -39,17 +40,6 @@ PREDICTION_TYPES = {
     "v_prediction": "v_prediction",
     "flow_prediction": "velocity",
 }
-
-
-def _betas(beta_schedule: str, n: int, beta_start: float, beta_end: float) -> np.ndarray:
-    if beta_schedule == "linear":
-        return np.linspace(beta_start, beta_end, n, dtype=np.float64)
-    if beta_schedule == "scaled_linear":
-        return np.linspace(beta_start**0.5, beta_end**0.5, n, dtype=np.float64) ** 2
-    if beta_schedule == "squaredcos_cap_v2":  # Nichol & Dhariwal's cosine alpha_bar, betas capped at 0.999
-        f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
-        return np.array([min(1 - f((i + 1) / n) / f(i / n), 0.999) for i in range(n)])
-    raise ValueError(f"beta_schedule: {beta_schedule!r} not supported; use linear, scaled_linear, squaredcos_cap_v2")
 
 
 def _flow_shift(t: Tensor | float, shift: float) -> Any:
@@ -104,7 +94,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             betas = (
                 np.asarray(trained_betas, dtype=np.float64)
                 if trained_betas is not None
-                else _betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+                else named_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
             )
             self.schedule = DiscreteVP(betas=betas, rescale_zero_terminal_snr=rescale_betas_zero_snr)
             self.prediction = PREDICTION_TYPES[prediction_type]

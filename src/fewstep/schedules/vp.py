@@ -78,6 +78,22 @@ class Cosine(_VariancePreserving):
         return torch.arccos(torch.exp(log_alpha + self._log_alpha_0)) * 2.0 * (1.0 + self.s) / math.pi - self.s
 
 
+def named_betas(beta_schedule: str, n: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+    """The beta tables known by name in diffusers configs (``beta_schedule``), in float64.
+
+    ``linear`` (DDPM), ``scaled_linear`` (Stable Diffusion: linear in sqrt(beta)) and ``squaredcos_cap_v2``
+    (Nichol & Dhariwal's cosine alpha_bar, ``beta_i = min(1 - abar((i+1)/n) / abar(i/n), 0.999)``).
+    """
+    if beta_schedule == "linear":
+        return np.linspace(beta_start, beta_end, n, dtype=np.float64)
+    if beta_schedule == "scaled_linear":
+        return np.linspace(beta_start**0.5, beta_end**0.5, n, dtype=np.float64) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        abar = np.cos((np.arange(n + 1) / n + 0.008) / 1.008 * math.pi / 2) ** 2
+        return np.minimum(1 - abar[1:] / abar[:-1], 0.999)
+    raise ValueError(f"beta_schedule: {beta_schedule!r} not supported; use linear, scaled_linear, squaredcos_cap_v2")
+
+
 def zero_terminal_snr(alphas_cumprod: np.ndarray) -> np.ndarray:
     """Shift and scale sqrt(alphas_cumprod) so the last step has zero SNR (Lin et al. 2024, Alg. 1)."""
     a = np.sqrt(alphas_cumprod)
@@ -130,7 +146,7 @@ class DiscreteVP(_VariancePreserving):
     @classmethod
     def linear(cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteVP:
         """DDPM's linear betas."""
-        return cls(betas=np.linspace(beta_start, beta_end, num_train_timesteps))
+        return cls(betas=named_betas("linear", num_train_timesteps, beta_start, beta_end))
 
     @classmethod
     def scaled_linear(
@@ -141,7 +157,7 @@ class DiscreteVP(_VariancePreserving):
         rescale_zero_terminal_snr: bool = False,
     ) -> DiscreteVP:
         """Stable Diffusion's betas (linear in sqrt(beta))."""
-        betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
+        betas = named_betas("scaled_linear", num_train_timesteps, beta_start, beta_end)
         return cls(betas=betas, rescale_zero_terminal_snr=rescale_zero_terminal_snr)
 
     def __repr__(self) -> str:
