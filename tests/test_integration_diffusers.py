@@ -259,3 +259,29 @@ def test_named_betas_equal_diffusers_tables(beta_schedule: str) -> None:
     np.testing.assert_allclose(ours, theirs.double().numpy(), rtol=1e-5, atol=1e-7)  # diffusers' float32 tables
     with pytest.raises(ValueError, match="beta_schedule"):
         named_betas("sigmoid", 10)
+
+
+def test_set_begin_index_continues_part_way_as_image_to_image_pipelines_do() -> None:
+    """img2img: add noise at the k-th timestep, set_begin_index(k), run the rest: equals fewstep.sample on the
+    remaining times from that state."""
+    sched_cfg = diffusers.DDIMScheduler(beta_schedule="scaled_linear").config
+    target = mixture_2d()
+    s = FewstepScheduler.from_config(sched_cfg, solver="dpmpp_2m", spacing="logsnr")
+    s.set_timesteps(10)
+    k = 4
+    x0 = target.sample(32, torch.Generator().manual_seed(0)).float()
+    noise = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+    x = s.add_noise(x0, noise, s.timesteps[k : k + 1])
+    start = x.clone()
+    model = target.model(s.schedule, "epsilon")
+    s.set_begin_index(k)
+    for t in s.timesteps[k:]:
+        x = s.step(model(x, t.expand(32)), t, x).prev_sample
+    times = s.schedule.t_of_index(s.timesteps[k:].double())
+    expected = fewstep.sample(model, start, s.schedule, "dpmpp_2m", spacing=times)
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)
+
+    singlestep = FewstepScheduler.from_config(sched_cfg, solver="dpm_solver_3")
+    singlestep.set_timesteps(9)
+    with pytest.raises(ValueError, match="begin_index"):
+        singlestep.set_begin_index(4)

@@ -153,21 +153,37 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: must be a positive integer, got {num_inference_steps!r}")
         self._grid_ = self._grid(num_inference_steps)
-        # A dry run of the solver on a scalar records the order of its evaluation points.
-        points: list[Point] = []
-        zero = torch.zeros(1)
-        run = self.solver.solve(zero, self._grid_)
-        try:
-            _, p = next(run)
-            while True:
-                points.append(p)
-                _, p = run.send((zero, zero))
-        except StopIteration:
-            pass
-        self._points = points
+        points = self._points = self._evaluation_points(self._grid_)
         times = torch.tensor([p.t for p in points], dtype=torch.float64)
         self.timesteps = torch.as_tensor(self.denoiser.time_of(times), dtype=torch.float32).to(device)
         self.num_inference_steps = num_inference_steps
+        self._run, self._step_index = None, 0
+
+    def _evaluation_points(self, grid: Grid) -> list[Point]:
+        """The solver's evaluation points in order, from a dry run on a scalar state."""
+        points: list[Point] = []
+        zero = torch.zeros(1)
+        self.solver.run(zero, grid, lambda _x, p: (points.append(p), (zero, zero))[1])
+        return points
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at the ``begin_index``-th evaluation (image-to-image pipelines skip the noisiest ones).
+
+        The run is re-planned on the remaining grid nodes, at the same times; that needs a solver whose
+        evaluations are its grid nodes (one evaluation per step), not a singlestep one.
+        """
+        if not self._points:
+            raise RuntimeError("set_timesteps: call it before set_begin_index()")
+        if begin_index == 0:
+            return
+        if self.solver.nfe_per_step != 1 or not 0 <= begin_index < len(self._points):
+            raise ValueError(
+                f"begin_index: {begin_index} is not a grid node of {self.solver.name!r}; starting part-way needs "
+                "a solver with one evaluation per step (ddim, euler, dpmpp_2m, dpmpp_3m, ...)"
+            )
+        g = self._grid_
+        self._grid_ = Grid(g.denoiser, g.t[begin_index:], g.clean_end, g.batch, g.device, g.dtype)
+        self._points = self._evaluation_points(self._grid_)
         self._run, self._step_index = None, 0
 
     def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
