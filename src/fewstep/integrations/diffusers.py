@@ -163,7 +163,12 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         """The solver's evaluation points in order, from a dry run on a scalar state."""
         points: list[Point] = []
         zero = torch.zeros(1)
-        self.solver.run(zero, grid, lambda _x, p: (points.append(p), (zero, zero))[1])
+
+        def record(_x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
+            points.append(p)
+            return zero, zero
+
+        self.solver.run(zero, grid, record)
         return points
 
     def set_begin_index(self, begin_index: int = 0) -> None:

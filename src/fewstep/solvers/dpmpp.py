@@ -15,7 +15,8 @@ step is first order when it goes to sigma = 0 or when there are fewer than 15 st
 most second order in the latter case. A step of infinite lambda-size is always first order.
 
 ``corrector="unic"`` (2M, 3M) adds UniPC's UniC corrector (:mod:`fewstep.solvers.unic`) at no extra model
-evaluation, at each step's order: 2M becomes third order, 3M fourth.
+evaluation, at each step's order: 2M becomes third order, 3M fourth (third with ``d2_weight="reference"``,
+whose O(h^3) local error the corrector keeps).
 """
 
 from __future__ import annotations
