@@ -41,6 +41,7 @@ def sample(
     callback: Callback | None = None,
     progress: bool | None = None,
     grad: bool = False,
+    noise_sampler: Callable[[float, float], Tensor] | None = None,
     **solver_options: Any,
 ) -> Tensor:
     """Solve from ``noise`` (the state at the first time, ``t_max`` unless ``spacing`` gives times) to data.
@@ -54,13 +55,18 @@ def sample(
         spacing: a spacing name (:mod:`fewstep.spacing`) or the model-evaluation times themselves (then
             ``nfe``/``steps`` may be left out, or are checked against the times).
         prediction: what the model returns: epsilon, sample, v_prediction, score or velocity.
-        generator: for stochastic solvers.
+        generator: the ``torch.Generator`` of a stochastic solver's per-step noise (``torch.randn``); the run is
+            deterministic given it. Deterministic solvers ignore it.
         steps: the number of solver steps (instead of ``nfe``).
         final: ``"zero"`` ends with a step to sigma = 0 (the clean data); ``"t_min"`` ends at the last time.
         time_input: the model's time convention, see :class:`Denoiser`.
         callback: called after each step with ``{"i", "t", "x", "denoised"}``.
         progress: show a tqdm bar (default: when the run spends 100 or more evaluations).
         grad: record the autograd graph through the run (off by default, as in diffusers pipelines).
+        noise_sampler: instead of ``generator``, the per-step noise of a stochastic solver:
+            ``noise_sampler(level_s, level_t)`` returns a standard normal tensor shaped like ``noise`` for the step
+            between the two noise levels (k-diffusion's convention; levels are ``schedule.level``: sigma/alpha,
+            or t for flows), e.g. :func:`fewstep.noise.brownian_noise_sampler` of a Brownian path.
         solver_options: options of the named solver (e.g. ``lower_order_final=False``).
 
     Returns:
@@ -99,6 +105,12 @@ def sample(
         if value is not None and (not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1):
             raise ValueError(f"{name}: must be a positive integer, got {value!r}")
     clean_end = final == "zero"
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: must be a torch.Generator, got {type(generator).__name__}")
+    if noise_sampler is not None and not callable(noise_sampler):
+        raise TypeError(f"noise_sampler: must be callable as noise_sampler(level_s, level_t), got {noise_sampler!r}")
+    if generator is not None and noise_sampler is not None:
+        raise ValueError("generator, noise_sampler: give one of them, not both (the noise sampler draws the noise)")
 
     if isinstance(spacing, str):
         first_infinite = float(schedule.alpha(schedule.t_max)) == 0.0
@@ -126,6 +138,7 @@ def sample(
         callback=callback,
         generator=generator,
         nfe_budget=int(nfe) if nfe is not None and isinstance(spacing, str) else None,
+        noise_sampler=noise_sampler,
     )
     expected = slv.nfe(grid)
     if nfe is not None and expected != nfe:

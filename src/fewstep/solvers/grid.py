@@ -35,6 +35,9 @@ class Grid:
     progress: bool = False
     generator: torch.Generator | None = None
     nfe_budget: int | None = None
+    #: ``noise_sampler(level_s, level_t)``: the standard normal noise of a stochastic step (instead of
+    #: ``torch.randn(..., generator=generator)``), see :meth:`noise`.
+    noise_sampler: Callable[[float, float], Tensor] | None = None
     alpha: np.ndarray = field(init=False)
     sigma: np.ndarray = field(init=False)
     lam: np.ndarray = field(init=False)
@@ -85,6 +88,24 @@ class Grid:
         """The step indices 0..N-1, with a progress bar when asked."""
         it = range(self.steps)
         return iter(tqdm(it, desc="fewstep", leave=False)) if self.progress else iter(it)
+
+    def noise(self, s: float, t: float, like: Tensor) -> Tensor:
+        """The standard normal noise of a stochastic step between the noise levels ``s`` and ``t`` (the schedule's
+        :meth:`~fewstep.schedules.NoiseSchedule.level`: sigma/alpha, k-diffusion's sigma, or t for flows; 0 at the
+        clean end), shaped like ``like`` and on its device and dtype.
+
+        From ``noise_sampler(s, t)`` when one is given (k-diffusion's convention, e.g. a Brownian path's
+        normalised increment), else ``torch.randn`` with ``generator`` (drawn on the generator's device).
+        """
+        if self.noise_sampler is not None:
+            z = self.noise_sampler(float(s), float(t))
+            if not isinstance(z, Tensor) or z.shape != like.shape:
+                got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+                raise ValueError(f"noise_sampler: must return a tensor of shape {tuple(like.shape)}, got {got}")
+            return z.to(device=like.device, dtype=like.dtype)
+        g = self.generator
+        z = torch.randn(like.shape, generator=g, device=g.device if g is not None else like.device, dtype=like.dtype)
+        return z.to(like.device)
 
     def emit(self, i: int, x: Tensor, denoised: Tensor) -> None:
         if self.callback is not None:

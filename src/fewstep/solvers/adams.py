@@ -1,0 +1,154 @@
+"""Shared machinery of the linear multistep solvers (DEIS, iPNDM, LMS): Lagrange-basis integrals, order plans
+and the step loop.
+
+Each of these solvers integrates an ODE ``dy/dtau = f`` with a polynomial through the last few values of ``f``.
+Every step is an affine combination, with coefficients computed (float64) before the loop,
+
+    x_{i+1} = p x_i + q x0_i + r eps_i + sum_j w_j f_{i-j}
+
+of the state, the model's current estimates and the history of ``f``. Two frames occur (:meth:`Grid.ode_frame`):
+
+- the noise-prediction ODE in ``rho = sigma/alpha`` (``y = x/alpha``, ``f = eps``), where an update
+  ``y_{i+1} = y_i + sum_j W_j eps_{i-j}`` with ``sum_j W_j = rho_{i+1} - rho_i`` is written, using
+  ``x_i = alpha_i x0_i + sigma_i eps_i``, as
+
+      x_{i+1} = alpha_{i+1} x0_i + sigma_{i+1} eps_i + alpha_{i+1} sum_{j>=1} W_j (eps_{i-j} - eps_i):
+
+  DDIM plus the higher-order corrections. It never divides by alpha_i, so it stays exact from a (nearly)
+  pure-noise node, and it is finite on a step to sigma = 0;
+- the flow ODE in ``t`` (``y = x``, ``f`` = the velocity ``alpha' x0 + sigma' eps``):
+  ``x_{i+1} = x_i + sum_j W_j f_{i-j}``.
+
+First-order steps are DDIM in both frames, ``x_{i+1} = alpha_{i+1} x0_i + sigma_{i+1} eps_i`` (exact for
+constant estimates; in the sigma frame this is Euler, in the t frame it differs from Euler on curved paths).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+from torch import Tensor
+
+from .base import Solver, Steps
+from .grid import Grid
+
+#: ``(p, q, r, w)`` of one step: ``x_{i+1} = p x_i + q x0_i + r eps_i + sum_j w[j] f_{i-j}``.
+StepCoef = tuple[float, float, float, list[float]]
+
+#: Adams-Bashforth coefficients for equal steps (the weights of ``f_i, f_{i-1}, ...`` per unit step).
+AB_UNIFORM: dict[int, list[float]] = {
+    1: [1.0],
+    2: [3 / 2, -1 / 2],
+    3: [23 / 12, -16 / 12, 5 / 12],
+    4: [55 / 24, -59 / 24, 37 / 24, -9 / 24],
+}
+
+
+def lagrange_integrals(nodes: Sequence[float], a: float, b: float) -> list[float]:
+    """``int_a^b l_j(v) dv`` for the Lagrange basis ``l_j`` of ``nodes`` (``l_j(nodes[k]) = [j == k]``).
+
+    Exact to rounding: the nodes are mapped to the unit step ``s = (v - a)/(b - a)`` and the degree
+    ``len(nodes) - 1`` integrand is integrated by Gauss-Legendre with ``len(nodes)`` points (exact to degree
+    ``2 len(nodes) - 1``), evaluating the basis in its product form. A zero-width step gives zero weights.
+    """
+    n = len(nodes)
+    width = float(b) - float(a)
+    if n == 1:
+        return [width]
+    if width == 0.0:
+        return [0.0] * n
+    s = [(float(v) - float(a)) / width for v in nodes]
+    x, w = np.polynomial.legendre.leggauss(n)
+    r, w = 0.5 * (x + 1.0), 0.5 * w
+    out = []
+    for j in range(n):
+        basis = np.ones_like(r)
+        for k in range(n):
+            if k != j:
+                basis *= (r - s[k]) / (s[j] - s[k])
+        out.append(width * float(np.dot(w, basis)))
+    return out
+
+
+def frame_orders(tau: np.ndarray, order: int) -> list[int]:
+    """Per-step orders of a multistep method in the noise level ``tau``: ``min(order, i + 1)`` as k-diffusion's
+    ``sample_lms`` and diffusers' iPNDM/LMS (full order up to and including a step to sigma = 0), with the
+    history restarted after a node of infinite ``tau`` (a pure-noise node in the sigma frame)."""
+    orders, run = [], 0
+    for i in range(len(tau) - 1):
+        run = run + 1 if math.isfinite(tau[i]) else 0
+        orders.append(max(1, min(order, run)))
+    return orders
+
+
+def eps_frame_step(alpha_next: float, sigma_next: float, weights: Sequence[float]) -> StepCoef:
+    """The noise-prediction step ``y_{i+1} = y_i + sum_j W_j eps_{i-j}`` (``y = x/alpha``, weights ``W_j`` in
+    rho) in the DDIM-plus-corrections form of the module docstring. One weight (or none) gives DDIM."""
+    extra = [float(alpha_next * wj) for wj in weights[1:]]
+    w = [-math.fsum(extra), *extra] if extra else []
+    return 0.0, float(alpha_next), float(sigma_next), w
+
+
+def run_plan(x: Tensor, grid: Grid, plan: list[StepCoef], velocity: list[tuple[float, float]] | None) -> Steps:
+    """The step loop shared by the multistep solvers: ``f = eps`` (``velocity=None``) or ``f = a x0 + b eps``
+    with the per-node ``(a, b)`` of ``velocity``."""
+    keep = max([len(w) for *_, w in plan] + [1])
+    history: list[Tensor] = []
+    for i in grid.loop():
+        x0, eps = yield x, grid.node(i)
+        if velocity is None:
+            f = eps
+        else:
+            a, b = velocity[i]
+            f = x0 * a + eps * b if a != 0.0 else eps * b
+        history = [f, *history[: keep - 1]]
+        p, q, r, w = plan[i]
+        terms = [(c, t) for c, t in ((p, x), (q, x0), (r, eps), *zip(w, history, strict=False)) if c != 0.0]
+        if not terms:
+            x = x.new_zeros(x.shape)
+        else:
+            x = terms[0][1] * terms[0][0]  # a new tensor: states already passed on are never changed
+            for c, t in terms[1:]:
+                x.add_(t, alpha=c)
+        grid.emit(i, x, x0)
+    return x
+
+
+class FrameMultistep(Solver):
+    """A linear multistep method in the noise level of :meth:`Grid.ode_frame`: ``sigma/alpha`` with the noise
+    prediction for diffusion schedules (k-diffusion's form), ``t`` with the velocity for flows
+    (``ode_variable == "t"``), the frame Euler steps in. Subclasses give the weights of one step."""
+
+    lambda_based = False
+    #: The most past values of f one step uses (its stencil; for Adams-Bashforth with exact weights, the order).
+    stencil: ClassVar[int] = 4
+
+    def _weights(self, tau: np.ndarray, i: int, k: int) -> list[float]:
+        """Weights ``W_j`` of ``f_i, ..., f_{i-k+1}`` on step i (``sum_j W_j = tau_{i+1} - tau_i``)."""
+        raise NotImplementedError
+
+    def step_orders(self, grid: Grid) -> list[int]:
+        return frame_orders(grid.ode_frame()[0], self.stencil)
+
+    def plan(self, grid: Grid) -> tuple[list[StepCoef], list[tuple[float, float]] | None]:
+        tau, _ = grid.ode_frame()
+        flow = grid.denoiser.schedule.ode_variable == "t"
+        plan: list[StepCoef] = []
+        for i, k in enumerate(self.step_orders(grid)):
+            dtau = float(tau[i + 1] - tau[i]) if math.isfinite(tau[i]) else 0.0
+            weights = self._weights(tau, i, k) if k > 1 else [dtau]
+            if not all(math.isfinite(wj) for wj in weights):  # repeated nodes: first order
+                weights = [dtau]
+            if flow and len(weights) > 1:
+                plan.append((1.0, 0.0, 0.0, [float(wj) for wj in weights]))
+            else:  # first-order steps are DDIM in both frames (exact for constant x0 and eps)
+                plan.append(eps_frame_step(grid.alpha[i + 1], grid.sigma[i + 1], weights))
+        velocity = [grid.ode_velocity(grid.node(i)) for i in range(grid.steps)] if flow else None
+        return plan, velocity
+
+    def solve(self, x: Tensor, grid: Grid) -> Steps:
+        plan, velocity = self.plan(grid)
+        return (yield from run_plan(x, grid, plan, velocity))

@@ -1,0 +1,100 @@
+"""Ancestral samplers: Euler ancestral (k-diffusion) and DDPM / DDIM with eta (Ho et al. 2020; Song et al. 2021).
+
+Both are first order, one evaluation per step, and written as ``x_t = alpha_t x0_hat + c_eps eps_hat + c_z z``
+with ``h = lambda_t - lambda_s`` and the k-diffusion levels ``s = sigma_s/alpha_s``, ``s' = sigma_t/alpha_t``
+(``s'/s = e^{-h}``):
+
+- Euler ancestral (k-diffusion ``get_ancestral_step``, in the scaled state ``y = x/alpha``):
+  ``sigma_up = min(s', eta s' sqrt(1 - s'^2/s^2))``, ``sigma_down = sqrt(s'^2 - sigma_up^2)``, an Euler step of
+  ``dy/ds = eps_hat`` from ``s`` down to ``sigma_down``, then ``sigma_up`` of fresh noise:
+  ``y_t = y_s + (sigma_down - s) eps_hat + s_noise sigma_up z``, i.e.
+  ``x_t = alpha_t x0_hat + alpha_t sigma_down eps_hat + alpha_t s_noise sigma_up z``.
+- DDPM / DDIM(eta) (DDIM eq. 12, 16): ``c = eta sigma_t sqrt(1 - e^{-2h})`` and
+  ``x_t = alpha_t x0_hat + sqrt(sigma_t^2 - c^2) eps_hat + c z``. At eta = 1, ``c^2`` is the variance of the
+  posterior ``q(x_t | x_s, x0)`` (DDPM's "fixed_small" variance, Ho et al. eq. 7) and the mean
+  ``alpha_t x0_hat + sigma_t e^{-h} eps_hat`` is the posterior mean; at eta = 0 the step is DDIM.
+
+The two are the same update: ``alpha_t sigma_up = eta sigma_t sqrt(1 - e^{-2h}) = c`` while eta <= 1 (where
+k-diffusion's clamp ``sigma_up <= s'`` is inactive), and both equal SDE-DPM-Solver++(1) at eta = 1. Steps of
+infinite lambda-size (to sigma = 0, from alpha = 0) are deterministic, see :mod:`fewstep.solvers.stochastic`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from .base import Solver, Steps, register
+from .grid import Grid
+from .stochastic import noise_levels, real_option
+
+# (c_x0, c_eps, c_z): x_t = c_x0 x0_hat + c_eps eps_hat + c_z z
+Coefficients = tuple[float, float, float]
+
+
+class _Ancestral(Solver):
+    order = 1
+    stochastic = True
+
+    def coefficients(self, grid: Grid, i: int) -> Coefficients:
+        """The coefficients of a step of finite lambda-size."""
+        raise NotImplementedError
+
+    def solve(self, x: Tensor, grid: Grid) -> Steps:
+        a, s = grid.alpha, grid.sigma
+        level = noise_levels(grid)
+        coef = [
+            self.coefficients(grid, i) if grid.finite(i) else (float(a[i + 1]), float(s[i + 1]), 0.0)
+            for i in range(grid.steps)
+        ]
+        for i in grid.loop():
+            x0, eps = yield x, grid.node(i)
+            c0, ce, cz = coef[i]
+            x = c0 * x0 + ce * eps
+            if cz:
+                x.add_(grid.noise(level[i], level[i + 1], x), alpha=cz)
+            grid.emit(i, x, x0)
+        return x
+
+
+@register
+class EulerAncestral(_Ancestral):
+    """Euler ancestral: ``eta`` scales the fresh noise ``sigma_up`` (1: the ancestral/DDPM step, 0: Euler),
+    ``s_noise`` multiplies the drawn noise (k-diffusion's options, same defaults)."""
+
+    name = "euler_ancestral"
+    summary = "Euler ancestral: Euler step down to sigma_down, then sigma_up of fresh noise (sigma/alpha frame)"
+    paper = "Karras et al. 2022 (EDM); Crowson's k-diffusion (ancestral sampling of Ho et al. 2020)"
+    peers = "k-diffusion sample_euler_ancestral; diffusers EulerAncestralDiscreteScheduler"
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        self.eta = real_option("eta", eta)
+        self.s_noise = real_option("s_noise", s_noise)
+
+    def coefficients(self, grid: Grid, i: int) -> Coefficients:
+        a_t, s_to = float(grid.alpha[i + 1]), float(grid.sigma[i + 1] / grid.alpha[i + 1])
+        h = float(grid.h[i])
+        # sigma_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)) with s'/s = e^{-h}
+        sigma_up = min(s_to, self.eta * s_to * math.sqrt(-math.expm1(-2.0 * h)))
+        sigma_down = math.sqrt(max(s_to**2 - sigma_up**2, 0.0))
+        return a_t, a_t * sigma_down, a_t * sigma_up * self.s_noise
+
+
+@register
+class DDPM(_Ancestral):
+    """DDPM's ancestral step, generalised by DDIM's ``eta`` in [0, 1] (1: DDPM, 0: DDIM)."""
+
+    name = "ddpm"
+    summary = "DDPM ancestral sampling (posterior q(x_t | x_s, x0_hat)); DDIM with eta"
+    paper = "Ho et al. 2020 (DDPM), eq. 6-7; Song, Meng & Ermon 2021 (DDIM), eq. 12 and 16"
+    peers = "diffusers DDPMScheduler (variance_type='fixed_small'), DDIMScheduler(eta)"
+
+    def __init__(self, eta: float = 1.0):
+        self.eta = real_option("eta", eta, high=1.0)
+
+    def coefficients(self, grid: Grid, i: int) -> Coefficients:
+        a_t, s_t, h = float(grid.alpha[i + 1]), float(grid.sigma[i + 1]), float(grid.h[i])
+        one_minus = -math.expm1(-2.0 * h)  # 1 - e^{-2h} = 1 - (alpha_s sigma_t / (alpha_t sigma_s))^2
+        c = self.eta * s_t * math.sqrt(one_minus)
+        return a_t, s_t * math.sqrt(1.0 - self.eta**2 * one_minus), c

@@ -1,0 +1,51 @@
+"""Shared pieces of the stochastic samplers (:mod:`~fewstep.solvers.ancestral`, :mod:`~fewstep.solvers.sde_dpm`,
+:mod:`~fewstep.solvers.edm_sde`): option checks, the noise levels and which steps draw noise.
+
+Noise. A stochastic step draws one standard normal ``z = grid.noise(level_s, level_t, x)`` (:meth:`Grid.noise`):
+``torch.randn`` with the run's generator, or the user's ``noise_sampler(level_s, level_t)``. The levels are the
+schedule's noise level at the two ends of the step (:meth:`Grid.ode_frame`: sigma/alpha, k-diffusion's sigma,
+or t for flows; 0 at the clean end), so that a Brownian-path noise sampler gives increments over disjoint
+intervals, independent across steps and consistent across step counts.
+
+Deterministic steps. A step of infinite lambda-size is deterministic, first order and written in the
+``(x0_hat, eps_hat)`` form ``x_t = alpha_t x0_hat + sigma_t eps_hat`` (DDIM), which is finite at both ends:
+
+- to sigma = 0 (the clean end) it is ``alpha_t x0_hat``: no noise is added at the data, as in k-diffusion and
+  diffusers, where every sampler's last step to sigma = 0 returns the data estimate.
+- from alpha = 0 (a flow at t = 1, a zero-terminal-SNR schedule) the marginal-preserving SDE in the x/alpha
+  frame is undefined (sigma/alpha = inf). Its limit over the infinite lambda-step forgets the state entirely,
+  ``x_t = alpha_t x0_hat + sigma_t z``, which has the same law as the deterministic step (``eps_hat = x/sigma``
+  is the given standard normal noise there) but throws the given noise away; fewstep takes the deterministic
+  step so that the sample depends on ``noise`` (and the noise draws start with the second step).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .grid import Grid
+
+
+def real_option(name: str, value: object, low: float = 0.0, high: float = math.inf, allow_inf: bool = False) -> float:
+    """``value`` as a float in ``[low, high]`` (TypeError for a non-number, ValueError out of range)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if math.isnan(v) or (math.isinf(v) and not allow_inf) or not low <= v <= high:
+        bound = f"<= {high}" if math.isfinite(high) else "finite" if not allow_inf else ""
+        raise ValueError(f"{name}: must be >= {low}{' and ' + bound if bound else ''}, got {value!r}")
+    return v
+
+
+def bool_option(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: must be a bool, got {value!r}")
+    return value
+
+
+def noise_levels(grid: Grid) -> np.ndarray:
+    """The noise level of every node, as passed to the noise sampler (inf at alpha = 0, 0 at the clean end)."""
+    return grid.ode_frame()[0]
