@@ -285,3 +285,25 @@ def test_set_begin_index_continues_part_way_as_image_to_image_pipelines_do() -> 
     singlestep.set_timesteps(9)
     with pytest.raises(ValueError, match="begin_index"):
         singlestep.set_begin_index(4)
+
+
+def test_stochastic_solver_in_a_pipeline_uses_the_pipeline_generator(unet) -> None:
+    """DDPMPipeline passes its generator to step(): euler_ancestral then equals fewstep.sample with that generator,
+    which drew the start noise first; the same seed reproduces the images."""
+    scheduler = FewstepScheduler.from_config(diffusers.DDPMScheduler().config, solver="euler_ancestral")
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        a = pipe(
+            batch_size=2, generator=torch.Generator().manual_seed(5), num_inference_steps=6, output_type="np"
+        ).images
+        b = pipe(
+            batch_size=2, generator=torch.Generator().manual_seed(5), num_inference_steps=6, output_type="np"
+        ).images
+        gen = torch.Generator().manual_seed(5)
+        noise = torch.randn((2, 3, 8, 8), generator=gen)
+        x = fewstep.sample(
+            lambda x, t: unet(x, t).sample, noise, fewstep.DiscreteVP.linear(), "euler_ancestral", nfe=6, generator=gen
+        )
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-6)

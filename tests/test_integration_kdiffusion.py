@@ -20,7 +20,7 @@ def target():
 
 
 def test_every_solver_has_a_sampler() -> None:
-    for name in DETERMINISTIC:
+    for name in [i.name for i in fewstep.solvers.available()]:
         f = getattr(fk, f"sample_{name}")
         assert f.__name__ == f"sample_{name}" and fk.SAMPLERS[name] is f
     with pytest.raises(AttributeError):
@@ -113,3 +113,21 @@ def test_wrap_runs_k_diffusion_samplers_on_fewstep_models(target, schedule, pred
     )
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
     assert kd_model.denoiser.nfe == 8
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"), [("euler_ancestral", "sample_euler_ancestral"), ("dpmpp_2m_sde", "sample_dpmpp_2m_sde")]
+)
+def test_stochastic_samplers_take_k_diffusion_noise_samplers(target, ours: str, theirs: str) -> None:
+    """With the same noise sampler, fewstep's stochastic samplers through the k-diffusion signature equal k-diffusion's."""
+    den = target.model(fewstep.EDM(), "sample")
+    sigmas = K.sampling.get_sigmas_karras(10, 0.002, 80.0, rho=7.0, device="cpu").double()
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 80.0
+
+    def noise_sampler(sigma, sigma_next):  # a deterministic function of the step
+        seed = int(1e6 * float(sigma)) % (2**31)
+        return torch.randn(16, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    expected = getattr(K.sampling, theirs)(den, x, sigmas, disable=True, noise_sampler=noise_sampler)
+    got = getattr(fk, f"sample_{ours}")(den, x, sigmas, noise_sampler=noise_sampler)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)

@@ -168,7 +168,11 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             points.append(p)
             return zero, zero
 
-        self.solver.run(zero, grid, record)
+        sampler, grid.noise_sampler = grid.noise_sampler, lambda _s, _t: zero  # no draws from any generator
+        try:
+            self.solver.run(zero, grid, record)
+        finally:
+            grid.noise_sampler = sampler
         return points
 
     def set_begin_index(self, begin_index: int = 0) -> None:
@@ -204,7 +208,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         return_dict: bool = True,
         **kwargs: Any,
     ) -> SchedulerOutput | tuple[Tensor]:
-        """Feed the model output at ``sample`` to the solver; return where it wants the next evaluation."""
+        """Feed the model output at ``sample`` to the solver; return where it wants the next evaluation.
+
+        Stochastic solvers draw their noise with ``generator`` (the pipeline's), as diffusers' schedulers do."""
         if not self._points:
             raise RuntimeError("set_timesteps: call it before step()")
         if self._step_index >= len(self._points):
@@ -214,6 +220,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         if self._run is None:
             self._run = self.solver.solve(x, self._grid_)
             next(self._run)
+        self._grid_.generator = generator  # stochastic solvers draw their step noise from it
         x0, eps = self.denoiser.convert(
             x, model_output.to(dtype), self._points[self._step_index], self.solver.needs_eps
         )

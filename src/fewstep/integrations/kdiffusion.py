@@ -78,8 +78,9 @@ def make_sampler(solver: str, **solver_defaults: Any) -> KSampler:
     return sampler
 
 
-#: Every deterministic fewstep solver as a k-diffusion sampler, by fewstep name.
-SAMPLERS: dict[str, KSampler] = {info.name: make_sampler(info.name) for info in available() if not info.stochastic}
+#: Every fewstep solver as a k-diffusion sampler, by fewstep name. Stochastic ones take ``noise_sampler=``
+#: (k-diffusion's convention) or ``generator=``; with neither they draw from torch's global generator.
+SAMPLERS: dict[str, KSampler] = {info.name: make_sampler(info.name) for info in available()}
 
 
 def __getattr__(name: str) -> KSampler:  # sample_<solver>
