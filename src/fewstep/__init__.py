@@ -1,6 +1,6 @@
 """fewstep: training-free fast samplers for diffusion and flow-matching models."""
 
-from . import schedules, solvers, spacing
+from . import noise, schedules, solvers, spacing
 from .denoiser import Denoiser, NonFiniteModelOutput, Threshold
 from .predictions import PREDICTIONS
 from .sampling import sample
@@ -22,6 +22,7 @@ __all__ = [
     "EDM",
     "Flow",
     "Interpolant",
+    "noise",
     "schedules",
     "solvers",
     "spacing",
