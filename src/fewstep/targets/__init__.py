@@ -1,14 +1,22 @@
 """Exact targets: data distributions with closed-form denoisers, and reference PF-ODE solutions."""
 
 from .digits import digits_target
+from .learned import LearnedTarget, TrainConfig, learned_reference, learned_target
 from .mixture import GaussianMixture, MixtureModel, mixture_2d
+from .presets import mixture_image, mixture_nd
 from .reference import reference_solution, reference_solution_from_time
 
 __all__ = [
     "GaussianMixture",
     "MixtureModel",
     "mixture_2d",
+    "mixture_nd",
+    "mixture_image",
     "digits_target",
     "reference_solution",
     "reference_solution_from_time",
+    "LearnedTarget",
+    "TrainConfig",
+    "learned_target",
+    "learned_reference",
 ]

@@ -190,8 +190,10 @@ class GaussianMixture:
             x0 = r @ mu + a * torch.bmm(c[:, None, :], diff)[:, 0]
             eps = s * torch.bmm(e[:, None, :], diff)[:, 0]
         else:
-            x0 = r @ mu + a * (c.sum(1, keepdim=True) * x - a * (c @ mu))
-            eps = s * (e.sum(1, keepdim=True) * x - a * (e @ mu))
+            # r - a^2 c = s^2 e, so one product with mu serves both: x0 = s^2 e@mu + a sum(c) x
+            e_mu = e @ mu
+            x0 = s**2 * e_mu + a * c.sum(1, keepdim=True) * x
+            eps = s * (e.sum(1, keepdim=True) * x - a * e_mu)
         return x0, eps
 
     def model(
@@ -268,7 +270,9 @@ def mixture_2d(name: str = "default") -> GaussianMixture:
     ``"default"``: 8 components on a ring of radius 2 (stds 0.15-0.3, unequal weights) and a heavier
     centre component (std 0.3); ``"ring"``: 8 equal components on a ring of radius 2, std 0.15;
     ``"grid"``: 5 x 5 grid with spacing 1 on [-2, 2]^2, std 0.1; ``"wide"``: 3 wide (std 0.7-1.0),
-    well-overlapping components, a smooth density for convergence-order tests.
+    well-overlapping components, a smooth density for convergence-order tests; ``"unbalanced"``: 8
+    components on a ring of radius 2, std 0.2, weights ``2^-e`` with ``e = 0, 4, 1, 5, 2, 6, 3, 7`` around
+    the ring (50% down to 0.4%, each rare mode next to a heavy one), for mode-dropping tests.
     """
     if name == "default":
         means = np.concatenate([_ring(8, 2.0), [[0.0, 0.0]]])
@@ -282,4 +286,6 @@ def mixture_2d(name: str = "default") -> GaussianMixture:
         return GaussianMixture(np.stack(np.meshgrid(g, g, indexing="ij"), axis=-1).reshape(-1, 2), 0.1)
     if name == "wide":
         return GaussianMixture([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.2]], [0.8, 1.0, 0.7], [0.3, 0.5, 0.2])
-    raise ValueError(f"name: unknown 2-D mixture {name!r}; choose one of default, ring, grid, wide")
+    if name == "unbalanced":
+        return GaussianMixture(_ring(8, 2.0), 0.2, 0.5 ** np.array([0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]))
+    raise ValueError(f"name: unknown 2-D mixture {name!r}; choose one of default, ring, grid, wide, unbalanced")
