@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from helpers import randn
 from sklearn.datasets import load_digits
 
 from fewstep import metrics
@@ -26,10 +27,6 @@ from fewstep.metrics import (
 from fewstep.targets import digits_target, mixture_2d, mixture_nd
 
 F64 = torch.float64
-
-
-def randn(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 # --- RMSE ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randn
 
 import fewstep
 from fewstep.metrics import assign_components
@@ -26,10 +27,6 @@ from fewstep.targets import learned as learned_module
 from fewstep.targets import mixture as mixture_module
 
 F64 = torch.float64
-
-
-def randn(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 @pytest.fixture(scope="module")

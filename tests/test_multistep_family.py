@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+from helpers import randn, rel, schedule_of
 from scipy import integrate
 from torch import Tensor
 
@@ -67,29 +67,6 @@ WIDE = mixture_2d("wide")
 SINGLE = GaussianMixture.single(2, [0.5, -0.3], 0.6)
 # a smooth mixture away from the origin: its data estimate at pure noise (the mean, (2.2, 0.77)) is not 0
 SHIFTED = GaussianMixture([[1.0, 1.0], [3.0, 1.5], [2.0, -0.2]], [0.8, 1.0, 0.7], [0.3, 0.5, 0.2])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def rel(a: Tensor, b: Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-def randn(*shape: int, seed: int = 0) -> Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
-
-
-def schedule_of(scheduler: object) -> DiscreteVP:
-    """fewstep's schedule on the scheduler's own (float32) ``alphas_cumprod`` table."""
-    return DiscreteVP(alphas_cumprod=scheduler.alphas_cumprod.to(F64))  # type: ignore[attr-defined]
 
 
 def times_of(scheduler: object, sched: DiscreteVP) -> Tensor:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 import torch
+from helpers import randn, rel, schedule_of
 from torch import Tensor
 
 import fewstep
@@ -50,26 +51,6 @@ BETAS = {
 }
 DIFFUSERS_RTOL = 1e-4  # diffusers' coefficients are float32
 KDIFF_RTOL = 1e-8  # float64 on both sides
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors only: one intra-op thread. (torch parallelizes softmax even over a 32 x 9 tensor; with the
-    other core busy, e.g. under ``pytest -n 2`` on two cores, each call can then wait milliseconds for it.)"""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def rel(a: Tensor, b: Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-def randn(*shape: int, seed: int = 0) -> Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 TARGET_2D = mixture_2d("default")
@@ -116,11 +97,6 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> 
 
 
 # --- diffusers -----------------------------------------------------------------------------------------
-
-
-def schedule_of(scheduler: object) -> DiscreteVP:
-    """fewstep's schedule on the scheduler's own (float32) ``alphas_cumprod`` table."""
-    return DiscreteVP(alphas_cumprod=scheduler.alphas_cumprod.to(F64))  # type: ignore[attr-defined]
 
 
 def run_diffusers(scheduler: object, model: Callable[..., Tensor], x: Tensor) -> Tensor:

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import randn, rel, schedule_of
 from torch import Tensor
 
 import fewstep
-from fewstep import EDM, DiscreteVP
+from fewstep import EDM
 from fewstep.spacing import model_times
 from fewstep.targets import mixture_2d
 
@@ -39,14 +40,6 @@ DIFFUSERS_RTOL = 1e-4  # diffusers' coefficients are float32
 STOCHASTIC = [info.name for info in fewstep.solvers.available() if info.stochastic]
 TARGET = mixture_2d("default")
 WIDE = mixture_2d("wide")  # smooth: the strong-order asymptotics show from 16 steps on
-
-
-def rel(a: Tensor, b: Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-def randn(*shape: int, seed: int) -> Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 def karras_sigmas(n: int) -> Tensor:
@@ -206,11 +199,6 @@ def test_edm_sde_caps_the_churn_at_the_schedule_range() -> None:
 N_TRAIN = 1000
 LINEAR = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
 SCALED = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
-
-
-def schedule_of(scheduler: object) -> DiscreteVP:
-    """fewstep's schedule on the scheduler's own (float32) ``alphas_cumprod`` table."""
-    return DiscreteVP(alphas_cumprod=scheduler.alphas_cumprod.to(F64))  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import randn
 from scipy.integrate import quad
 
 from fewstep.predictions import PREDICTIONS, conversion
@@ -21,10 +22,6 @@ from fewstep.targets import (
 from fewstep.targets import mixture as mixture_module
 
 F64 = torch.float64
-
-
-def randn(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..denoiser import Point
 from .base import Solver, Steps, register
+from .euler import heun_step
 from .grid import Grid
 from .stochastic import noise_levels, real_option
 
@@ -83,16 +84,9 @@ class EDMStochastic(Solver):
             step = (float(c[i + 1]) / c_hat, float(c[i + 1]) * (float(tau[i + 1]) - tau_hat))
             plan.append((p, churn, grid.ode_velocity(p), step))
         for i in grid.loop():
-            p, churn, (a, b), (cx, cf) = plan[i]
+            p, churn, velocity, step = plan[i]
             if churn is not None:
                 x = churn[0] * x + churn[1] * grid.noise(level[i], level[i + 1], x)
-            x0, eps = yield x, p
-            d = a * x0 + b * eps
-            x_next = cx * x + cf * d
-            if orders[i] == 2:
-                x0_2, eps_2 = yield x_next, grid.node(i + 1)
-                a2, b2 = vel[i + 1]
-                x_next = cx * x + (0.5 * cf) * (d + a2 * x0_2 + b2 * eps_2)
-            x = x_next
+            x, x0 = yield from heun_step(x, p, velocity, step, (grid.points[i + 1], vel[i + 1]), orders[i])
             grid.emit(i, x, x0)
         return x

@@ -7,8 +7,12 @@ EDM eq. 4; for flows ``tau = t``, ``c = 1`` and ``dy/dt = v``).
 
 from __future__ import annotations
 
+from collections.abc import Generator
+from typing import Any
+
 from torch import Tensor
 
+from ..denoiser import Point
 from .base import Solver, Steps, register
 from .grid import Grid
 
@@ -59,14 +63,32 @@ class Heun(Solver):
         vel = [grid.ode_velocity(p) if p is not None else (0.0, 0.0) for p in grid.points]
         coef = [(c[i + 1] / c[i], c[i + 1] * (tau[i + 1] - tau[i])) for i in range(grid.steps)]
         for i in grid.loop():
-            x0, eps = yield x, grid.node(i)
-            (a, b), (cx, cf) = vel[i], coef[i]
-            d = a * x0 + b * eps
-            x_pred = cx * x + cf * d
-            if orders[i] == 2:
-                x0_2, eps_2 = yield x_pred, grid.node(i + 1)
-                a2, b2 = vel[i + 1]
-                x_pred = cx * x + (0.5 * cf) * (d + a2 * x0_2 + b2 * eps_2)
-            x = x_pred
+            x, x0 = yield from heun_step(x, grid.node(i), vel[i], coef[i], (grid.points[i + 1], vel[i + 1]), orders[i])
             grid.emit(i, x, x0)
         return x
+
+
+def heun_step(
+    x: Tensor,
+    p: Point,
+    velocity: tuple[float, float],
+    coef: tuple[float, float],
+    end: tuple[Point | None, tuple[float, float]],
+    order: int,
+) -> Generator[tuple[Tensor, Point], Any, tuple[Tensor, Tensor]]:
+    """One Heun step (EDM Alg. 1, lines 5-8) from ``x`` at point ``p`` to the point of ``end``.
+
+    With ``dy/dtau = a x0_hat + b eps_hat`` (``velocity`` at p, and at the end point) and ``coef = (cx, cf)``
+    such that the Euler step is ``x_pred = cx x + cf f``: the corrector is ``cx x + cf (f + f_end) / 2``; with
+    ``order = 1`` the Euler step is taken alone. Yields its evaluation requests; returns ``(x_next, x0_hat)``.
+    """
+    x0, eps = yield x, p
+    (a, b), (cx, cf) = velocity, coef
+    d = a * x0 + b * eps
+    x_next = cx * x + cf * d
+    if order == 2:
+        p_end, (a2, b2) = end
+        assert p_end is not None
+        x0_2, eps_2 = yield x_next, p_end
+        x_next = cx * x + (0.5 * cf) * (d + a2 * x0_2 + b2 * eps_2)
+    return x_next, x0
