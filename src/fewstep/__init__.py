@@ -4,12 +4,15 @@ from . import noise, schedules, solvers, spacing
 from .denoiser import Denoiser, NonFiniteModelOutput, Threshold
 from .predictions import PREDICTIONS
 from .sampling import sample
+from .trajectory import Trajectory, sample_with_logprob
 from .schedules import EDM, VE, VP, Cosine, DiscreteVP, Flow, Interpolant, NoiseSchedule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "sample",
+    "sample_with_logprob",
+    "Trajectory",
     "Denoiser",
     "Threshold",
     "NonFiniteModelOutput",

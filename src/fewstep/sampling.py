@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -11,10 +11,12 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser, Threshold
+from .noise.levels import seeded_noise_sampler
 from .schedules import NoiseSchedule
 from .solvers import Grid, Solver, get_solver
 from .solvers.grid import Callback
 from .spacing import model_times
+from .trajectory import Trajectory
 
 Final = Literal["zero", "t_min"]
 
@@ -42,6 +44,10 @@ def sample(
     progress: bool | None = None,
     grad: bool = False,
     noise_sampler: Callable[[float, float], Tensor] | None = None,
+    shift: float = 1.0,
+    seed: int | Sequence[int] | Tensor | None = None,
+    trajectory: Trajectory | None = None,
+    sde_window: tuple[float, float] | None = None,
     **solver_options: Any,
 ) -> Tensor:
     """Solve from ``noise`` (the state at the first time, ``t_max`` unless ``spacing`` gives times) to data.
@@ -67,6 +73,18 @@ def sample(
             ``noise_sampler(level_s, level_t)`` returns a standard normal tensor shaped like ``noise`` for the step
             between the two noise levels (k-diffusion's convention; levels are ``schedule.level``: sigma/alpha,
             or t for flows), e.g. :func:`fewstep.noise.brownian_noise_sampler` of a Brownian path.
+        shift: the SD3/Flux timestep shift of flow schedules, ``t -> shift t / (1 + (shift - 1) t)`` (scaled to
+            keep ``t_max``) after the spacing; see :func:`fewstep.spacing.model_times`. ValueError on other schedules.
+        seed: per-sample seeds of a stochastic solver's noise (instead of ``generator``/``noise_sampler``): one
+            integer (the seeds ``seed, ..., seed + B - 1``) or one integer per sample (a sequence or 1-D tensor). The
+            noise is then drawn from a :class:`fewstep.noise.BrownianPath` in the schedule time of the noise levels
+            (:func:`fewstep.noise.levels.seeded_noise_sampler`), so a sample's noise depends on its seed only, not on
+            the batch it is drawn in. The start noise is still ``noise``.
+        trajectory: a :class:`fewstep.trajectory.Trajectory` to record the run in: every state, and for every step
+            its Gaussian transition (mean, std, noise) and log-probability (see :func:`fewstep.trajectory.
+            sample_with_logprob`).
+        sde_window: ``(t_hi, t_lo)`` in schedule time: a stochastic solver adds noise only on the steps starting at
+            a time in ``[t_lo, t_hi]`` and takes its deterministic (eta = 0; ``edm_sde``: no churn) step elsewhere.
         solver_options: options of the named solver (e.g. ``lower_order_final=False``).
 
     Returns:
@@ -111,13 +129,18 @@ def sample(
         raise TypeError(f"noise_sampler: must be callable as noise_sampler(level_s, level_t), got {noise_sampler!r}")
     if generator is not None and noise_sampler is not None:
         raise ValueError("generator, noise_sampler: give one of them, not both (the noise sampler draws the noise)")
+    if seed is not None and (generator is not None or noise_sampler is not None):
+        raise ValueError("seed, generator, noise_sampler: give one of them, not several (each sets the noise)")
+    if trajectory is not None and not isinstance(trajectory, Trajectory):
+        raise TypeError(f"trajectory: must be a fewstep.trajectory.Trajectory, got {type(trajectory).__name__}")
+    window = _sde_window(sde_window)
 
     if isinstance(spacing, str):
         first_infinite = float(schedule.alpha(schedule.t_max)) == 0.0
         n_steps = steps if steps is not None else slv.steps_for_nfe(int(nfe), first_infinite, clean_end)  # type: ignore[arg-type]
-        times = model_times(schedule, n_steps if clean_end else n_steps + 1, spacing, rho=rho)
+        times = model_times(schedule, n_steps if clean_end else n_steps + 1, spacing, rho=rho, shift=shift)
     else:
-        times = model_times(schedule, 1, spacing)
+        times = model_times(schedule, 1, spacing, shift=shift)
         n_steps = len(times) if clean_end else len(times) - 1
         if n_steps < 1:
             raise ValueError("spacing: with final='t_min' give at least two times")
@@ -139,16 +162,39 @@ def sample(
         generator=generator,
         nfe_budget=int(nfe) if nfe is not None and isinstance(spacing, str) else None,
         noise_sampler=noise_sampler,
+        trajectory=trajectory,
+        sde_window=window,
     )
+    if seed is not None:
+        grid.noise_sampler = seeded_noise_sampler(schedule, noise, seed, dtype)
     expected = slv.nfe(grid)
     if nfe is not None and expected != nfe:
         raise ValueError(f"nfe: {slv.name!r} spends {expected} evaluations on these {n_steps} steps, not {nfe}")
     grid.progress = progress if progress is not None else expected >= 100
     start = denoiser.nfe
     with torch.set_grad_enabled(grad):
-        x = slv.run(noise.to(dtype), grid)
+        start_x = noise.to(dtype)
+        if trajectory is not None:
+            trajectory.start(start_x)
+        x = slv.run(start_x, grid)
     denoiser.raise_if_nonfinite()
     used = denoiser.nfe - start
     if used != expected:  # an internal invariant: the plan and the run must agree
         raise RuntimeError(f"solver {slv.name!r} used {used} evaluations, planned {expected}")
-    return x.to(noise.dtype)
+    out = x.to(noise.dtype)
+    if trajectory is not None:
+        trajectory.sample = out
+    return out
+
+
+def _sde_window(window: object) -> tuple[float, float] | None:
+    """``(t_hi, t_lo)`` as floats, ``t_hi >= t_lo`` (ValueError otherwise)."""
+    if window is None:
+        return None
+    try:
+        hi, lo = (float(v) for v in window)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise ValueError(f"sde_window: must be a pair (t_hi, t_lo) of schedule times, got {window!r}") from None
+    if math.isnan(hi) or math.isnan(lo) or hi < lo:
+        raise ValueError(f"sde_window: need t_hi >= t_lo, got {window!r}")
+    return hi, lo

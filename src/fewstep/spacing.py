@@ -43,6 +43,7 @@ def model_times(
     *,
     rho: float = 7.0,
     steps_offset: int = 0,
+    shift: float = 1.0,
 ) -> Tensor:
     """``n`` float64 times ``t_max = t_0 > ... > t_{n-1} = t_min`` spaced by ``spacing``.
 
@@ -56,11 +57,17 @@ def model_times(
 
     A tensor/array/list of times is validated and returned as float64. Where alpha(t_max) = 0 (level or
     -lambda infinite), the first time stays ``t_max`` and the others are spaced as if the span were mirrored.
+
+    ``shift`` (flows only, ``ode_variable == "t"``): the timestep shift of SD3/Flux, applied after the spacing
+    (and to given times): ``t -> t_max g(t/t_max)`` with ``g(u) = shift u / (1 + (shift - 1) u)``, which keeps
+    ``t_max`` and the order of the times; ``shift > 1`` moves the times towards the noise. diffusers'
+    ``FlowMatchEulerDiscreteScheduler(shift=s)`` with uniform spacing is ``Flow(t_min=g(1/1000))`` here.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"steps: must be a positive integer, got {n!r}")
+    shift = _check_shift(schedule, shift)
     if not isinstance(spacing, str):
-        return check_times(schedule, spacing)
+        return _shifted(schedule, check_times(schedule, spacing), shift)
     if spacing not in SPACINGS:
         raise ValueError(f"spacing: unknown name {spacing!r}; choose one of {', '.join(SPACINGS)} or pass a tensor")
     t_max, t_min = schedule.t_max, schedule.t_min
@@ -90,7 +97,36 @@ def model_times(
     if spacing not in DISCRETE_SPACINGS and n > 1:  # diffusers' tables are kept ("leading" starts below t_max)
         times[0] = t_max
         times[-1] = t_min
-    return check_times(schedule, times)
+    return _shifted(schedule, check_times(schedule, times), shift)
+
+
+def _check_shift(schedule: NoiseSchedule, shift: float) -> float:
+    if isinstance(shift, bool) or not isinstance(shift, int | float) or not math.isfinite(shift) or shift <= 0:
+        raise ValueError(f"shift: must be a positive finite number, got {shift!r}")
+    if shift != 1 and schedule.ode_variable != "t":
+        raise ValueError(
+            f"shift: the timestep shift is for flow schedules (Flow, Interpolant), not {type(schedule).__name__}; "
+            "leave shift=1"
+        )
+    return float(shift)
+
+
+def _shifted(schedule: NoiseSchedule, times: Tensor, shift: float) -> Tensor:
+    """The SD3/Flux timestep shift ``t -> t_max g(t/t_max)``, ``g(u) = shift u / (1 + (shift - 1) u)``."""
+    if shift == 1.0:
+        return times
+    t_max = float(schedule.t_max)
+    u = times / t_max
+    out = t_max * (shift * u / (1.0 + (shift - 1.0) * u))
+    out[times == t_max] = t_max
+    if float(out[-1]) < schedule.t_min:
+        raise ValueError(
+            f"shift: {shift} moves the last time {float(times[-1])} to {float(out[-1])}, below the schedule's "
+            f"t_min = {schedule.t_min}; use shift >= 1 or a smaller t_min"
+        )
+    if out.numel() > 1 and not torch.all(torch.diff(out) < 0):
+        raise ValueError(f"shift: {shift} merges neighbouring times in float64; use fewer steps or a milder shift")
+    return out
 
 
 def _discrete_times(schedule: NoiseSchedule, n: int, spacing: str, steps_offset: int) -> Tensor:

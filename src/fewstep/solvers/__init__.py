@@ -12,6 +12,7 @@ from .euler import Euler, Heun
 from .grid import Grid
 from .lms import LMS  # registers lms
 from .pndm import IPNDM, IPNDMVariable  # registers ipndm, ipndm_v
+from .res import GradientEstimation, ResMultistep  # registers gradient_estimation, res_multistep
 from .sde_dpm import DPMSolver1SDE, DPMSolverPP2MSDE, DPMSolverPP3MSDE  # registers dpm_solver_1_sde, dpmpp_2m/3m_sde
 from .unipc import UniPCBH1, UniPCBH2  # registers unipc_bh1, unipc_bh2
 
@@ -39,6 +40,8 @@ __all__ = [
     "IPNDM",
     "IPNDMVariable",
     "LMS",
+    "ResMultistep",
+    "GradientEstimation",
     "UniPCBH1",
     "UniPCBH2",
     "EulerAncestral",

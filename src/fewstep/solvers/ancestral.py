@@ -36,16 +36,19 @@ Coefficients = tuple[float, float, float]
 class _Ancestral(Solver):
     order = 1
     stochastic = True
+    eta: float
 
-    def coefficients(self, grid: Grid, i: int) -> Coefficients:
-        """The coefficients of a step of finite lambda-size."""
+    def coefficients(self, grid: Grid, i: int, eta: float) -> Coefficients:
+        """The coefficients of a step of finite lambda-size (``eta``: the solver's, 0 outside the SDE window)."""
         raise NotImplementedError
 
     def solve(self, x: Tensor, grid: Grid) -> Steps:
         a, s = grid.alpha, grid.sigma
         level = noise_levels(grid)
         coef = [
-            self.coefficients(grid, i) if grid.finite(i) else (float(a[i + 1]), float(s[i + 1]), 0.0)
+            self.coefficients(grid, i, self.eta if grid.stochastic_step(i) else 0.0)
+            if grid.finite(i)
+            else (float(a[i + 1]), float(s[i + 1]), 0.0)
             for i in range(grid.steps)
         ]
         for i in grid.loop():
@@ -53,7 +56,7 @@ class _Ancestral(Solver):
             c0, ce, cz = coef[i]
             x = c0 * x0 + ce * eps
             if cz:
-                x.add_(grid.noise(level[i], level[i + 1], x), alpha=cz)
+                x = grid.add_noise(i, x, level[i], level[i + 1], cz)
             grid.emit(i, x, x0)
         return x
 
@@ -72,11 +75,11 @@ class EulerAncestral(_Ancestral):
         self.eta = real_option("eta", eta)
         self.s_noise = real_option("s_noise", s_noise)
 
-    def coefficients(self, grid: Grid, i: int) -> Coefficients:
+    def coefficients(self, grid: Grid, i: int, eta: float) -> Coefficients:
         a_t, s_to = float(grid.alpha[i + 1]), float(grid.sigma[i + 1] / grid.alpha[i + 1])
         h = float(grid.h[i])
         # sigma_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)) with s'/s = e^{-h}
-        sigma_up = min(s_to, self.eta * s_to * math.sqrt(-math.expm1(-2.0 * h)))
+        sigma_up = min(s_to, eta * s_to * math.sqrt(-math.expm1(-2.0 * h)))
         sigma_down = math.sqrt(max(s_to**2 - sigma_up**2, 0.0))
         return a_t, a_t * sigma_down, a_t * sigma_up * self.s_noise
 
@@ -93,8 +96,8 @@ class DDPM(_Ancestral):
     def __init__(self, eta: float = 1.0):
         self.eta = real_option("eta", eta, high=1.0)
 
-    def coefficients(self, grid: Grid, i: int) -> Coefficients:
+    def coefficients(self, grid: Grid, i: int, eta: float) -> Coefficients:
         a_t, s_t, h = float(grid.alpha[i + 1]), float(grid.sigma[i + 1]), float(grid.h[i])
         one_minus = -math.expm1(-2.0 * h)  # 1 - e^{-2h} = 1 - (alpha_s sigma_t / (alpha_t sigma_s))^2
-        c = self.eta * s_t * math.sqrt(one_minus)
-        return a_t, s_t * math.sqrt(1.0 - self.eta**2 * one_minus), c
+        c = eta * s_t * math.sqrt(one_minus)
+        return a_t, s_t * math.sqrt(1.0 - eta**2 * one_minus), c

@@ -17,6 +17,10 @@ most second order in the latter case. A step of infinite lambda-size is always f
 ``corrector="unic"`` (2M, 3M) adds UniPC's UniC corrector (:mod:`fewstep.solvers.unic`) at no extra model
 evaluation, at each step's order: 2M becomes third order, 3M fourth (third with ``d2_weight="reference"``,
 whose O(h^3) local error the corrector keeps).
+
+``momentum=beta`` (2M, 3M, and ``res_multistep``) replaces the combined derivative by a heavy-ball velocity
+(:mod:`fewstep.solvers.momentum`, Wizadwongsa et al. 2023): ``momentum_type="hb"`` is first order for
+beta < 1, ``"ghvb"`` keeps the solver's order; beta = 1 is the solver itself.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .base import Solver, Steps, register
 from .grid import Grid
+from .momentum import check_momentum, momentum_combination
 from .phi import hphi
 from .unic import CORRECTORS, check_corrector, predict_correct, unic_plan
 
@@ -88,7 +94,14 @@ class _Multistep(Solver):
     paper = PAPER_PP
     needs_eps = False
 
-    def __init__(self, lower_order_final: bool = True, d2_weight: str = "taylor", corrector: str | None = None):
+    def __init__(
+        self,
+        lower_order_final: bool = True,
+        d2_weight: str = "taylor",
+        corrector: str | None = None,
+        momentum: float | None = None,
+        momentum_type: str = "hb",
+    ):
         if not isinstance(lower_order_final, bool):
             raise TypeError(f"lower_order_final: must be a bool, got {lower_order_final!r}")
         if d2_weight not in ("reference", "taylor"):
@@ -96,9 +109,17 @@ class _Multistep(Solver):
         self.lower_order_final = lower_order_final
         self.d2_weight = d2_weight
         self.corrector = check_corrector(corrector)
+        self.momentum = check_momentum(momentum, momentum_type)
+        self.momentum_type = momentum_type
+        if self.momentum is not None and self.corrector is not None:
+            raise ValueError("momentum, corrector: the UniC corrector is not combined with momentum; give one")
 
     def step_orders(self, grid: Grid) -> list[int]:
         return multistep_orders(grid, self.order, self.lower_order_final)
+
+    def weights(self, h: np.ndarray, i: int, order: int) -> list[float]:
+        """The weights ``w_j`` of step i at the given order (see :func:`multistep_weights`)."""
+        return multistep_weights(h, i, order, self.d2_weight)
 
     def solve(self, x: Tensor, grid: Grid) -> Steps:
         a, s, h = grid.alpha, grid.sigma, grid.h
@@ -107,10 +128,12 @@ class _Multistep(Solver):
             ratios = s[1:] / s[:-1]  # 0 at a clean end
         for i, k in enumerate(self.step_orders(grid)):
             ratio = ratios[i]
-            coef.append((float(ratio), [float(a[i + 1] * w) for w in multistep_weights(h, i, k, self.d2_weight)]))
+            coef.append((float(ratio), [float(a[i + 1] * w) for w in self.weights(h, i, k)]))
         if self.corrector is not None:
             corr = unic_plan(grid, self.step_orders(grid), CORRECTORS[self.corrector])
             return (yield from predict_correct(x, grid, [(r, w, ()) for r, w in coef], corr))
+        if self.momentum is not None and self.momentum != 1.0:  # beta = 1 is the solver itself
+            return (yield from self._solve_momentum(x, grid, coef))
         history: list[Tensor] = []
         for i in grid.loop():
             x0, _ = yield x, grid.node(i)
@@ -119,6 +142,32 @@ class _Multistep(Solver):
             x = x * ratio  # a new tensor: the caller's noise and the states already passed on are never changed
             for w, d in zip(weights, history, strict=False):
                 x.add_(d, alpha=w)
+            grid.emit(i, x, x0)
+        return x
+
+    def _solve_momentum(self, x: Tensor, grid: Grid, coef: list[tuple[float, list[float]]]) -> Steps:
+        """The multistep loop with the combined derivative replaced by a heavy-ball velocity (see momentum.py)."""
+        beta, h = float(self.momentum), grid.h  # type: ignore[arg-type]
+        plan = []  # (ratio, alpha_t * sum w, keep, c): x_t = ratio x_s + alpha_t sum(w) v, v = keep v + sum c D
+        fresh = True  # the velocity starts (or restarts) at the step's combined derivative
+        for i, k in enumerate(self.step_orders(grid)):
+            ratio, weights = coef[i]
+            total, c, keep = momentum_combination(h, i, k, weights, beta, self.momentum_type)
+            if fresh or not grid.finite(i):
+                c, keep = [w / total for w in weights], 0.0
+            fresh = not grid.finite(i)
+            plan.append((ratio, total, keep, c))
+        history: list[Tensor] = []
+        v: Tensor | None = None
+        for i in grid.loop():
+            x0, _ = yield x, grid.node(i)
+            history = [x0, *history[: self.order - 1]]
+            ratio, total, keep, c = plan[i]
+            v_new = v * keep if v is not None and keep != 0.0 else torch.zeros_like(x0)
+            for w, d in zip(c, history, strict=False):
+                v_new.add_(d, alpha=w)
+            v = v_new
+            x = x * ratio + total * v
             grid.emit(i, x, x0)
         return x
 

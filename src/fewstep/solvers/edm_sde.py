@@ -55,7 +55,7 @@ class EDMStochastic(Solver):
         """Where step i evaluates the model after the churn (None: no churn, at node i)."""
         alpha, sigma, lam = float(grid.alpha[i]), float(grid.sigma[i]), float(grid.lam[i])
         s = sigma / alpha if alpha > 0 else math.inf
-        if not (self.s_churn > 0 and alpha > 0 and self.s_tmin <= s <= self.s_tmax):
+        if not (self.s_churn > 0 and alpha > 0 and self.s_tmin <= s <= self.s_tmax and grid.stochastic_step(i)):
             return None
         gamma = min(self.s_churn / grid.steps, math.sqrt(2.0) - 1.0)
         sched = grid.denoiser.schedule

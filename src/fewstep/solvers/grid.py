@@ -38,6 +38,12 @@ class Grid:
     #: ``noise_sampler(level_s, level_t)``: the standard normal noise of a stochastic step (instead of
     #: ``torch.randn(..., generator=generator)``), see :meth:`noise`.
     noise_sampler: Callable[[float, float], Tensor] | None = None
+    #: a :class:`~fewstep.trajectory.Trajectory` to record the run in (None: nothing is recorded, at no cost).
+    trajectory: Any = None
+    #: ``(t_hi, t_lo)`` in schedule time: stochastic solvers add noise only on the steps whose start time lies in
+    #: ``[t_lo, t_hi]`` and take their deterministic (eta = 0) step elsewhere (None: every step), see
+    #: :meth:`stochastic_step`.
+    sde_window: tuple[float, float] | None = None
     alpha: np.ndarray = field(init=False)
     sigma: np.ndarray = field(init=False)
     lam: np.ndarray = field(init=False)
@@ -89,6 +95,24 @@ class Grid:
         it = range(self.steps)
         return iter(tqdm(it, desc="fewstep", leave=False)) if self.progress else iter(it)
 
+    def stochastic_step(self, i: int) -> bool:
+        """Whether step i may add noise: it starts inside :attr:`sde_window` (every step when there is none)."""
+        if self.sde_window is None:
+            return True
+        hi, lo = self.sde_window
+        return lo <= float(self.t[i]) <= hi
+
+    def add_noise(self, i: int, x: Tensor, s: float, t: float, std: float) -> Tensor:
+        """``x + std z`` (in place on ``x``) with ``z = noise(s, t, x)``: step i's Gaussian transition
+        ``N(x, std^2 I)``, recorded in :attr:`trajectory` when there is one."""
+        z = self._draw(s, t, x)
+        if self.trajectory is None:
+            return x.add_(z, alpha=std)
+        mean = x.clone()
+        x.add_(z, alpha=std)
+        self.trajectory.record(i, mean, std, x, z)
+        return x
+
     def noise(self, s: float, t: float, like: Tensor) -> Tensor:
         """The standard normal noise of a stochastic step between the noise levels ``s`` and ``t`` (the schedule's
         :meth:`~fewstep.schedules.NoiseSchedule.level`: sigma/alpha, k-diffusion's sigma, or t for flows; 0 at the
@@ -96,7 +120,17 @@ class Grid:
 
         From ``noise_sampler(s, t)`` when one is given (k-diffusion's convention, e.g. a Brownian path's
         normalised increment), else ``torch.randn`` with ``generator`` (drawn on the generator's device).
+        Noise that is not a step's Gaussian transition (not drawn through :meth:`add_noise`) cannot be recorded:
+        NotImplementedError while a :attr:`trajectory` is recorded.
         """
+        if self.trajectory is not None:
+            raise NotImplementedError(
+                "trajectory: this solver's noise is not a Gaussian transition of one step; transitions are recorded "
+                "for euler_ancestral, ddpm, dpm_solver_1_sde, dpmpp_2m_sde and dpmpp_3m_sde"
+            )
+        return self._draw(s, t, like)
+
+    def _draw(self, s: float, t: float, like: Tensor) -> Tensor:
         if self.noise_sampler is not None:
             z = self.noise_sampler(float(s), float(t))
             if not isinstance(z, Tensor) or z.shape != like.shape:
@@ -108,6 +142,8 @@ class Grid:
         return z.to(like.device)
 
     def emit(self, i: int, x: Tensor, denoised: Tensor) -> None:
+        if self.trajectory is not None:
+            self.trajectory.step_done(i, x)
         if self.callback is not None:
             self.callback({"i": i, "t": float(self.t[i]), "x": x, "denoised": denoised})
 

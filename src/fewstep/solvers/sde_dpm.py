@@ -63,13 +63,13 @@ class DPMSolver1SDE(Solver):
         coef = []  # x_t = c_x x_s + c_x0 x0_hat + c_eps eps_hat + c_z z
         for i in range(grid.steps):
             if grid.finite(i):
-                hi = float(h[i])
+                hi, eta = float(h[i]), self.eta if grid.stochastic_step(i) else 0.0
                 coef.append(
                     (
                         float(a[i + 1] / a[i]),
                         0.0,
-                        -(1.0 + self.eta) * float(s[i + 1]) * math.expm1(hi),
-                        math.sqrt(self.eta * math.expm1(2.0 * hi)) * float(s[i + 1]) * self.s_noise,
+                        -(1.0 + eta) * float(s[i + 1]) * math.expm1(hi),
+                        math.sqrt(eta * math.expm1(2.0 * hi)) * float(s[i + 1]) * self.s_noise,
                     )
                 )
             else:  # deterministic: x_t = alpha_t x0_hat + sigma_t eps_hat
@@ -79,7 +79,7 @@ class DPMSolver1SDE(Solver):
             cx, c0, ce, cz = coef[i]
             x = cx * x + ce * eps if cx else c0 * x0 + ce * eps
             if cz:
-                x.add_(grid.noise(level[i], level[i + 1], x), alpha=cz)
+                x = grid.add_noise(i, x, level[i], level[i + 1], cz)
             grid.emit(i, x, x0)
         return x
 
@@ -106,11 +106,12 @@ class _MultistepSDE(Solver):
     def solve(self, x: Tensor, grid: Grid) -> Steps:
         a, s, h = grid.alpha, grid.sigma, grid.h
         level = noise_levels(grid)
-        big_h = (1.0 + self.eta) * h
         plan: list[tuple[float, list[float], float]] = []
         for i, k in enumerate(self.step_orders(grid)):
             if grid.finite(i):
-                eta_h = self.eta * float(h[i])
+                eta = self.eta if grid.stochastic_step(i) else 0.0
+                big_h = (1.0 + eta) * h  # this step's eta on the whole array: the weights use ratios of its entries
+                eta_h = eta * float(h[i])
                 ratio = float(s[i + 1] / s[i]) * math.exp(-eta_h)
                 noise = float(s[i + 1]) * math.sqrt(-math.expm1(-2.0 * eta_h)) * self.s_noise
                 plan.append((ratio, [float(a[i + 1]) * w for w in self.weights(big_h, i, k)], noise))
@@ -125,7 +126,7 @@ class _MultistepSDE(Solver):
             for w, d in zip(weights, history, strict=False):
                 x.add_(d, alpha=w)
             if cz:
-                x.add_(grid.noise(level[i], level[i + 1], x), alpha=cz)
+                x = grid.add_noise(i, x, level[i], level[i + 1], cz)
             grid.emit(i, x, x0)
         return x
 
