@@ -4,8 +4,8 @@ from . import noise, schedules, solvers, spacing
 from .denoiser import Denoiser, NonFiniteModelOutput, Threshold
 from .predictions import PREDICTIONS
 from .sampling import sample
-from .trajectory import Trajectory, sample_with_logprob
 from .schedules import EDM, VE, VP, Cosine, DiscreteVP, Flow, Interpolant, NoiseSchedule
+from .trajectory import Trajectory, sample_with_logprob
 
 __version__ = "0.1.0"
 
