@@ -1,25 +1,46 @@
-"""The comparison behind ``fewstep compare``: every ODE solver at several NFE against the exact answer.
+"""The comparison behind ``fewstep compare``: every solver at several NFE against the exact answer.
 
 For an exact target (a Gaussian mixture, or the digits data set as a mixture of narrow Gaussians) the
 probability-flow ODE is solved to tight tolerance from the same start noise (:func:`reference_solution`);
-each solver's error is the RMSE of its samples against that reference.
+each ODE solver's error is the RMSE of its samples against that reference. The ``learned`` target (a small
+trained network, :func:`~fewstep.targets.learned_target`) has no closed form: its reference is
+:func:`~fewstep.targets.learned_reference` (a 1,000-step DPM-Solver-3 solve of the same network from the
+same noise), so its RMSE measures the solver's error, not the network's.
+
+Every solver, stochastic ones included (seeded), also gets distribution metrics against exact samples of
+the data distribution (``target.sample(n)``; for ``learned`` the mixture it was trained on): sliced W2,
+MMD, and for mixtures the fraction of modes covered.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from .metrics import _kernel_sum, median_bandwidth, mode_coverage, sliced_wasserstein2
 from .sampling import sample
 from .schedules import EDM, VP, Cosine, DiscreteVP, Flow, NoiseSchedule
 from .solvers import available, get_solver
-from .targets import GaussianMixture, digits_target, mixture_2d, reference_solution_from_time
+from .targets import (
+    GaussianMixture,
+    LearnedTarget,
+    digits_target,
+    learned_reference,
+    learned_target,
+    mixture_2d,
+    mixture_image,
+    mixture_nd,
+    reference_solution_from_time,
+)
 
 SCHEDULES: dict[str, Callable[[], NoiseSchedule]] = {
     "vp": VP,
@@ -29,13 +50,22 @@ SCHEDULES: dict[str, Callable[[], NoiseSchedule]] = {
     "edm": EDM,
     "flow": Flow,
 }
-TARGETS = ("default", "ring", "grid", "wide", "digits")
+MIXTURES_2D = ("default", "ring", "grid", "wide", "unbalanced")
+TARGETS = (*MIXTURES_2D, "nd64", "image", "digits", "learned")
+Target = GaussianMixture | LearnedTarget
 
 
-def make_target(name: str) -> GaussianMixture:
+def make_target(name: str) -> Target:
+    """The target called ``name`` (one of :data:`TARGETS`); ``learned`` trains once (about 30 s), then loads."""
     if name == "digits":
         return digits_target()
-    if name not in TARGETS:
+    if name == "nd64":
+        return mixture_nd(64)
+    if name == "image":
+        return mixture_image()
+    if name == "learned":
+        return learned_target()
+    if name not in MIXTURES_2D:
         raise ValueError(f"target: choose one of {', '.join(TARGETS)}, got {name!r}")
     return mixture_2d(name)
 
@@ -46,12 +76,36 @@ def make_schedule(name: str) -> NoiseSchedule:
     return SCHEDULES[name]()
 
 
+def data_distribution(target: Target) -> GaussianMixture:
+    """The exact data distribution: the mixture itself, or the mixture a learned target was trained on."""
+    return target.data if isinstance(target, LearnedTarget) else target
+
+
 @dataclass
 class Row:
     solver: str
     nfe_asked: int
     nfe: int | None  # the NFE actually spent (the largest feasible one <= asked), None if none
-    rmse: float
+    rmse: float  # against the reference from the same noise; NaN for stochastic solvers
+    stochastic: bool = False
+    sw2: float = math.nan  # sliced W2 against exact samples of the data distribution
+    mmd: float = math.nan  # squared MMD (biased) against the same exact samples
+    coverage: float = math.nan  # fraction of mixture components reached
+
+
+METRICS = ("rmse", "sw2", "mmd", "coverage")
+
+
+@dataclass
+class Comparison:
+    """Everything one run produced: rows, the start noise, the reference, exact samples, and the samples of
+    every solver at the smallest NFE (for the scatter / image grids)."""
+
+    rows: list[Row]
+    noise: Tensor
+    reference: Tensor
+    exact: Tensor
+    first_samples: dict[str, Tensor]
 
 
 def _feasible_nfe(solver: str, asked: int, schedule: NoiseSchedule, final_zero: bool) -> int | None:
@@ -67,6 +121,106 @@ def _feasible_nfe(solver: str, asked: int, schedule: NoiseSchedule, final_zero: 
     return None
 
 
+def _stochastic(solver: str) -> bool:
+    return any(i.name == solver and i.stochastic for i in available())
+
+
+def compare(
+    target: Target,
+    schedule: NoiseSchedule,
+    solvers: Sequence[str],
+    nfes: Sequence[int],
+    *,
+    spacing: str = "logsnr",
+    prediction: str = "epsilon",
+    samples: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+) -> Comparison:
+    """Run every (solver, NFE): RMSE against the reference from the same float64 noise (ODE solvers), and
+    sliced W2 / MMD / mode coverage against ``samples`` exact samples of the data distribution (all solvers;
+    stochastic ones seeded from ``seed``). A learned target uses its own schedule and prediction."""
+    if isinstance(target, LearnedTarget):
+        schedule, prediction = target.schedule, target.prediction
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(samples, target.dim, generator=gen, dtype=torch.float64)
+    noise = noise * float(schedule.sigma(schedule.t_max))
+    data = data_distribution(target)
+    exact = data.sample(samples, generator=torch.Generator().manual_seed(seed + 1))
+    stochastic = {name: _stochastic(name) for name in solvers}
+    mmd_to = _MMD(exact)
+    reference: Tensor
+    if not all(stochastic.values()):
+        if isinstance(target, LearnedTarget):
+            reference = learned_reference(target, noise)
+        else:
+            reference = reference_solution_from_time(target, noise, schedule, schedule.t_max)
+    else:
+        reference = torch.full_like(noise, math.nan)
+    model: Callable[..., Tensor] = (
+        target.model if isinstance(target, LearnedTarget) else target.model(schedule, prediction)
+    )
+    rows: list[Row] = []
+    first: dict[str, Tensor] = {}
+    runs = [(i, name, asked) for i, name in enumerate(solvers) for asked in nfes]
+    bar = _progress(len(runs), progress)
+    for i, name, asked in runs:
+        bar.set_postfix_str(f"{name} NFE {asked}")
+        nfe = _feasible_nfe(name, asked, schedule, True)
+        if nfe is None:
+            rows.append(Row(name, asked, None, math.nan, stochastic[name]))
+            bar.update(1)
+            continue
+        g = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (i + 1) + asked) if stochastic[name] else None
+        x = sample(
+            model, noise, schedule, name, nfe=nfe, spacing=spacing, prediction=prediction, generator=g, progress=False
+        )
+        rmse = math.nan if stochastic[name] else float(torch.sqrt(torch.mean((x - reference) ** 2)))
+        row = Row(name, asked, nfe, rmse, stochastic[name])
+        if bool(torch.all(torch.isfinite(x))):
+            row.sw2 = sliced_wasserstein2(x, exact, projections=128)
+            row.mmd = mmd_to(x)
+            row.coverage = mode_coverage(x, data).coverage
+        rows.append(row)
+        if asked == min(nfes):
+            first[name] = x
+        bar.update(1)
+    bar.close()
+    return Comparison(rows, noise, reference, exact, first)
+
+
+class _MMD:
+    """:func:`fewstep.metrics.mmd` (biased, default bandwidths) against one fixed ``y``, its self-term cached."""
+
+    def __init__(self, y: Tensor) -> None:
+        self.y = y.reshape(y.shape[0], -1).to(torch.float64)
+        h0 = median_bandwidth(self.y)
+        self.inv2h2 = 1.0 / (2.0 * torch.tensor([0.5 * h0, h0, 2.0 * h0], dtype=torch.float64) ** 2)
+        self.kyy = _kernel_sum(self.y, self.y, self.inv2h2, False) / self.y.shape[0] ** 2
+
+    def __call__(self, x: Tensor) -> float:
+        a = x.reshape(x.shape[0], -1).to(torch.float64)
+        n, m = a.shape[0], self.y.shape[0]
+        kxx = _kernel_sum(a, a, self.inv2h2, False) / (n * n)
+        kxy = _kernel_sum(a, self.y, self.inv2h2, False) / (n * m)
+        return float(kxx + self.kyy - 2.0 * kxy)
+
+
+class _NoBar:
+    def set_postfix_str(self, _s: str) -> None: ...
+    def update(self, _n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    """A tqdm bar on stderr, when enabled and stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, file=sys.stderr, unit="run", leave=False)
+
+
 def run_comparison(
     target: GaussianMixture,
     schedule: NoiseSchedule,
@@ -78,83 +232,170 @@ def run_comparison(
     samples: int = 256,
     seed: int = 0,
 ) -> tuple[list[Row], Tensor, Tensor]:
-    """RMSE of every (solver, NFE) against the exact PF-ODE solution from the same float64 noise."""
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(samples, target.dim, generator=gen, dtype=torch.float64)
-    noise = noise * float(schedule.sigma(schedule.t_max))
-    reference = reference_solution_from_time(target, noise, schedule, schedule.t_max)
-    model = target.model(schedule, prediction)
-    rows = []
-    for name in solvers:
-        for asked in nfes:
-            nfe = _feasible_nfe(name, asked, schedule, True)
-            if nfe is None:
-                rows.append(Row(name, asked, None, math.nan))
-                continue
-            x = sample(model, noise, schedule, name, nfe=nfe, spacing=spacing, prediction=prediction, progress=False)
-            rmse = float(torch.sqrt(torch.mean((x - reference) ** 2)))
-            rows.append(Row(name, asked, nfe, rmse))
-    return rows, noise, reference
+    """:func:`compare`, returning (rows, noise, reference) (the older interface)."""
+    c = compare(target, schedule, solvers, nfes, spacing=spacing, prediction=prediction, samples=samples, seed=seed)
+    return c.rows, c.noise, c.reference
 
 
-def format_table(rows: Sequence[Row], nfes: Sequence[int]) -> str:
-    """A plain-text table: one row per solver, one column per NFE; the best per column marked with '*'."""
+LABELS = {
+    "rmse": "RMSE against the exact solution",
+    "sw2": "sliced W2 against exact samples of the data distribution",
+    "mmd": "squared MMD against exact samples of the data distribution",
+    "coverage": "fraction of mixture modes covered",
+}
+
+
+def format_table(rows: Sequence[Row], nfes: Sequence[int], metric: str = "rmse") -> str:
+    """A plain-text table of ``metric``: one row per solver, one column per NFE; the best per column marked
+    with '*' (lowest; highest for coverage). RMSE tables leave out stochastic solvers."""
+    rows = [r for r in rows if not (metric == "rmse" and r.stochastic)]
     solvers = list(dict.fromkeys(r.solver for r in rows))
     cell = {(r.solver, r.nfe_asked): r for r in rows}
+    pick = max if metric == "coverage" else min
     best = {
-        n: min((r.rmse for r in rows if r.nfe_asked == n and not math.isnan(r.rmse)), default=math.nan) for n in nfes
+        n: pick(
+            (getattr(r, metric) for r in rows if r.nfe_asked == n and not math.isnan(getattr(r, metric))),
+            default=math.nan,
+        )
+        for n in nfes
     }
-    width = 13
-    lines = ["solver".ljust(14) + "".join(f"NFE {n}".rjust(width) for n in nfes)]
+    width = 14
+    lines = ["solver".ljust(24) + "".join(f"NFE {n}".rjust(width) for n in nfes)]
     lines.append("-" * len(lines[0]))
     for s in solvers:
         parts = []
         for n in nfes:
             r = cell[(s, n)]
-            if r.nfe is None:
+            v = getattr(r, metric)
+            if r.nfe is None or math.isnan(v):
                 text = "-"
             else:
-                text = f"{r.rmse:.2e}" + (f"({r.nfe})" if r.nfe != n else "") + ("*" if r.rmse == best[n] else "")
+                num = f"{v:.3f}" if metric == "coverage" else f"{v:.2e}"
+                text = num + (f"({r.nfe})" if r.nfe != n else "") + ("*" if v == best[n] else "")
             parts.append(text.rjust(width))
-        lines.append(s.ljust(14) + "".join(parts))
-    lines.append("RMSE against the exact solution; (k): the solver spent k < NFE evaluations; *: best in column")
+        lines.append((s + (" (sde)" if r.stochastic else "")).ljust(24) + "".join(parts))
+    lines.append(f"{LABELS[metric]}; (k): the solver spent k < NFE evaluations; *: best in column")
     return "\n".join(lines)
 
 
+CSV_FIELDS = ("solver", "stochastic", "nfe_asked", "nfe", *METRICS)
+
+
+def row_dict(r: Row) -> dict[str, Any]:
+    """A row as plain values (NaN as None)."""
+    d = asdict(r)
+    return {k: (None if isinstance(d[k], float) and math.isnan(d[k]) else d[k]) for k in CSV_FIELDS}
+
+
 def write_csv(rows: Sequence[Row], path: Path) -> None:
+    """One line per (solver, NFE): ``solver, stochastic, nfe_asked, nfe, rmse, sw2, mmd, coverage`` (empty
+    where a value does not apply)."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["solver", "nfe_asked", "nfe", "rmse"])
+        w.writerow(CSV_FIELDS)
         for r in rows:
-            w.writerow([r.solver, r.nfe_asked, r.nfe if r.nfe is not None else "", f"{r.rmse:.6e}"])
+            d = row_dict(r)
+            w.writerow(
+                ["" if d[k] is None else (f"{d[k]:.6e}" if isinstance(d[k], float) else d[k]) for k in CSV_FIELDS]
+            )
 
 
-def plot_errors(rows: Sequence[Row], path: Path, title: str) -> None:
-    """Error against NFE, log-log, one line per solver."""
+def write_json(rows: Sequence[Row], settings: dict[str, Any], path: Path) -> None:
+    """``{"settings": ..., "rows": [...]}``: the same rows as the CSV (full precision; null for NaN)."""
+    path.write_text(json.dumps({"settings": settings, "rows": [row_dict(r) for r in rows]}, indent=1) + "\n")
+
+
+def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for s in dict.fromkeys(r.solver for r in rows):
-        pts = sorted((r.nfe, r.rmse) for r in rows if r.solver == s and r.nfe is not None and r.rmse > 0)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    plt.rcParams["svg.hashsalt"] = "fewstep"
+    return plt
+
+
+def plot_errors(rows: Sequence[Row], path: Path, title: str) -> None:
+    """Error against NFE, log-log: RMSE of the ODE solvers (left), sliced W2 of every solver (right)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     ticks = sorted({r.nfe_asked for r in rows})
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("NFE (model evaluations)")
-    ax.set_ylabel("RMSE vs exact PF-ODE solution")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    for ax, metric in zip(axes, ("rmse", "sw2"), strict=True):
+        for idx, s in enumerate(dict.fromkeys(r.solver for r in rows)):
+            pts = sorted(
+                (r.nfe, getattr(r, metric))
+                for r in rows
+                if r.solver == s and r.nfe is not None and getattr(r, metric) > 0
+            )
+            if pts:
+                sto = any(r.stochastic for r in rows if r.solver == s)
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    marker="osd^v"[idx // 10 % 5],
+                    ls="--" if sto else "-",
+                    label=s,
+                )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("NFE (model evaluations)")
+        ax.set_ylabel("RMSE vs exact PF-ODE solution" if metric == "rmse" else "sliced W2 vs exact samples")
+        ax.set_title(title if metric == "rmse" else "all solvers (dashed: stochastic)")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_samples(comparison: Comparison, path: Path, nfe: int, image_shape: tuple[int, ...] | None, k: int = 5) -> None:
+    """Exact samples and the first ``k`` solvers' samples at the smallest NFE: scatter plots for 2-D targets,
+    an image grid (16 samples each) for image targets."""
+    plt = _plt()
+    preferred = ("ddim", "dpmpp_2m", "ipndm", "unipc_bh2", "euler_ancestral", "dpmpp_2m_sde")
+    names = [n for n in preferred if n in comparison.first_samples]
+    names += [n for n in comparison.first_samples if n not in names]
+    panels = [("exact samples", comparison.exact), *[(n, comparison.first_samples[n]) for n in names[:k]]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2), squeeze=False)
+    for ax, (name, x) in zip(axes[0], panels, strict=True):
+        x = x.detach().to(torch.float64)
+        if image_shape is None:
+            ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.6)
+            lim = float(comparison.exact.abs().max()) * 1.3
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_aspect("equal")
+        else:
+            h, w = image_shape[-2:]
+            imgs = x[:16].reshape(-1, *image_shape)
+            n = imgs.shape[0]
+            grid = (
+                torch.zeros(4 * (h + 1), 4 * (w + 1))
+                if len(image_shape) == 2
+                else torch.ones(4 * (h + 1), 4 * (w + 1), image_shape[0])
+            )
+            for j in range(n):
+                r, c = divmod(j, 4)
+                img = imgs[j].clamp(-1, 1) * 0.5 + 0.5
+                if len(image_shape) == 3:
+                    img = img.permute(1, 2, 0)
+                grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img.float()
+            ax.imshow(grid.numpy(), cmap="gray_r" if len(image_shape) == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax.set_title(name if name == "exact samples" else f"{name}, NFE {nfe}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
 
 
 def deterministic_solvers() -> list[str]:
     return [info.name for info in available() if not info.stochastic]
+
+
+def all_solvers() -> list[str]:
+    """Every registered solver: the ODE solvers first, then the stochastic ones."""
+    return deterministic_solvers() + [info.name for info in available() if info.stochastic]
