@@ -17,7 +17,7 @@ from fewstep.cli import main
 from fewstep.compare import all_solvers
 
 SMALL = ["--samples", "24", "--nfe", "4,6"]
-SOLVERS = ["--solver", "dpmpp_2m", "--solver", "heun", "--solver", "euler_ancestral"]
+SOLVERS = ["--solver", "dpmpp_2m", "--solver", "heun", "--solver", "euler_ancestral", "--no-peers"]
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -114,11 +114,28 @@ def test_report_renders_in_chromium(run_dir: tuple[Path, str], tmp_path: Path) -
 def test_digits_writes_image_grid(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,
-        ["compare", "--target", "digits", "--samples", "16", "--nfe", "3", "--solver", "ddim", "--out", str(tmp_path)],
+        [
+            "compare",
+            "--target",
+            "digits",
+            "--samples",
+            "16",
+            "--nfe",
+            "3",
+            "--solver",
+            "ddim",
+            "--no-peers",
+            "--out",
+            str(tmp_path),
+        ],
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (tmp_path / "samples.png").stat().st_size > 0
     assert "dim=64" in result.output
+    assert "FD-digits" in result.output and "not Inception FID" in result.output
+    (row,) = json.loads((tmp_path / "compare.json").read_text())["rows"]
+    assert row["fd_digits"] > 0 and math.isfinite(row["fd_digits"])
+    assert "FD-digits" in (tmp_path / "report.html").read_text()
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -59,6 +60,12 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
 @click.option("--out", "out_dir", default="fewstep-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--no-plot", is_flag=True, help="Do not write the PNG plots.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
+@click.option(
+    "--peers/--no-peers",
+    default=None,
+    help="Also run the peer libraries' samplers on the same target, schedule, noise and NFE: k-diffusion "
+    "(every schedule) and diffusers (--schedule sd or ddpm), where importable.  [default: on when importable]",
+)
 def compare(
     target: str,
     schedule: str,
@@ -72,15 +79,25 @@ def compare(
     out_dir: str,
     no_plot: bool,
     no_report: bool,
+    peers: bool | None,
 ) -> None:
     """Run solvers at several NFEs on an exact target and report their errors.
 
     ODE solvers: RMSE against the exact solution from the same noise. All solvers (stochastic ones seeded):
-    sliced W2, MMD and (mixtures) mode coverage against exact samples of the data distribution. Writes
+    sliced W2, MMD and (mixtures) mode coverage against exact samples of the data distribution; for digits
+    also FD-digits (Frechet distance of a small digits classifier's features, not Inception FID). Peer
+    libraries (diffusers, k-diffusion) run alongside when importable (--no-peers: not). Writes
     compare.csv, compare.json, compare.png, samples.png (2-D and image targets) and report.html to --out.
     """
     from . import compare as cmp
+    from .peers import available_peers
     from .targets import LearnedTarget
+
+    libs = available_peers()
+    if peers is None:
+        peers = bool(libs)
+    elif peers and not libs:
+        raise click.UsageError("--peers: neither diffusers nor k-diffusion is importable")
 
     nfes = nfes or ([5, 10] if quick else [5, 10, 20, 50])
     samples = samples or (64 if quick else 256)
@@ -98,7 +115,17 @@ def compare(
         if isinstance(tgt, LearnedTarget):
             sched, pred = tgt.schedule, tgt.prediction
         result = cmp.compare(
-            tgt, sched, names, nfes, spacing=spacing, prediction=pred, samples=samples, seed=seed, progress=True
+            tgt,
+            sched,
+            names,
+            nfes,
+            spacing=spacing,
+            prediction=pred,
+            samples=samples,
+            seed=seed,
+            progress=True,
+            peers=peers,
+            schedule_name=None if isinstance(tgt, LearnedTarget) else schedule,
         )
     except (ValueError, TypeError) as err:
         raise click.UsageError(str(err)) from err
@@ -113,6 +140,7 @@ def compare(
         "seed": seed,
         "nfe": nfes,
         "solvers": names,
+        "peers": sorted({r.library for r in rows if r.library != "fewstep"}),
         "reference": "learned_reference (1,000-step DPM-Solver-3)"
         if isinstance(tgt, LearnedTarget)
         else "exact PF-ODE solution (tight-tolerance solve)",
@@ -125,6 +153,9 @@ def compare(
         click.echo(table)
         click.echo()
     click.echo(cmp.format_table(rows, nfes, "sw2"))
+    if any(not math.isnan(r.fd_digits) for r in rows):
+        click.echo()
+        click.echo(cmp.format_table(rows, nfes, "fd_digits"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cmp.write_csv(rows, out / "compare.csv")

@@ -9,7 +9,12 @@ same noise), so its RMSE measures the solver's error, not the network's.
 
 Every solver, stochastic ones included (seeded), also gets distribution metrics against exact samples of
 the data distribution (``target.sample(n)``; for ``learned`` the mixture it was trained on): sliced W2,
-MMD, and for mixtures the fraction of modes covered.
+MMD, and for mixtures the fraction of modes covered; for the digits target also FD-digits, the Frechet
+distance between the features of a small digits classifier (:func:`fewstep.metrics.fd_digits`; *not*
+Inception FID, comparable only with other FD-digits values).
+
+With ``peers=True`` the peer libraries' samplers (diffusers, k-diffusion; :mod:`fewstep.peers`) run on the
+same target, schedule, start noise and NFE budget and get the same metrics, in rows with ``library`` set.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import csv
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,9 +97,12 @@ class Row:
     sw2: float = math.nan  # sliced W2 against exact samples of the data distribution
     mmd: float = math.nan  # squared MMD (biased) against the same exact samples
     coverage: float = math.nan  # fraction of mixture components reached
+    fd_digits: float = math.nan  # FD-digits against the exact samples (digits target only)
+    library: str = "fewstep"  # fewstep, diffusers or k-diffusion
+    nonfinite: bool = False  # the run raised or returned inf / NaN
 
 
-METRICS = ("rmse", "sw2", "mmd", "coverage")
+METRICS = ("rmse", "sw2", "mmd", "coverage", "fd_digits")
 
 
 @dataclass
@@ -136,10 +145,16 @@ def compare(
     samples: int = 256,
     seed: int = 0,
     progress: bool = False,
+    peers: bool = False,
+    schedule_name: str | None = None,
 ) -> Comparison:
     """Run every (solver, NFE): RMSE against the reference from the same float64 noise (ODE solvers), and
     sliced W2 / MMD / mode coverage against ``samples`` exact samples of the data distribution (all solvers;
-    stochastic ones seeded from ``seed``). A learned target uses its own schedule and prediction."""
+    stochastic ones seeded from ``seed``). A learned target uses its own schedule and prediction.
+
+    ``peers``: also run the importable peer libraries (:mod:`fewstep.peers`): k-diffusion on every schedule,
+    diffusers on DiscreteVP schedules (``schedule_name`` sd / ddpm, or any DiscreteVP built by
+    ``DiscreteVP.linear`` / ``scaled_linear``)."""
     if isinstance(target, LearnedTarget):
         schedule, prediction = target.schedule, target.prediction
     gen = torch.Generator().manual_seed(seed)
@@ -149,8 +164,9 @@ def compare(
     exact = data.sample(samples, generator=torch.Generator().manual_seed(seed + 1))
     stochastic = {name: _stochastic(name) for name in solvers}
     mmd_to = _MMD(exact)
+    fd_to = _FDDigits(exact) if tuple(getattr(data, "image_shape", None) or ()) == (8, 8) else None
     reference: Tensor
-    if not all(stochastic.values()):
+    if peers or not all(stochastic.values()):
         if isinstance(target, LearnedTarget):
             reference = learned_reference(target, noise)
         else:
@@ -177,16 +193,81 @@ def compare(
         )
         rmse = math.nan if stochastic[name] else float(torch.sqrt(torch.mean((x - reference) ** 2)))
         row = Row(name, asked, nfe, rmse, stochastic[name])
-        if bool(torch.all(torch.isfinite(x))):
-            row.sw2 = sliced_wasserstein2(x, exact, projections=128)
-            row.mmd = mmd_to(x)
-            row.coverage = mode_coverage(x, data).coverage
+        _distribution_metrics(row, x, exact, data, mmd_to, fd_to)
         rows.append(row)
         if asked == min(nfes):
             first[name] = x
         bar.update(1)
     bar.close()
+    if peers:
+        rows += _peer_rows(
+            model, schedule, schedule_name, noise, reference, nfes, prediction, exact, data, mmd_to, fd_to
+        )
     return Comparison(rows, noise, reference, exact, first)
+
+
+def _distribution_metrics(
+    row: Row, x: Tensor, exact: Tensor, data: GaussianMixture, mmd_to: _MMD, fd_to: _FDDigits | None
+) -> None:
+    if bool(torch.all(torch.isfinite(x))):
+        row.sw2 = sliced_wasserstein2(x, exact, projections=128)
+        row.mmd = mmd_to(x)
+        row.coverage = mode_coverage(x, data).coverage
+        if fd_to is not None:
+            row.fd_digits = fd_to(x)
+    else:
+        row.nonfinite = True
+
+
+def _peer_rows(
+    model: Callable[..., Tensor],
+    schedule: NoiseSchedule,
+    schedule_name: str | None,
+    noise: Tensor,
+    reference: Tensor,
+    nfes: Sequence[int],
+    prediction: str,
+    exact: Tensor,
+    data: GaussianMixture,
+    mmd_to: _MMD,
+    fd_to: _FDDigits | None,
+) -> list[Row]:
+    from . import peers as p
+
+    libs = p.available_peers()
+    runs: list[p.PeerRun] = []
+    if "diffusers" in libs and (schedule_name is None or schedule_name in ("sd", "ddpm")):
+        runs += p.diffusers_runs(model, schedule, noise, reference, nfes, prediction)
+    if "k-diffusion" in libs:
+        runs += p.kdiffusion_runs(model, schedule, noise, nfes, prediction)
+    rows = []
+    for r in runs:
+        row = Row(f"{r.library}:{r.label}", r.nfe_asked, r.nfe, math.nan, library=r.library)
+        if r.x is None:
+            row.nonfinite = True
+            warnings.warn(f"peer {row.solver} at NFE {r.nfe_asked} failed: {r.error}", RuntimeWarning, stacklevel=2)
+        else:
+            x = r.x.detach().to(torch.float64)
+            _distribution_metrics(row, x, exact, data, mmd_to, fd_to)
+            if not row.nonfinite:
+                row.rmse = float(torch.sqrt(torch.mean((x - reference) ** 2)))
+        rows.append(row)
+    return rows
+
+
+class _FDDigits:
+    """:func:`fewstep.metrics.fd_digits` against one fixed set of exact samples (features computed once)."""
+
+    def __init__(self, y: Tensor) -> None:
+        from .metrics import DigitsFeatures
+
+        self.features = DigitsFeatures()
+        self.fy = self.features(y.reshape(y.shape[0], -1).to(torch.float64))
+
+    def __call__(self, x: Tensor) -> float:
+        from .metrics import frechet_distance
+
+        return frechet_distance(self.features(x.reshape(x.shape[0], -1).to(torch.float64)), self.fy)
 
 
 class _MMD:
@@ -242,6 +323,7 @@ LABELS = {
     "sw2": "sliced W2 against exact samples of the data distribution",
     "mmd": "squared MMD against exact samples of the data distribution",
     "coverage": "fraction of mixture modes covered",
+    "fd_digits": "FD-digits (Frechet distance of digits-classifier features; not Inception FID) against exact samples",
 }
 
 
@@ -260,25 +342,33 @@ def format_table(rows: Sequence[Row], nfes: Sequence[int], metric: str = "rmse")
         for n in nfes
     }
     width = 14
-    lines = ["solver".ljust(24) + "".join(f"NFE {n}".rjust(width) for n in nfes)]
+    name_w = max([24, *(len(s) + 7 for s in solvers)])
+    lines = ["solver".ljust(name_w) + "".join(f"NFE {n}".rjust(width) for n in nfes)]
     lines.append("-" * len(lines[0]))
     for s in solvers:
         parts = []
         for n in nfes:
             r = cell[(s, n)]
             v = getattr(r, metric)
-            if r.nfe is None or math.isnan(v):
+            if r.nonfinite:
+                text = "nan!"
+            elif r.nfe is None or math.isnan(v):
                 text = "-"
             else:
                 num = f"{v:.3f}" if metric == "coverage" else f"{v:.2e}"
                 text = num + (f"({r.nfe})" if r.nfe != n else "") + ("*" if v == best[n] else "")
             parts.append(text.rjust(width))
-        lines.append((s + (" (sde)" if r.stochastic else "")).ljust(24) + "".join(parts))
-    lines.append(f"{LABELS[metric]}; (k): the solver spent k < NFE evaluations; *: best in column")
+        lines.append((s + (" (sde)" if r.stochastic else "")).ljust(name_w) + "".join(parts))
+    note = f"{LABELS[metric]}; (k): the solver spent k < NFE evaluations; *: best in column"
+    if any(r.library != "fewstep" for r in rows):
+        note += "; diffusers:/k-diffusion: rows are peer libraries"
+    if any(r.nonfinite for r in rows):
+        note += "; nan!: the run raised or returned inf/NaN"
+    lines.append(note)
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("solver", "stochastic", "nfe_asked", "nfe", *METRICS)
+CSV_FIELDS = ("library", "solver", "stochastic", "nonfinite", "nfe_asked", "nfe", *METRICS)
 
 
 def row_dict(r: Row) -> dict[str, Any]:
@@ -288,8 +378,8 @@ def row_dict(r: Row) -> dict[str, Any]:
 
 
 def write_csv(rows: Sequence[Row], path: Path) -> None:
-    """One line per (solver, NFE): ``solver, stochastic, nfe_asked, nfe, rmse, sw2, mmd, coverage`` (empty
-    where a value does not apply)."""
+    """One line per (solver, NFE): ``library, solver, stochastic, nonfinite, nfe_asked, nfe, rmse, sw2, mmd,
+    coverage, fd_digits`` (empty where a value does not apply)."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_FIELDS)
@@ -329,11 +419,12 @@ def plot_errors(rows: Sequence[Row], path: Path, title: str) -> None:
             )
             if pts:
                 sto = any(r.stochastic for r in rows if r.solver == s)
+                peer = any(r.library != "fewstep" for r in rows if r.solver == s)
                 ax.plot(
                     [p[0] for p in pts],
                     [p[1] for p in pts],
                     marker="osd^v"[idx // 10 % 5],
-                    ls="--" if sto else "-",
+                    ls="--" if sto else (":" if peer else "-"),
                     label=s,
                 )
         ax.set_xscale("log")
@@ -342,7 +433,7 @@ def plot_errors(rows: Sequence[Row], path: Path, title: str) -> None:
         ax.minorticks_off()
         ax.set_xlabel("NFE (model evaluations)")
         ax.set_ylabel("RMSE vs exact PF-ODE solution" if metric == "rmse" else "sliced W2 vs exact samples")
-        ax.set_title(title if metric == "rmse" else "all solvers (dashed: stochastic)")
+        ax.set_title(title if metric == "rmse" else "all solvers (dashed: stochastic, dotted: peer libraries)")
         ax.grid(True, which="both", alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7, ncol=2)

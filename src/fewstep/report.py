@@ -14,7 +14,9 @@ from .compare import LABELS, Row
 __all__ = ["render_report", "write_report"]
 
 
-def _cell(value: float, metric: str, best: bool) -> str:
+def _cell(value: float, metric: str, best: bool, nonfinite: bool = False) -> str:
+    if nonfinite:
+        return "<td class='bad'>nan!</td>"
     if math.isnan(value):
         return "<td>-</td>"
     text = f"{value:.3f}" if metric == "coverage" else f"{value:.2e}"
@@ -34,15 +36,22 @@ def _table(rows: Sequence[Row], nfes: Sequence[int], metric: str) -> str:
     head = "".join(f"<th>NFE {n}</th>" for n in nfes)
     body = []
     for s in dict.fromkeys(r.solver for r in rows):
-        sto = cell[(s, nfes[0])].stochastic
+        first = cell[(s, nfes[0])]
+        sto = first.stochastic
         tds = "".join(
-            _cell(getattr(cell[(s, n)], metric), metric, getattr(cell[(s, n)], metric) == best[n]) for n in nfes
+            _cell(
+                getattr(cell[(s, n)], metric), metric, getattr(cell[(s, n)], metric) == best[n], cell[(s, n)].nonfinite
+            )
+            for n in nfes
         )
-        body.append(f"<tr><th>{html.escape(s)}{' (stochastic)' if sto else ''}</th>{tds}</tr>")
+        lib = html.escape(first.library)
+        cls = "" if first.library == "fewstep" else " class='peer'"
+        body.append(f"<tr{cls}><td>{lib}</td><th>{html.escape(s)}{' (stochastic)' if sto else ''}</th>{tds}</tr>")
     return (
-        f"<h2>{html.escape(LABELS[metric])}</h2>\n<table>\n<tr><th>solver</th>{head}</tr>\n"
+        f"<h2>{html.escape(LABELS[metric])}</h2>\n<table>\n<tr><th>library</th><th>solver</th>{head}</tr>\n"
         + "\n".join(body)
-        + "\n</table>\n<p class='note'>Bold: best in column.</p>\n"
+        + "\n</table>\n<p class='note'>Bold: best in column. Shaded rows: peer libraries (diffusers, k-diffusion) "
+        "on the same target, schedule, noise and NFE. nan!: the run raised or returned inf/NaN.</p>\n"
     )
 
 
@@ -58,11 +67,11 @@ def render_report(rows: Sequence[Row], nfes: Sequence[int], settings: dict[str, 
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n<title>fewstep compare report</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th:first-child{text-align:left}"
-        "img{max-width:100%}.note{color:#555;font-size:90%}</style>\n</head>\n<body>",
+        "img{max-width:100%}.note{color:#555;font-size:90%}tr.peer{background:#eef4ff}td.bad{color:#b00}</style>\n</head>\n<body>",
         "<h1>fewstep compare</h1>",
         f"<ul class='settings'>{items}</ul>",
     ]
-    for metric in ("rmse", "sw2", "mmd", "coverage"):
+    for metric in ("rmse", "sw2", "mmd", "coverage", "fd_digits"):
         if any(not math.isnan(getattr(r, metric)) for r in rows):
             parts.append(_table(rows, nfes, metric))
     parts.extend(_image(p, p.stem) for p in images if p.exists())
