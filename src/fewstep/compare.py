@@ -239,7 +239,7 @@ def _peer_rows(
     if "diffusers" in libs and (schedule_name is None or schedule_name in ("sd", "ddpm")):
         runs += p.diffusers_runs(model, schedule, noise, reference, nfes, prediction)
     if "k-diffusion" in libs:
-        runs += p.kdiffusion_runs(model, schedule, noise, nfes, prediction)
+        runs += p.kdiffusion_runs(model, schedule, noise, nfes, prediction, reference=reference)
     rows = []
     for r in runs:
         row = Row(f"{r.library}:{r.label}", r.nfe_asked, r.nfe, math.nan, library=r.library)

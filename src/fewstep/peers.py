@@ -204,6 +204,9 @@ def diffusers_runs(
     return out
 
 
+KDIFFUSION_SPACINGS = ("karras", "exponential")  # k-diffusion's own sigma grids (get_sigmas_karras / _exponential)
+
+
 def kdiffusion_runs(
     model: Callable[..., Tensor],
     schedule: NoiseSchedule,
@@ -211,8 +214,10 @@ def kdiffusion_runs(
     nfes: Sequence[int],
     prediction: str,
     samplers: Sequence[tuple[str, int]] | None = None,
+    reference: Tensor | None = None,
 ) -> list[PeerRun]:
-    """Every k-diffusion sampler at every NFE on Karras sigmas, from ``x_T / alpha(t_max)``."""
+    """Every k-diffusion sampler at every NFE from ``x_T / alpha(t_max)``: on its default Karras sigmas and, given
+    the ``reference``, again on the best of its Karras / exponential grids by mean log RMSE."""
     from k_diffusion import sampling
 
     from .integrations.kdiffusion import wrap
@@ -222,17 +227,30 @@ def kdiffusion_runs(
     if alpha_max == 0.0:  # starts at infinite sigma/alpha (flow from t = 1): no k-diffusion start state
         return out
     for name, per_step in KDIFFUSION if samplers is None else samplers:
-        for asked in nfes:
-            den = Denoiser(model, schedule, prediction)
-            kd = wrap(den)
-            x: Tensor | None
-            try:
-                sigmas = kd.get_sigmas(_steps(asked, per_step == 2), "karras")
-                fn = getattr(sampling, name)
-                with torch.no_grad():
-                    x = fn(kd, noise / alpha_max, sigmas, disable=True)
-                err = None
-            except Exception as e:  # noqa: BLE001 - a failing peer is reported, not fatal
-                x, err = None, f"{type(e).__name__}: {e}"
-            out.append(PeerRun("k-diffusion", name, asked, den.nfe or None, x, err))
+        by_spacing: dict[str, list[PeerRun]] = {}
+        for spacing in KDIFFUSION_SPACINGS if reference is not None else KDIFFUSION_SPACINGS[:1]:
+            runs = []
+            for asked in nfes:
+                den = Denoiser(model, schedule, prediction)
+                kd = wrap(den)
+                x: Tensor | None
+                try:
+                    sigmas = kd.get_sigmas(_steps(asked, per_step == 2), spacing)
+                    fn = getattr(sampling, name)
+                    with torch.no_grad():
+                        x = fn(kd, noise / alpha_max, sigmas, disable=True)
+                    err = None
+                except Exception as e:  # noqa: BLE001 - a failing peer is reported, not fatal
+                    x, err = None, f"{type(e).__name__}: {e}"
+                runs.append(PeerRun("k-diffusion", name, asked, den.nfe or None, x, err))
+            by_spacing[spacing] = runs
+        out.extend(by_spacing["karras"])
+        if reference is not None:
+            scores = {}
+            for sp, runs in by_spacing.items():
+                vals = [_rmse(r.x, reference) for r in runs]
+                scores[sp] = math.inf if any(not v > 0 for v in vals) else sum(math.log(v) for v in vals) / len(vals)
+            best = min(by_spacing, key=scores.__getitem__)
+            for r in by_spacing[best]:
+                out.append(PeerRun(r.library, f"{name}[{best}]", r.nfe_asked, r.nfe, r.x, r.error))
     return out
