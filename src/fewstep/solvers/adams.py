@@ -47,6 +47,17 @@ AB_UNIFORM: dict[int, list[float]] = {
 }
 
 
+def lagrange_basis(nodes: Sequence[float] | np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Row j: the Lagrange basis polynomial ``l_j(points) = prod_{k != j} (points - nodes_k) / (nodes_j - nodes_k)``."""
+    points = np.asarray(points, dtype=np.float64)
+    out = np.ones((len(nodes), *points.shape))
+    for j, nj in enumerate(nodes):
+        for k, nk in enumerate(nodes):
+            if k != j:
+                out[j] *= (points - nk) / (nj - nk)
+    return out
+
+
 def lagrange_integrals(nodes: Sequence[float], a: float, b: float) -> list[float]:
     """``int_a^b l_j(v) dv`` for the Lagrange basis ``l_j`` of ``nodes`` (``l_j(nodes[k]) = [j == k]``).
 
@@ -63,14 +74,7 @@ def lagrange_integrals(nodes: Sequence[float], a: float, b: float) -> list[float
     s = [(float(v) - float(a)) / width for v in nodes]
     x, w = np.polynomial.legendre.leggauss(n)
     r, w = 0.5 * (x + 1.0), 0.5 * w
-    out = []
-    for j in range(n):
-        basis = np.ones_like(r)
-        for k in range(n):
-            if k != j:
-                basis *= (r - s[k]) / (s[j] - s[k])
-        out.append(width * float(np.dot(w, basis)))
-    return out
+    return [width * float(v) for v in lagrange_basis(s, r) @ w]
 
 
 def frame_orders(tau: np.ndarray, order: int) -> list[int]:

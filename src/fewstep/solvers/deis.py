@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .adams import eps_frame_step, lagrange_integrals, run_plan
+from .adams import eps_frame_step, lagrange_basis, lagrange_integrals, run_plan
 from .base import Solver, Steps, register
 from .dpmpp import multistep_orders
 from .grid import Grid
@@ -95,14 +95,7 @@ def t_weights(grid: Grid, steps: list[tuple[int, int]]) -> list[list[float]]:
         tq = t_all[start : start + len(u)]
         start += len(u)
         nodes = [float(grid.t[i - m]) for m in range(k)]
-        weights = []
-        for j in range(k):
-            basis = np.ones_like(tq)
-            for m in range(k):
-                if m != j:
-                    basis *= (tq - nodes[m]) / (nodes[j] - nodes[m])
-            weights.append(float(np.dot(w, basis)))
-        out.append(weights)
+        out.append([float(v) for v in lagrange_basis(nodes, tq) @ w])
     return out
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .adams import lagrange_basis
+
 MOMENTUM_TYPES = ("hb", "ghvb")
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(16)
 
@@ -47,14 +49,7 @@ def previous_mean_weights(h: np.ndarray, i: int, order: int) -> list[float]:
     u = -g * (1 - _NODES) / 2  # quadrature points on [-g, 0]
     density = np.exp(u) * _WEIGHTS
     density /= density.sum()
-    weights = []
-    for j in range(order):
-        basis = np.ones_like(u)
-        for m in range(order):
-            if m != j:
-                basis *= (u - nodes[m]) / (nodes[j] - nodes[m])
-        weights.append(float(density @ basis))
-    return weights
+    return [float(v) for v in lagrange_basis(nodes[:order], u) @ density]
 
 
 def momentum_combination(
