@@ -302,22 +302,6 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, file=sys.stderr, unit="run", leave=False)
 
 
-def run_comparison(
-    target: GaussianMixture,
-    schedule: NoiseSchedule,
-    solvers: Sequence[str],
-    nfes: Sequence[int],
-    *,
-    spacing: str = "logsnr",
-    prediction: str = "epsilon",
-    samples: int = 256,
-    seed: int = 0,
-) -> tuple[list[Row], Tensor, Tensor]:
-    """:func:`compare`, returning (rows, noise, reference) (the older interface)."""
-    c = compare(target, schedule, solvers, nfes, spacing=spacing, prediction=prediction, samples=samples, seed=seed)
-    return c.rows, c.noise, c.reference
-
-
 LABELS = {
     "rmse": "RMSE against the exact solution",
     "sw2": "sliced W2 against exact samples of the data distribution",
