@@ -41,7 +41,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import randn, rel, schedule_of
+from helpers import BETAS, DIFFUSERS_RTOL, KDIFF_RTOL, N_TRAIN, karras_sigmas, randn, rel, schedule_of
 from scipy import integrate
 from torch import Tensor
 
@@ -55,13 +55,6 @@ diffusers = pytest.importorskip("diffusers")
 k_sampling = pytest.importorskip("k_diffusion.sampling")
 
 F64 = torch.float64
-N_TRAIN = 1000
-BETAS = {
-    "linear": {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
-    "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-}
-DIFFUSERS_RTOL = 1e-4  # diffusers' coefficients are float32
-KDIFF_RTOL = 1e-8  # float64 on both sides
 TARGET_2D = mixture_2d("default")
 WIDE = mixture_2d("wide")
 SINGLE = GaussianMixture.single(2, [0.5, -0.3], 0.6)
@@ -351,15 +344,6 @@ def test_lms_matches_diffusers(prediction: str, beta: str, spacing: str, steps: 
     x_diffusers = run_diffusers_lms(s, model, noise, float(sched.alpha(times[0])))
     x = fewstep.sample(model, noise, sched, "lms", spacing=times, prediction=prediction, final="zero")
     assert rel(x, x_diffusers) < DIFFUSERS_RTOL
-
-
-def karras_sigmas(n: int) -> Tensor:
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F64)
-    try:
-        return k_sampling.get_sigmas_karras(n, 0.002, 80.0, rho=7.0)
-    finally:
-        torch.set_default_dtype(old)
 
 
 class Counted:

@@ -26,13 +26,12 @@ Findings recorded here (see the individual tests):
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
-from helpers import randn, rel, schedule_of
+from helpers import BETAS, DIFFUSERS_RTOL, KDIFF_RTOL, N_TRAIN, karras_sigmas, randn, rel, schedule_of
 from torch import Tensor
 
 import fewstep
@@ -44,13 +43,6 @@ k_sampling = pytest.importorskip("k_diffusion.sampling")
 k_external = pytest.importorskip("k_diffusion.external")
 
 F64 = torch.float64
-N_TRAIN = 1000
-BETAS = {
-    "linear": {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
-    "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-}
-DIFFUSERS_RTOL = 1e-4  # diffusers' coefficients are float32
-KDIFF_RTOL = 1e-8  # float64 on both sides
 
 
 TARGET_2D = mixture_2d("default")
@@ -73,27 +65,6 @@ class Counted:
     def __call__(self, *args: object, **kwargs: object) -> Tensor:
         self.calls += 1
         return self.fn(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> Tensor:
-    """k-diffusion's Karras grid (with the appended 0) computed in float64.
-
-    ``get_sigmas_karras`` builds its ramp with ``torch.linspace`` in the default dtype; in float32 the ends come
-    out as 79.99998 and 0.0019999996, slightly outside EDM's [0.002, 80], where fewstep clamps the times to the
-    schedule's range (a 2e-7 relative shift of the last noise level, ~1e-8 in the samples).
-    """
-    with default_dtype(F64):
-        return k_sampling.get_sigmas_karras(n, sigma_min, sigma_max, rho=7.0)
 
 
 # --- diffusers -----------------------------------------------------------------------------------------

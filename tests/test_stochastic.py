@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import randn, rel, schedule_of
+from helpers import DIFFUSERS_RTOL, KDIFF_RTOL, N_TRAIN, karras_sigmas, randn, rel, schedule_of
 from torch import Tensor
 
 import fewstep
@@ -35,21 +35,9 @@ k_sampling = pytest.importorskip("k_diffusion.sampling")
 randn_tensor = pytest.importorskip("diffusers.utils.torch_utils").randn_tensor
 
 F64 = torch.float64
-KDIFF_RTOL = 1e-8  # float64 on both sides
-DIFFUSERS_RTOL = 1e-4  # diffusers' coefficients are float32
 STOCHASTIC = [info.name for info in fewstep.solvers.available() if info.stochastic]
 TARGET = mixture_2d("default")
 WIDE = mixture_2d("wide")  # smooth: the strong-order asymptotics show from 16 steps on
-
-
-def karras_sigmas(n: int) -> Tensor:
-    """k-diffusion's Karras grid (with the appended 0) in float64 (its ramp follows the default dtype)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F64)
-    try:
-        return k_sampling.get_sigmas_karras(n, 0.002, 80.0, rho=7.0)
-    finally:
-        torch.set_default_dtype(old)
 
 
 class InOrder:
@@ -196,7 +184,6 @@ def test_edm_sde_caps_the_churn_at_the_schedule_range() -> None:
 
 # --- diffusers -------------------------------------------------------------------------------------------
 
-N_TRAIN = 1000
 LINEAR = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
 SCALED = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 
