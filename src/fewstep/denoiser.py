@@ -198,9 +198,23 @@ class Denoiser:
             return x0, ((x - p.alpha * x0) / p.sigma if eps else None)
         return x0, (_affine(x, a.eps_x, out, a.eps_out) if eps else None)
 
-    def _evaluate(self, x: Tensor, p: Point) -> Tensor:
-        """The model's raw output at point ``p`` (counted, shape- and finiteness-checked)."""
-        out = self._call_model(x, p.model_time)
+    def shifted(
+        self, x: Tensor, p: Point, time: Tensor, eps_x: Tensor, eps_out: Tensor, eps: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """One evaluation for point ``p`` with the network called at per-sample model times ``time`` (the
+        Time-Shift Sampler, :mod:`fewstep.time_shift`): ``eps_hat = eps_x x + eps_out out`` (the conversion at the
+        shifted times) and ``x0_hat = (x - sigma_p eps_hat) / alpha_p`` at ``p`` (thresholding applied to x0_hat)."""
+        e = torch.addcmul(x * eps_x, self._evaluate(x, p, time), eps_out)
+        x0 = (x - p.sigma * e) / p.alpha
+        if self.threshold is not None:
+            x0 = self.threshold(x0)
+            return x0, ((x - p.alpha * x0) / p.sigma if eps else None)
+        return x0, (e if eps else None)
+
+    def _evaluate(self, x: Tensor, p: Point, time: Tensor | None = None) -> Tensor:
+        """The model's raw output at point ``p`` (counted, shape- and finiteness-checked), called at ``p``'s model
+        time or at ``time``."""
+        out = self._call_model(x, p.model_time if time is None else time)
         self.nfe += 1
         if out.shape != x.shape:
             raise ValueError(f"model: returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}")

@@ -11,11 +11,13 @@ import torch
 from torch import Tensor
 
 from .denoiser import Denoiser, Threshold
+from .noise.colored import ColoredNoise
 from .noise.levels import seeded_noise_sampler
 from .schedules import NoiseSchedule
 from .solvers import Grid, Solver, get_solver
 from .solvers.grid import Callback
 from .spacing import model_times
+from .time_shift import TimeShift, check_time_shift, evaluation
 from .trajectory import Trajectory
 
 Final = Literal["zero", "t_min"]
@@ -48,6 +50,7 @@ def sample(
     seed: int | Sequence[int] | Tensor | None = None,
     trajectory: Trajectory | None = None,
     sde_window: tuple[float, float] | None = None,
+    time_shift: TimeShift | Mapping[str, Any] | None = None,
     **solver_options: Any,
 ) -> Tensor:
     """Solve from ``noise`` (the state at the first time, ``t_max`` unless ``spacing`` gives times) to data.
@@ -85,6 +88,9 @@ def sample(
             sample_with_logprob`).
         sde_window: ``(t_hi, t_lo)`` in schedule time: a stochastic solver adds noise only on the steps starting at
             a time in ``[t_lo, t_hi]`` and takes its deterministic (eta = 0; ``edm_sde``: no churn) step elsewhere.
+        time_shift: the Time-Shift Sampler (Li et al. 2024) for any solver: a :class:`fewstep.time_shift.TimeShift`
+            (or a dict of its options); the network is called at the time of a window around each requested time
+            whose noise variance best matches the state's (see :mod:`fewstep.time_shift`). None: off.
         solver_options: options of the named solver (e.g. ``lower_order_final=False``).
 
     Returns:
@@ -133,7 +139,10 @@ def sample(
         raise ValueError("seed, generator, noise_sampler: give one of them, not several (each sets the noise)")
     if trajectory is not None and not isinstance(trajectory, Trajectory):
         raise TypeError(f"trajectory: must be a fewstep.trajectory.Trajectory, got {type(trajectory).__name__}")
+    if trajectory is not None and isinstance(noise_sampler, ColoredNoise):
+        raise ValueError("trajectory, noise_sampler: recorded log-probabilities assume white noise, not ColoredNoise")
     window = _sde_window(sde_window)
+    time_shifter = check_time_shift(time_shift)
 
     if isinstance(spacing, str):
         first_infinite = float(schedule.alpha(schedule.t_max)) == 0.0
@@ -176,7 +185,7 @@ def sample(
         start_x = noise.to(dtype)
         if trajectory is not None:
             trajectory.start(start_x)
-        x = slv.run(start_x, grid)
+        x = slv.run(start_x, grid, evaluation(time_shifter, grid, slv.needs_eps))
     denoiser.raise_if_nonfinite()
     used = denoiser.nfe - start
     if used != expected:  # an internal invariant: the plan and the run must agree
