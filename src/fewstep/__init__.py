@@ -1,6 +1,7 @@
 """fewstep: training-free fast samplers for diffusion and flow-matching models."""
 
-from . import noise, schedules, solvers, spacing
+from . import adaptive, noise, schedules, solvers, spacing
+from .adaptive import sample_adaptive
 from .denoiser import Denoiser, NonFiniteModelOutput, Threshold
 from .predictions import PREDICTIONS
 from .sampling import sample
@@ -11,6 +12,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "sample",
+    "sample_adaptive",
+    "adaptive",
     "sample_with_logprob",
     "Trajectory",
     "Denoiser",

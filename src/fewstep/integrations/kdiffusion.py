@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..adaptive import AdaptiveStats, PIDController, sample_adaptive
 from ..denoiser import Denoiser
 from ..predictions import conversion
 from ..sampling import sample
@@ -81,6 +82,56 @@ def make_sampler(solver: str, **solver_defaults: Any) -> KSampler:
 #: Every fewstep solver as a k-diffusion sampler, by fewstep name. Stochastic ones take ``noise_sampler=``
 #: (k-diffusion's convention) or ``generator=``; with neither they draw from torch's global generator.
 SAMPLERS: dict[str, KSampler] = {info.name: make_sampler(info.name) for info in available()}
+
+
+def sample_dpm_adaptive(
+    model: Callable[..., Tensor],
+    x: Tensor,
+    sigma_min: float,
+    sigma_max: float,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    disable: bool | None = None,
+    order: int = 3,
+    rtol: float = 0.05,
+    atol: float = 0.0078,
+    h_init: float = 0.05,
+    pcoeff: float = 0.0,
+    icoeff: float = 1.0,
+    dcoeff: float = 0.0,
+    accept_safety: float = 0.81,
+    return_info: bool = False,
+) -> Tensor | tuple[Tensor, dict[str, int]]:
+    """k-diffusion's ``sample_dpm_adaptive`` (eta = 0) on fewstep's adaptive DPM-Solver-12/23 (docs/adaptive.md):
+    from ``sigma_max`` to ``sigma_min`` (no step to 0), the batch-RMS error norm. The info dict counts fewstep's
+    evaluations: a rejected step keeps its first evaluation, one fewer than k-diffusion spends."""
+    if order not in (2, 3):
+        raise ValueError(f"order: choose 2 or 3, got {order!r}")
+    kwargs = dict(extra_args or {})
+    stats = AdaptiveStats()
+    pid = PIDController(rtol, atol, pcoeff, icoeff, dcoeff, accept_safety, norm="rms", h_init=h_init)
+
+    def kcallback(info: dict[str, Any]) -> None:
+        if callback is not None:
+            sig = info["t"]  # EDM: the schedule time is sigma
+            callback({"x": info["x"], "i": info["i"], "sigma": sig, "sigma_hat": sig, "denoised": info["denoised"]})
+
+    out = sample_adaptive(
+        lambda x_, sigma_: model(x_, sigma_, **kwargs),
+        x,
+        EDM(sigma_min=float(sigma_min), sigma_max=float(sigma_max)),
+        f"dpm_solver_{order - 1}{order}",
+        prediction="sample",
+        controller=pid,
+        final="t_min",
+        stats=stats,
+        callback=kcallback if callback is not None else None,
+        time_input="sigma",
+    )
+    if not return_info:
+        return out
+    info = {"steps": stats.accepted + stats.rejected, "nfe": stats.nfe, "n_accept": stats.accepted}
+    return out, {**info, "n_reject": stats.rejected}
 
 
 def __getattr__(name: str) -> KSampler:  # sample_<solver>

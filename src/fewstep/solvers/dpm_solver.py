@@ -21,11 +21,56 @@ or to sigma = 0) are first order and are taken out of the budget first.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Generator
+from typing import Any
 
 from torch import Tensor
 
+from ..denoiser import Point
 from .base import Solver, Steps, register
 from .grid import Grid
+
+#: The intermediate lambda fractions ``r_j`` of DPM-Solver-2 and -3.
+R = {2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
+
+
+def singlestep_plan(
+    order: int,
+    lam_s: float,
+    h: float,
+    alpha_s: float,
+    alpha_t: float,
+    sigma_t: float,
+    point_at_lambda: Callable[[float], Point],
+    r: tuple[float, ...] | None = None,
+) -> tuple:
+    """The points and float coefficients of one DPM-Solver-``order`` step (2 or 3) of finite size ``h`` from
+    ``lambda_s`` (module docstring), with the fractions ``r`` (default :data:`R`); see :func:`singlestep_update`."""
+    r = R[order] if r is None else r
+    e = math.expm1(h)
+    pts = [point_at_lambda(lam_s + rj * h) for rj in r]
+    first = [(p.alpha / alpha_s, -p.sigma * math.expm1(rj * h)) for p, rj in zip(pts, r, strict=True)]
+    if order == 2:
+        (r1,) = r
+        return 2, pts, first, alpha_t / alpha_s, -sigma_t * e, -sigma_t / (2 * r1) * e
+    r1, r2 = r
+    c_u2 = -pts[1].sigma * r2 / r1 * (math.expm1(r2 * h) / (r2 * h) - 1.0)
+    return 3, pts, first, alpha_t / alpha_s, -sigma_t * e, c_u2, -sigma_t / r2 * (e / h - 1.0)
+
+
+def singlestep_update(
+    step: tuple, x: Tensor, eps: Tensor
+) -> Generator[tuple[Tensor, Point], Any, tuple[Tensor, list[Tensor]]]:
+    """One DPM-Solver-2/3 step planned by :func:`singlestep_plan`, given ``eps = eps_hat(x_s)``: yields the
+    intermediate evaluation requests; returns ``x_t`` and the intermediate noise estimates ``[eps_1, ...]``."""
+    if step[0] == 2:
+        _, (p1,), ((u_x, u_e),), cx, ce, cd = step
+        _, eps1 = yield u_x * x + u_e * eps, p1
+        return cx * x + ce * eps + cd * (eps1 - eps), [eps1]
+    _, (p1, p2), ((u1_x, u1_e), (u2_x, u2_e)), cx, ce, c_u2, cd = step
+    _, eps1 = yield u1_x * x + u1_e * eps, p1
+    _, eps2 = yield u2_x * x + u2_e * eps + c_u2 * (eps1 - eps), p2
+    return cx * x + ce * eps + cd * (eps2 - eps), [eps1, eps2]
 
 
 def fast_orders(nfe: int, order: int) -> list[int]:
@@ -67,39 +112,21 @@ class _DPMSolver(Solver):
     def solve(self, x: Tensor, grid: Grid) -> Steps:
         orders = self.step_orders(grid)
         a, s, lam, h = grid.alpha, grid.sigma, grid.lam, grid.h
-        r = {2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
         # Precompute every intermediate point and coefficient (float64) before the loop.
         plan: list[tuple] = []
         for i, k in enumerate(orders):
             if k == 1:  # DPM-Solver-1 == DDIM; written in (x0, eps) so it is finite at alpha_s = 0 or sigma_t = 0
                 plan.append((1, a[i + 1], s[i + 1]))
-                continue
-            hi, e = h[i], math.expm1(h[i])
-            ratio = a[i + 1] / a[i]
-            pts = [grid.point_at_lambda(lam[i] + rj * hi) for rj in r[k]]
-            first = [(p.alpha / a[i], -p.sigma * math.expm1(rj * hi)) for p, rj in zip(pts, r[k], strict=True)]
-            if k == 2:
-                (r1,) = r[2]
-                plan.append((2, pts, first, ratio, -s[i + 1] * e, -s[i + 1] / (2 * r1) * e))
             else:
-                r1, r2 = r[3]
-                c_u2 = -pts[1].sigma * r2 / r1 * (math.expm1(r2 * hi) / (r2 * hi) - 1.0)
-                plan.append((3, pts, first, ratio, -s[i + 1] * e, c_u2, -s[i + 1] / r2 * (e / hi - 1.0)))
+                plan.append(singlestep_plan(k, lam[i], h[i], a[i], a[i + 1], s[i + 1], grid.point_at_lambda))
         for i in grid.loop():
             x0, eps = yield x, grid.node(i)
             step = plan[i]
             if step[0] == 1:
                 _, ca, cs = step
                 x = ca * x0 + cs * eps
-            elif step[0] == 2:
-                _, (p1,), ((u_x, u_e),), cx, ce, cd = step
-                _, eps1 = yield u_x * x + u_e * eps, p1
-                x = cx * x + ce * eps + cd * (eps1 - eps)
             else:
-                _, (p1, p2), ((u1_x, u1_e), (u2_x, u2_e)), cx, ce, c_u2, cd = step
-                _, eps1 = yield u1_x * x + u1_e * eps, p1
-                _, eps2 = yield u2_x * x + u2_e * eps + c_u2 * (eps1 - eps), p2
-                x = cx * x + ce * eps + cd * (eps2 - eps)
+                x, _ = yield from singlestep_update(step, x, eps)
             grid.emit(i, x, x0)
         return x
 
