@@ -32,6 +32,23 @@ dtau`` (with ``Psi = alpha_{i+1}/alpha(tau)``: ``C_ij = alpha_{i+1} W_j``). The 
 All warm up with lower orders and follow diffusers' ``lower_order_final`` rule (:func:`multistep_orders`); the
 steps written out are DDIM plus corrections (:func:`fewstep.solvers.adams.eps_frame_step`), finite from
 alpha = 0 and to sigma = 0, where the step is first order (DDIM).
+
+``corrector="unic"`` (every DEIS variant; also ``"unic_bh1"``/``"unic_bh2"``) adds UniPC's UniC corrector at no
+extra model evaluation and raises the order by one (:mod:`fewstep.solvers.unic`). The DEIS step is then the
+predictor, written from the state the step starts at (which the corrector may have changed):
+
+    x~_{i+1} = (alpha_{i+1}/alpha_i) x_i + alpha_{i+1} sum_{j<k} W_j eps_{i-j}
+
+(``y = x/alpha``; ``W_0 = rho_{i+1} - rho_i`` at order 1, DDIM), and once the model has been evaluated at
+``x~_{i+1}`` (the evaluation the next step needs anyway) UniC-k recomputes the step in UniPC's data-prediction form
+from ``x_i``, ``x0_hat`` at the last k nodes and the new estimate ``m_{i+1}``,
+
+    x^c_{i+1} = (sigma_{i+1}/sigma_i) x_i + alpha_{i+1} h phi_1(-h) m_i + alpha_{i+1} B(h) (sum_{j<k} c_j D_j + c_k D_t),
+
+(``D_j = (m_{i-j} - m_i) / r_j``, ``D_t = m_{i+1} - m_i``, the coefficients of :func:`~fewstep.solvers.unic.unic_weights`),
+exact for data estimates polynomial of degree k in lambda, so the corrected method has order k + 1 (the
+predictor's O(h^{k+1}) local error enters only through the O(h)-weighted ``m_{i+1}``). Steps of infinite
+lambda-size stay uncorrected DDIM steps.
 """
 
 from __future__ import annotations
@@ -47,6 +64,7 @@ from .base import Solver, Steps, register
 from .dpmpp import multistep_orders
 from .grid import Grid
 from .phi import hphi
+from .unic import CORRECTORS, PlanStep, check_corrector, predict_correct, unic_plan
 
 PAPER_DEIS = "Zhang & Chen 2023, Fast Sampling of Diffusion Models with Exponential Integrator"
 GL_POINTS = 16  # Gauss-Legendre points per panel of the tAB quadrature
@@ -120,21 +138,41 @@ class _DEIS(Solver):
     paper = PAPER_DEIS
     _bases: tuple[str, ...] = ("logrho", "t")
 
-    def __init__(self, lower_order_final: bool = True, basis: str = "logrho"):
+    def __init__(self, lower_order_final: bool = True, basis: str = "logrho", corrector: str | None = None):
         if not isinstance(lower_order_final, bool):
             raise TypeError(f"lower_order_final: must be a bool, got {lower_order_final!r}")
         if basis not in self._bases:
             raise ValueError(f"basis: choose one of {', '.join(map(repr, self._bases))}, got {basis!r}")
         self.lower_order_final = lower_order_final
         self.basis = basis
+        self.corrector = check_corrector(corrector)
 
     def step_orders(self, grid: Grid) -> list[int]:
         return multistep_orders(grid, self.order, self.lower_order_final)
 
     def solve(self, x: Tensor, grid: Grid) -> Steps:
-        weights = deis_weights(grid, self.step_orders(grid), self.basis)
+        orders = self.step_orders(grid)
+        weights = deis_weights(grid, orders, self.basis)
+        if self.corrector is not None:
+            corr = unic_plan(grid, orders, CORRECTORS[self.corrector])
+            return (yield from predict_correct(x, grid, predictor_plan(grid, weights), corr))
         plan = [eps_frame_step(grid.alpha[i + 1], grid.sigma[i + 1], w) for i, w in enumerate(weights)]
         return (yield from run_plan(x, grid, plan, None))
+
+
+def predictor_plan(grid: Grid, weights: list[list[float]]) -> list[PlanStep]:
+    """The DEIS steps as UniC predictors, from the state itself: ``x_{i+1} = (alpha_{i+1}/alpha_i) x_i +
+    alpha_{i+1} sum_j W_j eps_{i-j}`` on finite steps (``W = [rho_{i+1} - rho_i]`` for a first-order step), and
+    DDIM in (x0, eps) form ``alpha_{i+1} x0_i + sigma_{i+1} eps_i`` on a step of infinite lambda-size."""
+    a, s = grid.alpha, grid.sigma
+    plan: list[PlanStep] = []
+    for i, w in enumerate(weights):
+        if not grid.finite(i):
+            plan.append((0.0, [float(a[i + 1])], [float(s[i + 1])]))
+            continue
+        w = w or [float(s[i + 1] / a[i + 1] - s[i] / a[i])]
+        plan.append((float(a[i + 1] / a[i]), [], [float(a[i + 1] * wj) for wj in w]))
+    return plan
 
 
 @register
@@ -164,8 +202,8 @@ class DEIS3(_DEIS):
 class _DEISRho(_DEIS):
     _bases = ("rho",)
 
-    def __init__(self, lower_order_final: bool = True):
-        super().__init__(lower_order_final, basis="rho")
+    def __init__(self, lower_order_final: bool = True, corrector: str | None = None):
+        super().__init__(lower_order_final, basis="rho", corrector=corrector)
 
 
 @register
