@@ -1,0 +1,192 @@
+"""Predictor–corrector sampling (Song et al. 2021, "Score-based generative modeling through SDEs", Alg. 1, 4, 5).
+
+Each step runs one step of a predictor (any registered one-evaluation solver: ``euler_maruyama``, Song et al.'s
+Euler–Maruyama predictor, by default; ``ddpm``, the reverse-diffusion predictor; ``dpmpp_2m_sde``; or an ODE
+solver) from node i to node i + 1, then ``n_corrector`` Langevin MCMC steps at node i + 1 (Alg. 4/5):
+
+    g = score(x, t_{i+1}) = -eps_hat/sigma,   z ~ N(0, I),
+    e = 2 a_{i+1} (snr ||z|| / ||g||)^2,      x <- x + e g + sqrt(2 e) z,
+
+with ``a_{i+1} = (alpha_i/alpha_{i+1})^2`` (DDPM's per-step ``1 - beta``, Song et al.'s ``alpha_i`` of the VP SDE;
+1 for VE/EDM, whose alpha is constant). ``norm="batch"`` (default, as Song et al.'s code) takes ``||z||`` and
+``||g||`` as the batch means of the per-sample norms, so a sample depends on the rest of its batch;
+``norm="sample"`` uses each sample's own norms (Alg. 5 read per sample: a sample depends on its seed only), which
+in low dimension takes huge steps where a sample's score is near 0 (on the 2-D mixtures the samples do not improve
+with more steps). No corrector follows the last step (at sigma = 0 the score is undefined; at ``t_min`` the state the
+callback and the caller see is the predictor's), so a run spends ``steps + n_corrector * (steps - 1)``
+evaluations.
+
+The corrector moves the state the predictor continues from: the state the predictor asks to have evaluated at
+node i + 1 is overwritten in place with the corrected state before that evaluation (hence predictors spending one
+evaluation per step, whose requests are their states; a callback that keeps the tensor of step i sees it
+corrected). Noise: with a ``noise_sampler``, step i's interval of noise levels ``[l_{i+1}, l_i]`` is split into
+``n_corrector + 1`` equal parts; the corrector draws on the first ``n_corrector`` (from ``l_i`` down), the
+predictor on the last, so every draw is a normalised increment of the path over its own interval. The corrector's
+step size does not shrink with the step size, so PC sampling does not converge to one SDE solution as the steps
+grow (it adds ``n_corrector`` Langevin moves at every level).
+
+Log-probabilities (``trajectory=``): the Langevin step ``x + e g + sqrt(2 e) z`` is not a Gaussian transition (its
+step size ``e`` depends on ``||z||``, and with ``norm="batch"`` on the other samples' noise), so recording a run
+with ``n_corrector > 0`` raises NotImplementedError; with ``n_corrector=0`` the run is the predictor's, and its
+transitions are recorded as the predictor records them.
+
+Song et al.'s code (and diffusers' ``ScoreSdeVePipeline``) run the corrector before the predictor at each level,
+at ``t_max`` too and not at the last level; Alg. 4 here (and in the paper) corrects after each predictor step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import Solver, Steps, get_solver, register
+from .grid import Grid
+from .stochastic import noise_levels, real_option
+
+NORMS = ("batch", "sample")
+
+
+@register
+class PredictorCorrector(Solver):
+    """Song et al. 2021 predictor–corrector: ``predictor`` (a solver name, with ``predictor_options``) plus
+    ``n_corrector`` Langevin steps of signal-to-noise ratio ``snr`` per step (``norm``: module docstring)."""
+
+    name = "pc_langevin"
+    order = 1
+    nfe_per_step = 2
+    stochastic = True
+    lambda_based = True
+    summary = "predictor-corrector: a predictor step, then n_corrector Langevin steps with the snr step-size rule"
+    paper = "Song et al. 2021, Score-based generative modeling through SDEs, Alg. 4-5"
+    peers = "score_sde EulerMaruyamaPredictor / ReverseDiffusionPredictor + LangevinCorrector"
+    predictor: Solver
+    snr: float
+    n_corrector: int
+    norm: str
+
+    def __init__(
+        self,
+        predictor: str = "euler_maruyama",
+        snr: float = 0.16,
+        n_corrector: int = 1,
+        predictor_options: dict[str, Any] | None = None,
+        norm: str = "batch",
+    ):
+        if isinstance(n_corrector, bool) or not isinstance(n_corrector, numbers.Integral) or n_corrector < 0:
+            raise ValueError(f"n_corrector: must be an integer >= 0, got {n_corrector!r}")
+        if not isinstance(predictor, str):
+            raise TypeError(f"predictor: must be a solver name, got {type(predictor).__name__}")
+        if predictor == self.name:
+            raise ValueError("predictor: must be another solver, not 'pc_langevin'")
+        self.predictor = get_solver(predictor, **dict(predictor_options or {}))
+        if self.predictor.nfe_per_step != 1 or _corrects(self.predictor):
+            raise ValueError(
+                f"predictor: must spend one evaluation per step at its own state, without a corrector of its own "
+                f"(e.g. 'ddpm', 'euler_maruyama', 'euler_ancestral', 'dpmpp_2m_sde', 'ddim'), got {predictor!r}"
+            )
+        if norm not in NORMS:
+            raise ValueError(f"norm: choose 'batch' or 'sample', got {norm!r}")
+        self.norm = norm
+        self.snr = real_option("snr", snr)
+        self.n_corrector = int(n_corrector)  # a step spends 1 + n_corrector evaluations (nfe_per_step: the default)
+
+    def step_orders(self, grid: Grid) -> list[int]:
+        return self.predictor.step_orders(grid)
+
+    def nfe(self, grid: Grid) -> int:
+        return self.predictor.nfe(grid) + self.n_corrector * (grid.steps - 1)
+
+    def steps_for_nfe(self, nfe: int, first_infinite: bool, clean_end: bool) -> int:
+        """``steps (1 + n_corrector) - n_corrector = nfe`` (no corrector after the last step)."""
+        per = 1 + self.n_corrector
+        steps, rest = divmod(nfe + self.n_corrector, per)
+        if rest or steps < 1:
+            ok = [n for n in range(1, 4 * per + 1) if (n + self.n_corrector) % per == 0]
+            raise ValueError(
+                f"nfe: 'pc_langevin' spends {per} evaluations per step (one on the last), so nfe={nfe} cannot be "
+                f"spent exactly; possible values start {ok[:6]}"
+            )
+        return steps
+
+    def _predictor_grid(self, grid: Grid) -> Grid:
+        """The grid the predictor runs on: the same, with the predictor's noise on the last part of each step."""
+        sampler = grid.noise_sampler
+        if sampler is None or self.n_corrector == 0:
+            return grid
+        inner = copy.copy(grid)
+        m = self.n_corrector
+
+        def predictor_noise(s: float, t: float) -> Tensor:
+            return sampler(s + (t - s) * m / (m + 1), t)
+
+        inner.noise_sampler = predictor_noise
+        return inner
+
+    def solve(self, x: Tensor, grid: Grid) -> Steps:
+        level = noise_levels(grid)
+        m = self.n_corrector
+        if grid.trajectory is not None and m:
+            raise NotImplementedError(
+                "trajectory: pc_langevin's Langevin step x + e g + sqrt(2 e) z is not a Gaussian transition: its "
+                "step size e = 2 a (snr ||z||/||g||)^2 depends on the drawn z itself (with norm='batch' also on the "
+                "other samples' noise), so the corrected state has no Gaussian log-density; with n_corrector=0 the "
+                "predictor's transitions are recorded"
+            )
+        # node j (>= 1, a model node): step size factor 2 a_j snr^2, score -eps/sigma_j, and the noise intervals
+        corrector: dict[int, tuple[float, float, list[tuple[float, float]]]] = {}
+        for j in range(1, grid.steps if m else 1):  # the nodes the predictor continues from
+            a_j = float(grid.alpha[j - 1] / grid.alpha[j]) ** 2
+            lo, hi = float(level[j]), float(level[j - 1])
+            if math.isinf(hi):  # a step from alpha = 0: noise on [l_j, 2 l_j + 1] (the predictor draws none)
+                hi = 2.0 * lo + 1.0
+            cuts = [hi + (lo - hi) * k / (m + 1) for k in range(m + 1)]
+            corrector[j] = (
+                2.0 * a_j * self.snr**2,
+                -1.0 / float(grid.sigma[j]),
+                list(zip(cuts, cuts[1:], strict=False)),
+            )
+        steps = self.predictor.solve(x, self._predictor_grid(grid))
+        request = next(steps)
+        try:
+            while True:
+                x_req, p = request
+                node = next((k for k in corrector if grid.points[k] is p), None)
+                if node is not None:  # the predictor continues from the tensor it asked about: correct it in place
+                    x_req.copy_((yield from self._langevin(grid, x_req, node, corrector.pop(node))))
+                request = steps.send((yield request))
+        except StopIteration as done:
+            return done.value
+
+    def _langevin(self, grid: Grid, x: Tensor, j: int, plan: tuple[float, float, list[tuple[float, float]]]) -> Steps:
+        """Alg. 5 at node j from ``x``: a new tensor (``x`` itself is never evaluated, so that the caller may
+        overwrite it under autograd)."""
+        factor, score_scale, intervals = plan
+        x = x.clone()
+        for s, t in intervals:
+            _, eps = yield x, grid.node(j)
+            g = eps * score_scale  # the score, -eps_hat/sigma
+            z = grid.noise(s, t, x)
+            e = factor * (_norm(z, self.norm) / _norm(g, self.norm)).square()  # 2 a (snr ||z|| / ||g||)^2
+            x = x + e * g + (2.0 * e).sqrt() * z
+        return x
+
+
+def _corrects(solver: Solver) -> bool:
+    """Whether a solver corrects its state after the evaluation at it (UniC, SA-Solver's and DPM-Solver-v3's
+    correctors): its requests are then predicted states, not the states it continues from."""
+    if solver.name.startswith(("unipc", "dpm_solver_v3")):
+        return True
+    return bool(getattr(solver, "corrector", None)) or bool(getattr(solver, "corrector_order", 0))
+
+
+def _norm(v: Tensor, kind: str) -> Tensor:
+    """Per-sample Euclidean norms (``"batch"``: their batch mean), shaped to broadcast against ``v``."""
+    n = v.flatten(1).norm(dim=1)
+    if kind == "batch":
+        n = n.mean().expand(v.shape[0])
+    return n.clamp_min(torch.finfo(v.dtype).tiny).view(-1, *([1] * (v.ndim - 1)))
