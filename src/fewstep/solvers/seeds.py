@@ -1,0 +1,233 @@
+"""SEEDS-1/2/3: exponential SDE solvers with exact stochastic integrals (Gonzalez et al. 2023, "SEEDS: Exponential
+SDE Solvers for Fast High-Quality Sampling from Diffusion Models"), in the data prediction with k-diffusion's ``eta``.
+
+The reverse SDE family (``eta`` as in :mod:`fewstep.solvers.sde_dpm`: 0 the probability-flow ODE, 1 the reverse SDE)
+from ``lambda_s`` over ``h = lambda_t - lambda_s``, with ``H = (1 + eta) h``, is solved by variation of constants:
+
+    x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t int_0^h (1 + eta) e^{-(1 + eta)(h - u)} x0(lambda_s + u) du
+          + sigma_t int_0^h sqrt(2 eta) e^{-eta (h - u)} dW_u.
+
+A singlestep method evaluates the data estimate at stages ``lambda_s + c_j h`` (``0 = c_0 < c_1 < ... < 1``) and
+approximates the drift integral as DPM-Solver++ does; SEEDS' point is the noise: the Ito integral is split over the
+sub-intervals ``[c_{k-1}, c_k]`` into independent standard normals ``z_k`` (one per sub-interval, drawn with
+``grid.noise`` between the sub-interval's noise levels), and every stage uses exactly its share,
+
+    noise at stage c_j = sum_{k <= j} sigma_{c_j} e^{-eta (c_j - c_k) h} sqrt(1 - e^{-2 eta (c_k - c_{k-1}) h}) z_k,
+
+so that the stages see one Brownian path and the noise of the full step has the exact variance
+``sigma_t^2 (1 - e^{-2 eta h})``. The drift (``D_j`` the data estimate at stage j):
+
+- SEEDS-1: ``x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-H}) D_0 + noise`` (= SDE-DPM-Solver++(1));
+- SEEDS-2 (``c_1 = 1/2``): stage ``u_1`` by SEEDS-1 over ``h/2``;
+  ``x_t = ... + alpha_t (1 - e^{-H}) D_1 + noise`` (DPM-Solver++(2S) with ``r = 1/2``);
+- SEEDS-3 (``c = 1/3, 2/3``): ``u_1`` by SEEDS-1 over ``h/3``;
+  ``u_2 = ... + alpha_{s2} ((1 - e^{-c_2 H}) D_0 + (c_2/c_1) c_2 H phi_2(-c_2 H) (D_1 - D_0))``;
+  ``x_t = ... + alpha_t ((1 - e^{-H}) D_0 + (1/c_2) H phi_2(-H) (D_2 - D_0))`` (DPM-Solver-3's weights).
+
+Log-probabilities (``trajectory=``). Stage j of a step (``u_K = x_t``, the step's end) is
+``u_j = r_j x_s + sum_{l<j} w_jl f_l + sum_{k<=j} n_jk z_k``, ``f_l`` the model's estimate at stage l (at ``x_s``
+for l = 0). Its last normal ``z_j`` enters no earlier stage, and the earlier ones are fixed by the earlier stage
+states, ``z_k = (u_k - mean_k)/n_kk``, so ``u_j | x_s, u_1, ..., u_{j-1} ~ N(mean_j, n_jj^2 I)`` with
+``mean_j = r_j x_s + sum_{l<j} w_jl f_l + sum_{k<j} n_jk z_k``. A step records one transition per draw, in order
+(``Trajectory.step`` the step, ``noisy`` the stage states, the last ``x_t``); by the chain rule their
+log-densities sum to the log-density of the stage states ``(u_1, ..., u_K)`` given ``x_s`` (and over the run, of
+all stage states given the start). The earlier ``z_k`` enter ``mean_j`` as the drawn tensors (with ``grad=True``
+the means are differentiated with the noise held fixed, as for the other samplers).
+
+At eta = 0 SEEDS-2 is ``dpmpp_2s``. An NFE budget is spent as DPM-Solver's (``[3, ..., 3, 2, 1]``-type order plans). Steps of infinite lambda-size are deterministic first-order steps
+(:mod:`fewstep.solvers.stochastic`). The stage machinery (:class:`Stage`, :func:`run_stages`) is shared with
+:mod:`fewstep.solvers.sde_dpm_2`, the noise-prediction counterpart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..denoiser import Point
+from .base import Steps, register
+from .dpm_solver import _DPMSolver
+from .grid import Grid
+from .phi import hphi
+from .stochastic import noise_levels, real_option
+
+PAPER_SEEDS = (
+    "Gonzalez et al. 2023, SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion Models"
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a stochastic singlestep step: ``u = ratio x_s + sum_j weights[j] f_j + sum_k noise[k] z_k``, to be
+    evaluated at ``point`` (None for the step's result). ``f_j`` are the model estimates of the earlier stages (the
+    data or the noise estimate), ``z_k`` the standard normals of the step's sub-intervals."""
+
+    point: Point | None
+    ratio: float
+    weights: tuple[float, ...]
+    noise: tuple[float, ...]
+
+
+#: A planned step: its stages, or ``(alpha_t, sigma_t)`` of a deterministic step ``x_t = alpha_t x0 + sigma_t eps``.
+StepPlan = list[Stage] | tuple[float, float]
+
+
+def point_level(grid: Grid, p: Point) -> float:
+    """The noise level of an intermediate point, as :func:`~fewstep.solvers.stochastic.noise_levels` gives for nodes."""
+    return p.t if grid.denoiser.schedule.ode_variable == "t" else p.sigma / p.alpha
+
+
+def noise_weights(
+    c: float, cuts: Sequence[float], h: float, eta: float, sigma_c: float, data: bool
+) -> tuple[float, ...]:
+    """Stds of the sub-interval normals ``z_k`` (``[cuts[k], cuts[k+1]]``, fractions of ``h`` at or below ``c``) in the
+    exact Ito integral up to the stage at fraction ``c``:
+
+    - data prediction: ``sigma_c e^{-eta (c - b) h} sqrt(1 - e^{-2 eta (b - a) h})``;
+    - noise prediction: ``sigma_c e^{(c - b) h} sqrt(eta (e^{2 (b - a) h} - 1))`` (SDE-DPM-Solver's noise, whose
+      linear part is ``alpha_t/alpha_s``).
+    """
+    out = []
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        if b > c:
+            break
+        if data:
+            out.append(sigma_c * math.exp(-eta * (c - b) * h) * math.sqrt(-math.expm1(-2.0 * eta * (b - a) * h)))
+        else:
+            out.append(sigma_c * math.exp((c - b) * h) * math.sqrt(eta * math.expm1(2.0 * (b - a) * h)))
+    return tuple(out)
+
+
+def stage_points(grid: Grid, i: int, fractions: Sequence[float]) -> list[Point]:
+    """The intermediate points ``lambda_i + c h_i`` of step i."""
+    return [grid.point_at_lambda(float(grid.lam[i] + c * grid.h[i])) for c in fractions]
+
+
+def run_stages(x: Tensor, grid: Grid, plans: list[StepPlan], cuts: list[list[float]], use_eps: bool) -> Steps:
+    """The loop of a stochastic singlestep method: per step, draw the normals of its sub-intervals (levels
+    ``cuts[i]``), evaluate the stages in order and return the last. Stage j's last normal ``z_j`` enters no earlier
+    stage, so ``u_j = mean_j + std_j z_j`` (``mean_j``: everything but that term) is recorded as a Gaussian
+    transition of step i (module docstring)."""
+    for i in grid.loop():
+        x0, eps = yield x, grid.node(i)
+        plan = plans[i]
+        if isinstance(plan, tuple):  # deterministic: x_t = alpha_t x0_hat + sigma_t eps_hat
+            x = plan[0] * x0 + plan[1] * eps
+            grid.emit(i, x, x0)
+            continue
+        levels = cuts[i]
+        zs = [grid.draw(s, t, x) for s, t in zip(levels, levels[1:], strict=False)] if any(plan[-1].noise) else []
+        f = [eps if use_eps else x0]
+        x_s = x
+        for stage in plan:
+            u = x_s * stage.ratio  # a new tensor: the caller's noise and the states already passed on are never changed
+            for w, fj in zip(stage.weights, f, strict=False):
+                if w:
+                    u.add_(fj, alpha=w)
+            draws = list(zip(stage.noise, zs, strict=False))
+            for c, z in draws[:-1]:
+                u.add_(z, alpha=c)
+            if draws:  # u_j = mean_j + std_j z_j
+                (c, z), mean = draws[-1], u.clone() if grid.trajectory is not None else u
+                u.add_(z, alpha=c)
+                grid.record(i, mean, c, u, z)
+            if stage.point is None:
+                x = u
+            else:
+                x0_j, eps_j = yield u, stage.point
+                f.append(eps_j if use_eps else x0_j)
+        grid.emit(i, x, x0)
+    return x
+
+
+#: The stage fractions ``c_1, ...`` of SEEDS-1/2/3 (the step's end, 1, is implicit).
+FRACTIONS = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
+
+
+def seeds_drift(order: int, fractions: Sequence[float], big_h: float) -> list[tuple[float, ...]]:
+    """Drift weights (before the factor ``alpha_c``) of the data estimates ``D_0, D_1, ...`` at every stage and at the
+    step's end, for the step ``H = (1 + eta) h`` (module docstring)."""
+    if order == 1:
+        return [(hphi(1, big_h),)]
+    if order == 2:
+        (c1,) = fractions
+        return [(hphi(1, c1 * big_h),), (hphi(1, big_h) * (1 - 0.5 / c1), hphi(1, big_h) * 0.5 / c1)]
+    c1, c2 = fractions
+    g2 = c2 / c1 * hphi(2, c2 * big_h) / (c2 * big_h)  # (c2/c1) c2 H phi_2(-c2 H) = (c2/c1)(1 - phi_1(-c2 H))
+    g3 = hphi(2, big_h) / big_h / c2  # (1/c2) H phi_2(-H)
+    return [
+        (hphi(1, c1 * big_h),),
+        (hphi(1, c2 * big_h) - g2, g2),
+        (hphi(1, big_h) - g3, 0.0, g3),
+    ]
+
+
+class _SEEDS(_DPMSolver):
+    """Given an NFE budget, SEEDS-2/3 mix orders as DPM-Solver-fast (:func:`fewstep.solvers.dpm_solver.fast_orders`),
+    so any budget can be spent; with ``steps=`` every finite step has the full order."""
+
+    stochastic = True
+    paper = PAPER_SEEDS
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        self.eta = real_option("eta", eta)
+        self.s_noise = real_option("s_noise", s_noise)
+
+    def plan(self, grid: Grid) -> tuple[list[StepPlan], list[list[float]]]:
+        a, s, h = grid.alpha, grid.sigma, grid.h
+        level = noise_levels(grid)
+        plans: list[StepPlan] = []
+        cuts: list[list[float]] = []
+        for i, k in enumerate(self.step_orders(grid)):
+            if not grid.finite(i):
+                plans.append((float(a[i + 1]), float(s[i + 1])))
+                cuts.append([])
+                continue
+            eta = self.eta if grid.stochastic_step(i) else 0.0
+            hi, fr = float(h[i]), FRACTIONS[k]
+            pts = stage_points(grid, i, fr)
+            fractions = [0.0, *fr, 1.0]
+            ends = [(p.alpha, p.sigma, p) for p in pts] + [(float(a[i + 1]), float(s[i + 1]), None)]
+            stages = []
+            for c, (alpha_c, sigma_c, p), w in zip(
+                fractions[1:], ends, seeds_drift(k, fr, (1.0 + eta) * hi), strict=True
+            ):
+                noise = noise_weights(c, fractions, hi, eta, sigma_c * self.s_noise, data=True) if eta else ()
+                ratio = sigma_c / float(s[i]) * math.exp(-eta * c * hi)
+                stages.append(Stage(p, ratio, tuple(alpha_c * wj for wj in w), noise))
+            plans.append(stages)
+            cuts.append([float(level[i]), *(point_level(grid, p) for p in pts), float(level[i + 1])])
+        return plans, cuts
+
+    def solve(self, x: Tensor, grid: Grid) -> Steps:
+        plans, cuts = self.plan(grid)
+        return (yield from run_stages(x, grid, plans, cuts, use_eps=False))
+
+
+@register
+class SEEDS1(_SEEDS):
+    name = "seeds_1"
+    order = 1
+    summary = "SEEDS-1: exponential SDE solver, data prediction (= SDE-DPM-Solver++(1)), eta"
+    peers = "none (equals ddpm at eta = 1)"
+
+
+@register
+class SEEDS2(_SEEDS):
+    name = "seeds_2"
+    order = 2
+    nfe_per_step = 2
+    summary = "SEEDS-2: two-stage exponential SDE solver (midpoint in lambda), stages share the Brownian path"
+    peers = "ComfyUI sample_seeds_2"
+
+
+@register
+class SEEDS3(_SEEDS):
+    name = "seeds_3"
+    order = 3
+    nfe_per_step = 3
+    summary = "SEEDS-3: three-stage exponential SDE solver (c = 1/3, 2/3), stages share the Brownian path"
+    peers = "ComfyUI sample_seeds_3"
