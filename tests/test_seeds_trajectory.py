@@ -132,7 +132,7 @@ def test_log_prob_is_differentiable_through_the_means() -> None:
 
     traj = sample_with_logprob(model, randn(4, 2), SCHEDULE, "dpmpp_2m_sde", nfe=6, seed=0, grad=True)
     (grad,) = torch.autograd.grad(traj.log_prob.sum(), scale)
-    assert math.isfinite(float(grad))
+    assert math.isfinite(float(grad)) and float(grad) != 0.0
 
 
 def test_gaussian_log_prob_matches_torch() -> None:
@@ -141,14 +141,11 @@ def test_gaussian_log_prob_matches_torch() -> None:
     torch.testing.assert_close(gaussian_log_prob(x, mean, 0.3), expected)
 
 
-def test_deterministic_solvers_record_states_only_and_edm_sde_refuses() -> None:
+def test_deterministic_solvers_record_states_only() -> None:
     noise = randn(4, 2)
     traj = sample_with_logprob(MODEL, noise, SCHEDULE, "dpmpp_2m", nfe=5)
     assert traj.stds == [0.0] * 5 and torch.equal(traj.log_prob, torch.zeros(4, dtype=F64))
     assert torch.equal(traj.sample, run("dpmpp_2m", noise, nfe=5))  # type: ignore[arg-type]
-    edm = fewstep.EDM()
-    with pytest.raises(NotImplementedError, match="Gaussian transition"):
-        sample_with_logprob(TARGET.model(edm, "sample"), 80.0 * noise, edm, "edm_sde", nfe=9, prediction="sample")
     with pytest.raises(TypeError, match="trajectory"):
         run("ddpm", noise, trajectory=[])
 

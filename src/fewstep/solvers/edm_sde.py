@@ -14,6 +14,14 @@ level of ``t_max`` (no churn on the first step from ``t_max``; EDM's own ``s_tma
 there is no churn where alpha = 0 (sigma/alpha = inf). The churn noise is drawn as ``noise(s_i, s_{i+1})``,
 the step's interval, so that a Brownian noise sampler gives independent noise on the steps (the intervals
 ``[s_i, s_hat]`` overlap from step to step on fine grids).
+
+Log-probabilities (``trajectory=``). Step i is not a Gaussian transition from ``x_i`` to ``x_{i+1}`` (the Heun
+map after the churn is nonlinear in the noise through the model), but its noise is: the record of step i is the
+churn ``x_hat_i ~ N(c_i x_i, std_i^2 I)`` with ``c_i = alpha_hat/alpha_i`` and
+``std_i = alpha_hat sqrt(s_hat^2 - s_i^2) s_noise`` (``Trajectory.noisy[i] = x_hat_i``). Since ``x_i`` is the
+deterministic Heun map of ``x_hat_{i-1}``, the churned states form a Markov chain with Gaussian transitions
+``x_hat_i | x_hat_{i-1} ~ N(c_i Heun_{i-1}(x_hat_{i-1}), std_i^2 I)`` whose mean carries the model, and the
+recorded log-probabilities are that chain's (with ``grad=True`` their means keep the graph to the model).
 """
 
 from __future__ import annotations
@@ -85,8 +93,8 @@ class EDMStochastic(Solver):
             plan.append((p, churn, grid.ode_velocity(p), step))
         for i in grid.loop():
             p, churn, velocity, step = plan[i]
-            if churn is not None:
-                x = churn[0] * x + churn[1] * grid.noise(level[i], level[i + 1], x)
+            if churn is not None:  # x_hat ~ N((alpha_hat/alpha_i) x_i, std^2 I), recorded as step i's transition
+                x = grid.add_noise(i, churn[0] * x, level[i], level[i + 1], churn[1])
             x, x0 = yield from heun_step(x, p, velocity, step, (grid.points[i + 1], vel[i + 1]), orders[i])
             grid.emit(i, x, x0)
         return x

@@ -105,13 +105,25 @@ class Grid:
     def add_noise(self, i: int, x: Tensor, s: float, t: float, std: float) -> Tensor:
         """``x + std z`` (in place on ``x``) with ``z = noise(s, t, x)``: step i's Gaussian transition
         ``N(x, std^2 I)``, recorded in :attr:`trajectory` when there is one."""
+        return self.transition(i, x, s, t, std)[0]
+
+    def transition(self, i: int, x: Tensor, s: float, t: float, std: float) -> tuple[Tensor, Tensor]:
+        """:meth:`add_noise` that also returns the drawn ``z`` (for a solver that reuses it): ``(x + std z, z)``."""
         z = self._draw(s, t, x)
-        if self.trajectory is None:
-            return x.add_(z, alpha=std)
-        mean = x.clone()
+        mean = x.clone() if self.trajectory is not None else x
         x.add_(z, alpha=std)
-        self.trajectory.record(i, mean, std, x, z)
-        return x
+        self.record(i, mean, std, x, z)
+        return x, z
+
+    def draw(self, s: float, t: float, like: Tensor) -> Tensor:
+        """:meth:`noise` for a solver that records the Gaussian transitions this draw enters itself, with
+        :meth:`record` (one per draw, in draw order)."""
+        return self._draw(s, t, like)
+
+    def record(self, i: int, mean: Tensor, std: float, x: Tensor, z: Tensor) -> None:
+        """Record ``x = mean + std z``, a Gaussian transition of step i, when a :attr:`trajectory` is recorded."""
+        if self.trajectory is not None:
+            self.trajectory.record(i, mean, std, x, z)
 
     def noise(self, s: float, t: float, like: Tensor) -> Tensor:
         """The standard normal noise of a stochastic step between the noise levels ``s`` and ``t`` (the schedule's
@@ -120,13 +132,16 @@ class Grid:
 
         From ``noise_sampler(s, t)`` when one is given (k-diffusion's convention, e.g. a Brownian path's
         normalised increment), else ``torch.randn`` with ``generator`` (drawn on the generator's device).
-        Noise that is not a step's Gaussian transition (not drawn through :meth:`add_noise`) cannot be recorded:
-        NotImplementedError while a :attr:`trajectory` is recorded.
+        Noise that is not recorded as a Gaussian transition (through :meth:`add_noise`, :meth:`transition`, or
+        :meth:`draw` and :meth:`record`) cannot be recorded: NotImplementedError while a :attr:`trajectory` is
+        recorded.
         """
         if self.trajectory is not None:
             raise NotImplementedError(
-                "trajectory: this solver's noise is not a Gaussian transition of one step; transitions are recorded "
-                "for euler_ancestral, ddpm, dpm_solver_1_sde, dpmpp_2m_sde and dpmpp_3m_sde"
+                "trajectory: this solver's noise is not recorded as Gaussian transitions; transitions are recorded "
+                "for euler_ancestral, ddpm, dpm_solver_1_sde, dpmpp_2m_sde, dpmpp_3m_sde, euler_maruyama, "
+                "er_sde_1/2/3, edm_sde, sa_solver, seeds_1/2/3, dpm_solver_2_sde and pc_langevin with "
+                "n_corrector=0 (see fewstep.trajectory)"
             )
         return self._draw(s, t, like)
 
