@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import io
 import json
 import math
-import shutil
+import re
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -101,14 +103,73 @@ def test_report_parses_embeds_plots_and_lists_solvers(run_dir: tuple[Path, str])
     assert "http://" not in page and "https://" not in page  # self-contained
 
 
+# Injected into a copy of the report: once the page has loaded, draw every <img> onto a canvas and record, as an
+# attribute of <body> in the dumped DOM, its natural size, its smallest alpha and its mean RGB value (0-255), and
+# any script error. A truncated or undecodable image has no size or transparent (missing) rows.
+_PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", (e) => window.__errors.push(String(e.message || e.type)), true);
+window.addEventListener("load", () => {
+  const stats = Array.from(document.images).map((img) => {
+    if (!img.complete || img.naturalWidth === 0) return "undecoded";
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    const px = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    let sum = 0, minAlpha = 255;
+    for (let k = 0; k < px.length; k += 4) {
+      sum += px[k] + px[k + 1] + px[k + 2];
+      minAlpha = Math.min(minAlpha, px[k + 3]);
+    }
+    return canvas.width + "x" + canvas.height + ":" + minAlpha + ":" + (sum / (0.75 * px.length)).toFixed(3);
+  });
+  document.body.setAttribute("data-images", stats.join(","));
+  document.body.setAttribute("data-errors", window.__errors.join("|"));
+});
+</script>
+"""
+
+
+def _png_stats(src: str) -> tuple[str, int, float]:
+    """``(WxH, smallest alpha, mean RGB)`` of a base64 PNG data URI, decoded by matplotlib (values 0-255)."""
+    import matplotlib.image
+
+    data = base64.b64decode(src.split(",", 1)[1])
+    rgba = matplotlib.image.imread(io.BytesIO(data), format="png")
+    alpha = round(255 * float(rgba[..., 3].min())) if rgba.shape[-1] == 4 else 255
+    return f"{rgba.shape[1]}x{rgba.shape[0]}", alpha, float((rgba[..., :3] * 255).round().mean())
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium not installed at /usr/bin/chromium")
 def test_report_renders_in_chromium(run_dir: tuple[Path, str], tmp_path: Path) -> None:
     out, _ = run_dir
+    report = (out / "report.html").read_text()
+    assert report.count("</body>") == 1 and "<script" not in report  # the report itself runs no script
     page = tmp_path / "report.html"
-    shutil.copy(out / "report.html", page)
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+    page.write_text(report.replace("</body>", _PROBE + "</body>"))
+    cmd = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+        "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri(),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+    dom = done.stdout
     assert "dpmpp_2m" in dom and "euler_ancestral" in dom and "data:image/png;base64," in dom
+    found = re.search(r'data-images="([^"]*)"', dom)
+    assert found is not None, dom[-500:]
+    rendered = found.group(1).split(",")
+    parser = _Collect()
+    parser.feed(report)
+    assert len(rendered) == len(parser.imgs) == 2
+    for shown, src in zip(rendered, parser.imgs, strict=True):
+        size, alpha, mean = _png_stats(src)
+        got_size, got_alpha, got_mean = shown.split(":")  # "undecoded" fails here
+        assert (got_size, int(got_alpha)) == (size, alpha) and alpha == 255, (shown, size, alpha)
+        assert abs(float(got_mean) - mean) < 0.01, (shown, mean)  # Chromium decodes the same pixels
+    assert 'data-errors=""' in dom
+    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
+    assert not console, console  # nothing written to the console (errors, warnings or logs)
 
 
 def test_digits_writes_image_grid(tmp_path: Path) -> None:
