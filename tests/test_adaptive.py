@@ -27,10 +27,10 @@ from test_properties import NEEDS_ALPHA, SCHEDULES, Counting, pure_noise_start
 import fewstep
 from fewstep.adaptive import METHODS, AdaptiveStats, PIDController, StepTo
 from fewstep.adaptive.pairs import Context
-from fewstep.adaptive.sample import _drive
 from fewstep.integrations import kdiffusion
 from fewstep.metrics import sliced_wasserstein2
 from fewstep.noise import BrownianPath
+from fewstep.solvers.base import drive
 from fewstep.spacing import model_times
 from fewstep.targets import mixture_2d, reference_solution_from_time
 
@@ -101,7 +101,7 @@ def run_fixed(method: str, schedule: fewstep.NoiseSchedule, noise: torch.Tensor,
     for t in times[1:]:
         pt = ctx.point(t)
         first = denoiser(x, p)
-        x = _drive(pair.step(x, first, p, pt, ctx), lambda x_, p_: denoiser(x_, p_))[1 - member]
+        x = drive(pair.step(x, first, p, pt, ctx), lambda x_, p_: denoiser(x_, p_))[1 - member]
         p = pt
     return x
 

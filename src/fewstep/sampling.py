@@ -97,26 +97,18 @@ def sample(
         The sample, with the shape, dtype and device of ``noise``. Float16/bfloat16 noise is integrated in
         float32; the model is called in its own dtype.
     """
-    if not isinstance(noise, Tensor):
-        raise TypeError(f"noise: must be a torch.Tensor, got {type(noise).__name__}")
-    if noise.ndim < 1 or noise.shape[0] < 1:
-        raise ValueError(f"noise: need a batch dimension first, got shape {tuple(noise.shape)}")
-    if isinstance(model, Denoiser):
-        denoiser = model
-    else:
-        if schedule is None:
-            raise TypeError("schedule: required (the NoiseSchedule the model was trained with)")
-        denoiser = Denoiser(
-            model,
-            schedule,
-            prediction,
-            time_input=time_input,
-            model_kwargs=dict(model_kwargs or {}),
-            guidance_scale=guidance_scale,
-            uncond_kwargs=uncond_kwargs,
-            guidance_rescale=guidance_rescale,
-            threshold=threshold,
-        )
+    check_noise(noise)
+    denoiser = as_denoiser(
+        model,
+        schedule,
+        prediction,
+        time_input,
+        model_kwargs,
+        guidance_scale,
+        uncond_kwargs,
+        guidance_rescale,
+        threshold,
+    )
     schedule = denoiser.schedule
     slv = get_solver(solver, **solver_options)
     if final not in ("zero", "t_min"):
@@ -194,6 +186,45 @@ def sample(
     if trajectory is not None:
         trajectory.sample = out
     return out
+
+
+def check_noise(noise: object) -> None:
+    """``noise`` must be a floating-point tensor with a batch dimension first (TypeError/ValueError)."""
+    if not isinstance(noise, Tensor):
+        raise TypeError(f"noise: must be a torch.Tensor, got {type(noise).__name__}")
+    if noise.ndim < 1 or noise.shape[0] < 1:
+        raise ValueError(f"noise: need a batch dimension first, got shape {tuple(noise.shape)}")
+    if not noise.dtype.is_floating_point:
+        raise TypeError(f"noise: must be a floating-point tensor, got {noise.dtype}")
+
+
+def as_denoiser(
+    model: Callable[..., Tensor] | Denoiser,
+    schedule: NoiseSchedule | None,
+    prediction: str,
+    time_input: str | Callable[[Tensor], Tensor],
+    model_kwargs: Mapping[str, Any] | None,
+    guidance_scale: float,
+    uncond_kwargs: Mapping[str, Any] | None,
+    guidance_rescale: float,
+    threshold: Threshold | None,
+) -> Denoiser:
+    """``model`` itself if it is a :class:`Denoiser`, else the Denoiser wrapping it with these options."""
+    if isinstance(model, Denoiser):
+        return model
+    if schedule is None:
+        raise TypeError("schedule: required (the NoiseSchedule the model was trained with)")
+    return Denoiser(
+        model,
+        schedule,
+        prediction,
+        time_input=time_input,
+        model_kwargs=dict(model_kwargs or {}),
+        guidance_scale=guidance_scale,
+        uncond_kwargs=uncond_kwargs,
+        guidance_rescale=guidance_rescale,
+        threshold=threshold,
+    )
 
 
 def _sde_window(window: object) -> tuple[float, float] | None:

@@ -13,7 +13,9 @@ from torch import Tensor
 
 from ..denoiser import Denoiser, Point, Threshold
 from ..noise import BrownianPath
+from ..sampling import as_denoiser, check_noise
 from ..schedules import NoiseSchedule
+from ..solvers.base import drive
 from .controller import PIDController, StepTo
 from .pairs import METHODS, Context, EmbeddedPair, Eval, brownian_interval, finite_start
 
@@ -94,12 +96,7 @@ def sample_adaptive(
     ctl = controller if controller is not None else PIDController(rtol, atol, norm=norm, h_init=h_init)
     if not isinstance(ctl, PIDController | StepTo):
         raise TypeError(f"controller: must be a PIDController or StepTo, got {type(ctl).__name__}")
-    if not isinstance(noise, Tensor):
-        raise TypeError(f"noise: must be a torch.Tensor, got {type(noise).__name__}")
-    if noise.ndim < 1 or noise.shape[0] < 1:
-        raise ValueError(f"noise: need a batch dimension first, got shape {tuple(noise.shape)}")
-    if not noise.dtype.is_floating_point:
-        raise TypeError(f"noise: must be a floating-point tensor, got {noise.dtype}")
+    check_noise(noise)
     if isinstance(max_nfe, bool) or not isinstance(max_nfe, numbers.Integral) or max_nfe < 1:
         raise ValueError(f"max_nfe: must be a positive integer, got {max_nfe!r}")
     if final not in ("zero", "t_min"):
@@ -112,22 +109,17 @@ def sample_adaptive(
         raise TypeError(f"brownian: must be a fewstep.noise.BrownianPath, got {type(brownian).__name__}")
     if stats is not None and not isinstance(stats, AdaptiveStats):
         raise TypeError(f"stats: must be an AdaptiveStats, got {type(stats).__name__}")
-    if isinstance(model, Denoiser):
-        denoiser = model
-    else:
-        if schedule is None:
-            raise TypeError("schedule: required (the NoiseSchedule the model was trained with)")
-        denoiser = Denoiser(
-            model,
-            schedule,
-            prediction,
-            time_input=time_input,
-            model_kwargs=dict(model_kwargs or {}),
-            guidance_scale=guidance_scale,
-            uncond_kwargs=uncond_kwargs,
-            guidance_rescale=guidance_rescale,
-            threshold=threshold,
-        )
+    denoiser = as_denoiser(
+        model,
+        schedule,
+        prediction,
+        time_input,
+        model_kwargs,
+        guidance_scale,
+        uncond_kwargs,
+        guidance_rescale,
+        threshold,
+    )
     sched = denoiser.schedule
     times = ctl.checked(sched) if isinstance(ctl, StepTo) else [float(sched.t_max), float(sched.t_min)]
     dtype = torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype
@@ -213,7 +205,7 @@ def _integrate(
         if first is None:
             first = evaluate(x, p)
         pt = ctx.point(t_next)
-        x_high, x_low, end = _drive(pair.step(x, first, p, pt, ctx), evaluate)
+        x_high, x_low, end = drive(pair.step(x, first, p, pt, ctx), evaluate)
         if isinstance(ctl, PIDController):
             assert state is not None
             error = ctl.error(x_high, x_low, x_prev)
@@ -230,16 +222,6 @@ def _integrate(
             callback({"i": out.accepted - 1, "t": pt.t, "x": x_high, "denoised": first[0], "error": error})
         x_prev, x, p, s, first = x_low, x_high, pt, s_next, end
     return x
-
-
-def _drive(steps: Any, evaluate: Callable[[Tensor, Point], Eval]) -> Any:
-    """Run a pair's step generator, answering each request with ``evaluate``; its return value."""
-    try:
-        request = next(steps)
-        while True:
-            request = steps.send(evaluate(*request))
-    except StopIteration as done:
-        return done.value
 
 
 def _ddim_target(sched: NoiseSchedule, atol: float, t_end: float) -> float:

@@ -91,13 +91,7 @@ class Solver:
         if evaluate is None:
             denoiser, eps = grid.denoiser, self.needs_eps
             evaluate = lambda x_, p: denoiser(x_, p, eps)  # noqa: E731
-        steps = self.solve(x, grid)
-        try:
-            request = next(steps)
-            while True:
-                request = steps.send(evaluate(*request))
-        except StopIteration as done:
-            return done.value
+        return drive(self.solve(x, grid), evaluate)
 
     @classmethod
     def info(cls) -> SolverInfo:
@@ -106,6 +100,17 @@ class Solver:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({opts})"
+
+
+def drive(steps: Generator[tuple[Tensor, Point], Any, Any], evaluate: Callable[[Tensor, Point], Any]) -> Any:
+    """Run a step generator to its end, answering each ``(x, point)`` request with ``evaluate(x, point)``; its
+    return value."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(evaluate(*request))
+    except StopIteration as done:
+        return done.value
 
 
 _REGISTRY: dict[str, type[Solver]] = {}

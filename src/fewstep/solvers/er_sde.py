@@ -39,7 +39,8 @@ from torch import Tensor
 from .base import Solver, Steps, register
 from .dpmpp import multistep_orders
 from .grid import Grid
-from .stochastic import bool_option, noise_levels, real_option
+from .sde_dpm import run_data_plan
+from .stochastic import bool_option, real_option
 
 NoiseScale = Callable[[Tensor], Tensor]
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(64)
@@ -125,7 +126,6 @@ class _ERSDE(Solver):
 
     def solve(self, x: Tensor, grid: Grid) -> Steps:
         a = grid.alpha
-        level = noise_levels(grid)
         with np.errstate(divide="ignore"):
             s = grid.sigma / a
         plan: list[tuple[float, list[float], float]] = []  # x_t = c_x x_s + sum_j c_j D_{i-j} + c_z z
@@ -136,18 +136,7 @@ class _ERSDE(Solver):
                 plan.append((r * a_t / float(a[i]), [a_t * w for w in ws], a_t * noise))
             else:  # deterministic first order: x_t = (sigma_t/sigma_s) x_s + alpha_t x0_hat
                 plan.append((float(grid.sigma[i + 1] / grid.sigma[i]), [float(a[i + 1])], 0.0))
-        history: list[Tensor] = []
-        for i in grid.loop():
-            x0, _ = yield x, grid.node(i)
-            history = [x0, *history[: self.order - 1]]
-            ratio, weights, cz = plan[i]
-            x = x * ratio
-            for w, d in zip(weights, history, strict=False):
-                x.add_(d, alpha=w)
-            if cz:
-                x = grid.add_noise(i, x, level[i], level[i + 1], cz)
-            grid.emit(i, x, x0)
-        return x
+        return (yield from run_data_plan(x, grid, plan, self.order))
 
 
 def _newton_to_lagrange(d: list[float], nodes: list[float]) -> list[float]:

@@ -105,7 +105,6 @@ class _MultistepSDE(Solver):
 
     def solve(self, x: Tensor, grid: Grid) -> Steps:
         a, s, h = grid.alpha, grid.sigma, grid.h
-        level = noise_levels(grid)
         plan: list[tuple[float, list[float], float]] = []
         for i, k in enumerate(self.step_orders(grid)):
             if grid.finite(i):
@@ -117,18 +116,25 @@ class _MultistepSDE(Solver):
                 plan.append((ratio, [float(a[i + 1]) * w for w in self.weights(big_h, i, k)], noise))
             else:  # deterministic first order: x_t = (sigma_t/sigma_s) x_s + alpha_t x0_hat
                 plan.append((float(s[i + 1] / s[i]), [float(a[i + 1])], 0.0))
-        history: list[Tensor] = []
-        for i in grid.loop():
-            x0, _ = yield x, grid.node(i)
-            history = [x0, *history[: self.order - 1]]
-            ratio, weights, cz = plan[i]
-            x = x * ratio  # a new tensor: the caller's noise and the states already passed on are never changed
-            for w, d in zip(weights, history, strict=False):
-                x.add_(d, alpha=w)
-            if cz:
-                x = grid.add_noise(i, x, level[i], level[i + 1], cz)
-            grid.emit(i, x, x0)
-        return x
+        return (yield from run_data_plan(x, grid, plan, self.order))
+
+
+def run_data_plan(x: Tensor, grid: Grid, plan: list[tuple[float, list[float], float]], history_size: int) -> Steps:
+    """The step loop of a data-prediction multistep SDE solver from its precomputed plan: step i is
+    ``x_t = ratio_i x_s + sum_j w_ij D_{i-j} + c_i z`` for ``plan[i] = (ratio_i, [w_i0, w_i1, ...], c_i)``."""
+    level = noise_levels(grid)
+    history: list[Tensor] = []
+    for i in grid.loop():
+        x0, _ = yield x, grid.node(i)
+        history = [x0, *history[: history_size - 1]]
+        ratio, weights, cz = plan[i]
+        x = x * ratio  # a new tensor: the caller's noise and the states already passed on are never changed
+        for w, d in zip(weights, history, strict=False):
+            x.add_(d, alpha=w)
+        if cz:
+            x = grid.add_noise(i, x, level[i], level[i + 1], cz)
+        grid.emit(i, x, x0)
+    return x
 
 
 def _second_order(big_h: np.ndarray, i: int, solver_type: str) -> list[float]:
