@@ -215,7 +215,7 @@ def test_stages_draw_one_normal_per_sub_interval_between_their_levels() -> None:
     assert all(a > b for a, b in calls) and all(calls[k][1] == calls[k + 1][0] for k in (0, 1, 3, 4))
 
 
-def test_seeds_1_records_its_transitions_and_multi_stage_steps_refuse() -> None:
+def test_seeds_1_records_its_transitions_and_multi_stage_steps_record_their_stages() -> None:
     from fewstep.trajectory import sample_with_logprob
 
     schedule = fewstep.VP()
@@ -227,9 +227,9 @@ def test_seeds_1_records_its_transitions_and_multi_stage_steps_refuse() -> None:
         traj.log_prob,
         sample_with_logprob(model, noise, schedule, "ddpm", nfe=6, generator=torch.Generator().manual_seed(0)).log_prob,
     )
-    for solver in ("seeds_2", "dpm_solver_2_sde"):
-        with pytest.raises(NotImplementedError, match="trajectory"):
-            sample_with_logprob(model, noise, schedule, solver, nfe=5)
+    for solver in ("seeds_2", "dpm_solver_2_sde"):  # one record per stage draw (tests/test_trajectory_stages.py)
+        staged = sample_with_logprob(model, noise, schedule, solver, nfe=5, seed=0)
+        assert staged.step[:2] == [0, 0] and all(staged.stochastic[:2])
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
