@@ -24,6 +24,7 @@ import json
 import math
 import sys
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,16 +179,16 @@ def compare(
     )
     rows: list[Row] = []
     first: dict[str, Tensor] = {}
-    runs = [(i, name, asked) for i, name in enumerate(solvers) for asked in nfes]
+    runs = [(name, asked) for name in solvers for asked in nfes]
     bar = _progress(len(runs), progress)
-    for i, name, asked in runs:
+    for name, asked in runs:
         bar.set_postfix_str(f"{name} NFE {asked}")
         nfe = _feasible_nfe(name, asked, schedule, True)
         if nfe is None:
             rows.append(Row(name, asked, None, math.nan, stochastic[name]))
             bar.update(1)
             continue
-        g = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (i + 1) + asked) if stochastic[name] else None
+        g = torch.Generator().manual_seed(_run_seed(seed, name, asked)) if stochastic[name] else None
         x = sample(
             model, noise, schedule, name, nfe=nfe, spacing=spacing, prediction=prediction, generator=g, progress=False
         )
@@ -204,6 +205,12 @@ def compare(
             model, schedule, schedule_name, noise, reference, nfes, prediction, exact, data, mmd_to, fd_to
         )
     return Comparison(rows, noise, reference, exact, first)
+
+
+def _run_seed(seed: int, solver: str, nfe: int) -> int:
+    """The noise seed of one stochastic run: a function of ``--seed``, the solver's name and the NFE only, so a
+    row does not change with the other solvers in the run (or the order of the registry)."""
+    return (seed * 1_000_003 + zlib.crc32(solver.encode()) * 7919 + nfe) % 2**63
 
 
 def _distribution_metrics(
