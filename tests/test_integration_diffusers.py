@@ -72,6 +72,30 @@ def test_ddpm_pipeline_equals_fewstep_sample(unet, solver: str, spacing: str, nf
     np.testing.assert_allclose(images, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("solver", [info.name for info in fewstep.solvers.available()])
+def test_every_solver_runs_in_a_pipeline(unet, solver: str) -> None:
+    """Each registered solver (stochastic ones with the pipeline's generator) spends exactly the NFE asked
+    through DDPMPipeline (the nearest feasible one above 7) and returns finite images."""
+    nfe = next(n for n in range(7, 12) if _feasible(solver, n))
+    scheduler = FewstepScheduler.from_config(diffusers.DDPMScheduler().config, solver=solver, spacing="logsnr")
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    counter = CallCounter(unet)
+    with torch.no_grad():
+        images = pipe(
+            batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=nfe, output_type="np"
+        ).images
+    assert counter.calls == nfe and np.isfinite(images).all()
+
+
+def _feasible(solver: str, nfe: int) -> bool:
+    try:
+        FewstepScheduler(solver=solver).set_timesteps(nfe)
+    except ValueError:
+        return False
+    return True
+
+
 def test_scheduler_contract() -> None:
     s = FewstepScheduler(solver="dpm_solver_3", spacing="logsnr")
     s.set_timesteps(10)

@@ -162,7 +162,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     def _evaluation_points(self, grid: Grid) -> list[Point]:
         """The solver's evaluation points in order, from a dry run on a scalar state."""
         points: list[Point] = []
-        zero = torch.zeros(1)
+        zero = torch.zeros(1, 1)  # a batch of one (solvers may reduce over the non-batch dimensions)
 
         def record(_x: Tensor, p: Point) -> tuple[Tensor, Tensor]:
             points.append(p)
