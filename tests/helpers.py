@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,3 +52,35 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0) -> 
         return sampling.get_sigmas_karras(n, sigma_min, sigma_max, rho=7.0)
     finally:
         torch.set_default_dtype(old)
+
+
+class FineBrownianPath:
+    """A Brownian motion in the noise level, pre-drawn on a fine grid of levels (sums of independent normal
+    increments); ``noise(s, t)`` is its normalised increment between two fine nodes, so that the noise of any
+    sub-grid is that of one path (k-diffusion's ``BrownianTreeNoiseSampler`` convention)."""
+
+    def __init__(self, levels: np.ndarray, batch: int, seed: int):
+        steps = torch.from_numpy(np.sqrt(np.abs(np.diff(levels))))[:, None, None]
+        inc = randn(len(levels) - 1, batch, 2, seed=seed) * steps
+        self.levels, self.w = levels, torch.cat([torch.zeros(1, batch, 2, dtype=F64), inc.cumsum(0)])
+
+    def __call__(self, s: float, t: float) -> Tensor:
+        i, j = (int(np.argmin(np.abs(self.levels - v))) for v in (s, t))
+        assert math.isclose(self.levels[i], s, rel_tol=1e-12) and math.isclose(self.levels[j], t, rel_tol=1e-12)
+        return (self.w[j] - self.w[i]) / math.sqrt(abs(self.levels[j] - self.levels[i]))
+
+
+def assert_replay_reproduces(record: Callable[..., Any], plain: Tensor) -> Any:
+    """``record(generator=...)`` / ``record(noise_sampler=...)`` return a run's :class:`~fewstep.Trajectory`:
+    recording with seed 1 leaves the sample ``plain`` unchanged, replaying its noise reproduces every state and the
+    log-probabilities bit for bit, and seed 2 gives another sample. Returns the seed-1 trajectory."""
+    traj = record(generator=torch.Generator().manual_seed(1))
+    assert torch.equal(traj.sample, plain)
+    again = record(noise_sampler=traj.replay())
+    assert torch.equal(again.sample, traj.sample)
+    for a, b in zip(traj.states, again.states, strict=True):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(again.log_prob, traj.log_prob, rtol=0, atol=0)
+    other = record(generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(other.sample, traj.sample)
+    return traj

@@ -3,12 +3,13 @@ step, its log-density, and replay of the recorded noise."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import pytest
 import torch
-from helpers import randn
+from helpers import assert_replay_reproduces, randn
 from torch import Tensor
 
 import fewstep
@@ -92,15 +93,7 @@ def test_recording_and_replay_reproduce_the_run(case: str) -> None:
         TARGET.model(schedule, prediction), scale * noise, schedule, "edm_sde", nfe=NFE, prediction=prediction,
         generator=torch.Generator().manual_seed(1), **opts,
     )  # fmt: skip
-    traj = record(case, noise, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(traj.sample, plain)  # type: ignore[arg-type]
-    again = record(case, noise, noise_sampler=traj.replay())
-    assert torch.equal(again.sample, traj.sample)  # type: ignore[arg-type]
-    for a, b in zip(traj.states, again.states, strict=True):
-        assert torch.equal(a, b)
-    torch.testing.assert_close(again.log_prob, traj.log_prob, rtol=0, atol=0)
-    other = record(case, noise, generator=torch.Generator().manual_seed(2))
-    assert not torch.allclose(other.sample, traj.sample)  # type: ignore[arg-type]
+    assert_replay_reproduces(functools.partial(record, case, noise), plain)
 
 
 def test_no_churn_records_a_deterministic_run() -> None:

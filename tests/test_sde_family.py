@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import DIFFUSERS_RTOL, randn, rel
+from helpers import DIFFUSERS_RTOL, FineBrownianPath, randn, rel
 from torch import Tensor
 
 import fewstep
@@ -249,21 +249,6 @@ def test_er_sde_order_on_the_probability_flow_ode(solver: str, options: dict, or
     assert abs(slope(counts, errors) - order) < 0.3, errors
 
 
-class PreDrawnPath:
-    """A Brownian motion in the noise level pre-drawn on a fine grid of levels (cumulative sums of normal
-    increments); ``noise(s, t)`` is its normalised increment between two fine nodes."""
-
-    def __init__(self, levels: np.ndarray, batch: int, seed: int):
-        steps = torch.from_numpy(np.sqrt(np.abs(np.diff(levels))))[:, None, None]
-        inc = randn(len(levels) - 1, batch, 2, seed=seed) * steps
-        self.levels, self.w = levels, torch.cat([torch.zeros(1, batch, 2, dtype=F64), inc.cumsum(0)])
-
-    def __call__(self, s: float, t: float) -> Tensor:
-        i, j = (int(np.argmin(np.abs(self.levels - v))) for v in (s, t))
-        assert math.isclose(self.levels[i], s, rel_tol=1e-12) and math.isclose(self.levels[j], t, rel_tol=1e-12)
-        return (self.w[j] - self.w[i]) / math.sqrt(abs(self.levels[j] - self.levels[i]))
-
-
 @pytest.mark.parametrize(
     ("solver", "options"),
     [
@@ -279,7 +264,7 @@ def test_strong_convergence_to_the_fine_step_solution(solver: str, options: dict
     order 1 (measured 1.00, 1.02, 1.00 and 1.06 (phi = s^2) for ER-SDE over 16..128 steps; euler_maruyama 1.01)."""
     vp, fine_n, batch = fewstep.VP(), 1024, 256
     fine = model_times(vp, fine_n + 1, "logsnr")
-    path = PreDrawnPath((vp.sigma(fine) / vp.alpha(fine)).numpy(), batch, seed=0)
+    path = FineBrownianPath((vp.sigma(fine) / vp.alpha(fine)).numpy(), batch, seed=0)
     noise = randn(batch, 2, seed=2)
     model = WIDE.model(vp, "epsilon")
 

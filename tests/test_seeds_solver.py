@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import randn
+from helpers import FineBrownianPath, randn
 from torch import Tensor
 
 import fewstep
@@ -105,7 +105,6 @@ STRONG_N = [16, 32, 64, 128]
 
 @pytest.fixture(scope="module")
 def reverse_sde() -> tuple[Any, Tensor]:
-    from test_stochastic import FineBrownianPath
 
     edm = EDM()
     fine = model_times(edm, FINE + 1, "logsnr")

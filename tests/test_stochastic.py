@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import DIFFUSERS_RTOL, KDIFF_RTOL, N_TRAIN, karras_sigmas, randn, rel, schedule_of
+from helpers import DIFFUSERS_RTOL, KDIFF_RTOL, N_TRAIN, FineBrownianPath, karras_sigmas, randn, rel, schedule_of
 from torch import Tensor
 
 import fewstep
@@ -309,22 +309,6 @@ def test_special_cases_reduce_to_known_solvers(a: tuple[str, dict], b: tuple[str
 
 FINE = 2048
 STRONG_N = [16, 32, 64, 128]
-
-
-class FineBrownianPath:
-    """A Brownian motion in the noise level, pre-drawn on a fine grid of levels (sums of independent normal
-    increments); ``noise(s, t)`` is its normalised increment between two fine nodes, so that the noise of any
-    sub-grid is that of one path (k-diffusion's ``BrownianTreeNoiseSampler`` convention)."""
-
-    def __init__(self, levels: np.ndarray, batch: int, seed: int):
-        steps = torch.from_numpy(np.sqrt(np.abs(np.diff(levels))))[:, None, None]
-        inc = randn(len(levels) - 1, batch, 2, seed=seed) * steps
-        self.levels, self.w = levels, torch.cat([torch.zeros(1, batch, 2, dtype=F64), inc.cumsum(0)])
-
-    def __call__(self, s: float, t: float) -> Tensor:
-        i, j = (int(np.argmin(np.abs(self.levels - v))) for v in (s, t))
-        assert math.isclose(self.levels[i], s, rel_tol=1e-12) and math.isclose(self.levels[j], t, rel_tol=1e-12)
-        return (self.w[j] - self.w[i]) / math.sqrt(abs(self.levels[j] - self.levels[i]))
 
 
 def strong_setup(spacing: str, batch: int = 512) -> Callable[..., Tensor]:

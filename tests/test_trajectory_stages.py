@@ -4,12 +4,13 @@ per stage draw), and ``pc_langevin`` (refused with a corrector, the predictor's 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import pytest
 import torch
-from helpers import randn
+from helpers import assert_replay_reproduces, randn
 from torch import Tensor
 
 import fewstep
@@ -81,17 +82,9 @@ def test_recording_and_replay_reproduce_the_run_bit_for_bit(case: str) -> None:
     solver, nfe, opts = CASES[case]
     noise = randn(8, 2, seed=6)
     plain = fewstep.sample(MODEL, noise, SCHEDULE, solver, nfe=nfe, generator=torch.Generator().manual_seed(1), **opts)
-    traj = record(case, noise, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(traj.sample, plain)  # type: ignore[arg-type]
-    again = record(case, noise, noise_sampler=traj.replay())
-    assert torch.equal(again.sample, traj.sample)  # type: ignore[arg-type]
-    for a, b in zip(traj.states, again.states, strict=True):
-        assert torch.equal(a, b)
-    torch.testing.assert_close(again.log_prob, traj.log_prob, rtol=0, atol=0)
+    traj = assert_replay_reproduces(functools.partial(record, case, noise), plain)
     replayed = fewstep.sample(MODEL, noise, SCHEDULE, solver, nfe=nfe, noise_sampler=traj.replay(), **opts)
     assert torch.equal(replayed, plain)
-    other = record(case, noise, generator=torch.Generator().manual_seed(2))
-    assert not torch.allclose(other.sample, traj.sample)  # type: ignore[arg-type]
 
 
 def noisy_map(case: str, start: Tensor, model: Any, schedule: Any, draws: int) -> Any:
