@@ -109,16 +109,11 @@ class Grid:
 
     def transition(self, i: int, x: Tensor, s: float, t: float, std: float) -> tuple[Tensor, Tensor]:
         """:meth:`add_noise` that also returns the drawn ``z`` (for a solver that reuses it): ``(x + std z, z)``."""
-        z = self._draw(s, t, x)
+        z = self.draw(s, t, x)
         mean = x.clone() if self.trajectory is not None else x
         x.add_(z, alpha=std)
         self.record(i, mean, std, x, z)
         return x, z
-
-    def draw(self, s: float, t: float, like: Tensor) -> Tensor:
-        """:meth:`noise` for a solver that records the Gaussian transitions this draw enters itself, with
-        :meth:`record` (one per draw, in draw order)."""
-        return self._draw(s, t, like)
 
     def record(self, i: int, mean: Tensor, std: float, x: Tensor, z: Tensor) -> None:
         """Record ``x = mean + std z``, a Gaussian transition of step i, when a :attr:`trajectory` is recorded."""
@@ -143,9 +138,11 @@ class Grid:
                 "er_sde_1/2/3, edm_sde, sa_solver, seeds_1/2/3, dpm_solver_2_sde and pc_langevin with "
                 "n_corrector=0 (see fewstep.trajectory)"
             )
-        return self._draw(s, t, like)
+        return self.draw(s, t, like)
 
-    def _draw(self, s: float, t: float, like: Tensor) -> Tensor:
+    def draw(self, s: float, t: float, like: Tensor) -> Tensor:
+        """:meth:`noise` without the trajectory check, for a solver that records the Gaussian transitions this draw
+        enters itself, with :meth:`record` (one per draw, in draw order)."""
         if self.noise_sampler is not None:
             z = self.noise_sampler(float(s), float(t))
             if not isinstance(z, Tensor) or z.shape != like.shape:

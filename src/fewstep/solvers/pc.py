@@ -137,27 +137,27 @@ class PredictorCorrector(Solver):
                 "other samples' noise), so the corrected state has no Gaussian log-density; with n_corrector=0 the "
                 "predictor's transitions are recorded"
             )
-        # node j (>= 1, a model node): step size factor 2 a_j snr^2, score -eps/sigma_j, and the noise intervals
-        corrector: dict[int, tuple[float, float, list[tuple[float, float]]]] = {}
+        # node j (>= 1, a model node), keyed by its Point: step size factor 2 a_j snr^2, score -eps/sigma_j, and
+        # the noise intervals
+        corrector: dict[int, tuple[int, tuple[float, float, list[tuple[float, float]]]]] = {}
         for j in range(1, grid.steps if m else 1):  # the nodes the predictor continues from
             a_j = float(grid.alpha[j - 1] / grid.alpha[j]) ** 2
             lo, hi = float(level[j]), float(level[j - 1])
             if math.isinf(hi):  # a step from alpha = 0: noise on [l_j, 2 l_j + 1] (the predictor draws none)
                 hi = 2.0 * lo + 1.0
             cuts = [hi + (lo - hi) * k / (m + 1) for k in range(m + 1)]
-            corrector[j] = (
-                2.0 * a_j * self.snr**2,
-                -1.0 / float(grid.sigma[j]),
-                list(zip(cuts, cuts[1:], strict=False)),
+            corrector[id(grid.points[j])] = (
+                j,
+                (2.0 * a_j * self.snr**2, -1.0 / float(grid.sigma[j]), list(zip(cuts, cuts[1:], strict=False))),
             )
         steps = self.predictor.solve(x, self._predictor_grid(grid))
         request = next(steps)
         try:
             while True:
                 x_req, p = request
-                node = next((k for k in corrector if grid.points[k] is p), None)
+                node = corrector.pop(id(p), None)
                 if node is not None:  # the predictor continues from the tensor it asked about: correct it in place
-                    x_req.copy_((yield from self._langevin(grid, x_req, node, corrector.pop(node))))
+                    x_req.copy_((yield from self._langevin(grid, x_req, *node)))
                 request = steps.send((yield request))
         except StopIteration as done:
             return done.value
