@@ -75,7 +75,6 @@ class EDMStochastic(Solver):
         level = noise_levels(grid)
         orders = self.step_orders(grid)
         vel = [grid.ode_velocity(p) if p is not None else (0.0, 0.0) for p in grid.points]
-        sched = grid.denoiser.schedule
         plan = []
         for i in range(grid.steps):
             p = self.churn_point(grid, i)
@@ -86,8 +85,7 @@ class EDMStochastic(Solver):
                 s_i, s_hat = grid.sigma[i] / grid.alpha[i], p.sigma / p.alpha
                 # x_hat = (alpha_hat/alpha_i) x_i + alpha_hat sqrt(s_hat^2 - s_i^2) s_noise z
                 churn = (p.alpha / grid.alpha[i], p.alpha * math.sqrt(max(s_hat**2 - s_i**2, 0.0)) * self.s_noise)
-                tau_hat = p.t if sched.ode_variable == "t" else s_hat
-                c_hat = 1.0 if sched.ode_variable == "t" else p.alpha
+                tau_hat, c_hat = grid.frame_at(p)
             # Heun in the ODE frame: x_{i+1} = c_{i+1} (x_hat / c_hat + (tau_{i+1} - tau_hat) (f_hat + f_{i+1}) / 2)
             step = (float(c[i + 1]) / c_hat, float(c[i + 1]) * (float(tau[i + 1]) - tau_hat))
             plan.append((p, churn, grid.ode_velocity(p), step))

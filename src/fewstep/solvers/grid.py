@@ -170,6 +170,13 @@ class Grid:
         with np.errstate(divide="ignore"):
             return self.sigma / self.alpha, self.alpha.copy()
 
+    def frame_at(self, p: Point) -> tuple[float, float]:
+        """``(tau, c)`` of :meth:`ode_frame` at any point (a node or an intermediate time); ``tau`` is the noise
+        level the noise samplers are given."""
+        if self.denoiser.schedule.ode_variable == "t":
+            return p.t, 1.0
+        return p.sigma / p.alpha, p.alpha
+
     def ode_velocity(self, p: Point) -> tuple[float, float]:
         """Coefficients ``(a, b)`` of ``dy/dtau = a x0_hat + b eps_hat`` at point p."""
         if self.denoiser.schedule.ode_variable == "t":

@@ -35,7 +35,7 @@ from .base import Steps, register
 from .dpm_solver import _DPMSolver
 from .grid import Grid
 from .sde_dpm import PAPER_PP
-from .seeds import Stage, StepPlan, noise_weights, point_level, run_stages, stage_points
+from .seeds import Stage, StepPlan, noise_weights, run_stages, stage_points
 from .stochastic import noise_levels, real_option
 
 R = 0.5
@@ -87,5 +87,5 @@ class DPMSolver2SDE(_DPMSolver):
                 None, a_t / float(a[i]), (e * (1.0 - 0.5 / R), e * 0.5 / R), self._noise(1.0, fractions, hi, eta, s_t)
             )
             plans.append([u, end])
-            cuts.append([float(level[i]), point_level(grid, p1), float(level[i + 1])])
+            cuts.append([float(level[i]), grid.frame_at(p1)[0], float(level[i + 1])])
         return (yield from run_stages(x, grid, plans, cuts, use_eps=True))

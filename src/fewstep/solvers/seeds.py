@@ -75,11 +75,6 @@ class Stage:
 StepPlan = list[Stage] | tuple[float, float]
 
 
-def point_level(grid: Grid, p: Point) -> float:
-    """The noise level of an intermediate point, as :func:`~fewstep.solvers.stochastic.noise_levels` gives for nodes."""
-    return p.t if grid.denoiser.schedule.ode_variable == "t" else p.sigma / p.alpha
-
-
 def noise_weights(
     c: float, cuts: Sequence[float], h: float, eta: float, sigma_c: float, data: bool
 ) -> tuple[float, ...]:
@@ -199,7 +194,7 @@ class _SEEDS(_DPMSolver):
                 ratio = sigma_c / float(s[i]) * math.exp(-eta * c * hi)
                 stages.append(Stage(p, ratio, tuple(alpha_c * wj for wj in w), noise))
             plans.append(stages)
-            cuts.append([float(level[i]), *(point_level(grid, p) for p in pts), float(level[i + 1])])
+            cuts.append([float(level[i]), *(grid.frame_at(p)[0] for p in pts), float(level[i + 1])])
         return plans, cuts
 
     def solve(self, x: Tensor, grid: Grid) -> Steps:
