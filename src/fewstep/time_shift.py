@@ -145,7 +145,7 @@ class ShiftedEvaluation:
         )
 
 
-def evaluation(time_shift: object, grid: Grid, needs_eps: bool) -> Callable[[Tensor, Point], Any] | None:
-    """The evaluation callback for ``time_shift=`` (None when it is off: the solver's default evaluation)."""
-    shift = check_time_shift(time_shift)
+def evaluation(shift: TimeShift | None, grid: Grid, needs_eps: bool) -> Callable[[Tensor, Point], Any] | None:
+    """The evaluation callback for a checked ``time_shift=`` (:func:`check_time_shift`; None when it is off: the
+    solver's default evaluation)."""
     return None if shift is None else ShiftedEvaluation(shift, grid, needs_eps)
