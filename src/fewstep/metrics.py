@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .cache import cache_dir, load_cached, save_atomic
 from .targets import GaussianMixture
-from .targets.learned import cache_dir, load_cached, save_atomic, single_thread
+from .targets.learned import single_thread
 
 __all__ = [
     "rmse",
@@ -315,7 +316,7 @@ class DigitsFeatures:
     The classifier (64 -> 128 -> 64 -> 10, ReLU) is trained with Adam on a fixed 85% of the 1,797 images
     (seeded split), with Gaussian pixel noise of std 0.05 as augmentation (the width of
     :func:`~fewstep.targets.digits_target`'s modes); ``accuracy`` is its accuracy on the other 15%.
-    Weights are cached in :func:`~fewstep.targets.learned.cache_dir` under a version string.
+    Weights are cached in :func:`~fewstep.cache.cache_dir` under a version string.
 
     ``scale`` is how the images to be featurised are scaled: ``"[-1,1]"`` (``pixel / 8 - 1``, the default
     of ``digits_target``) or ``"[0,1]"``. Call with (N, 64) or (N, 8, 8) samples; returns (N, 64) float64.

@@ -44,6 +44,7 @@ import torch.autograd.forward_ad as fwad
 from scipy.interpolate import CubicSpline
 from torch import Tensor
 
+from ..cache import cache_dir, save_atomic
 from ..denoiser import Denoiser, Point
 from ..schedules import NoiseSchedule
 
@@ -178,7 +179,6 @@ class EmpiricalModelStatistics:
     # -- files -------------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write to ``path`` (torch.save of plain tensors and the key; atomic)."""
-        from ..targets.learned import save_atomic
 
         blob: dict[str, Any] = {"version": CACHE_VERSION, "key": self.key}
         blob.update({n: torch.from_numpy(np.ascontiguousarray(getattr(self, n))) for n in ("lam", "l", "s", "b")})
@@ -222,8 +222,7 @@ def ems_key(model_key: str, schedule: NoiseSchedule, prediction: str, **settings
 
 
 def default_path(key: str, directory: str | Path | None = None) -> Path:
-    from ..targets.learned import cache_dir
-
+    """The cache file of the statistics with this key (under ``directory``, default ``cache_dir()/ems``)."""
     root = Path(directory) if directory is not None else cache_dir() / "ems"
     return root / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
 
@@ -268,7 +267,7 @@ def compute_ems(
     when ``noise`` is given.
 
     Caching: with a ``model_key`` (or an ``nn.Module``, hashed by its parameters) the statistics are stored
-    under the user's cache directory (``cache_dir`` to override; ``fewstep.targets.learned.cache_dir()/ems``),
+    under the user's cache directory (``cache_dir`` to override; ``fewstep.cache.cache_dir()/ems``),
     keyed by :func:`ems_key`, and read back on the next call; ``path`` gives the file itself. A file holding
     another key is an error (ValueError), never silently used.
     """

@@ -16,7 +16,7 @@ usual denoising loss ``E |eps_hat(alpha_t x0 + sigma_t eps, t) - eps|^2`` on fre
 cosine learning-rate decay. Training is deterministic given the seed: all randomness comes from one
 seeded ``torch.Generator`` (initialisation included) and it runs on one CPU thread.
 
-Trained weights are cached in the user's cache directory (:func:`cache_dir`), keyed by a version string
+Trained weights are cached in the user's cache directory (:func:`fewstep.cache.cache_dir`), keyed by a version string
 and a hash of the :class:`TrainConfig`, so the network is trained once and loaded afterwards.
 """
 
@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..cache import cache_dir, load_cached, save_atomic
 from ..schedules import VP, NoiseSchedule
 from .mixture import GaussianMixture, mixture_2d
 
@@ -53,19 +52,6 @@ __all__ = [
 CACHE_VERSION = "1"  # bump when training or the network change, so that stale weights are not loaded
 
 
-def cache_dir() -> Path:
-    """Where fewstep caches trained weights: ``$XDG_CACHE_HOME/fewstep`` when ``XDG_CACHE_HOME`` is set, else
-    ``platformdirs.user_cache_dir("fewstep")`` when platformdirs is installed, else ``~/.cache/fewstep``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    if xdg:
-        return Path(xdg).expanduser() / "fewstep"
-    try:
-        from platformdirs import user_cache_dir
-    except ImportError:
-        return Path("~/.cache").expanduser() / "fewstep"
-    return Path(user_cache_dir("fewstep", appauthor=False))
-
-
 @contextmanager
 def single_thread() -> Iterator[None]:
     """Run the block on one intra-op thread (bit-reproducible CPU arithmetic), restoring the setting after."""
@@ -75,30 +61,6 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_cached(path: Path, version: str) -> dict[str, Any] | None:
-    """The dictionary saved at ``path``, or None if it is missing, unreadable or of another version."""
-    if not path.is_file():
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a corrupt or foreign file: retrain and overwrite
-        return None
-    return blob if isinstance(blob, dict) and blob.get("version") == version else None
 
 
 @dataclass(frozen=True)
