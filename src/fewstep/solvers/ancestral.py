@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .base import Solver, Steps, register
 from .grid import Grid
-from .stochastic import noise_levels, real_option
+from .stochastic import EtaNoiseOptions, noise_levels, real_option
 
 # (c_x0, c_eps, c_z): x_t = c_x0 x0_hat + c_eps eps_hat + c_z z
 Coefficients = tuple[float, float, float]
@@ -62,7 +62,7 @@ class _Ancestral(Solver):
 
 
 @register
-class EulerAncestral(_Ancestral):
+class EulerAncestral(EtaNoiseOptions, _Ancestral):
     """Euler ancestral: ``eta`` scales the fresh noise ``sigma_up`` (1: the ancestral/DDPM step, 0: Euler),
     ``s_noise`` multiplies the drawn noise (k-diffusion's options, same defaults)."""
 
@@ -70,10 +70,6 @@ class EulerAncestral(_Ancestral):
     summary = "Euler ancestral: Euler step down to sigma_down, then sigma_up of fresh noise (sigma/alpha frame)"
     paper = "Karras et al. 2022 (EDM); Crowson's k-diffusion (ancestral sampling of Ho et al. 2020)"
     peers = "k-diffusion sample_euler_ancestral; diffusers EulerAncestralDiscreteScheduler"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = real_option("eta", eta)
-        self.s_noise = real_option("s_noise", s_noise)
 
     def coefficients(self, grid: Grid, i: int, eta: float) -> Coefficients:
         a_t, s_to = float(grid.alpha[i + 1]), float(grid.sigma[i + 1] / grid.alpha[i + 1])

@@ -37,13 +37,13 @@ from .base import Solver, Steps, register
 from .dpmpp import PAPER_PP, multistep_orders, multistep_weights
 from .grid import Grid
 from .phi import hphi
-from .stochastic import bool_option, noise_levels, real_option
+from .stochastic import EtaNoiseOptions, bool_option, noise_levels
 
 SOLVER_TYPES = ("midpoint", "heun")
 
 
 @register
-class DPMSolver1SDE(Solver):
+class DPMSolver1SDE(EtaNoiseOptions, Solver):
     """SDE-DPM-Solver-1 (noise prediction); eta = 0 is DPM-Solver-1 (= DDIM)."""
 
     name = "dpm_solver_1_sde"
@@ -52,10 +52,6 @@ class DPMSolver1SDE(Solver):
     summary = "SDE-DPM-Solver-1: first-order exponential integrator of the reverse SDE, noise prediction"
     paper = PAPER_PP + " (App. B, SDE-DPM-Solver-1)"
     peers = "diffusers DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver', solver_order=1)"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = real_option("eta", eta)
-        self.s_noise = real_option("s_noise", s_noise)
 
     def solve(self, x: Tensor, grid: Grid) -> Steps:
         a, s, h = grid.alpha, grid.sigma, grid.h
@@ -84,7 +80,7 @@ class DPMSolver1SDE(Solver):
         return x
 
 
-class _MultistepSDE(Solver):
+class _MultistepSDE(EtaNoiseOptions, Solver):
     """Shared loop: ``x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t sum_j w_j D_{i-j} + c_z z``."""
 
     stochastic = True
@@ -92,8 +88,7 @@ class _MultistepSDE(Solver):
     paper = PAPER_PP + " (SDE-DPM-Solver++); k-diffusion (eta)"
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, lower_order_final: bool = True):
-        self.eta = real_option("eta", eta)
-        self.s_noise = real_option("s_noise", s_noise)
+        super().__init__(eta, s_noise)
         self.lower_order_final = bool_option("lower_order_final", lower_order_final)
 
     def step_orders(self, grid: Grid) -> list[int]:

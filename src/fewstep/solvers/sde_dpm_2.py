@@ -36,13 +36,13 @@ from .dpm_solver import _DPMSolver
 from .grid import Grid
 from .sde_dpm import PAPER_PP
 from .seeds import Stage, StepPlan, noise_weights, run_stages, stage_points
-from .stochastic import noise_levels, real_option
+from .stochastic import EtaNoiseOptions, noise_levels
 
 R = 0.5
 
 
 @register
-class DPMSolver2SDE(_DPMSolver):
+class DPMSolver2SDE(EtaNoiseOptions, _DPMSolver):
     name = "dpm_solver_2_sde"
     order = 2
     nfe_per_step = 2
@@ -50,10 +50,6 @@ class DPMSolver2SDE(_DPMSolver):
     summary = "SDE-DPM-Solver-2: singlestep midpoint in lambda for the reverse SDE family (eta), noise prediction"
     paper = PAPER_PP + " (App. B, SDE-DPM-Solver-2)"
     peers = "none (k-diffusion's sample_dpmpp_sde is the data-prediction analogue)"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = real_option("eta", eta)
-        self.s_noise = real_option("s_noise", s_noise)
 
     def _noise(self, c: float, fractions: list[float], h: float, eta: float, sigma_c: float) -> tuple[float, ...]:
         return noise_weights(c, fractions, h, eta, sigma_c * self.s_noise, data=False) if eta else ()

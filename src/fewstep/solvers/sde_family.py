@@ -39,7 +39,7 @@ from ..noise.brownian import BrownianPath
 from ..schedules import NoiseSchedule
 from .base import Solver, Steps, register
 from .grid import Grid
-from .stochastic import noise_levels, real_option
+from .stochastic import EtaNoiseOptions, noise_levels, real_option
 
 __all__ = ["ReverseSDE", "SDE", "em_step", "euler_maruyama", "EulerMaruyama"]
 
@@ -106,7 +106,7 @@ class ReverseSDE:
 
 
 @register
-class EulerMaruyama(Solver):
+class EulerMaruyama(EtaNoiseOptions, Solver):
     """Euler–Maruyama in schedule time on the reverse SDE family: from node s to node t (``dt = t - s < 0``)
 
     ``x_t = x_s + (f_s x_s + (1 + eta^2)/2 (g_s^2/sigma_s) eps_hat) dt + s_noise eta g_s sqrt(s - t) z``.
@@ -122,10 +122,6 @@ class EulerMaruyama(Solver):
     summary = "Euler-Maruyama in schedule time on the reverse SDE family (eta: 0 the PF-ODE, 1 the reverse SDE)"
     paper = "Song et al. 2021, Score-based generative modeling through SDEs (eq. 6, 13); Maruyama 1955"
     peers = "score_sde EulerMaruyamaPredictor"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = real_option("eta", eta)
-        self.s_noise = real_option("s_noise", s_noise)
 
     def solve(self, x: Tensor, grid: Grid) -> Steps:
         level = noise_levels(grid)

@@ -52,7 +52,7 @@ from .base import Steps, register
 from .dpm_solver import _DPMSolver
 from .grid import Grid
 from .phi import hphi
-from .stochastic import noise_levels, real_option
+from .stochastic import EtaNoiseOptions, noise_levels
 
 PAPER_SEEDS = (
     "Gonzalez et al. 2023, SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion Models"
@@ -160,16 +160,12 @@ def seeds_drift(order: int, fractions: Sequence[float], big_h: float) -> list[tu
     ]
 
 
-class _SEEDS(_DPMSolver):
+class _SEEDS(EtaNoiseOptions, _DPMSolver):
     """Given an NFE budget, SEEDS-2/3 mix orders as DPM-Solver-fast (:func:`fewstep.solvers.dpm_solver.fast_orders`),
     so any budget can be spent; with ``steps=`` every finite step has the full order."""
 
     stochastic = True
     paper = PAPER_SEEDS
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = real_option("eta", eta)
-        self.s_noise = real_option("s_noise", s_noise)
 
     def plan(self, grid: Grid) -> tuple[list[StepPlan], list[list[float]]]:
         a, s, h = grid.alpha, grid.sigma, grid.h

@@ -46,6 +46,15 @@ def bool_option(name: str, value: object) -> bool:
     return value
 
 
+class EtaNoiseOptions:
+    """The options of the stochastic solvers that take exactly these two: ``eta >= 0`` (the stochasticity; 0 is
+    the ODE step) and ``s_noise >= 0`` (a factor on the drawn noise)."""
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        self.eta = real_option("eta", eta)
+        self.s_noise = real_option("s_noise", s_noise)
+
+
 def noise_levels(grid: Grid) -> np.ndarray:
     """The noise level of every node, as passed to the noise sampler (inf at alpha = 0, 0 at the clean end)."""
     return grid.ode_frame()[0]
