@@ -10,7 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+import fewstep
 from fewstep import DiscreteVP
+from fewstep.context import RunContext
+from fewstep.nodes import NodeTable
 
 F64 = torch.float64
 N_TRAIN = 1000
@@ -84,3 +87,40 @@ def assert_replay_reproduces(record: Callable[..., Any], plain: Tensor) -> Any:
     other = record(generator=torch.Generator().manual_seed(2))
     assert not torch.allclose(other.sample, traj.sample)
     return traj
+
+
+def node_table(
+    denoiser: fewstep.Denoiser,
+    times: np.ndarray | list[float],
+    clean_end: bool = False,
+    batch: int = 1,
+    device: torch.device | None = None,
+    dtype: torch.dtype = F64,
+) -> NodeTable:
+    """The node table of ``times`` (a trailing nan for a clean end) for states of ``batch`` samples."""
+    t = np.asarray(times, dtype=np.float64)
+    return NodeTable.build(denoiser, t, clean_end, batch, device or torch.device("cpu"), dtype)
+
+
+def run_solver(
+    solver: fewstep.solvers.Solver,
+    x: Tensor,
+    nodes: NodeTable,
+    evaluate: Callable[[Tensor, Any], Any] | fewstep.Denoiser,
+) -> Tensor:
+    """Drive ``solver`` over ``nodes`` with a plain run context, answering its requests with ``evaluate`` (a
+    callable, or a Denoiser's model-call stack)."""
+    if isinstance(evaluate, fewstep.Denoiser):
+        evaluate = evaluate.stack(fewstep.CallCount(), solver.needs_eps).evaluate
+    return solver.run(x, nodes, RunContext(nodes), evaluate)
+
+
+class Counting:
+    """Wraps a model and counts its calls."""
+
+    def __init__(self, model: Callable[..., Tensor]):
+        self.model, self.calls = model, 0
+
+    def __call__(self, x: Tensor, time: Tensor, **kwargs: Any) -> Tensor:
+        self.calls += 1
+        return self.model(x, time, **kwargs)

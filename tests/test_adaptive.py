@@ -96,7 +96,8 @@ def run_fixed(method: str, schedule: fewstep.NoiseSchedule, noise: torch.Tensor,
     pair = METHODS[method]
     prediction = "velocity" if schedule.ode_variable == "t" else "epsilon"
     denoiser = fewstep.Denoiser(WIDE.model(schedule, prediction), schedule, prediction)
-    ctx = Context(denoiser, noise.shape[0], noise.device, F64)
+    stack = denoiser.stack(fewstep.CallCount())
+    ctx = Context(denoiser, noise.shape[0], noise.device, F64, stack.evaluate, fewstep.CallCount())
     x, p = noise, ctx.point(times[0])
     for t in times[1:]:
         pt = ctx.point(t)

@@ -16,10 +16,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import node_table
 from test_unipc import COUNTS, TOL, measure
 
 import fewstep
-from fewstep.solvers.grid import Grid
 from fewstep.targets import mixture_2d
 
 F64 = torch.float64
@@ -49,12 +49,13 @@ def test_unic_on_deis_3_is_fourth_order() -> None:
 def test_no_extra_evaluations(solver: str) -> None:
     sched = fewstep.VP()
     denoiser = fewstep.Denoiser(mixture_2d().model(sched, "epsilon"), sched, "epsilon")
-    grid = Grid(denoiser, np.append(np.linspace(1.0, 0.01, 12), math.nan), True, 4, torch.device("cpu"), F64)
+    grid = node_table(denoiser, np.append(np.linspace(1.0, 0.01, 12), math.nan), True, 4)
     corrected = fewstep.solvers.get_solver(solver, corrector="unic")
     assert corrected.nfe(grid) == fewstep.solvers.get_solver(solver).nfe(grid) == 12
     noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    fewstep.sample(denoiser, noise, solver=corrected, nfe=12)  # the run checks its evaluations against the plan
-    assert denoiser.nfe == 12
+    calls = fewstep.CallCount()
+    fewstep.sample(denoiser, noise, solver=corrected, nfe=12, calls=calls)  # the run checks its evaluations
+    assert calls.nfe == calls.network == calls.branches == 12 and calls.substituted == calls.backward == 0
 
 
 SCHEDULES = {

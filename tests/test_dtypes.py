@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import Counting
 from torch import nn
 
 import fewstep
@@ -63,8 +64,9 @@ def test_half_precision_function_with_model_dtype(dtype: torch.dtype) -> None:
 
     denoiser = fewstep.Denoiser(model, VP, "v_prediction", model_dtype=dtype)
     x = noise()
-    out = fewstep.sample(denoiser, x, solver="dpmpp_3m", nfe=10)
-    assert set(seen) == {dtype} and out.dtype == torch.float32 and denoiser.nfe == 10
+    calls = fewstep.CallCount()
+    out = fewstep.sample(denoiser, x, solver="dpmpp_3m", nfe=10, calls=calls)
+    assert set(seen) == {dtype} and out.dtype == torch.float32 and calls.nfe == 10
     ref = fewstep.sample(exact, x, VP, "dpmpp_3m", nfe=10, prediction="v_prediction")
     rel = float((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt())
     assert 0 < rel < (1e-2 if dtype == torch.float16 else 1e-1)
@@ -112,12 +114,16 @@ def test_callback_is_called_once_per_step(solver: str, final: str) -> None:
 
 @pytest.mark.parametrize("nfe", [1, 4, 7, 10, 25])
 @pytest.mark.parametrize("solver", ["ddim", "dpm_solver_2", "dpm_solver_3", "dpmpp_3m"])
-def test_denoiser_counts_nfe(solver: str, nfe: int) -> None:
-    denoiser = fewstep.Denoiser(TARGET.model(VP, "epsilon"), VP)
-    fewstep.sample(denoiser, noise(n=4), solver=solver, nfe=nfe)
-    assert denoiser.nfe == nfe
-    fewstep.sample(denoiser, noise(n=4), solver=solver, nfe=nfe)
-    assert denoiser.nfe == 2 * nfe  # the counter accumulates over runs
+def test_the_run_counts_nfe(solver: str, nfe: int) -> None:
+    model = Counting(TARGET.model(VP, "epsilon"))
+    denoiser = fewstep.Denoiser(model, VP)
+    calls = fewstep.CallCount()
+    fewstep.sample(denoiser, noise(n=4), solver=solver, nfe=nfe, calls=calls)
+    assert calls == fewstep.CallCount(network=nfe, branches=nfe) and model.calls == nfe
+    fewstep.sample(denoiser, noise(n=4), solver=solver, nfe=nfe, calls=calls)
+    assert calls.nfe == 2 * nfe and model.calls == 2 * nfe  # the counter adds the runs given it
+    fewstep.sample(denoiser, noise(n=4), solver=solver, nfe=nfe)  # a shared Denoiser counts nothing itself
+    assert calls.nfe == 2 * nfe and not hasattr(denoiser, "nfe")
 
 
 # --- classifier-free guidance ---------------------------------------------------------------------------
@@ -174,10 +180,11 @@ def test_guidance_output_at_one_point() -> None:
     den = fewstep.Denoiser(model, VP, "sample", model_kwargs={"cond": c}, guidance_scale=3.0, uncond_kwargs={"cond": u})
     x = noise(torch.float64, n=4)
     p = den.point(0.5, 4, x.device, x.dtype)
-    x0, _ = den(x, p)  # "sample": x0 is the (guided) model output itself
+    calls = fewstep.CallCount()
+    x0, _ = den.stack(calls).evaluate(x, p)  # "sample": x0 is the (guided) model output itself
     out_c, out_u = 0.5 * x + c * 0.5, 0.5 * x + u * 0.5
     torch.testing.assert_close(x0, out_u + 3.0 * (out_c - out_u), rtol=1e-14, atol=1e-14)
-    assert model.batches == [8] and den.nfe == 1
+    assert model.batches == [8] and calls == fewstep.CallCount(network=1, branches=2)
 
 
 def test_unconditional_inputs_are_batched_first() -> None:

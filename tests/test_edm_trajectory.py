@@ -13,8 +13,9 @@ from helpers import assert_replay_reproduces, randn
 from torch import Tensor
 
 import fewstep
+from fewstep import sample_with_logprob
 from fewstep.targets import mixture_2d
-from fewstep.trajectory import Trajectory, sample_with_logprob
+from fewstep.trajectory import Trajectory
 
 F64 = torch.float64
 TARGET = mixture_2d("default")

@@ -56,8 +56,9 @@ def test_one_evaluation_per_step_and_2m_where_nothing_is_recombined() -> None:
         x = fewstep.sample(model, noise, sched, "evodiff", nfe=nfe)
         torch.testing.assert_close(x, fewstep.sample(model, noise, sched, "dpmpp_2m", nfe=nfe), rtol=0, atol=0)
     denoiser = fewstep.Denoiser(model, sched, "epsilon")
-    x = fewstep.sample(denoiser, noise, solver="evodiff", nfe=10)
-    assert denoiser.nfe == 10 and bool(torch.isfinite(x).all())
+    calls = fewstep.CallCount()
+    x = fewstep.sample(denoiser, noise, solver="evodiff", nfe=10, calls=calls)
+    assert calls.nfe == 10 and bool(torch.isfinite(x).all())
     assert float((x - fewstep.sample(model, noise, sched, "dpmpp_2m", nfe=10)).abs().max()) > 1e-3
 
 

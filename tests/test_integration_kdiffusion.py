@@ -112,7 +112,7 @@ def test_wrap_runs_k_diffusion_samplers_on_fewstep_models(target, schedule, pred
         model, x_hat * float(schedule.alpha(times[0])), schedule, "dpmpp_2m", spacing=times, prediction=prediction
     )
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
-    assert kd_model.denoiser.nfe == 8
+    assert kd_model.calls.nfe == 8
 
 
 @pytest.mark.parametrize(

@@ -41,13 +41,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import BETAS, DIFFUSERS_RTOL, KDIFF_RTOL, N_TRAIN, karras_sigmas, randn, rel, schedule_of
+from helpers import BETAS, DIFFUSERS_RTOL, KDIFF_RTOL, N_TRAIN, karras_sigmas, node_table, randn, rel, schedule_of
 from scipy import integrate
 from torch import Tensor
 
 import fewstep
 from fewstep import EDM, DiscreteVP
-from fewstep.solvers import Grid
 from fewstep.solvers.deis import t_weights
 from fewstep.targets import GaussianMixture, mixture_2d, reference_solution_from_time
 
@@ -154,7 +153,7 @@ def test_deis_tab_weights_are_the_papers_integrals(schedule: fewstep.schedules.N
     n = 7
     times = fewstep.spacing.model_times(schedule, n, "logsnr").numpy()
     denoiser = fewstep.Denoiser(WIDE.model(schedule, "epsilon"), schedule, "epsilon")
-    grid = Grid(denoiser, times, False, batch=1, device=torch.device("cpu"), dtype=F64)
+    grid = node_table(denoiser, times)
     steps = [(i, min(3, i + 1)) for i in range(1, n - 1)]
     for (i, k), weights in zip(steps, t_weights(grid, steps), strict=True):
         nodes = [float(times[i - m]) for m in range(k)]

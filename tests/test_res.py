@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
+from helpers import node_table, run_solver
 from test_convergence import TOL, measured_order
 from test_properties import SCHEDULES, TARGET, make_noise, pure_noise_start
 
 import fewstep
-from fewstep.solvers import Grid, get_solver
+from fewstep.nodes import NodeTable
+from fewstep.solvers import get_solver
 
 
-def _grid(schedule, times: list[float]) -> Grid:
+def _grid(schedule, times: list[float]) -> NodeTable:
     den = fewstep.Denoiser(lambda x, t: torch.zeros_like(x), schedule, "velocity")
-    return Grid(den, np.array(times), False, batch=3, device=torch.device("cpu"), dtype=torch.float64)
+    return node_table(den, times, False, batch=3)
 
 
 def _answers():
@@ -30,7 +31,7 @@ def _answers():
 
 def _drive(solver, x, grid, answers):
     calls = iter(answers)
-    return solver.run(x, grid, evaluate=lambda x_, p: next(calls))
+    return run_solver(solver, x, grid, lambda x_, p: next(calls))
 
 
 def test_res_multistep_first_two_steps_in_closed_form() -> None:

@@ -204,7 +204,7 @@ def test_tau_zero_and_first_order_is_dpm_solver_pp_1_and_tau_window_limits_the_n
 
 def test_predictor_only_records_gaussian_transitions() -> None:
     """Without corrector each step is a Gaussian transition: recorded, and replayed exactly."""
-    from fewstep.trajectory import sample_with_logprob
+    from fewstep import sample_with_logprob
 
     noise = randn(4, 2, seed=3)
     traj = sample_with_logprob(

@@ -215,7 +215,7 @@ def test_stages_draw_one_normal_per_sub_interval_between_their_levels() -> None:
 
 
 def test_seeds_1_records_its_transitions_and_multi_stage_steps_record_their_stages() -> None:
-    from fewstep.trajectory import sample_with_logprob
+    from fewstep import sample_with_logprob
 
     schedule = fewstep.VP()
     model = TARGET.model(schedule, "epsilon")

@@ -12,9 +12,10 @@ from helpers import randn
 from torch import Tensor
 
 import fewstep
+from fewstep import sample_with_logprob
 from fewstep.noise.levels import seeded_noise_sampler
 from fewstep.targets import mixture_2d
-from fewstep.trajectory import Trajectory, gaussian_log_prob, sample_with_logprob
+from fewstep.trajectory import Trajectory, gaussian_log_prob
 
 F64 = torch.float64
 TARGET = mixture_2d("default")

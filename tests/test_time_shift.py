@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import fewstep
+from fewstep.model import TimeShift
 from fewstep.targets import GaussianMixture
-from fewstep.time_shift import TimeShift
 
 F64 = torch.float64
 DIM = 512

@@ -22,11 +22,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import node_table, run_solver
 from test_convergence import CASES, TARGETS, problem
 from test_peers import BETAS, DIFFUSERS_RTOL, N_TRAIN, TARGET_2D, randn, rel, run_diffusers, schedule_of
 
 import fewstep
-from fewstep.solvers.grid import Grid
 from fewstep.solvers.unic import unic_weights, unip_weights
 from fewstep.targets import reference_solution_from_time
 
@@ -265,12 +265,12 @@ def test_infinite_steps_are_first_order_and_uncorrected() -> None:
     sched = fewstep.Flow()
     model = TARGET_2D.model(sched, "velocity")
     noise = randn(8, 2, seed=2)
-    grid = Grid(fewstep.Denoiser(model, sched, "velocity"), np.array([1.0, 0.7, 0.4, 0.2, 0.1, math.nan]), True, 8,
-                noise.device, F64)  # fmt: skip
+    denoiser = fewstep.Denoiser(model, sched, "velocity")
+    grid = node_table(denoiser, [1.0, 0.7, 0.4, 0.2, 0.1, math.nan], True, 8)
     for variant in ("unipc_bh1", "unipc_bh2"):
         solver = fewstep.solvers.get_solver(variant, solver_order=3, lower_order_final=False)
         assert solver.step_orders(grid) == [1, 1, 2, 3, 1]
-        x = solver.run(noise, grid)
+        x = run_solver(solver, noise, grid, denoiser)
         assert bool(torch.isfinite(x).all())
 
 
@@ -335,6 +335,6 @@ def test_unic_raises_the_order_of_dpmpp_2m_at_equal_nfe(target_name: str) -> Non
     assert abs(plain - 2) <= TOL and abs(slope - 3) <= TOL, (plain, slope)
     assert all(e < pe for e, pe in zip(errors, plain_errors, strict=True))
     solver = fewstep.solvers.get_solver("dpmpp_2m", corrector="unic")
-    grid = Grid(fewstep.Denoiser(TARGETS[target_name].model(fewstep.VP(), "epsilon"), fewstep.VP(), "epsilon"),
-                np.linspace(1.0, 0.001, 21), False, 1, torch.device("cpu"), F64)  # fmt: skip
+    denoiser = fewstep.Denoiser(TARGETS[target_name].model(fewstep.VP(), "epsilon"), fewstep.VP(), "epsilon")
+    grid = node_table(denoiser, np.linspace(1.0, 0.001, 21))
     assert solver.nfe(grid) == fewstep.solvers.get_solver("dpmpp_2m").nfe(grid) == 20

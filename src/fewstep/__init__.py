@@ -1,12 +1,12 @@
 """fewstep: training-free fast samplers for diffusion and flow-matching models."""
 
-from . import adaptive, noise, schedules, solvers, spacing
+from . import adaptive, guidance, model, noise, schedules, solvers, spacing
 from .adaptive import sample_adaptive
-from .denoiser import Denoiser, NonFiniteModelOutput, Threshold
+from .model import CallCount, Denoiser, NonFiniteModelOutput, Threshold, TimeShift
 from .predictions import PREDICTIONS
-from .sampling import sample
+from .sampling import sample, sample_with_logprob
 from .schedules import EDM, VE, VP, Cosine, DiscreteVP, Flow, Interpolant, NoiseSchedule
-from .trajectory import Trajectory, sample_with_logprob
+from .trajectory import Trajectory
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,8 @@ __all__ = [
     "sample_with_logprob",
     "Trajectory",
     "Denoiser",
+    "CallCount",
+    "TimeShift",
     "Threshold",
     "NonFiniteModelOutput",
     "PREDICTIONS",
@@ -28,6 +30,8 @@ __all__ = [
     "EDM",
     "Flow",
     "Interpolant",
+    "guidance",
+    "model",
     "noise",
     "schedules",
     "solvers",

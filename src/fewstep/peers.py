@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser
+from .model import Denoiser
 from .schedules import DiscreteVP, NoiseSchedule
 
 __all__ = ["DIFFUSERS", "KDIFFUSION", "PeerRun", "available_peers", "diffusers_runs", "kdiffusion_runs"]
@@ -242,7 +242,7 @@ def kdiffusion_runs(
                     err = None
                 except Exception as e:  # noqa: BLE001 - a failing peer is reported, not fatal
                     x, err = None, f"{type(e).__name__}: {e}"
-                runs.append(PeerRun("k-diffusion", name, asked, den.nfe or None, x, err))
+                runs.append(PeerRun("k-diffusion", name, asked, kd.calls.nfe or None, x, err))
             by_spacing[spacing] = runs
         out.extend(by_spacing["karras"])
         if reference is not None:

@@ -1,26 +1,41 @@
-"""``fewstep.sample``: the one entry point from a model and a noise tensor to samples."""
+"""``fewstep.sample``: the one entry point from a model and a noise tensor to samples.
+
+A run is a short sequence of named steps: build the Denoiser and the solver, plan the node table and the NFE,
+make the run context (noise, trajectory, callback, progress), build the model-call stack, and drive the solver's
+update rule with it (see docs/architecture.md).
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .denoiser import Denoiser, Threshold
-from .noise.colored import ColoredNoise
-from .noise.levels import seeded_noise_sampler
+from .context import Callback, RunContext
+from .guidance import Guidance
+from .model import CallCount, Denoiser, ModelStack, Threshold
+from .model.time_shift import TimeShift, check_time_shift, shifted_layer
+from .nodes import NodeTable
+from .prepare import (
+    Final,
+    as_denoiser,
+    check_counts,
+    check_final,
+    check_nfe,
+    check_noise,
+    check_sde_window,
+    check_trajectory,
+    node_times,
+    noise_source,
+    run_context,
+    state_dtype,
+)
 from .schedules import NoiseSchedule
-from .solvers import Grid, Solver, get_solver
-from .solvers.grid import Callback
-from .spacing import model_times
-from .time_shift import TimeShift, check_time_shift, evaluation
+from .solvers import Solver, get_solver
 from .trajectory import Trajectory
-
-Final = Literal["zero", "t_min"]
 
 
 def sample(
@@ -40,6 +55,7 @@ def sample(
     guidance_scale: float = 1.0,
     uncond_kwargs: Mapping[str, Any] | None = None,
     guidance_rescale: float = 0.0,
+    guidance: Guidance | None = None,
     threshold: Threshold | None = None,
     rho: float = 7.0,
     callback: Callback | None = None,
@@ -51,6 +67,7 @@ def sample(
     trajectory: Trajectory | None = None,
     sde_window: tuple[float, float] | None = None,
     time_shift: TimeShift | Mapping[str, Any] | None = None,
+    calls: CallCount | None = None,
     **solver_options: Any,
 ) -> Tensor:
     """Solve from ``noise`` (the state at the first time, ``t_max`` unless ``spacing`` gives times) to data.
@@ -88,9 +105,13 @@ def sample(
             sample_with_logprob`).
         sde_window: ``(t_hi, t_lo)`` in schedule time: a stochastic solver adds noise only on the steps starting at
             a time in ``[t_lo, t_hi]`` and takes its deterministic (eta = 0; ``edm_sde``: no churn) step elsewhere.
-        time_shift: the Time-Shift Sampler (Li et al. 2024) for any solver: a :class:`fewstep.time_shift.TimeShift`
+        time_shift: the Time-Shift Sampler (Li et al. 2024) for any solver: a :class:`fewstep.model.TimeShift`
             (or a dict of its options); the network is called at the time of a window around each requested time
-            whose noise variance best matches the state's (see :mod:`fewstep.time_shift`). None: off.
+            whose noise variance best matches the state's (see :mod:`fewstep.model.time_shift`). None: off.
+        guidance: a guidance rule of :mod:`fewstep.guidance` instead of ``guidance_scale`` (e.g. a
+            :class:`~fewstep.guidance.ClassifierFreeGuidance`, or a rule of your own).
+        calls: a :class:`fewstep.model.CallCount` to which the run adds its model calls (network calls, branch
+            evaluations, substituted evaluations, backward passes).
         solver_options: options of the named solver (e.g. ``lower_order_final=False``).
 
     Returns:
@@ -99,142 +120,61 @@ def sample(
     """
     check_noise(noise)
     denoiser = as_denoiser(
-        model,
-        schedule,
-        prediction,
-        time_input,
-        model_kwargs,
-        guidance_scale,
-        uncond_kwargs,
-        guidance_rescale,
-        threshold,
-    )
-    schedule = denoiser.schedule
+        model, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs, guidance_rescale,
+        threshold, guidance,
+    )  # fmt: skip
     slv = get_solver(solver, **solver_options)
-    if final not in ("zero", "t_min"):
-        raise ValueError(f"final: choose 'zero' or 't_min', got {final!r}")
-    if nfe is not None and steps is not None:
-        raise ValueError("nfe, steps: give one of them, not both")
-    if isinstance(spacing, str) and nfe is None and steps is None:
-        raise ValueError("nfe, steps: give one of them (or pass the times themselves as spacing=)")
-    for name, value in (("nfe", nfe), ("steps", steps)):
-        if value is not None and (not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"{name}: must be a positive integer, got {value!r}")
-    clean_end = final == "zero"
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: must be a torch.Generator, got {type(generator).__name__}")
-    if noise_sampler is not None and not callable(noise_sampler):
-        raise TypeError(f"noise_sampler: must be callable as noise_sampler(level_s, level_t), got {noise_sampler!r}")
-    if generator is not None and noise_sampler is not None:
-        raise ValueError("generator, noise_sampler: give one of them, not both (the noise sampler draws the noise)")
-    if seed is not None and (generator is not None or noise_sampler is not None):
-        raise ValueError("seed, generator, noise_sampler: give one of them, not several (each sets the noise)")
-    if trajectory is not None and not isinstance(trajectory, Trajectory):
-        raise TypeError(f"trajectory: must be a fewstep.trajectory.Trajectory, got {type(trajectory).__name__}")
-    if trajectory is not None and isinstance(noise_sampler, ColoredNoise):
-        raise ValueError("trajectory, noise_sampler: recorded log-probabilities assume white noise, not ColoredNoise")
-    window = _sde_window(sde_window)
-    time_shifter = check_time_shift(time_shift)
+    clean_end = check_final(final)
+    check_counts(nfe, steps, spacing)
+    if calls is not None and not isinstance(calls, CallCount):
+        raise TypeError(f"calls: must be a fewstep.model.CallCount, got {type(calls).__name__}")
+    dtype = state_dtype(noise)
+    source = noise_source(generator, noise_sampler, seed, denoiser.schedule, noise, dtype)
+    check_trajectory(trajectory, slv, noise_sampler)
+    window = check_sde_window(sde_window)
+    shifter = check_time_shift(time_shift)
 
-    if isinstance(spacing, str):
-        first_infinite = float(schedule.alpha(schedule.t_max)) == 0.0
-        n_steps = steps if steps is not None else slv.steps_for_nfe(int(nfe), first_infinite, clean_end)  # type: ignore[arg-type]
-        times = model_times(schedule, n_steps if clean_end else n_steps + 1, spacing, rho=rho, shift=shift)
-    else:
-        times = model_times(schedule, 1, spacing, shift=shift)
-        n_steps = len(times) if clean_end else len(times) - 1
-        if n_steps < 1:
-            raise ValueError("spacing: with final='t_min' give at least two times")
-        if steps is not None and steps != n_steps:
-            raise ValueError(f"steps: {steps} does not match the {len(times)} times given in spacing")
-    node_t = np.concatenate([times.numpy(), [math.nan]]) if clean_end else times.numpy()
-
-    dtype = torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype
-    if not dtype.is_floating_point:
-        raise TypeError(f"noise: must be a floating-point tensor, got {noise.dtype}")
-    grid = Grid(
-        denoiser,
-        node_t,
-        clean_end,
-        batch=noise.shape[0],
-        device=noise.device,
-        dtype=dtype,
-        callback=callback,
-        generator=generator,
-        nfe_budget=int(nfe) if nfe is not None and isinstance(spacing, str) else None,
-        noise_sampler=noise_sampler,
-        trajectory=trajectory,
-        sde_window=window,
+    times = node_times(denoiser.schedule, slv, nfe, steps, spacing, clean_end, rho, shift)
+    budget = int(nfe) if nfe is not None and isinstance(spacing, str) else None
+    nodes = NodeTable.build(denoiser, times, clean_end, noise.shape[0], noise.device, dtype, budget)
+    expected = check_nfe(slv, nodes, nfe)
+    ctx = run_context(
+        nodes, source, callback, progress if progress is not None else expected >= 100, trajectory, window
     )
-    if seed is not None:
-        grid.noise_sampler = seeded_noise_sampler(schedule, noise, seed, dtype)
-    expected = slv.nfe(grid)
-    if nfe is not None and expected != nfe:
-        raise ValueError(f"nfe: {slv.name!r} spends {expected} evaluations on these {n_steps} steps, not {nfe}")
-    grid.progress = progress if progress is not None else expected >= 100
-    start = denoiser.nfe
-    with torch.set_grad_enabled(grad):
-        start_x = noise.to(dtype)
-        if trajectory is not None:
-            trajectory.start(start_x)
-        x = slv.run(start_x, grid, evaluation(time_shifter, grid, slv.needs_eps))
-    denoiser.raise_if_nonfinite()
-    used = denoiser.nfe - start
-    if used != expected:  # an internal invariant: the plan and the run must agree
-        raise RuntimeError(f"solver {slv.name!r} used {used} evaluations, planned {expected}")
+    run_calls = CallCount()
+    stack = denoiser.stack(
+        run_calls, slv.needs_eps, shifted_layer(shifter, denoiser, nodes.points, noise.device, dtype)
+    )
+    try:
+        x = integrate(slv, noise.to(dtype), nodes, ctx, stack, grad)
+    finally:
+        if calls is not None:
+            calls.add(run_calls)
+    if run_calls.nfe != expected:  # an internal invariant: the plan and the run must agree
+        raise RuntimeError(f"solver {slv.name!r} used {run_calls.nfe} evaluations, planned {expected}")
     out = x.to(noise.dtype)
     if trajectory is not None:
         trajectory.sample = out
     return out
 
 
-def check_noise(noise: object) -> None:
-    """``noise`` must be a floating-point tensor with a batch dimension first (TypeError/ValueError)."""
-    if not isinstance(noise, Tensor):
-        raise TypeError(f"noise: must be a torch.Tensor, got {type(noise).__name__}")
-    if noise.ndim < 1 or noise.shape[0] < 1:
-        raise ValueError(f"noise: need a batch dimension first, got shape {tuple(noise.shape)}")
-    if not noise.dtype.is_floating_point:
-        raise TypeError(f"noise: must be a floating-point tensor, got {noise.dtype}")
+def integrate(solver: Solver, x: Tensor, nodes: NodeTable, ctx: RunContext, stack: ModelStack, grad: bool) -> Tensor:
+    """Drive the solver's update rule from ``x`` over ``nodes``, answering its requests with the model-call stack."""
+    with torch.set_grad_enabled(grad):
+        if ctx.trajectory is not None:
+            ctx.trajectory.start(x)
+        x = solver.run(x, nodes, ctx, stack.evaluate)
+    stack.finish()
+    return x
 
 
-def as_denoiser(
-    model: Callable[..., Tensor] | Denoiser,
-    schedule: NoiseSchedule | None,
-    prediction: str,
-    time_input: str | Callable[[Tensor], Tensor],
-    model_kwargs: Mapping[str, Any] | None,
-    guidance_scale: float,
-    uncond_kwargs: Mapping[str, Any] | None,
-    guidance_rescale: float,
-    threshold: Threshold | None,
-) -> Denoiser:
-    """``model`` itself if it is a :class:`Denoiser`, else the Denoiser wrapping it with these options."""
-    if isinstance(model, Denoiser):
-        return model
-    if schedule is None:
-        raise TypeError("schedule: required (the NoiseSchedule the model was trained with)")
-    return Denoiser(
-        model,
-        schedule,
-        prediction,
-        time_input=time_input,
-        model_kwargs=dict(model_kwargs or {}),
-        guidance_scale=guidance_scale,
-        uncond_kwargs=uncond_kwargs,
-        guidance_rescale=guidance_rescale,
-        threshold=threshold,
-    )
-
-
-def _sde_window(window: object) -> tuple[float, float] | None:
-    """``(t_hi, t_lo)`` as floats, ``t_hi >= t_lo`` (ValueError otherwise)."""
-    if window is None:
-        return None
-    try:
-        hi, lo = (float(v) for v in window)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        raise ValueError(f"sde_window: must be a pair (t_hi, t_lo) of schedule times, got {window!r}") from None
-    if math.isnan(hi) or math.isnan(lo) or hi < lo:
-        raise ValueError(f"sde_window: need t_hi >= t_lo, got {window!r}")
-    return hi, lo
+def sample_with_logprob(*args: Any, **kwargs: Any) -> Trajectory:
+    """:func:`sample` (same arguments) returning the run's :class:`~fewstep.trajectory.Trajectory`, with the sample
+    as ``trajectory.sample``."""
+    if "trajectory" in kwargs:
+        raise TypeError(
+            "sample_with_logprob: records its own trajectory; call fewstep.sample(..., trajectory=) instead"
+        )
+    trajectory = Trajectory()
+    sample(*args, trajectory=trajectory, **kwargs)
+    return trajectory

@@ -45,12 +45,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["Trajectory", "gaussian_log_prob", "sample_with_logprob"]
+__all__ = ["Trajectory", "gaussian_log_prob"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -152,17 +151,3 @@ class Trajectory:
                 raise RuntimeError(f"trajectory.replay: the run asked for more than {len(draws)} noise draws") from None
 
         return noise
-
-
-def sample_with_logprob(*args: Any, **kwargs: Any) -> Trajectory:
-    """:func:`fewstep.sample` (same arguments) returning the run's :class:`Trajectory`, with the sample as
-    ``trajectory.sample``."""
-    from .sampling import sample
-
-    if "trajectory" in kwargs:
-        raise TypeError(
-            "sample_with_logprob: records its own trajectory; call fewstep.sample(..., trajectory=) instead"
-        )
-    trajectory = Trajectory()
-    sample(*args, trajectory=trajectory, **kwargs)
-    return trajectory

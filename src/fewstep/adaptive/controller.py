@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..solvers.stochastic import real_option
+from ..options import real_option
 from ..spacing import check_times
 
 NORMS = ("max", "rms")

@@ -33,14 +33,14 @@ last), else None.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoiser, Point
+from ..model import CallCount, Denoiser, Point
 from ..noise import BrownianPath
 from ..schedules import NoiseSchedule
 from ..solvers.dpm_solver import singlestep_plan, singlestep_update
@@ -57,6 +57,9 @@ class Context:
     batch: int
     device: torch.device
     dtype: torch.dtype
+    #: the run's model-call stack (eps always computed) and its call count
+    evaluate: Callable[[Tensor, Point], Eval]
+    calls: CallCount
     brownian: BrownianPath | None = None
 
     @property

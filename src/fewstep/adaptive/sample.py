@@ -11,9 +11,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..denoiser import Denoiser, Point, Threshold
+from ..guidance import Guidance
+from ..model import CallCount, Denoiser, Threshold
 from ..noise import BrownianPath
-from ..sampling import as_denoiser, check_noise
+from ..prepare import as_denoiser, check_final, check_noise, state_dtype
 from ..schedules import NoiseSchedule
 from ..solvers.base import drive
 from .controller import PIDController, StepTo
@@ -61,13 +62,15 @@ def sample_adaptive(
     uncond_kwargs: Mapping[str, Any] | None = None,
     guidance_rescale: float = 0.0,
     threshold: Threshold | None = None,
+    guidance: Guidance | None = None,
     grad: bool = False,
+    calls: CallCount | None = None,
 ) -> Tensor:
     """Solve from ``noise`` at ``t_max`` to ``t_min`` with error-controlled steps (docs/adaptive.md).
 
     Args:
         model, noise, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs,
-            guidance_rescale, threshold, grad, final: as for :func:`fewstep.sample`.
+            guidance_rescale, guidance, threshold, grad, final, calls: as for :func:`fewstep.sample`.
         method: an embedded pair, one of :data:`fewstep.adaptive.METHODS`: ``dpm_solver_12``, ``dpm_solver_23``,
             ``dopri5`` or ``ggf_sde`` (stochastic).
         rtol, atol: the tolerances of :class:`PIDController` (> 0); ``h_init`` its first step and ``norm`` its
@@ -99,8 +102,7 @@ def sample_adaptive(
     check_noise(noise)
     if isinstance(max_nfe, bool) or not isinstance(max_nfe, numbers.Integral) or max_nfe < 1:
         raise ValueError(f"max_nfe: must be a positive integer, got {max_nfe!r}")
-    if final not in ("zero", "t_min"):
-        raise ValueError(f"final: choose 'zero' or 't_min', got {final!r}")
+    clean_end = check_final(final)
     if sum(v is not None for v in (seed, generator, brownian)) > 1:
         raise ValueError("seed, generator, brownian: give at most one of them (each sets the SDE's noise)")
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -109,21 +111,18 @@ def sample_adaptive(
         raise TypeError(f"brownian: must be a fewstep.noise.BrownianPath, got {type(brownian).__name__}")
     if stats is not None and not isinstance(stats, AdaptiveStats):
         raise TypeError(f"stats: must be an AdaptiveStats, got {type(stats).__name__}")
+    if calls is not None and not isinstance(calls, CallCount):
+        raise TypeError(f"calls: must be a fewstep.model.CallCount, got {type(calls).__name__}")
     denoiser = as_denoiser(
-        model,
-        schedule,
-        prediction,
-        time_input,
-        model_kwargs,
-        guidance_scale,
-        uncond_kwargs,
-        guidance_rescale,
-        threshold,
-    )
+        model, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs, guidance_rescale,
+        threshold, guidance,
+    )  # fmt: skip
     sched = denoiser.schedule
     times = ctl.checked(sched) if isinstance(ctl, StepTo) else [float(sched.t_max), float(sched.t_min)]
-    dtype = torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype
-    ctx = Context(denoiser, noise.shape[0], noise.device, dtype)
+    dtype = state_dtype(noise)
+    run_calls = CallCount()
+    stack = denoiser.stack(run_calls, True)  # eps is always computed here
+    ctx = Context(denoiser, noise.shape[0], noise.device, dtype, stack.evaluate, run_calls)
     ddim_to = None
     if not finite_start(pair, sched, times[0]):
         ddim_to = times[1] if isinstance(ctl, StepTo) else _ddim_target(sched, ctl.atol, times[-1])
@@ -132,14 +131,17 @@ def sample_adaptive(
         ctx.brownian = _brownian(noise, dtype, t_run, times[-1], sched, seed, generator, brownian)
     out = stats if stats is not None else AdaptiveStats()
     out.nfe, out.accepted, out.rejected, out.times, out.errors = 0, 0, 0, [], []
-    start_nfe = denoiser.nfe
-    with torch.set_grad_enabled(grad):
-        x = _integrate(pair, ctl, noise.to(dtype), times, ddim_to, ctx, out, max_nfe, callback)
-        if final == "zero":
-            p = ctx.point(out.times[-1])
-            x = sched.alpha_clean * denoiser(x, p, False)[0]
-    denoiser.raise_if_nonfinite()
-    out.nfe = denoiser.nfe - start_nfe
+    try:
+        with torch.set_grad_enabled(grad):
+            x = _integrate(pair, ctl, noise.to(dtype), times, ddim_to, ctx, out, max_nfe, callback)
+            if clean_end:
+                p = ctx.point(out.times[-1])
+                x = sched.alpha_clean * ctx.evaluate(x, p)[0]
+        stack.finish()
+    finally:
+        if calls is not None:
+            calls.add(run_calls)
+    out.nfe = run_calls.nfe
     return x.to(noise.dtype)
 
 
@@ -161,11 +163,7 @@ def _integrate(
     callback: Callable[[dict[str, Any]], None] | None,
 ) -> Tensor:
     """The step loop: attempts, the controller's decision, statistics; returns the state at the last time."""
-    sched, denoiser = ctx.schedule, ctx.denoiser
-    nfe0 = denoiser.nfe
-
-    def evaluate(x_: Tensor, p_: Point) -> Eval:
-        return denoiser(x_, p_, True)  # type: ignore[return-value]  # eps is always computed here
+    sched, evaluate = ctx.schedule, ctx.evaluate
 
     fixed = list(times[1:]) if isinstance(ctl, StepTo) else None
     p = ctx.point(times[0])
@@ -189,7 +187,7 @@ def _integrate(
         state = ctl.start(ctl.h_init if ctl.h_init is not None else pair.default_h(sched, s_end - s), pair.error_order)
     x_prev = x
     while (fixed is None and s != s_end) or fixed:
-        if denoiser.nfe - nfe0 + pair.nfe_per_step > max_nfe:
+        if ctx.calls.nfe + pair.nfe_per_step > max_nfe:
             raise RuntimeError(
                 f"max_nfe: {max_nfe} model evaluations spent at t = {p.t:.6g} before reaching {times[-1]:.6g} "
                 f"({out.accepted} accepted, {out.rejected} rejected steps); raise max_nfe or the tolerances"

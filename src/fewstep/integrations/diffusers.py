@@ -27,10 +27,14 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from torch import Tensor
 
-from ..denoiser import Denoiser, Point, Threshold
+from ..context import RunContext
+from ..model import Denoiser, Point, Threshold
+from ..nodes import NodeTable
+from ..noise.source import NoiseSource
+from ..prepare import check_final
 from ..schedules import DiscreteVP, Flow, NoiseSchedule
 from ..schedules.vp import named_betas
-from ..solvers import Grid, Solver, get_solver
+from ..solvers import Solver, get_solver
 from ..solvers.base import Steps
 from ..spacing import model_times
 
@@ -109,6 +113,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self.timesteps = torch.zeros(0)
         self._points: list[Point] = []
         self._run: Steps | None = None
+        self._noise = NoiseSource()
         self._step_index = 0
 
     @classmethod
@@ -135,16 +140,16 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     def __len__(self) -> int:
         return int(self.cfg.num_train_timesteps)
 
-    def _grid(self, nfe: int) -> Grid:
+    def _node_table(self, nfe: int) -> NodeTable:
         sched, cfg = self.schedule, self.cfg
-        clean_end = cfg.final == "zero"
+        clean_end = check_final(cfg.final)
         first_infinite = float(sched.alpha(sched.t_max)) == 0.0
         steps = self.solver.steps_for_nfe(nfe, first_infinite, clean_end)
         times = model_times(sched, steps if clean_end else steps + 1, cfg.spacing, steps_offset=cfg.steps_offset)
         if cfg.flow and cfg.shift != 1.0:
             times = _flow_shift(times, cfg.shift)
         node_t = np.concatenate([times.numpy(), [math.nan]]) if clean_end else times.numpy()
-        return Grid(
+        return NodeTable.build(
             self.denoiser, node_t, clean_end, batch=1, device=torch.device("cpu"), dtype=torch.float32, nfe_budget=nfe
         )
 
@@ -152,14 +157,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         """Plan a run that spends exactly ``num_inference_steps`` model evaluations."""
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: must be a positive integer, got {num_inference_steps!r}")
-        self._grid_ = self._grid(num_inference_steps)
-        points = self._points = self._evaluation_points(self._grid_)
+        self._nodes = self._node_table(num_inference_steps)
+        points = self._points = self._evaluation_points(self._nodes)
         times = torch.tensor([p.t for p in points], dtype=torch.float64)
         self.timesteps = torch.as_tensor(self.denoiser.time_of(times), dtype=torch.float32).to(device)
         self.num_inference_steps = num_inference_steps
         self._run, self._step_index = None, 0
 
-    def _evaluation_points(self, grid: Grid) -> list[Point]:
+    def _evaluation_points(self, nodes: NodeTable) -> list[Point]:
         """The solver's evaluation points in order, from a dry run on a scalar state."""
         points: list[Point] = []
         zero = torch.zeros(1, 1)  # a batch of one (solvers may reduce over the non-batch dimensions)
@@ -168,11 +173,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             points.append(p)
             return zero, zero
 
-        sampler, grid.noise_sampler = grid.noise_sampler, lambda _s, _t: zero  # no draws from any generator
-        try:
-            self.solver.run(zero, grid, record)
-        finally:
-            grid.noise_sampler = sampler
+        dry_run = RunContext(nodes, NoiseSource(sampler=lambda _s, _t: zero))  # no draws from any generator
+        self.solver.run(zero, nodes, dry_run, record)
         return points
 
     def set_begin_index(self, begin_index: int = 0) -> None:
@@ -190,9 +192,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
                 f"begin_index: {begin_index} is not a grid node of {self.solver.name!r}; starting part-way needs "
                 "a solver with one evaluation per step (ddim, euler, dpmpp_2m, dpmpp_3m, ...)"
             )
-        g = self._grid_
-        self._grid_ = Grid(g.denoiser, g.t[begin_index:], g.clean_end, g.batch, g.device, g.dtype)
-        self._points = self._evaluation_points(self._grid_)
+        self._nodes = self._nodes.tail(begin_index)
+        self._points = self._evaluation_points(self._nodes)
         self._run, self._step_index = None, 0
 
     def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
@@ -218,9 +219,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
         x = sample.to(dtype)
         if self._run is None:
-            self._run = self.solver.solve(x, self._grid_)
+            self._run = self.solver.solve(x, self._nodes, RunContext(self._nodes, self._noise))
             next(self._run)
-        self._grid_.generator = generator  # stochastic solvers draw their step noise from it
+        self._noise.generator = generator  # stochastic solvers draw their step noise from it
         x0, eps = self.denoiser.convert(
             x, model_output.to(dtype), self._points[self._step_index], self.solver.needs_eps
         )

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..adaptive import AdaptiveStats, PIDController, sample_adaptive
-from ..denoiser import Denoiser
+from ..model import CallCount, Denoiser
 from ..predictions import conversion
 from ..sampling import sample
 from ..schedules import EDM
@@ -148,6 +148,8 @@ class KDiffusionDenoiser(torch.nn.Module):
         if not isinstance(denoiser, Denoiser):
             raise TypeError(f"denoiser: must be a fewstep.Denoiser, got {type(denoiser).__name__}")
         self.denoiser = denoiser
+        #: the network calls made through this wrapper
+        self.calls = CallCount()
         sched = denoiser.schedule
         self.sigma_min = float(sched.sigma(sched.t_min) / sched.alpha(sched.t_min))
         self.sigma_max = float(sched.sigma(sched.t_max) / sched.alpha(sched.t_max))
@@ -174,7 +176,8 @@ class KDiffusionDenoiser(torch.nn.Module):
                 k: v[rows] if isinstance(v, Tensor) and v.shape[:1] == x.shape[:1] else v for k, v in kwargs.items()
             }
             raw = d.model(x_t.to(d.model_dtype or x.dtype), time, **{**d.model_kwargs, **row_kwargs}).to(x.dtype)
-            d.nfe += 1
+            self.calls.network += 1
+            self.calls.branches += 1
             out[rows] = aff.x0_x * x_t + aff.x0_out * raw
         return out
 

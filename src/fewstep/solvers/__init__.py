@@ -13,7 +13,6 @@ from .ems import EmpiricalModelStatistics, compute_ems
 from .er_sde import ERSDE1, ERSDE2, ERSDE3  # registers er_sde_1/2/3 (stochastic)
 from .euler import Euler, Heun
 from .evodiff import EVODiff  # registers evodiff
-from .grid import Grid
 from .lms import LMS  # registers lms
 from .pc import PredictorCorrector  # registers pc_langevin (stochastic)
 from .pndm import IPNDM, IPNDMVariable  # registers ipndm, ipndm_v
@@ -28,7 +27,6 @@ from .unipc import UniPCBH1, UniPCBH2  # registers unipc_bh1, unipc_bh2
 __all__ = [
     "Solver",
     "SolverInfo",
-    "Grid",
     "available",
     "get_solver",
     "register",

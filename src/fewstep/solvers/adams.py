@@ -6,7 +6,7 @@ Every step is an affine combination, with coefficients computed (float64) before
 
     x_{i+1} = p x_i + q x0_i + r eps_i + sum_j w_j f_{i-j}
 
-of the state, the model's current estimates and the history of ``f``. Two frames occur (:meth:`Grid.ode_frame`):
+of the state, the model's current estimates and the history of ``f``. Two frames occur (:meth:`~fewstep.nodes.NodeTable.ode_frame`):
 
 - the noise-prediction ODE in ``rho = sigma/alpha`` (``y = x/alpha``, ``f = eps``), where an update
   ``y_{i+1} = y_i + sum_j W_j eps_{i-j}`` with ``sum_j W_j = rho_{i+1} - rho_i`` is written, using
@@ -32,8 +32,9 @@ from typing import ClassVar
 import numpy as np
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
 from .base import Solver, Steps
-from .grid import Grid
 
 #: ``(p, q, r, w)`` of one step: ``x_{i+1} = p x_i + q x0_i + r eps_i + sum_j w[j] f_{i-j}``.
 StepCoef = tuple[float, float, float, list[float]]
@@ -96,13 +97,15 @@ def eps_frame_step(alpha_next: float, sigma_next: float, weights: Sequence[float
     return 0.0, float(alpha_next), float(sigma_next), w
 
 
-def run_plan(x: Tensor, grid: Grid, plan: list[StepCoef], velocity: list[tuple[float, float]] | None) -> Steps:
+def run_plan(
+    x: Tensor, nodes: NodeTable, ctx: RunContext, plan: list[StepCoef], velocity: list[tuple[float, float]] | None
+) -> Steps:
     """The step loop shared by the multistep solvers: ``f = eps`` (``velocity=None``) or ``f = a x0 + b eps``
     with the per-node ``(a, b)`` of ``velocity``."""
     keep = max([len(w) for *_, w in plan] + [1])
     history: list[Tensor] = []
-    for i in grid.loop():
-        x0, eps = yield x, grid.node(i)
+    for i in ctx.loop():
+        x0, eps = yield x, nodes.node(i)
         if velocity is None:
             f = eps
         else:
@@ -117,12 +120,12 @@ def run_plan(x: Tensor, grid: Grid, plan: list[StepCoef], velocity: list[tuple[f
             x = terms[0][1] * terms[0][0]  # a new tensor: states already passed on are never changed
             for c, t in terms[1:]:
                 x.add_(t, alpha=c)
-        grid.emit(i, x, x0)
+        ctx.emit(i, x, x0)
     return x
 
 
 class FrameMultistep(Solver):
-    """A linear multistep method in the noise level of :meth:`Grid.ode_frame`: ``sigma/alpha`` with the noise
+    """A linear multistep method in the noise level of :meth:`~fewstep.nodes.NodeTable.ode_frame`: ``sigma/alpha`` with the noise
     prediction for diffusion schedules (k-diffusion's form), ``t`` with the velocity for flows
     (``ode_variable == "t"``), the frame Euler steps in. Subclasses give the weights of one step."""
 
@@ -134,14 +137,14 @@ class FrameMultistep(Solver):
         """Weights ``W_j`` of ``f_i, ..., f_{i-k+1}`` on step i (``sum_j W_j = tau_{i+1} - tau_i``)."""
         raise NotImplementedError
 
-    def step_orders(self, grid: Grid) -> list[int]:
-        return frame_orders(grid.ode_frame()[0], self.stencil)
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        return frame_orders(nodes.ode_frame()[0], self.stencil)
 
-    def plan(self, grid: Grid) -> tuple[list[StepCoef], list[tuple[float, float]] | None]:
-        tau, _ = grid.ode_frame()
-        flow = grid.denoiser.schedule.ode_variable == "t"
+    def plan(self, nodes: NodeTable) -> tuple[list[StepCoef], list[tuple[float, float]] | None]:
+        tau, _ = nodes.ode_frame()
+        flow = nodes.schedule.ode_variable == "t"
         plan: list[StepCoef] = []
-        for i, k in enumerate(self.step_orders(grid)):
+        for i, k in enumerate(self.step_orders(nodes)):
             dtau = float(tau[i + 1] - tau[i]) if math.isfinite(tau[i]) else 0.0
             weights = self._weights(tau, i, k) if k > 1 else [dtau]
             if not all(math.isfinite(wj) for wj in weights):  # repeated nodes: first order
@@ -149,10 +152,10 @@ class FrameMultistep(Solver):
             if flow and len(weights) > 1:
                 plan.append((1.0, 0.0, 0.0, [float(wj) for wj in weights]))
             else:  # first-order steps are DDIM in both frames (exact for constant x0 and eps)
-                plan.append(eps_frame_step(grid.alpha[i + 1], grid.sigma[i + 1], weights))
-        velocity = [grid.ode_velocity(grid.node(i)) for i in range(grid.steps)] if flow else None
+                plan.append(eps_frame_step(nodes.alpha[i + 1], nodes.sigma[i + 1], weights))
+        velocity = [nodes.ode_velocity(nodes.node(i)) for i in range(nodes.steps)] if flow else None
         return plan, velocity
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        plan, velocity = self.plan(grid)
-        return (yield from run_plan(x, grid, plan, velocity))
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        plan, velocity = self.plan(nodes)
+        return (yield from run_plan(x, nodes, ctx, plan, velocity))

@@ -25,9 +25,11 @@ import math
 
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
+from ..options import real_option
 from .base import Solver, Steps, register
-from .grid import Grid
-from .stochastic import EtaNoiseOptions, noise_levels, real_option
+from .stochastic import EtaNoiseOptions, noise_levels
 
 # (c_x0, c_eps, c_z): x_t = c_x0 x0_hat + c_eps eps_hat + c_z z
 Coefficients = tuple[float, float, float]
@@ -36,28 +38,29 @@ Coefficients = tuple[float, float, float]
 class _Ancestral(Solver):
     order = 1
     stochastic = True
+    records_transitions = True
     eta: float
 
-    def coefficients(self, grid: Grid, i: int, eta: float) -> Coefficients:
+    def coefficients(self, nodes: NodeTable, i: int, eta: float) -> Coefficients:
         """The coefficients of a step of finite lambda-size (``eta``: the solver's, 0 outside the SDE window)."""
         raise NotImplementedError
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        a, s = grid.alpha, grid.sigma
-        level = noise_levels(grid)
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        a, s = nodes.alpha, nodes.sigma
+        level = noise_levels(nodes)
         coef = [
-            self.coefficients(grid, i, self.eta if grid.stochastic_step(i) else 0.0)
-            if grid.finite(i)
+            self.coefficients(nodes, i, self.eta if ctx.stochastic_step(i) else 0.0)
+            if nodes.finite(i)
             else (float(a[i + 1]), float(s[i + 1]), 0.0)
-            for i in range(grid.steps)
+            for i in range(nodes.steps)
         ]
-        for i in grid.loop():
-            x0, eps = yield x, grid.node(i)
+        for i in ctx.loop():
+            x0, eps = yield x, nodes.node(i)
             c0, ce, cz = coef[i]
             x = c0 * x0 + ce * eps
             if cz:
-                x = grid.add_noise(i, x, level[i], level[i + 1], cz)
-            grid.emit(i, x, x0)
+                x = ctx.transition(i, x, level[i], level[i + 1], cz)[0]
+            ctx.emit(i, x, x0)
         return x
 
 
@@ -71,9 +74,9 @@ class EulerAncestral(EtaNoiseOptions, _Ancestral):
     paper = "Karras et al. 2022 (EDM); Crowson's k-diffusion (ancestral sampling of Ho et al. 2020)"
     peers = "k-diffusion sample_euler_ancestral; diffusers EulerAncestralDiscreteScheduler"
 
-    def coefficients(self, grid: Grid, i: int, eta: float) -> Coefficients:
-        a_t, s_to = float(grid.alpha[i + 1]), float(grid.sigma[i + 1] / grid.alpha[i + 1])
-        h = float(grid.h[i])
+    def coefficients(self, nodes: NodeTable, i: int, eta: float) -> Coefficients:
+        a_t, s_to = float(nodes.alpha[i + 1]), float(nodes.sigma[i + 1] / nodes.alpha[i + 1])
+        h = float(nodes.h[i])
         # sigma_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)) with s'/s = e^{-h}
         sigma_up = min(s_to, eta * s_to * math.sqrt(-math.expm1(-2.0 * h)))
         sigma_down = math.sqrt(max(s_to**2 - sigma_up**2, 0.0))
@@ -92,8 +95,8 @@ class DDPM(_Ancestral):
     def __init__(self, eta: float = 1.0):
         self.eta = real_option("eta", eta, high=1.0)
 
-    def coefficients(self, grid: Grid, i: int, eta: float) -> Coefficients:
-        a_t, s_t, h = float(grid.alpha[i + 1]), float(grid.sigma[i + 1]), float(grid.h[i])
+    def coefficients(self, nodes: NodeTable, i: int, eta: float) -> Coefficients:
+        a_t, s_t, h = float(nodes.alpha[i + 1]), float(nodes.sigma[i + 1]), float(nodes.h[i])
         one_minus = -math.expm1(-2.0 * h)  # 1 - e^{-2h} = 1 - (alpha_s sigma_t / (alpha_t sigma_s))^2
         c = eta * s_t * math.sqrt(one_minus)
         return a_t, s_t * math.sqrt(1.0 - eta**2 * one_minus), c

@@ -1,8 +1,11 @@
 """The solver interface and registry.
 
-A solver is a small class: class attributes describe it (order, NFE per step, paper, peer names),
+A solver is a small class: class attributes describe it (order, NFE per step, capabilities, paper, peer names),
 ``__init__`` takes and validates its options, :meth:`Solver.step_orders` says which order each step of a
-grid uses (so the NFE of a run is known before it starts) and :meth:`Solver.solve` is the update rule.
+node table uses (so the NFE of a run is known before it starts) and :meth:`Solver.solve` is the update rule: a
+generator that yields where it wants the model evaluated and never calls the model itself, so one update rule
+serves :func:`fewstep.sample`, the diffusers scheduler's ``step()``, predictor-corrector and every layer of the
+model-call stack.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from ..denoiser import Point
-from .grid import Grid
+from ..context import RunContext
+from ..model import Point
+from ..model.stack import Evaluation
+from ..nodes import NodeTable
 
 #: A solver run: it yields ``(x, point)`` where it wants the model evaluated, is sent ``(x0_hat, eps_hat)``
 #: back, and returns the final state. The solver never calls the model itself.
 Steps = Generator[tuple[Tensor, Point], Any, Tensor]
-Evaluate = Callable[[Tensor, Point], Any]
 
 
 @dataclass(frozen=True)
@@ -47,19 +51,36 @@ class Solver:
     lambda_based: ClassVar[bool] = True
     #: False for solvers that use the data estimate alone (the driver then sends ``(x0_hat, None)``).
     needs_eps: ClassVar[bool] = True
+    #: Capability: every draw of its noise enters a Gaussian transition it records (``RunContext.transition`` or
+    #: ``draw`` + ``record``), so a :class:`~fewstep.trajectory.Trajectory` can record the run.
+    records_transitions: ClassVar[bool] = False
 
-    def step_orders(self, grid: Grid) -> list[int]:
+    @property
+    def corrects_requests(self) -> bool:
+        """Capability: the solver corrects a state after the evaluation at it (UniC, SA-Solver's and DPM-Solver-v3's
+        correctors), so its requests are predicted states, not the states it continues from."""
+        return False
+
+    def recording_refusal(self) -> str | None:
+        """Why a :class:`~fewstep.trajectory.Trajectory` cannot record a run of this solver with these options
+        (None: it can; every deterministic solver can, a stochastic one when it :attr:`records_transitions`)."""
+        if self.records_transitions or not self.stochastic:
+            return None
+        return f"trajectory: {self.name!r} draws noise that it does not record as Gaussian transitions"
+
+    def step_orders(self, nodes: NodeTable) -> list[int]:
         """The order used on each step (1 on a step of infinite size)."""
         if self.lambda_based:
-            return [self.order if grid.finite(i) else 1 for i in range(grid.steps)]
-        return [1 if grid.clean_end and i == grid.steps - 1 else self.order for i in range(grid.steps)]
+            return [self.order if nodes.finite(i) else 1 for i in range(nodes.steps)]
+        return [1 if nodes.clean_end and i == nodes.steps - 1 else self.order for i in range(nodes.steps)]
 
     def step_nfe(self, order: int) -> int:
         """Model evaluations spent by one step at the given order (a singlestep method spends its order)."""
         return order if self.nfe_per_step > 1 else 1
 
-    def nfe(self, grid: Grid) -> int:
-        return sum(self.step_nfe(o) for o in self.step_orders(grid))
+    def nfe(self, nodes: NodeTable) -> int:
+        """The run's model evaluations, from the node table alone."""
+        return sum(self.step_nfe(o) for o in self.step_orders(nodes))
 
     def steps_for_nfe(self, nfe: int, first_infinite: bool, clean_end: bool) -> int:
         """The number of steps that spends exactly ``nfe`` evaluations (ValueError when impossible).
@@ -81,17 +102,15 @@ class Solver:
             )
         return steps
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        """The update rule, as a generator of model-evaluation requests (see :data:`Steps`)."""
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        """The update rule over ``nodes``, as a generator of model-evaluation requests (see :data:`Steps`); noise,
+        recording, callback and progress go through ``ctx``."""
         raise NotImplementedError
 
-    def run(self, x: Tensor, grid: Grid, evaluate: Evaluate | None = None) -> Tensor:
-        """Drive :meth:`solve` to the end, answering each request with ``evaluate(x, point)``
-        (default: the grid's denoiser, one counted model call)."""
-        if evaluate is None:
-            denoiser, eps = grid.denoiser, self.needs_eps
-            evaluate = lambda x_, p: denoiser(x_, p, eps)  # noqa: E731
-        return drive(self.solve(x, grid), evaluate)
+    def run(self, x: Tensor, nodes: NodeTable, ctx: RunContext, evaluate: Evaluation) -> Tensor:
+        """Drive :meth:`solve` to the end, answering each request with ``evaluate(x, point)`` (a run's model-call
+        stack)."""
+        return drive(self.solve(x, nodes, ctx), evaluate)
 
     @classmethod
     def info(cls) -> SolverInfo:

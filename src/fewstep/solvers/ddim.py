@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
 from .base import Solver, Steps, register
-from .grid import Grid
 
 
 @register
@@ -19,10 +20,10 @@ class DDIM(Solver):
     paper = "Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models"
     peers = "diffusers DDIMScheduler"
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        alpha, sigma = grid.alpha.tolist(), grid.sigma.tolist()
-        for i in grid.loop():
-            x0, eps = yield x, grid.node(i)
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        alpha, sigma = nodes.alpha.tolist(), nodes.sigma.tolist()
+        for i in ctx.loop():
+            x0, eps = yield x, nodes.node(i)
             x = alpha[i + 1] * x0 + sigma[i + 1] * eps
-            grid.emit(i, x, x0)
+            ctx.emit(i, x, x0)
         return x

@@ -59,10 +59,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
 from .adams import eps_frame_step, lagrange_basis, lagrange_integrals, run_plan
 from .base import Solver, Steps, register
 from .dpmpp import multistep_orders
-from .grid import Grid
 from .phi import hphi
 from .unic import CORRECTORS, PlanStep, check_corrector, predict_correct, unic_plan
 
@@ -71,29 +72,29 @@ GL_POINTS = 16  # Gauss-Legendre points per panel of the tAB quadrature
 PANEL = 0.5  # widest panel in u = log rho (the integrand's singularities lie >= pi/2 off the real u axis)
 
 
-def logrho_weights(grid: Grid, i: int, k: int) -> list[float]:
+def logrho_weights(nodes: NodeTable, i: int, k: int) -> list[float]:
     """``W_j = int_{rho_i}^{rho_{i+1}} l_j(log rho) drho`` in closed form (finite step, ``k >= 1``)."""
-    lam = grid.lam
+    lam = nodes.lam
     h = float(lam[i + 1] - lam[i])
-    rho_i = float(grid.sigma[i] / grid.alpha[i])
+    rho_i = float(nodes.sigma[i] / nodes.alpha[i])
     # int_{u_i}^{u_{i+1}} e^u s^p du = -rho_i p! h^{p+1} phi_{p+1}(-h), with s = u - u_{i+1} = lambda_{i+1} - lambda
     moments = [math.factorial(p) * hphi(p + 1, h) for p in range(k)]
-    nodes = [float(lam[i + 1] - lam[i - m]) for m in range(k)]
+    knots = [float(lam[i + 1] - lam[i - m]) for m in range(k)]
     out = []
     for j in range(k):
-        others = [nodes[m] for m in range(k) if m != j]
-        coef = np.atleast_1d(np.poly(others))[::-1] / math.prod(nodes[j] - o for o in others)  # ascending powers
+        others = [knots[m] for m in range(k) if m != j]
+        coef = np.atleast_1d(np.poly(others))[::-1] / math.prod(knots[j] - o for o in others)  # ascending powers
         out.append(-rho_i * math.fsum(float(c) * mo for c, mo in zip(coef, moments, strict=True)))
     return out
 
 
-def rho_weights(grid: Grid, i: int, k: int) -> list[float]:
+def rho_weights(nodes: NodeTable, i: int, k: int) -> list[float]:
     """``W_j = int_{rho_i}^{rho_{i+1}} l_j(rho) drho`` (exact polynomial integrals)."""
-    rho = [float(grid.sigma[i - m] / grid.alpha[i - m]) for m in range(-1, k)]  # rho_{i+1}, rho_i, ..., rho_{i-k+1}
+    rho = [float(nodes.sigma[i - m] / nodes.alpha[i - m]) for m in range(-1, k)]  # rho_{i+1}, rho_i, ..., rho_{i-k+1}
     return lagrange_integrals(rho[1:], rho[1], rho[0])
 
 
-def t_weights(grid: Grid, steps: list[tuple[int, int]]) -> list[list[float]]:
+def t_weights(nodes: NodeTable, steps: list[tuple[int, int]]) -> list[list[float]]:
     """``W_j = int_{rho_i}^{rho_{i+1}} l_j(t(rho)) drho`` for each ``(i, k)`` of ``steps`` (finite steps), by
     composite Gauss-Legendre in ``u = log rho``; the schedule's ``t_of_lambda`` is called once for all points."""
     if not steps:
@@ -101,33 +102,33 @@ def t_weights(grid: Grid, steps: list[tuple[int, int]]) -> list[list[float]]:
     x_gl, w_gl = np.polynomial.legendre.leggauss(GL_POINTS)
     rules = []
     for i, _ in steps:
-        a, b = -float(grid.lam[i]), -float(grid.lam[i + 1])  # u decreases along the step
+        a, b = -float(nodes.lam[i]), -float(nodes.lam[i + 1])  # u decreases along the step
         edges = np.linspace(a, b, max(1, math.ceil(abs(b - a) / PANEL)) + 1)
         mid, half = 0.5 * (edges[:-1] + edges[1:]), 0.5 * (edges[1:] - edges[:-1])
         u = (mid[:, None] + half[:, None] * x_gl).ravel()
         rules.append((u, (half[:, None] * w_gl).ravel() * np.exp(u)))
     u_all = np.concatenate([u for u, _ in rules])
-    t_all = grid.denoiser.schedule.t_of_lambda(torch.from_numpy(-u_all)).numpy()
+    t_all = nodes.schedule.t_of_lambda(torch.from_numpy(-u_all)).numpy()
     out, start = [], 0
     for (i, k), (u, w) in zip(steps, rules, strict=True):
         tq = t_all[start : start + len(u)]
         start += len(u)
-        nodes = [float(grid.t[i - m]) for m in range(k)]
-        out.append([float(v) for v in lagrange_basis(nodes, tq) @ w])
+        knots = [float(nodes.t[i - m]) for m in range(k)]
+        out.append([float(v) for v in lagrange_basis(knots, tq) @ w])
     return out
 
 
-def deis_weights(grid: Grid, orders: list[int], basis: str) -> list[list[float]]:
+def deis_weights(nodes: NodeTable, orders: list[int], basis: str) -> list[list[float]]:
     """The weights ``W_j`` of every step (``[]`` for a first-order step, which is DDIM)."""
     high = [(i, k) for i, k in enumerate(orders) if k > 1]
     out: list[list[float]] = [[] for _ in orders]
     if basis == "t":
-        for (i, _), w in zip(high, t_weights(grid, high), strict=True):
+        for (i, _), w in zip(high, t_weights(nodes, high), strict=True):
             out[i] = w
     else:
         fn = logrho_weights if basis == "logrho" else rho_weights
         for i, k in high:
-            out[i] = fn(grid, i, k)
+            out[i] = fn(nodes, i, k)
     for i, w in enumerate(out):
         if not all(math.isfinite(wj) for wj in w):  # repeated nodes: fall back to DDIM
             out[i] = []
@@ -138,6 +139,10 @@ class _DEIS(Solver):
     paper = PAPER_DEIS
     _bases: tuple[str, ...] = ("logrho", "t")
 
+    @property
+    def corrects_requests(self) -> bool:
+        return self.corrector is not None
+
     def __init__(self, lower_order_final: bool = True, basis: str = "logrho", corrector: str | None = None):
         if not isinstance(lower_order_final, bool):
             raise TypeError(f"lower_order_final: must be a bool, got {lower_order_final!r}")
@@ -147,27 +152,27 @@ class _DEIS(Solver):
         self.basis = basis
         self.corrector = check_corrector(corrector)
 
-    def step_orders(self, grid: Grid) -> list[int]:
-        return multistep_orders(grid, self.order, self.lower_order_final)
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        return multistep_orders(nodes, self.order, self.lower_order_final)
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        orders = self.step_orders(grid)
-        weights = deis_weights(grid, orders, self.basis)
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        orders = self.step_orders(nodes)
+        weights = deis_weights(nodes, orders, self.basis)
         if self.corrector is not None:
-            corr = unic_plan(grid, orders, CORRECTORS[self.corrector])
-            return (yield from predict_correct(x, grid, predictor_plan(grid, weights), corr))
-        plan = [eps_frame_step(grid.alpha[i + 1], grid.sigma[i + 1], w) for i, w in enumerate(weights)]
-        return (yield from run_plan(x, grid, plan, None))
+            corr = unic_plan(nodes, orders, CORRECTORS[self.corrector])
+            return (yield from predict_correct(x, nodes, ctx, predictor_plan(nodes, weights), corr))
+        plan = [eps_frame_step(nodes.alpha[i + 1], nodes.sigma[i + 1], w) for i, w in enumerate(weights)]
+        return (yield from run_plan(x, nodes, ctx, plan, None))
 
 
-def predictor_plan(grid: Grid, weights: list[list[float]]) -> list[PlanStep]:
+def predictor_plan(nodes: NodeTable, weights: list[list[float]]) -> list[PlanStep]:
     """The DEIS steps as UniC predictors, from the state itself: ``x_{i+1} = (alpha_{i+1}/alpha_i) x_i +
     alpha_{i+1} sum_j W_j eps_{i-j}`` on finite steps (``W = [rho_{i+1} - rho_i]`` for a first-order step), and
     DDIM in (x0, eps) form ``alpha_{i+1} x0_i + sigma_{i+1} eps_i`` on a step of infinite lambda-size."""
-    a, s = grid.alpha, grid.sigma
+    a, s = nodes.alpha, nodes.sigma
     plan: list[PlanStep] = []
     for i, w in enumerate(weights):
-        if not grid.finite(i):
+        if not nodes.finite(i):
             plan.append((0.0, [float(a[i + 1])], [float(s[i + 1])]))
             continue
         w = w or [float(s[i + 1] / a[i + 1] - s[i] / a[i])]

@@ -26,9 +26,10 @@ from typing import Any
 
 from torch import Tensor
 
-from ..denoiser import Point
+from ..context import RunContext
+from ..model import Point
+from ..nodes import NodeTable
 from .base import Solver, Steps, register
-from .grid import Grid
 
 #: The intermediate lambda fractions ``r_j`` of DPM-Solver-2 and -3.
 R = {2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
@@ -102,32 +103,32 @@ class _DPMSolver(Solver):
             raise ValueError(f"nfe: {self.name!r} needs at least 1 evaluation, got {nfe}")
         return len(self._plan(nfe, first_infinite, clean_end))
 
-    def step_orders(self, grid: Grid) -> list[int]:
-        if grid.nfe_budget is None:
-            return super().step_orders(grid)
-        orders = self._plan(grid.nfe_budget, not math.isfinite(grid.lam[0]), grid.clean_end)
-        assert len(orders) == grid.steps
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        if nodes.nfe_budget is None:
+            return super().step_orders(nodes)
+        orders = self._plan(nodes.nfe_budget, not math.isfinite(nodes.lam[0]), nodes.clean_end)
+        assert len(orders) == nodes.steps
         return orders
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        orders = self.step_orders(grid)
-        a, s, lam, h = grid.alpha, grid.sigma, grid.lam, grid.h
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        orders = self.step_orders(nodes)
+        a, s, lam, h = nodes.alpha, nodes.sigma, nodes.lam, nodes.h
         # Precompute every intermediate point and coefficient (float64) before the loop.
         plan: list[tuple] = []
         for i, k in enumerate(orders):
             if k == 1:  # DPM-Solver-1 == DDIM; written in (x0, eps) so it is finite at alpha_s = 0 or sigma_t = 0
                 plan.append((1, a[i + 1], s[i + 1]))
             else:
-                plan.append(singlestep_plan(k, lam[i], h[i], a[i], a[i + 1], s[i + 1], grid.point_at_lambda))
-        for i in grid.loop():
-            x0, eps = yield x, grid.node(i)
+                plan.append(singlestep_plan(k, lam[i], h[i], a[i], a[i + 1], s[i + 1], nodes.point_at_lambda))
+        for i in ctx.loop():
+            x0, eps = yield x, nodes.node(i)
             step = plan[i]
             if step[0] == 1:
                 _, ca, cs = step
                 x = ca * x0 + cs * eps
             else:
                 x, _ = yield from singlestep_update(step, x, eps)
-            grid.emit(i, x, x0)
+            ctx.emit(i, x, x0)
         return x
 
 

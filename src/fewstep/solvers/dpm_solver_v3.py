@@ -36,11 +36,12 @@ import torch
 from numpy.polynomial.polynomial import polyfromroots
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
+from ..options import bool_option
 from .base import Solver, Steps, register
 from .dpmpp import multistep_orders
 from .ems import EmpiricalModelStatistics, schedule_fingerprint
-from .grid import Grid
-from .stochastic import bool_option
 
 PAPER_V3 = "Zheng et al. 2023, DPM-Solver-v3: Improved Diffusion ODE Solver with Empirical Model Statistics"
 Coef = float | Tensor
@@ -98,6 +99,10 @@ class DPMSolverV3(Solver):
     paper = PAPER_V3
     peers = "DPM-Solver-v3 reference code (thu-ml/DPM-Solver-v3)"
 
+    @property
+    def corrects_requests(self) -> bool:
+        return True
+
     def __init__(
         self,
         statistics: EmpiricalModelStatistics | None = None,
@@ -121,50 +126,50 @@ class DPMSolverV3(Solver):
         self.corrector_pseudo = bool_option("corrector_pseudo", corrector_pseudo)
         self.lower_order_final = bool_option("lower_order_final", lower_order_final)
 
-    def step_orders(self, grid: Grid) -> list[int]:
-        return multistep_orders(grid, self.solver_order, self.lower_order_final)
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        return multistep_orders(nodes, self.solver_order, self.lower_order_final)
 
-    def _stats(self, x: Tensor, grid: Grid) -> EmpiricalModelStatistics:
+    def _stats(self, x: Tensor, nodes: NodeTable) -> EmpiricalModelStatistics:
         stats = self.statistics if self.statistics is not None else EmpiricalModelStatistics.constant()
         if stats.event not in ((), tuple(x.shape[1:])):
             raise ValueError(f"statistics: per-dimension shape {stats.event} does not match the data's {x.shape[1:]}")
         if "| schedule=" in stats.key:
             want = stats.key.split("| schedule=")[1].split(" | ")[0]
-            have = schedule_fingerprint(grid.denoiser.schedule)
+            have = schedule_fingerprint(nodes.schedule)
             if want != have:
                 raise ValueError(f"statistics: computed for schedule {want}, but the run uses {have}")
         return stats
 
     def plan(
-        self, x: Tensor, grid: Grid
+        self, x: Tensor, nodes: NodeTable
     ) -> tuple[list[StepPlan | None], list[StepPlan | None], list[tuple[float, Coef] | None]]:
         """Per step the predictor (None: first-order step of infinite size) and the corrector of its end node
         (None: none), and per node the coefficients ``(c_eps, c_x)`` of ``f = c_eps eps - c_x x`` (or None)."""
-        stats = self._stats(x, grid)
-        lam, a, s = grid.lam, grid.alpha, grid.sigma
+        stats = self._stats(x, nodes)
+        lam, a, s = nodes.lam, nodes.alpha, nodes.sigma
         conv = lambda v: float(v) if v.ndim == 0 else torch.as_tensor(v).to(x.device, x.dtype)  # noqa: E731
 
         def conv_plan(coef: tuple[np.ndarray, list[np.ndarray], np.ndarray]) -> StepPlan:
             cx, w, c0 = coef
             return conv(cx), [conv(v) for v in w], (conv(c0) if np.any(c0 != 0) else None)
 
-        orders = self.step_orders(grid)
+        orders = self.step_orders(nodes)
         pred: list[StepPlan | None] = []
         corr: list[StepPlan | None] = []
         used: set[int] = set()
         for i, k in enumerate(orders):
-            if not grid.finite(i):
+            if not nodes.finite(i):
                 pred.append(None)
                 corr.append(None)
                 continue
-            nodes = [i - j for j in range(k)]
-            used.update(nodes)
-            correct = self.use_corrector and i < grid.steps - 1
-            every = nodes + [i + 1] if correct else nodes  # the data points of the step's predictor and corrector
+            data = [i - j for j in range(k)]
+            used.update(data)
+            correct = self.use_corrector and i < nodes.steps - 1
+            every = data + [i + 1] if correct else data  # the data points of the step's predictor and corrector
             it = stats.step_integrals(lam[i], lam[i + 1], [lam[j] for j in every], k if correct else k - 1)
             local = {j: m for m, j in enumerate(every)}  # node index -> position in it["S"], it["B"]
             lam_loc = [lam[j] for j in every]
-            pos = [local[j] for j in nodes]
+            pos = [local[j] for j in data]
             pred.append(conv_plan(v3_coefficients(it, lam_loc, a[i], a[i + 1], pos, self.predictor_pseudo)))
             if correct:
                 used.add(i + 1)
@@ -172,19 +177,19 @@ class DPMSolverV3(Solver):
                 corr.append(conv_plan(v3_coefficients(it, lam_loc, a[i], a[i + 1], pts, self.corrector_pseudo)))
             else:
                 corr.append(None)
-        node_f: list[tuple[float, Coef] | None] = [None] * grid.steps
+        node_f: list[tuple[float, Coef] | None] = [None] * nodes.steps
         for j in sorted(used):
             node_f[j] = (float(s[j] / a[j]), conv(stats.value("l", lam[j])[0] / a[j]))
         return pred, corr, node_f
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        pred, corr, node_f = self.plan(x, grid)
-        a, s = grid.alpha, grid.sigma
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        pred, corr, node_f = self.plan(x, nodes)
+        a, s = nodes.alpha, nodes.sigma
         depth = self.solver_order
         hist: list[Tensor | None] = []  # f at the nodes, newest first (taken at the predicted states)
         x_prev = x
-        for i in grid.loop():
-            x0, eps = yield x, grid.node(i)
+        for i in ctx.loop():
+            x0, eps = yield x, nodes.node(i)
             nf = node_f[i]
             f = None if nf is None else eps * nf[0] - x * nf[1]  # f = (sigma eps - l x) / alpha
             c = corr[i - 1] if i > 0 else None
@@ -194,7 +199,7 @@ class DPMSolverV3(Solver):
             x_prev = x
             p = pred[i]
             x = float(a[i + 1]) * x0 + float(s[i + 1]) * eps if p is None else _combine(x, p, hist)
-            grid.emit(i, x, x0)
+            ctx.emit(i, x, x0)
         return x
 
 

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
 from .base import Solver, Steps, register
-from .grid import Grid
 from .momentum import check_momentum, momentum_combination
 from .phi import hphi
 from .unic import CORRECTORS, check_corrector, predict_correct, unic_plan
@@ -40,18 +41,18 @@ from .unic import CORRECTORS, check_corrector, predict_correct, unic_plan
 PAPER_PP = "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
 
 
-def multistep_orders(grid: Grid, order: int, lower_order_final: bool) -> list[int]:
+def multistep_orders(nodes: NodeTable, order: int, lower_order_final: bool) -> list[int]:
     """Per-step orders of a multistep method: warm-up, lower-order final steps, first order on infinite steps."""
-    n = grid.steps
+    n = nodes.steps
     short = lower_order_final and n < 15
     orders, history = [], 0  # history: previous steps with finite size that the current step can use
     for i in range(n):
         k = min(order, history + 1)
-        if i == n - 1 and (short or grid.clean_end):
+        if i == n - 1 and (short or nodes.clean_end):
             k = 1
         if i == n - 2 and short:
             k = min(k, 2)
-        if not grid.finite(i):
+        if not nodes.finite(i):
             k, history = 1, 0
         else:
             history += 1
@@ -94,6 +95,10 @@ class _Multistep(Solver):
     paper = PAPER_PP
     needs_eps = False
 
+    @property
+    def corrects_requests(self) -> bool:
+        return self.corrector is not None
+
     def __init__(
         self,
         lower_order_final: bool = True,
@@ -114,53 +119,55 @@ class _Multistep(Solver):
         if self.momentum is not None and self.corrector is not None:
             raise ValueError("momentum, corrector: the UniC corrector is not combined with momentum; give one")
 
-    def step_orders(self, grid: Grid) -> list[int]:
-        return multistep_orders(grid, self.order, self.lower_order_final)
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        return multistep_orders(nodes, self.order, self.lower_order_final)
 
     def weights(self, h: np.ndarray, i: int, order: int) -> list[float]:
         """The weights ``w_j`` of step i at the given order (see :func:`multistep_weights`)."""
         return multistep_weights(h, i, order, self.d2_weight)
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        a, s, h = grid.alpha, grid.sigma, grid.h
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        a, s, h = nodes.alpha, nodes.sigma, nodes.h
         coef = []
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = s[1:] / s[:-1]  # 0 at a clean end
-        for i, k in enumerate(self.step_orders(grid)):
+        for i, k in enumerate(self.step_orders(nodes)):
             ratio = ratios[i]
             coef.append((float(ratio), [float(a[i + 1] * w) for w in self.weights(h, i, k)]))
         if self.corrector is not None:
-            corr = unic_plan(grid, self.step_orders(grid), CORRECTORS[self.corrector])
-            return (yield from predict_correct(x, grid, [(r, w, ()) for r, w in coef], corr))
+            corr = unic_plan(nodes, self.step_orders(nodes), CORRECTORS[self.corrector])
+            return (yield from predict_correct(x, nodes, ctx, [(r, w, ()) for r, w in coef], corr))
         if self.momentum is not None and self.momentum != 1.0:  # beta = 1 is the solver itself
-            return (yield from self._solve_momentum(x, grid, coef))
+            return (yield from self._solve_momentum(x, nodes, ctx, coef))
         history: list[Tensor] = []
-        for i in grid.loop():
-            x0, _ = yield x, grid.node(i)
+        for i in ctx.loop():
+            x0, _ = yield x, nodes.node(i)
             history = [x0, *history[: self.order - 1]]
             ratio, weights = coef[i]
             x = x * ratio  # a new tensor: the caller's noise and the states already passed on are never changed
             for w, d in zip(weights, history, strict=False):
                 x.add_(d, alpha=w)
-            grid.emit(i, x, x0)
+            ctx.emit(i, x, x0)
         return x
 
-    def _solve_momentum(self, x: Tensor, grid: Grid, coef: list[tuple[float, list[float]]]) -> Steps:
+    def _solve_momentum(
+        self, x: Tensor, nodes: NodeTable, ctx: RunContext, coef: list[tuple[float, list[float]]]
+    ) -> Steps:
         """The multistep loop with the combined derivative replaced by a heavy-ball velocity (see momentum.py)."""
-        beta, h = float(self.momentum), grid.h  # type: ignore[arg-type]
+        beta, h = float(self.momentum), nodes.h  # type: ignore[arg-type]
         plan = []  # (ratio, alpha_t * sum w, keep, c): x_t = ratio x_s + alpha_t sum(w) v, v = keep v + sum c D
         fresh = True  # the velocity starts (or restarts) at the step's combined derivative
-        for i, k in enumerate(self.step_orders(grid)):
+        for i, k in enumerate(self.step_orders(nodes)):
             ratio, weights = coef[i]
             total, c, keep = momentum_combination(h, i, k, weights, beta, self.momentum_type)
-            if fresh or not grid.finite(i):
+            if fresh or not nodes.finite(i):
                 c, keep = [w / total for w in weights], 0.0
-            fresh = not grid.finite(i)
+            fresh = not nodes.finite(i)
             plan.append((ratio, total, keep, c))
         history: list[Tensor] = []
         v: Tensor | None = None
-        for i in grid.loop():
-            x0, _ = yield x, grid.node(i)
+        for i in ctx.loop():
+            x0, _ = yield x, nodes.node(i)
             history = [x0, *history[: self.order - 1]]
             ratio, total, keep, c = plan[i]
             v_new = v * keep if v is not None and keep != 0.0 else torch.zeros_like(x0)
@@ -168,7 +175,7 @@ class _Multistep(Solver):
                 v_new.add_(d, alpha=w)
             v = v_new
             x = x * ratio + total * v
-            grid.emit(i, x, x0)
+            ctx.emit(i, x, x0)
         return x
 
 
@@ -199,19 +206,19 @@ class DPMSolverPP2S(Solver):
     paper = PAPER_PP
     peers = "k-diffusion sample_dpmpp_2s_ancestral(eta=0)"
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        a, s, lam, h = grid.alpha, grid.sigma, grid.lam, grid.h
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        a, s, lam, h = nodes.alpha, nodes.sigma, nodes.lam, nodes.h
         r = 0.5
         plan: list[tuple] = []
-        for i, k in enumerate(self.step_orders(grid)):
+        for i, k in enumerate(self.step_orders(nodes)):
             if k == 1:
                 plan.append((None, a[i + 1], s[i + 1], 0.0))
             else:
-                p1 = grid.point_at_lambda(lam[i] + r * h[i])
+                p1 = nodes.point_at_lambda(lam[i] + r * h[i])
                 u = (p1.sigma / s[i], -p1.alpha * math.expm1(-r * h[i]))
                 plan.append((p1, u, s[i + 1] / s[i], -a[i + 1] * math.expm1(-h[i])))
-        for i in grid.loop():
-            x0, eps = yield x, grid.node(i)
+        for i in ctx.loop():
+            x0, eps = yield x, nodes.node(i)
             p1, c1, c2, c3 = plan[i]
             if p1 is None:  # first order, in (x0, eps) form: finite at alpha_s = 0 and at sigma_t = 0
                 x = c1 * x0 + c2 * eps
@@ -219,5 +226,5 @@ class DPMSolverPP2S(Solver):
                 ux, ud = c1
                 x0_mid, _ = yield ux * x + ud * x0, p1
                 x = c2 * x + c3 * ((1 - 1 / (2 * r)) * x0 + 1 / (2 * r) * x0_mid)
-            grid.emit(i, x, x0)
+            ctx.emit(i, x, x0)
         return x

@@ -30,11 +30,13 @@ import math
 
 from torch import Tensor
 
-from ..denoiser import Point
+from ..context import RunContext
+from ..model import Point
+from ..nodes import NodeTable
+from ..options import real_option
 from .base import Solver, Steps, register
 from .euler import heun_step
-from .grid import Grid
-from .stochastic import noise_levels, real_option
+from .stochastic import noise_levels
 
 
 @register
@@ -46,6 +48,7 @@ class EDMStochastic(Solver):
     order = 2
     nfe_per_step = 2
     stochastic = True
+    records_transitions = True
     lambda_based = False
     summary = "EDM stochastic sampler: churn noise up to s_hat, then a Heun step of the PF-ODE"
     paper = "Karras et al. 2022 (EDM), Alg. 2"
@@ -59,40 +62,40 @@ class EDMStochastic(Solver):
             raise ValueError(f"s_tmax: must be >= s_tmin = {self.s_tmin}, got {s_tmax!r}")
         self.s_noise = real_option("s_noise", s_noise)
 
-    def churn_point(self, grid: Grid, i: int) -> Point | None:
+    def churn_point(self, nodes: NodeTable, ctx: RunContext, i: int) -> Point | None:
         """Where step i evaluates the model after the churn (None: no churn, at node i)."""
-        alpha, sigma, lam = float(grid.alpha[i]), float(grid.sigma[i]), float(grid.lam[i])
+        alpha, sigma, lam = float(nodes.alpha[i]), float(nodes.sigma[i]), float(nodes.lam[i])
         s = sigma / alpha if alpha > 0 else math.inf
-        if not (self.s_churn > 0 and alpha > 0 and self.s_tmin <= s <= self.s_tmax and grid.stochastic_step(i)):
+        if not (self.s_churn > 0 and alpha > 0 and self.s_tmin <= s <= self.s_tmax and ctx.stochastic_step(i)):
             return None
-        gamma = min(self.s_churn / grid.steps, math.sqrt(2.0) - 1.0)
-        sched = grid.denoiser.schedule
+        gamma = min(self.s_churn / nodes.steps, math.sqrt(2.0) - 1.0)
+        sched = nodes.schedule
         t_hat = min(float(sched.t_of_lambda(lam - math.log1p(gamma))), sched.t_max)  # s_hat = (1 + gamma) s
-        return grid.point(t_hat) if t_hat > grid.t[i] else None
+        return nodes.point(t_hat) if t_hat > nodes.t[i] else None
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        tau, c = grid.ode_frame()
-        level = noise_levels(grid)
-        orders = self.step_orders(grid)
-        vel = [grid.ode_velocity(p) if p is not None else (0.0, 0.0) for p in grid.points]
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        tau, c = nodes.ode_frame()
+        level = noise_levels(nodes)
+        orders = self.step_orders(nodes)
+        vel = [nodes.ode_velocity(p) if p is not None else (0.0, 0.0) for p in nodes.points]
         plan = []
-        for i in range(grid.steps):
-            p = self.churn_point(grid, i)
+        for i in range(nodes.steps):
+            p = self.churn_point(nodes, ctx, i)
             if p is None:
-                p, churn = grid.node(i), None
+                p, churn = nodes.node(i), None
                 tau_hat, c_hat = float(tau[i]), float(c[i])
             else:
-                s_i, s_hat = grid.sigma[i] / grid.alpha[i], p.sigma / p.alpha
+                s_i, s_hat = nodes.sigma[i] / nodes.alpha[i], p.sigma / p.alpha
                 # x_hat = (alpha_hat/alpha_i) x_i + alpha_hat sqrt(s_hat^2 - s_i^2) s_noise z
-                churn = (p.alpha / grid.alpha[i], p.alpha * math.sqrt(max(s_hat**2 - s_i**2, 0.0)) * self.s_noise)
-                tau_hat, c_hat = grid.frame_at(p)
+                churn = (p.alpha / nodes.alpha[i], p.alpha * math.sqrt(max(s_hat**2 - s_i**2, 0.0)) * self.s_noise)
+                tau_hat, c_hat = nodes.frame_at(p)
             # Heun in the ODE frame: x_{i+1} = c_{i+1} (x_hat / c_hat + (tau_{i+1} - tau_hat) (f_hat + f_{i+1}) / 2)
             step = (float(c[i + 1]) / c_hat, float(c[i + 1]) * (float(tau[i + 1]) - tau_hat))
-            plan.append((p, churn, grid.ode_velocity(p), step))
-        for i in grid.loop():
+            plan.append((p, churn, nodes.ode_velocity(p), step))
+        for i in ctx.loop():
             p, churn, velocity, step = plan[i]
             if churn is not None:  # x_hat ~ N((alpha_hat/alpha_i) x_i, std^2 I), recorded as step i's transition
-                x = grid.add_noise(i, churn[0] * x, level[i], level[i + 1], churn[1])
-            x, x0 = yield from heun_step(x, p, velocity, step, (grid.points[i + 1], vel[i + 1]), orders[i])
-            grid.emit(i, x, x0)
+                x = ctx.transition(i, churn[0] * x, level[i], level[i + 1], churn[1])[0]
+            x, x0 = yield from heun_step(x, p, velocity, step, (nodes.points[i + 1], vel[i + 1]), orders[i])
+            ctx.emit(i, x, x0)
         return x

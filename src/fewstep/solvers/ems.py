@@ -45,7 +45,7 @@ from scipy.interpolate import CubicSpline
 from torch import Tensor
 
 from ..cache import cache_dir, save_atomic
-from ..denoiser import Denoiser, Point
+from ..model import Denoiser, Point
 from ..schedules import NoiseSchedule
 
 CACHE_VERSION = "ems-1"

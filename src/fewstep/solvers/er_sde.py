@@ -36,11 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
+from ..options import bool_option, real_option
 from .base import Solver, Steps, register
 from .dpmpp import multistep_orders
-from .grid import Grid
 from .sde_dpm import run_data_plan
-from .stochastic import bool_option, real_option
 
 NoiseScale = Callable[[Tensor], Tensor]
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(64)
@@ -77,6 +78,7 @@ def _psi_of(noise_scale: str | NoiseScale) -> Callable[[np.ndarray], np.ndarray]
 
 class _ERSDE(Solver):
     stochastic = True
+    records_transitions = True
     needs_eps = False
     paper = "Cui et al. 2023, Elucidating the solution space of extended reverse-time SDE for diffusion models"
     peers = "ComfyUI er_sde (max_stage = order; d2_weight='reference')"
@@ -96,8 +98,8 @@ class _ERSDE(Solver):
             raise ValueError(f"d2_weight: choose 'taylor' or 'reference', got {d2_weight!r}")
         self.d2_weight = d2_weight
 
-    def step_orders(self, grid: Grid) -> list[int]:
-        return multistep_orders(grid, self.order, self.lower_order_final)
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        return multistep_orders(nodes, self.order, self.lower_order_final)
 
     def weights(self, s: np.ndarray, i: int, order: int, stochastic: bool) -> tuple[float, list[float], float]:
         """``(r, [w_D_i, w_D_{i-1}, ...], noise std)`` of a finite step in the scaled state ``y = x/alpha``."""
@@ -124,19 +126,19 @@ class _ERSDE(Solver):
             d.append((s_t - s_s) * (s_t - c) + float((kernel * (2.0 * u - s_s - c)).sum()))
         return r, _newton_to_lagrange(d, [float(s[i - j]) for j in range(order)]), noise
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        a = grid.alpha
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        a = nodes.alpha
         with np.errstate(divide="ignore"):
-            s = grid.sigma / a
+            s = nodes.sigma / a
         plan: list[tuple[float, list[float], float]] = []  # x_t = c_x x_s + sum_j c_j D_{i-j} + c_z z
-        for i, k in enumerate(self.step_orders(grid)):
-            if grid.finite(i):
-                r, ws, noise = self.weights(s, i, k, grid.stochastic_step(i))
+        for i, k in enumerate(self.step_orders(nodes)):
+            if nodes.finite(i):
+                r, ws, noise = self.weights(s, i, k, ctx.stochastic_step(i))
                 a_t = float(a[i + 1])
                 plan.append((r * a_t / float(a[i]), [a_t * w for w in ws], a_t * noise))
             else:  # deterministic first order: x_t = (sigma_t/sigma_s) x_s + alpha_t x0_hat
-                plan.append((float(grid.sigma[i + 1] / grid.sigma[i]), [float(a[i + 1])], 0.0))
-        return (yield from run_data_plan(x, grid, plan, self.order))
+                plan.append((float(nodes.sigma[i + 1] / nodes.sigma[i]), [float(a[i + 1])], 0.0))
+        return (yield from run_data_plan(x, nodes, ctx, plan, self.order))
 
 
 def _newton_to_lagrange(d: list[float], nodes: list[float]) -> list[float]:

@@ -1,6 +1,6 @@
 """Euler and Heun on the probability-flow ODE in its noise level (k-diffusion / EDM form).
 
-With ``y = x / c`` and noise level ``tau`` (:meth:`Grid.ode_frame`): ``dy/dtau = a x0_hat + b eps_hat``
+With ``y = x / c`` and noise level ``tau`` (:meth:`~fewstep.nodes.NodeTable.ode_frame`): ``dy/dtau = a x0_hat + b eps_hat``
 (for diffusion schedules ``tau = sigma/alpha``, ``c = alpha`` and ``dy/dtau = eps_hat = (y - x0_hat)/tau``,
 EDM eq. 4; for flows ``tau = t``, ``c = 1`` and ``dy/dt = v``).
 """
@@ -12,9 +12,10 @@ from typing import Any
 
 from torch import Tensor
 
-from ..denoiser import Point
+from ..context import RunContext
+from ..model import Point
+from ..nodes import NodeTable
 from .base import Solver, Steps, register
-from .grid import Grid
 
 
 @register
@@ -31,16 +32,16 @@ class Euler(Solver):
     paper = "Karras et al. 2022 (EDM), Alg. 1 without the correction"
     peers = "k-diffusion sample_euler; diffusers EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler"
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        tau, c = grid.ode_frame()
-        vel = [grid.ode_velocity(grid.node(i)) for i in range(grid.steps)]
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        tau, c = nodes.ode_frame()
+        vel = [nodes.ode_velocity(nodes.node(i)) for i in range(nodes.steps)]
         # x_{i+1} = c_{i+1} (x_i / c_i + dtau f)
-        coef = [(c[i + 1] / c[i], c[i + 1] * (tau[i + 1] - tau[i])) for i in range(grid.steps)]
-        for i in grid.loop():
-            x0, eps = yield x, grid.node(i)
+        coef = [(c[i + 1] / c[i], c[i + 1] * (tau[i + 1] - tau[i])) for i in range(nodes.steps)]
+        for i in ctx.loop():
+            x0, eps = yield x, nodes.node(i)
             (a, b), (cx, cf) = vel[i], coef[i]
             x = cx * x + cf * (a * x0 + b * eps)
-            grid.emit(i, x, x0)
+            ctx.emit(i, x, x0)
         return x
 
 
@@ -57,14 +58,16 @@ class Heun(Solver):
     paper = "Karras et al. 2022 (EDM), Alg. 1"
     peers = "k-diffusion sample_heun; diffusers HeunDiscreteScheduler"
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        tau, c = grid.ode_frame()
-        orders = self.step_orders(grid)
-        vel = [grid.ode_velocity(p) if p is not None else (0.0, 0.0) for p in grid.points]
-        coef = [(c[i + 1] / c[i], c[i + 1] * (tau[i + 1] - tau[i])) for i in range(grid.steps)]
-        for i in grid.loop():
-            x, x0 = yield from heun_step(x, grid.node(i), vel[i], coef[i], (grid.points[i + 1], vel[i + 1]), orders[i])
-            grid.emit(i, x, x0)
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        tau, c = nodes.ode_frame()
+        orders = self.step_orders(nodes)
+        vel = [nodes.ode_velocity(p) if p is not None else (0.0, 0.0) for p in nodes.points]
+        coef = [(c[i + 1] / c[i], c[i + 1] * (tau[i + 1] - tau[i])) for i in range(nodes.steps)]
+        for i in ctx.loop():
+            x, x0 = yield from heun_step(
+                x, nodes.node(i), vel[i], coef[i], (nodes.points[i + 1], vel[i + 1]), orders[i]
+            )
+            ctx.emit(i, x, x0)
         return x
 
 

@@ -36,11 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
+from ..options import bool_option
 from .base import Solver, Steps, register
 from .dpmpp import multistep_orders, multistep_weights
-from .grid import Grid
 from .phi import hphi
-from .stochastic import bool_option
 
 PAPER_EVODIFF = "Li et al. 2025, EVODiff: Entropy-aware Variance Optimized Diffusion Inference"
 
@@ -67,12 +68,12 @@ class EVODiff(Solver):
     def __init__(self, lower_order_final: bool = True):
         self.lower_order_final = bool_option("lower_order_final", lower_order_final)
 
-    def step_orders(self, grid: Grid) -> list[int]:
-        return multistep_orders(grid, self.order, self.lower_order_final)
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        return multistep_orders(nodes, self.order, self.lower_order_final)
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        a, s, h = grid.alpha, grid.sigma, grid.h
-        orders = self.step_orders(grid)
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        a, s, h = nodes.alpha, nodes.sigma, nodes.h
+        orders = self.step_orders(nodes)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = s[1:] / s[:-1]  # 0 at a clean end
         # predictor (DPM-Solver++ 2M / DDIM): x~_{i+1} = ratio x_i + sum_j w_j m_{i-j}
@@ -80,14 +81,14 @@ class EVODiff(Solver):
         # recombination of step i (order 2, finite, followed by an evaluation): (alpha h phi_1, alpha h phi_2, h/h_{i-1})
         recomb: list[tuple[float, float, float] | None] = [
             (float(a[i + 1] * hphi(1, h[i])), float(a[i + 1] * hphi(2, h[i]) / h[i]), float(h[i] / h[i - 1]))
-            if k == 2 and i < grid.steps - 1
+            if k == 2 and i < nodes.steps - 1
             else None
             for i, k in enumerate(orders)
         ]
         hist: list[Tensor] = []
         x_prev = x
-        for i in grid.loop():
-            m, _ = yield x, grid.node(i)
+        for i in ctx.loop():
+            m, _ = yield x, nodes.node(i)
             c = recomb[i - 1] if i > 0 else None
             if c is not None:
                 w1, w2, scale = c
@@ -101,5 +102,5 @@ class EVODiff(Solver):
             x = x * float(ratios[i])  # a new tensor: the states already passed on are never changed
             for w, d_ in zip(pred[i], hist, strict=False):
                 x.add_(d_, alpha=w)
-            grid.emit(i, x, m)
+            ctx.emit(i, x, m)
         return x

@@ -1,7 +1,7 @@
 """LMS: the linear multistep (variable-step Adams-Bashforth) method in the noise level, as k-diffusion's
 ``sample_lms`` and diffusers' ``LMSDiscreteScheduler``.
 
-On the PF-ODE ``dy/dtau = f`` (:meth:`Grid.ode_frame`: ``tau = sigma/alpha``, ``y = x/alpha``, ``f = eps`` for
+On the PF-ODE ``dy/dtau = f`` (:meth:`~fewstep.nodes.NodeTable.ode_frame`: ``tau = sigma/alpha``, ``y = x/alpha``, ``f = eps`` for
 diffusion schedules, k-diffusion's ``d = (x - denoised)/sigma``; ``tau = t``, ``y = x``, ``f`` = the velocity for
 flows) the step from ``tau_i`` to ``tau_{i+1}`` integrates the interpolating polynomial of the last
 ``k = min(4, i + 1)`` values of ``f``:

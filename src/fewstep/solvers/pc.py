@@ -36,7 +36,6 @@ at ``t_max`` too and not at the last level; Alg. 4 here (and in the paper) corre
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from typing import Any
@@ -44,9 +43,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
+from ..noise.source import NoiseSource
+from ..options import real_option
 from .base import Solver, Steps, get_solver, register
-from .grid import Grid
-from .stochastic import noise_levels, real_option
+from .stochastic import noise_levels
 
 NORMS = ("batch", "sample")
 
@@ -84,7 +86,7 @@ class PredictorCorrector(Solver):
         if predictor == self.name:
             raise ValueError("predictor: must be another solver, not 'pc_langevin'")
         self.predictor = get_solver(predictor, **dict(predictor_options or {}))
-        if self.predictor.nfe_per_step != 1 or _corrects(self.predictor):
+        if self.predictor.nfe_per_step != 1 or self.predictor.corrects_requests:
             raise ValueError(
                 f"predictor: must spend one evaluation per step at its own state, without a corrector of its own "
                 f"(e.g. 'ddpm', 'euler_maruyama', 'euler_ancestral', 'dpmpp_2m_sde', 'ddim'), got {predictor!r}"
@@ -95,11 +97,21 @@ class PredictorCorrector(Solver):
         self.snr = real_option("snr", snr)
         self.n_corrector = int(n_corrector)  # a step spends 1 + n_corrector evaluations (nfe_per_step: the default)
 
-    def step_orders(self, grid: Grid) -> list[int]:
-        return self.predictor.step_orders(grid)
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        return self.predictor.step_orders(nodes)
 
-    def nfe(self, grid: Grid) -> int:
-        return self.predictor.nfe(grid) + self.n_corrector * (grid.steps - 1)
+    def nfe(self, nodes: NodeTable) -> int:
+        return self.predictor.nfe(nodes) + self.n_corrector * (nodes.steps - 1)
+
+    def recording_refusal(self) -> str | None:
+        if self.n_corrector == 0:
+            return self.predictor.recording_refusal()
+        return (
+            "trajectory: pc_langevin's Langevin step x + e g + sqrt(2 e) z is not a Gaussian transition: its "
+            "step size e = 2 a (snr ||z||/||g||)^2 depends on the drawn z itself (with norm='batch' also on the "
+            "other samples' noise), so the corrected state has no Gaussian log-density; with n_corrector=0 the "
+            "predictor's transitions are recorded"
+        )
 
     def steps_for_nfe(self, nfe: int, first_infinite: bool, clean_end: bool) -> int:
         """``steps (1 + n_corrector) - n_corrector = nfe`` (no corrector after the last step)."""
@@ -113,75 +125,51 @@ class PredictorCorrector(Solver):
             )
         return steps
 
-    def _predictor_grid(self, grid: Grid) -> Grid:
-        """The grid the predictor runs on: the same, with the predictor's noise on the last part of each step."""
-        sampler = grid.noise_sampler
-        if sampler is None or self.n_corrector == 0:
-            return grid
-        inner = copy.copy(grid)
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        level = noise_levels(nodes)
         m = self.n_corrector
-
-        def predictor_noise(s: float, t: float) -> Tensor:
-            return sampler(s + (t - s) * m / (m + 1), t)
-
-        inner.noise_sampler = predictor_noise
-        return inner
-
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        level = noise_levels(grid)
-        m = self.n_corrector
-        if grid.trajectory is not None and m:
-            raise NotImplementedError(
-                "trajectory: pc_langevin's Langevin step x + e g + sqrt(2 e) z is not a Gaussian transition: its "
-                "step size e = 2 a (snr ||z||/||g||)^2 depends on the drawn z itself (with norm='batch' also on the "
-                "other samples' noise), so the corrected state has no Gaussian log-density; with n_corrector=0 the "
-                "predictor's transitions are recorded"
-            )
         # node j (>= 1, a model node), keyed by its Point: step size factor 2 a_j snr^2, score -eps/sigma_j, and
         # the noise intervals
         corrector: dict[int, tuple[int, tuple[float, float, list[tuple[float, float]]]]] = {}
-        for j in range(1, grid.steps if m else 1):  # the nodes the predictor continues from
-            a_j = float(grid.alpha[j - 1] / grid.alpha[j]) ** 2
+        for j in range(1, nodes.steps if m else 1):  # the nodes the predictor continues from
+            a_j = float(nodes.alpha[j - 1] / nodes.alpha[j]) ** 2
             lo, hi = float(level[j]), float(level[j - 1])
             if math.isinf(hi):  # a step from alpha = 0: noise on [l_j, 2 l_j + 1] (the predictor draws none)
                 hi = 2.0 * lo + 1.0
             cuts = [hi + (lo - hi) * k / (m + 1) for k in range(m + 1)]
-            corrector[id(grid.points[j])] = (
+            corrector[id(nodes.points[j])] = (
                 j,
-                (2.0 * a_j * self.snr**2, -1.0 / float(grid.sigma[j]), list(zip(cuts, cuts[1:], strict=False))),
+                (2.0 * a_j * self.snr**2, -1.0 / float(nodes.sigma[j]), list(zip(cuts, cuts[1:], strict=False))),
             )
-        steps = self.predictor.solve(x, self._predictor_grid(grid))
+        inner, sampler = ctx, ctx.noise.sampler
+        if m and sampler is not None:  # the predictor's noise: the last part of each step's interval
+            inner = ctx.with_noise(NoiseSource(sampler=lambda s, t: sampler(s + (t - s) * m / (m + 1), t)))
+        steps = self.predictor.solve(x, nodes, inner)
         request = next(steps)
         try:
             while True:
                 x_req, p = request
                 node = corrector.pop(id(p), None)
                 if node is not None:  # the predictor continues from the tensor it asked about: correct it in place
-                    x_req.copy_((yield from self._langevin(grid, x_req, *node)))
+                    x_req.copy_((yield from self._langevin(nodes, ctx, x_req, *node)))
                 request = steps.send((yield request))
         except StopIteration as done:
             return done.value
 
-    def _langevin(self, grid: Grid, x: Tensor, j: int, plan: tuple[float, float, list[tuple[float, float]]]) -> Steps:
+    def _langevin(
+        self, nodes: NodeTable, ctx: RunContext, x: Tensor, j: int, plan: tuple[float, float, list[tuple[float, float]]]
+    ) -> Steps:
         """Alg. 5 at node j from ``x``: a new tensor (``x`` itself is never evaluated, so that the caller may
         overwrite it under autograd)."""
         factor, score_scale, intervals = plan
         x = x.clone()
         for s, t in intervals:
-            _, eps = yield x, grid.node(j)
+            _, eps = yield x, nodes.node(j)
             g = eps * score_scale  # the score, -eps_hat/sigma
-            z = grid.noise(s, t, x)
+            z = ctx.draw(s, t, x)
             e = factor * (_norm(z, self.norm) / _norm(g, self.norm)).square()  # 2 a (snr ||z|| / ||g||)^2
             x = x + e * g + (2.0 * e).sqrt() * z
         return x
-
-
-def _corrects(solver: Solver) -> bool:
-    """Whether a solver corrects its state after the evaluation at it (UniC, SA-Solver's and DPM-Solver-v3's
-    correctors): its requests are then predicted states, not the states it continues from."""
-    if solver.name.startswith(("unipc", "dpm_solver_v3")):
-        return True
-    return bool(getattr(solver, "corrector", None)) or bool(getattr(solver, "corrector_order", 0))
 
 
 def _norm(v: Tensor, kind: str) -> Tensor:

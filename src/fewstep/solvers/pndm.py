@@ -2,7 +2,7 @@
 the noise prediction, as diffusers' ``IPNDMScheduler`` and the DEIS repository's ``ipndm``; and its
 variable-step form.
 
-With ``y = x/alpha``, ``rho = sigma/alpha`` and ``dy/drho = eps`` (:meth:`Grid.ode_frame`; for flows ``y = x``,
+With ``y = x/alpha``, ``rho = sigma/alpha`` and ``dy/drho = eps`` (:meth:`~fewstep.nodes.NodeTable.ode_frame`; for flows ``y = x``,
 ``t`` and the velocity, the frame Euler steps in), step i uses the last ``k = min(4, i + 1)`` estimates (the
 first-order steps are DDIM in both frames):
 

@@ -28,9 +28,10 @@ import math
 import numpy as np
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
 from .base import Solver, Steps, register
 from .dpmpp import _Multistep
-from .grid import Grid
 from .phi import hphi
 
 PAPER_RES = "Zhang et al. 2023, Improved Order Analysis and Design of Exponential Integrator for Diffusion Models"
@@ -76,18 +77,18 @@ class GradientEstimation(Solver):
             raise ValueError(f"gamma: must be a finite number, got {gamma!r}")
         self.gamma = float(gamma)
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        tau, c = grid.ode_frame()
-        vel = [grid.ode_velocity(grid.node(i)) for i in range(grid.steps)]
-        coef = [(c[i + 1] / c[i], c[i + 1] * (tau[i + 1] - tau[i])) for i in range(grid.steps)]
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        tau, c = nodes.ode_frame()
+        vel = [nodes.ode_velocity(nodes.node(i)) for i in range(nodes.steps)]
+        coef = [(c[i + 1] / c[i], c[i + 1] * (tau[i + 1] - tau[i])) for i in range(nodes.steps)]
         g = self.gamma
         d_old: Tensor | None = None
-        for i in grid.loop():
-            x0, eps = yield x, grid.node(i)
+        for i in ctx.loop():
+            x0, eps = yield x, nodes.node(i)
             (a, b), (cx, cf) = vel[i], coef[i]
             d = a * x0 + b * eps
             d_bar = d if d_old is None else g * d + (1 - g) * d_old
             x = cx * x + cf * d_bar
             d_old = d
-            grid.emit(i, x, x0)
+            ctx.emit(i, x, x0)
         return x

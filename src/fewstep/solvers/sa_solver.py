@@ -50,11 +50,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
+from ..options import bool_option, real_option
 from .adams import lagrange_basis
 from .base import Solver, Steps, register
-from .grid import Grid
 from .phi import phi
-from .stochastic import bool_option, noise_levels, real_option
+from .stochastic import noise_levels
 
 PAPER_SA = "Xue et al. 2023, SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion Models"
 SECOND_ORDER = ("exact", "reference")
@@ -72,12 +74,12 @@ def adams_weights(theta: Sequence[float], big_h: float, half_phi2: bool = False)
     return [big_h * float(w) for w in moments @ coef]
 
 
-def sa_orders(grid: Grid, p: int, q: int, lower_order_final: bool) -> tuple[list[int], list[int]]:
+def sa_orders(nodes: NodeTable, p: int, q: int, lower_order_final: bool) -> tuple[list[int], list[int]]:
     """Predictor and corrector orders of every step (corrector 0: not corrected)."""
-    n = grid.steps
+    n = nodes.steps
     pred, corr, run = [], [], 0  # run: nodes with finite lambda since the last restart, the current one included
     for i in range(n):
-        if not grid.finite(i):
+        if not nodes.finite(i):
             pred.append(1)
             corr.append(0)
             run = 0
@@ -116,10 +118,15 @@ class SASolver(Solver):
     name = "sa_solver"
     order = 3
     stochastic = True
+    records_transitions = True
     needs_eps = False
     summary = "SA-Solver: stochastic Adams predictor (order 3) + corrector (order 3), data prediction, tau"
     paper = PAPER_SA
     peers = "diffusers SASolverScheduler (second_order='reference')"
+
+    @property
+    def corrects_requests(self) -> bool:
+        return self.corrector_order > 0
 
     def __init__(
         self,
@@ -141,35 +148,35 @@ class SASolver(Solver):
             raise ValueError(f"second_order: choose 'exact' or 'reference', got {second_order!r}")
         self.second_order = second_order
 
-    def step_orders(self, grid: Grid) -> list[int]:
-        return sa_orders(grid, self.predictor_order, self.corrector_order, self.lower_order_final)[0]
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        return sa_orders(nodes, self.predictor_order, self.corrector_order, self.lower_order_final)[0]
 
-    def tau_at(self, grid: Grid, i: int, level: float) -> float:
+    def tau_at(self, nodes: NodeTable, ctx: RunContext, i: int, level: float) -> float:
         """tau on step i: ``self.tau`` (at the start's noise level) inside both windows, else 0."""
-        sched = grid.denoiser.schedule
+        sched = nodes.schedule
         if self.tau_window is not None:
-            u = (float(grid.t[i]) - sched.t_min) / (sched.t_max - sched.t_min)
+            u = (float(nodes.t[i]) - sched.t_min) / (sched.t_max - sched.t_min)
             if not self.tau_window[0] <= u <= self.tau_window[1]:
                 return 0.0
-        if not grid.stochastic_step(i):
+        if not ctx.stochastic_step(i):
             return 0.0
         if not callable(self.tau):
             return self.tau
         value = self.tau(float(level))
         return real_option("tau", value.item() if hasattr(value, "item") else value)
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        a, s, lam, h = grid.alpha, grid.sigma, grid.lam, grid.h
-        level = noise_levels(grid)
-        pred, corr = sa_orders(grid, self.predictor_order, self.corrector_order, self.lower_order_final)
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        a, s, lam, h = nodes.alpha, nodes.sigma, nodes.lam, nodes.h
+        level = noise_levels(nodes)
+        pred, corr = sa_orders(nodes, self.predictor_order, self.corrector_order, self.lower_order_final)
         half = self.second_order == "reference"
         # per step: (ratio, predictor weights of D_i, D_{i-1}, ..., corrector weights of D_{i+1}, D_i, ..., noise std)
         plan: list[tuple[float, list[float], list[float], float]] = []
-        for i in range(grid.steps):
-            if not grid.finite(i):  # deterministic first order: x_t = (sigma_t/sigma_s) x_s + alpha_t x0_hat
+        for i in range(nodes.steps):
+            if not nodes.finite(i):  # deterministic first order: x_t = (sigma_t/sigma_s) x_s + alpha_t x0_hat
                 plan.append((float(s[i + 1] / s[i]), [float(a[i + 1])], [], 0.0))
                 continue
-            tau2, hi = self.tau_at(grid, i, level[i]) ** 2, float(h[i])
+            tau2, hi = self.tau_at(nodes, ctx, i, level[i]) ** 2, float(h[i])
             big_h, a_t = (1.0 + tau2) * hi, float(a[i + 1])
             theta = [float((lam[j] - lam[i]) / hi) for j in range(i + 1, i - 4, -1) if j >= 0]  # theta_{i+1} = 1
             wp = adams_weights(theta[1 : 1 + pred[i]], big_h, half)
@@ -180,8 +187,8 @@ class SASolver(Solver):
         keep = max(self.predictor_order, self.corrector_order, 1)
         history: list[Tensor] = []  # D_i, D_{i-1}, ...
         x_prev, z_prev = x, None
-        for i in grid.loop():
-            x0, _ = yield x, grid.node(i)
+        for i in ctx.loop():
+            x0, _ = yield x, nodes.node(i)
             history = [x0, *history[: keep - 1]]
             if i > 0 and plan[i - 1][2]:  # SA-Corrector of step i - 1, with D_i = D(x^p_i)
                 ratio, _, wc, std = plan[i - 1]
@@ -190,8 +197,8 @@ class SASolver(Solver):
             x_prev = x
             x = _combine(x, ratio, wp, history, 0.0, None)
             if std:  # x~_{i+1} ~ N(ratio x_i + sum_j b_j D_{i-j}, std^2 I); the corrector reuses z
-                x, z_prev = grid.transition(i, x, level[i], level[i + 1], std)
-            grid.emit(i, x, x0)
+                x, z_prev = ctx.transition(i, x, level[i], level[i + 1], std)
+            ctx.emit(i, x, x0)
         return x
 
 

@@ -33,11 +33,13 @@ import math
 import numpy as np
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
+from ..options import bool_option
 from .base import Solver, Steps, register
 from .dpmpp import PAPER_PP, multistep_orders, multistep_weights
-from .grid import Grid
 from .phi import hphi
-from .stochastic import EtaNoiseOptions, bool_option, noise_levels
+from .stochastic import EtaNoiseOptions, noise_levels
 
 SOLVER_TYPES = ("midpoint", "heun")
 
@@ -49,17 +51,18 @@ class DPMSolver1SDE(EtaNoiseOptions, Solver):
     name = "dpm_solver_1_sde"
     order = 1
     stochastic = True
+    records_transitions = True
     summary = "SDE-DPM-Solver-1: first-order exponential integrator of the reverse SDE, noise prediction"
     paper = PAPER_PP + " (App. B, SDE-DPM-Solver-1)"
     peers = "diffusers DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver', solver_order=1)"
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        a, s, h = grid.alpha, grid.sigma, grid.h
-        level = noise_levels(grid)
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        a, s, h = nodes.alpha, nodes.sigma, nodes.h
+        level = noise_levels(nodes)
         coef = []  # x_t = c_x x_s + c_x0 x0_hat + c_eps eps_hat + c_z z
-        for i in range(grid.steps):
-            if grid.finite(i):
-                hi, eta = float(h[i]), self.eta if grid.stochastic_step(i) else 0.0
+        for i in range(nodes.steps):
+            if nodes.finite(i):
+                hi, eta = float(h[i]), self.eta if ctx.stochastic_step(i) else 0.0
                 coef.append(
                     (
                         float(a[i + 1] / a[i]),
@@ -70,13 +73,13 @@ class DPMSolver1SDE(EtaNoiseOptions, Solver):
                 )
             else:  # deterministic: x_t = alpha_t x0_hat + sigma_t eps_hat
                 coef.append((0.0, float(a[i + 1]), float(s[i + 1]), 0.0))
-        for i in grid.loop():
-            x0, eps = yield x, grid.node(i)
+        for i in ctx.loop():
+            x0, eps = yield x, nodes.node(i)
             cx, c0, ce, cz = coef[i]
             x = cx * x + ce * eps if cx else c0 * x0 + ce * eps
             if cz:
-                x = grid.add_noise(i, x, level[i], level[i + 1], cz)
-            grid.emit(i, x, x0)
+                x = ctx.transition(i, x, level[i], level[i + 1], cz)[0]
+            ctx.emit(i, x, x0)
         return x
 
 
@@ -84,6 +87,7 @@ class _MultistepSDE(EtaNoiseOptions, Solver):
     """Shared loop: ``x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t sum_j w_j D_{i-j} + c_z z``."""
 
     stochastic = True
+    records_transitions = True
     needs_eps = False
     paper = PAPER_PP + " (SDE-DPM-Solver++); k-diffusion (eta)"
 
@@ -91,19 +95,19 @@ class _MultistepSDE(EtaNoiseOptions, Solver):
         super().__init__(eta, s_noise)
         self.lower_order_final = bool_option("lower_order_final", lower_order_final)
 
-    def step_orders(self, grid: Grid) -> list[int]:
-        return multistep_orders(grid, self.order, self.lower_order_final)
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        return multistep_orders(nodes, self.order, self.lower_order_final)
 
     def weights(self, big_h: np.ndarray, i: int, order: int) -> list[float]:
         """Weights of ``D_i, D_{i-1}, ...`` on a finite step, in terms of ``H = (1 + eta) h``."""
         raise NotImplementedError
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        a, s, h = grid.alpha, grid.sigma, grid.h
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        a, s, h = nodes.alpha, nodes.sigma, nodes.h
         plan: list[tuple[float, list[float], float]] = []
-        for i, k in enumerate(self.step_orders(grid)):
-            if grid.finite(i):
-                eta = self.eta if grid.stochastic_step(i) else 0.0
+        for i, k in enumerate(self.step_orders(nodes)):
+            if nodes.finite(i):
+                eta = self.eta if ctx.stochastic_step(i) else 0.0
                 big_h = (1.0 + eta) * h  # this step's eta on the whole array: the weights use ratios of its entries
                 eta_h = eta * float(h[i])
                 ratio = float(s[i + 1] / s[i]) * math.exp(-eta_h)
@@ -111,24 +115,26 @@ class _MultistepSDE(EtaNoiseOptions, Solver):
                 plan.append((ratio, [float(a[i + 1]) * w for w in self.weights(big_h, i, k)], noise))
             else:  # deterministic first order: x_t = (sigma_t/sigma_s) x_s + alpha_t x0_hat
                 plan.append((float(s[i + 1] / s[i]), [float(a[i + 1])], 0.0))
-        return (yield from run_data_plan(x, grid, plan, self.order))
+        return (yield from run_data_plan(x, nodes, ctx, plan, self.order))
 
 
-def run_data_plan(x: Tensor, grid: Grid, plan: list[tuple[float, list[float], float]], history_size: int) -> Steps:
+def run_data_plan(
+    x: Tensor, nodes: NodeTable, ctx: RunContext, plan: list[tuple[float, list[float], float]], history_size: int
+) -> Steps:
     """The step loop of a data-prediction multistep SDE solver from its precomputed plan: step i is
     ``x_t = ratio_i x_s + sum_j w_ij D_{i-j} + c_i z`` for ``plan[i] = (ratio_i, [w_i0, w_i1, ...], c_i)``."""
-    level = noise_levels(grid)
+    level = noise_levels(nodes)
     history: list[Tensor] = []
-    for i in grid.loop():
-        x0, _ = yield x, grid.node(i)
+    for i in ctx.loop():
+        x0, _ = yield x, nodes.node(i)
         history = [x0, *history[: history_size - 1]]
         ratio, weights, cz = plan[i]
         x = x * ratio  # a new tensor: the caller's noise and the states already passed on are never changed
         for w, d in zip(weights, history, strict=False):
             x.add_(d, alpha=w)
         if cz:
-            x = grid.add_noise(i, x, level[i], level[i + 1], cz)
-        grid.emit(i, x, x0)
+            x = ctx.transition(i, x, level[i], level[i + 1], cz)[0]
+        ctx.emit(i, x, x0)
     return x
 
 

@@ -12,7 +12,7 @@ With the intermediate stage at ``lambda_s + r h`` (``r = 1/2``):
     x_t = (alpha_t/alpha_s) x_s - (1 + eta) sigma_t (e^h - 1) eps_s - (1 + eta) sigma_t/(2 r) (e^h - 1) (eps(u) - eps_s)
           + sqrt(eta) sigma_t (e^{(1 - r) h} sqrt(e^{2 r h} - 1) z_1 + sqrt(e^{2 (1 - r) h} - 1) z_2),
 
-where ``z_1, z_2`` are the normals of the sub-intervals ``[s, s1]`` and ``[s1, t]`` (drawn with ``grid.noise`` between
+where ``z_1, z_2`` are the normals of the sub-intervals ``[s, s1]`` and ``[s1, t]`` (drawn with ``nodes.noise`` between
 their noise levels): the stage and the step share one Brownian path and the step's noise has the exact variance
 ``eta sigma_t^2 (e^{2h} - 1)`` (the exact split of the Ito integral, as SEEDS, :mod:`fewstep.solvers.seeds`). At
 eta = 0 this is DPM-Solver-2 (``dpm_solver_2``); its first-order steps are SDE-DPM-Solver-1 (``dpm_solver_1_sde``),
@@ -31,9 +31,10 @@ import math
 
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
 from .base import Steps, register
 from .dpm_solver import _DPMSolver
-from .grid import Grid
 from .sde_dpm import PAPER_PP
 from .seeds import Stage, StepPlan, noise_weights, run_stages, stage_points
 from .stochastic import EtaNoiseOptions, noise_levels
@@ -47,6 +48,7 @@ class DPMSolver2SDE(EtaNoiseOptions, _DPMSolver):
     order = 2
     nfe_per_step = 2
     stochastic = True
+    records_transitions = True
     summary = "SDE-DPM-Solver-2: singlestep midpoint in lambda for the reverse SDE family (eta), noise prediction"
     paper = PAPER_PP + " (App. B, SDE-DPM-Solver-2)"
     peers = "none (k-diffusion's sample_dpmpp_sde is the data-prediction analogue)"
@@ -54,17 +56,17 @@ class DPMSolver2SDE(EtaNoiseOptions, _DPMSolver):
     def _noise(self, c: float, fractions: list[float], h: float, eta: float, sigma_c: float) -> tuple[float, ...]:
         return noise_weights(c, fractions, h, eta, sigma_c * self.s_noise, data=False) if eta else ()
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        a, s, h = grid.alpha, grid.sigma, grid.h
-        level = noise_levels(grid)
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        a, s, h = nodes.alpha, nodes.sigma, nodes.h
+        level = noise_levels(nodes)
         plans: list[StepPlan] = []
         cuts: list[list[float]] = []
-        for i, k in enumerate(self.step_orders(grid)):
-            if not grid.finite(i):  # deterministic: x_t = alpha_t x0_hat + sigma_t eps_hat
+        for i, k in enumerate(self.step_orders(nodes)):
+            if not nodes.finite(i):  # deterministic: x_t = alpha_t x0_hat + sigma_t eps_hat
                 plans.append((float(a[i + 1]), float(s[i + 1])))
                 cuts.append([])
                 continue
-            eta = self.eta if grid.stochastic_step(i) else 0.0
+            eta = self.eta if ctx.stochastic_step(i) else 0.0
             hi, a_t, s_t = float(h[i]), float(a[i + 1]), float(s[i + 1])
             fractions = [0.0, 1.0] if k == 1 else [0.0, R, 1.0]
             e = -(1.0 + eta) * s_t * math.expm1(hi)  # -(1 + eta) sigma_t (e^h - 1)
@@ -72,7 +74,7 @@ class DPMSolver2SDE(EtaNoiseOptions, _DPMSolver):
                 plans.append([Stage(None, a_t / float(a[i]), (e,), self._noise(1.0, fractions, hi, eta, s_t))])
                 cuts.append([float(level[i]), float(level[i + 1])])
                 continue
-            (p1,) = stage_points(grid, i, [R])
+            (p1,) = stage_points(nodes, i, [R])
             u = Stage(
                 p1,
                 p1.alpha / float(a[i]),
@@ -83,5 +85,5 @@ class DPMSolver2SDE(EtaNoiseOptions, _DPMSolver):
                 None, a_t / float(a[i]), (e * (1.0 - 0.5 / R), e * 0.5 / R), self._noise(1.0, fractions, hi, eta, s_t)
             )
             plans.append([u, end])
-            cuts.append([float(level[i]), grid.frame_at(p1)[0], float(level[i + 1])])
-        return (yield from run_stages(x, grid, plans, cuts, use_eps=True))
+            cuts.append([float(level[i]), nodes.frame_at(p1)[0], float(level[i + 1])])
+        return (yield from run_stages(x, nodes, ctx, plans, cuts, use_eps=True))

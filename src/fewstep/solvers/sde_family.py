@@ -34,12 +34,14 @@ from typing import Protocol
 
 from torch import Tensor
 
-from ..denoiser import Point
+from ..context import RunContext
+from ..model import Point
+from ..nodes import NodeTable
 from ..noise.brownian import BrownianPath
+from ..options import real_option
 from ..schedules import NoiseSchedule
 from .base import Solver, Steps, register
-from .grid import Grid
-from .stochastic import EtaNoiseOptions, noise_levels, real_option
+from .stochastic import EtaNoiseOptions, noise_levels
 
 __all__ = ["ReverseSDE", "SDE", "em_step", "euler_maruyama", "EulerMaruyama"]
 
@@ -119,29 +121,30 @@ class EulerMaruyama(EtaNoiseOptions, Solver):
     name = "euler_maruyama"
     order = 1
     stochastic = True
+    records_transitions = True
     summary = "Euler-Maruyama in schedule time on the reverse SDE family (eta: 0 the PF-ODE, 1 the reverse SDE)"
     paper = "Song et al. 2021, Score-based generative modeling through SDEs (eq. 6, 13); Maruyama 1955"
     peers = "score_sde EulerMaruyamaPredictor"
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        level = noise_levels(grid)
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        level = noise_levels(nodes)
         plan: list[tuple[float, float, float, float]] = []  # (dt, c_x, c_eps, std); dt = 0: deterministic step
-        for i in range(grid.steps):
-            if not grid.finite(i):  # x_t = alpha_t x0_hat + sigma_t eps_hat
-                plan.append((0.0, float(grid.alpha[i + 1]), float(grid.sigma[i + 1]), 0.0))
+        for i in range(nodes.steps):
+            if not nodes.finite(i):  # x_t = alpha_t x0_hat + sigma_t eps_hat
+                plan.append((0.0, float(nodes.alpha[i + 1]), float(nodes.sigma[i + 1]), 0.0))
                 continue
-            sde = ReverseSDE(grid.denoiser.schedule, self.eta if grid.stochastic_step(i) else 0.0)
-            c_x, c_eps, c_w = sde.coefficients(grid.node(i))
-            dt = float(grid.t[i + 1] - grid.t[i])
+            sde = ReverseSDE(nodes.schedule, self.eta if ctx.stochastic_step(i) else 0.0)
+            c_x, c_eps, c_w = sde.coefficients(nodes.node(i))
+            dt = float(nodes.t[i + 1] - nodes.t[i])
             plan.append((dt, c_x, c_eps, c_w * math.sqrt(-dt) * self.s_noise))
-        for i in grid.loop():
-            x0, eps = yield x, grid.node(i)
+        for i in ctx.loop():
+            x0, eps = yield x, nodes.node(i)
             dt, a, b, std = plan[i]
             if dt == 0.0:
                 x = a * x0 + b * eps
             else:
                 x = em_step(x, a * x + b * eps, dt)
             if std:
-                x = grid.add_noise(i, x, level[i], level[i + 1], std)
-            grid.emit(i, x, x0)
+                x = ctx.transition(i, x, level[i], level[i + 1], std)[0]
+            ctx.emit(i, x, x0)
         return x

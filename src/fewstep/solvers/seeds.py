@@ -10,7 +10,7 @@ from ``lambda_s`` over ``h = lambda_t - lambda_s``, with ``H = (1 + eta) h``, is
 A singlestep method evaluates the data estimate at stages ``lambda_s + c_j h`` (``0 = c_0 < c_1 < ... < 1``) and
 approximates the drift integral as DPM-Solver++ does; SEEDS' point is the noise: the Ito integral is split over the
 sub-intervals ``[c_{k-1}, c_k]`` into independent standard normals ``z_k`` (one per sub-interval, drawn with
-``grid.noise`` between the sub-interval's noise levels), and every stage uses exactly its share,
+``nodes.noise`` between the sub-interval's noise levels), and every stage uses exactly its share,
 
     noise at stage c_j = sum_{k <= j} sigma_{c_j} e^{-eta (c_j - c_k) h} sqrt(1 - e^{-2 eta (c_k - c_{k-1}) h}) z_k,
 
@@ -47,10 +47,11 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..denoiser import Point
+from ..context import RunContext
+from ..model import Point
+from ..nodes import NodeTable
 from .base import Steps, register
 from .dpm_solver import _DPMSolver
-from .grid import Grid
 from .phi import hphi
 from .stochastic import EtaNoiseOptions, noise_levels
 
@@ -96,25 +97,27 @@ def noise_weights(
     return tuple(out)
 
 
-def stage_points(grid: Grid, i: int, fractions: Sequence[float]) -> list[Point]:
+def stage_points(nodes: NodeTable, i: int, fractions: Sequence[float]) -> list[Point]:
     """The intermediate points ``lambda_i + c h_i`` of step i."""
-    return [grid.point_at_lambda(float(grid.lam[i] + c * grid.h[i])) for c in fractions]
+    return [nodes.point_at_lambda(float(nodes.lam[i] + c * nodes.h[i])) for c in fractions]
 
 
-def run_stages(x: Tensor, grid: Grid, plans: list[StepPlan], cuts: list[list[float]], use_eps: bool) -> Steps:
+def run_stages(
+    x: Tensor, nodes: NodeTable, ctx: RunContext, plans: list[StepPlan], cuts: list[list[float]], use_eps: bool
+) -> Steps:
     """The loop of a stochastic singlestep method: per step, draw the normals of its sub-intervals (levels
     ``cuts[i]``), evaluate the stages in order and return the last. Stage j's last normal ``z_j`` enters no earlier
     stage, so ``u_j = mean_j + std_j z_j`` (``mean_j``: everything but that term) is recorded as a Gaussian
     transition of step i (module docstring)."""
-    for i in grid.loop():
-        x0, eps = yield x, grid.node(i)
+    for i in ctx.loop():
+        x0, eps = yield x, nodes.node(i)
         plan = plans[i]
         if isinstance(plan, tuple):  # deterministic: x_t = alpha_t x0_hat + sigma_t eps_hat
             x = plan[0] * x0 + plan[1] * eps
-            grid.emit(i, x, x0)
+            ctx.emit(i, x, x0)
             continue
         levels = cuts[i]
-        zs = [grid.draw(s, t, x) for s, t in zip(levels, levels[1:], strict=False)] if any(plan[-1].noise) else []
+        zs = [ctx.draw(s, t, x) for s, t in zip(levels, levels[1:], strict=False)] if any(plan[-1].noise) else []
         f = [eps if use_eps else x0]
         x_s = x
         for stage in plan:
@@ -126,15 +129,15 @@ def run_stages(x: Tensor, grid: Grid, plans: list[StepPlan], cuts: list[list[flo
             for c, z in draws[:-1]:
                 u.add_(z, alpha=c)
             if draws:  # u_j = mean_j + std_j z_j
-                (c, z), mean = draws[-1], u.clone() if grid.trajectory is not None else u
+                (c, z), mean = draws[-1], u.clone() if ctx.trajectory is not None else u
                 u.add_(z, alpha=c)
-                grid.record(i, mean, c, u, z)
+                ctx.record(i, mean, c, u, z)
             if stage.point is None:
                 x = u
             else:
                 x0_j, eps_j = yield u, stage.point
                 f.append(eps_j if use_eps else x0_j)
-        grid.emit(i, x, x0)
+        ctx.emit(i, x, x0)
     return x
 
 
@@ -165,21 +168,22 @@ class _SEEDS(EtaNoiseOptions, _DPMSolver):
     so any budget can be spent; with ``steps=`` every finite step has the full order."""
 
     stochastic = True
+    records_transitions = True
     paper = PAPER_SEEDS
 
-    def plan(self, grid: Grid) -> tuple[list[StepPlan], list[list[float]]]:
-        a, s, h = grid.alpha, grid.sigma, grid.h
-        level = noise_levels(grid)
+    def plan(self, nodes: NodeTable, ctx: RunContext) -> tuple[list[StepPlan], list[list[float]]]:
+        a, s, h = nodes.alpha, nodes.sigma, nodes.h
+        level = noise_levels(nodes)
         plans: list[StepPlan] = []
         cuts: list[list[float]] = []
-        for i, k in enumerate(self.step_orders(grid)):
-            if not grid.finite(i):
+        for i, k in enumerate(self.step_orders(nodes)):
+            if not nodes.finite(i):
                 plans.append((float(a[i + 1]), float(s[i + 1])))
                 cuts.append([])
                 continue
-            eta = self.eta if grid.stochastic_step(i) else 0.0
+            eta = self.eta if ctx.stochastic_step(i) else 0.0
             hi, fr = float(h[i]), FRACTIONS[k]
-            pts = stage_points(grid, i, fr)
+            pts = stage_points(nodes, i, fr)
             fractions = [0.0, *fr, 1.0]
             ends = [(p.alpha, p.sigma, p) for p in pts] + [(float(a[i + 1]), float(s[i + 1]), None)]
             stages = []
@@ -190,12 +194,12 @@ class _SEEDS(EtaNoiseOptions, _DPMSolver):
                 ratio = sigma_c / float(s[i]) * math.exp(-eta * c * hi)
                 stages.append(Stage(p, ratio, tuple(alpha_c * wj for wj in w), noise))
             plans.append(stages)
-            cuts.append([float(level[i]), *(grid.frame_at(p)[0] for p in pts), float(level[i + 1])])
+            cuts.append([float(level[i]), *(nodes.frame_at(p)[0] for p in pts), float(level[i + 1])])
         return plans, cuts
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        plans, cuts = self.plan(grid)
-        return (yield from run_stages(x, grid, plans, cuts, use_eps=False))
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        plans, cuts = self.plan(nodes, ctx)
+        return (yield from run_stages(x, nodes, ctx, plans, cuts, use_eps=False))
 
 
 @register

@@ -1,9 +1,9 @@
 """Shared pieces of the stochastic samplers (:mod:`~fewstep.solvers.ancestral`, :mod:`~fewstep.solvers.sde_dpm`,
 :mod:`~fewstep.solvers.edm_sde`): option checks, the noise levels and which steps draw noise.
 
-Noise. A stochastic step draws one standard normal ``z = grid.noise(level_s, level_t, x)`` (:meth:`Grid.noise`):
+Noise. A stochastic step draws one standard normal ``z`` between the levels ``level_s`` and ``level_t`` (:meth:`~fewstep.context.RunContext.draw`):
 ``torch.randn`` with the run's generator, or the user's ``noise_sampler(level_s, level_t)``. The levels are the
-schedule's noise level at the two ends of the step (:meth:`Grid.ode_frame`: sigma/alpha, k-diffusion's sigma,
+schedule's noise level at the two ends of the step (:meth:`~fewstep.nodes.NodeTable.ode_frame`: sigma/alpha, k-diffusion's sigma,
 or t for flows; 0 at the clean end), so that a Brownian-path noise sampler gives increments over disjoint
 intervals, independent across steps and consistent across step counts.
 
@@ -21,29 +21,10 @@ Deterministic steps. A step of infinite lambda-size is deterministic, first orde
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 
-from .grid import Grid
-
-
-def real_option(name: str, value: object, low: float = 0.0, high: float = math.inf, allow_inf: bool = False) -> float:
-    """``value`` as a float in ``[low, high]`` (TypeError for a non-number, ValueError out of range)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if math.isnan(v) or (math.isinf(v) and not allow_inf) or not low <= v <= high:
-        bound = f"<= {high}" if math.isfinite(high) else "finite" if not allow_inf else ""
-        raise ValueError(f"{name}: must be >= {low}{' and ' + bound if bound else ''}, got {value!r}")
-    return v
-
-
-def bool_option(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: must be a bool, got {value!r}")
-    return value
+from ..nodes import NodeTable
+from ..options import real_option
 
 
 class EtaNoiseOptions:
@@ -55,6 +36,6 @@ class EtaNoiseOptions:
         self.s_noise = real_option("s_noise", s_noise)
 
 
-def noise_levels(grid: Grid) -> np.ndarray:
+def noise_levels(nodes: NodeTable) -> np.ndarray:
     """The noise level of every node, as passed to the noise sampler (inf at alpha = 0, 0 at the clean end)."""
-    return grid.ode_frame()[0]
+    return nodes.ode_frame()[0]

@@ -39,8 +39,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
 from .base import Steps
-from .grid import Grid
 from .phi import hphi
 
 VARIANTS = ("bh1", "bh2")
@@ -121,15 +122,15 @@ def unic_weights(lam: np.ndarray, i: int, order: int, variant: str = "bh2") -> l
 
 
 def unic_plan(
-    grid: Grid, orders: Sequence[int], variant: str = "bh2", disable: Iterable[int] = ()
+    nodes: NodeTable, orders: Sequence[int], variant: str = "bh2", disable: Iterable[int] = ()
 ) -> list[CorrectorStep | None]:
     """For each step i, the UniC correction of node i+1 at the step's predictor order (as diffusers), or None:
     after the last step (no evaluation follows), on a step of infinite lambda-size, and for steps in ``disable``."""
-    a, s, lam = grid.alpha, grid.sigma, grid.lam
+    a, s, lam = nodes.alpha, nodes.sigma, nodes.lam
     off = set(disable)
     plan: list[CorrectorStep | None] = []
     for i, k in enumerate(orders):
-        if i == grid.steps - 1 or i in off or not grid.finite(i):
+        if i == nodes.steps - 1 or i in off or not nodes.finite(i):
             plan.append(None)
         else:
             plan.append((float(s[i + 1] / s[i]), [float(a[i + 1] * w) for w in unic_weights(lam, i, k, variant)]))
@@ -137,7 +138,7 @@ def unic_plan(
 
 
 def predict_correct(
-    x: Tensor, grid: Grid, plan: Sequence[PlanStep], corrector: Sequence[CorrectorStep | None]
+    x: Tensor, nodes: NodeTable, ctx: RunContext, plan: Sequence[PlanStep], corrector: Sequence[CorrectorStep | None]
 ) -> Steps:
     """The predictor-corrector loop (a solver's ``solve``): at each node the model is evaluated once, at the
     predicted state; its estimate first corrects that state (UniC, when ``corrector[i - 1]`` is set), then
@@ -148,8 +149,8 @@ def predict_correct(
     hist: list[Tensor] = []
     hist_eps: list[Tensor] = []
     x_prev = x
-    for i in grid.loop():
-        x0, eps = yield x, grid.node(i)
+    for i in ctx.loop():
+        x0, eps = yield x, nodes.node(i)
         c = corrector[i - 1] if i > 0 else None
         if c is not None:
             ratio_c, (w_new, *w_old) = c
@@ -169,5 +170,5 @@ def predict_correct(
             x.add_(d, alpha=w)
         for w, d in zip(we, hist_eps, strict=False):
             x.add_(d, alpha=w)
-        grid.emit(i, x, x0)
+        ctx.emit(i, x, x0)
     return x

@@ -28,19 +28,20 @@ from typing import ClassVar
 import numpy as np
 from torch import Tensor
 
+from ..context import RunContext
+from ..nodes import NodeTable
 from .base import Solver, Steps, register
 from .dpmpp import multistep_orders
-from .grid import Grid
 from .unic import CorrectorStep, PlanStep, check_variant, predict_correct, unic_plan, unip_weights
 
 PAPER_UNIPC = "Zhao et al. 2023, UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models"
 
 
-def unipc_orders(grid: Grid, order: int, lower_order_final: bool | str) -> list[int]:
+def unipc_orders(nodes: NodeTable, order: int, lower_order_final: bool | str) -> list[int]:
     """Per-step predictor orders (see the module docstring for ``lower_order_final``)."""
-    orders = multistep_orders(grid, order, bool(lower_order_final))
+    orders = multistep_orders(nodes, order, bool(lower_order_final))
     if lower_order_final == "always":
-        orders = [min(k, grid.steps - i) for i, k in enumerate(orders)]
+        orders = [min(k, nodes.steps - i) for i, k in enumerate(orders)]
     return orders
 
 
@@ -51,6 +52,10 @@ class _UniPC(Solver):
     paper = PAPER_UNIPC
     needs_eps = False
     variant: ClassVar[str]
+
+    @property
+    def corrects_requests(self) -> bool:
+        return True
 
     def __init__(
         self,
@@ -78,21 +83,21 @@ class _UniPC(Solver):
         self.lower_order_final = lower_order_final
         self.disable_corrector = tuple(int(i) for i in disable)
 
-    def step_orders(self, grid: Grid) -> list[int]:
-        return unipc_orders(grid, self.solver_order, self.lower_order_final)
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        return unipc_orders(nodes, self.solver_order, self.lower_order_final)
 
-    def solve(self, x: Tensor, grid: Grid) -> Steps:
-        a, s, lam = grid.alpha, grid.sigma, grid.lam
-        orders = self.step_orders(grid)
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        a, s, lam = nodes.alpha, nodes.sigma, nodes.lam
+        orders = self.step_orders(nodes)
         plan: list[PlanStep] = []
         for i, k in enumerate(orders):
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = float(s[i + 1] / s[i])  # 0 at a clean end
             plan.append((ratio, [float(a[i + 1] * w) for w in unip_weights(lam, i, k, self.variant)], []))
-        corr: list[CorrectorStep | None] = [None] * grid.steps
+        corr: list[CorrectorStep | None] = [None] * nodes.steps
         if self.corrector:
-            corr = unic_plan(grid, orders, self.variant, self.disable_corrector)
-        return (yield from predict_correct(x, grid, plan, corr))
+            corr = unic_plan(nodes, orders, self.variant, self.disable_corrector)
+        return (yield from predict_correct(x, nodes, ctx, plan, corr))
 
 
 @register

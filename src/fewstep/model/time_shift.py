@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 
-from .denoiser import Point
-from .predictions import conversion
-from .solvers.grid import Grid
-from .solvers.stochastic import real_option
+from ..options import real_option
+from ..predictions import conversion
+from .point import Point
+from .stack import Evaluation, ModelOutput, Prediction, affine
+
+if TYPE_CHECKING:
+    from .denoiser import Denoiser
 
 
 @dataclass(frozen=True)
@@ -91,13 +94,23 @@ class _Table(NamedTuple):
 
 
 class ShiftedEvaluation:
-    """The ``evaluate(x, point)`` callback of :meth:`Solver.run` with time shifting (module docstring)."""
+    """The conversion layer of the model-call stack with time shifting (module docstring): the output is called at
+    the per-sample shifted model time, and ``(x0_hat, eps_hat)`` read as described there."""
 
-    def __init__(self, shift: TimeShift, grid: Grid, needs_eps: bool):
-        self.shift, self.denoiser, self.needs_eps = shift, grid.denoiser, needs_eps
-        self.device, self.dtype = grid.device, grid.dtype
+    def __init__(
+        self,
+        shift: TimeShift,
+        denoiser: Denoiser,
+        output: ModelOutput,
+        needs_eps: bool,
+        points: Iterable[Point | None],
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
+        self.shift, self.denoiser, self.output, self.needs_eps = shift, denoiser, output, needs_eps
+        self.device, self.dtype = device, dtype
         self._tables: dict[float, _Table | None] = {}
-        for p in grid.points:
+        for p in points:
             if p is not None:
                 self.table(p)
 
@@ -133,19 +146,32 @@ class ShiftedEvaluation:
         self._tables[p.t] = table
         return table
 
-    def __call__(self, x: Tensor, p: Point) -> tuple[Tensor, Tensor | None]:
+    def __call__(self, x: Tensor, p: Point) -> Prediction:
         table = self.table(p)
         if table is None:
-            return self.denoiser(x, p, self.needs_eps)
+            a = p.affine
+            out = self.output(x, p.model_time, p.t)
+            x0 = affine(x, a.x0_x, out, a.x0_out)
+            return x0, (affine(x, a.eps_x, out, a.eps_out) if self.needs_eps else None)
         var = x.reshape(x.shape[0], -1).var(dim=1, unbiased=False)  # the per-sample variance of x_t
         pick = (var[:, None] - table.var).abs().argmin(dim=1)  # t_s = argmin_c |Var(x_t) - v(c)|
         shape = (-1,) + (1,) * (x.ndim - 1)
-        return self.denoiser.shifted(
-            x, p, table.time[pick], table.eps_x[pick].view(shape), table.eps_out[pick].view(shape), self.needs_eps
-        )
+        # eps_hat = eps_x(t_s) x + eps_out(t_s) out(x, t_s);  x0_hat = (x - sigma_t eps_hat) / alpha_t
+        out = self.output(x, table.time[pick], p.t)
+        e = torch.addcmul(x * table.eps_x[pick].view(shape), out, table.eps_out[pick].view(shape))
+        x0 = (x - p.sigma * e) / p.alpha
+        return x0, (e if self.needs_eps else None)
 
 
-def evaluation(shift: TimeShift | None, grid: Grid, needs_eps: bool) -> Callable[[Tensor, Point], Any] | None:
-    """The evaluation callback for a checked ``time_shift=`` (:func:`check_time_shift`; None when it is off: the
-    solver's default evaluation)."""
-    return None if shift is None else ShiftedEvaluation(shift, grid, needs_eps)
+def shifted_layer(
+    shift: TimeShift | None,
+    denoiser: Denoiser,
+    points: Iterable[Point | None],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Callable[[ModelOutput, bool], Evaluation] | None:
+    """The conversion layer for a checked ``time_shift=`` (:func:`check_time_shift`) as ``Denoiser.stack``'s
+    ``base``; None when it is off (the plain conversion)."""
+    if shift is None:
+        return None
+    return lambda output, needs_eps: ShiftedEvaluation(shift, denoiser, output, needs_eps, points, device, dtype)

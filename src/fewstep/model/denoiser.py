@@ -1,0 +1,175 @@
+"""``Denoiser``: the user's network as the solvers see it, a map ``x_t -> (x0_hat, eps_hat)``.
+
+The network is called as it is, ``model(x_t, time, **cond)``. The Denoiser knows what it predicts
+(:mod:`fewstep.predictions`), which time it takes (``"t"``, ``"sigma"`` = sigma/alpha as k-diffusion
+denoisers, ``"index"`` = the fractional DDPM timestep diffusers UNets take, or any callable of t), its guidance
+rule (:mod:`fewstep.guidance`) and thresholding. It is a description, shared between runs: each run builds its own
+:class:`~fewstep.model.stack.ModelStack` from it (:meth:`Denoiser.stack`), which counts that run's calls.
+
+Per-time work (schedule values, conversion coefficients, the model's time tensor) is done once in
+:meth:`Denoiser.point`, before the step loop; the stack does tensor work only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..guidance.cfg import ClassifierFreeGuidance, Guidance
+from ..predictions import check_prediction, conversion
+from ..schedules import DiscreteVP, NoiseSchedule
+from .calls import CallCount
+from .network import Network
+from .point import Point
+from .stack import Converted, Evaluation, EvaluationWrapper, ModelOutput, ModelStack, Prediction, convert
+from .threshold import Threshold
+
+TIME_INPUTS = ("t", "sigma", "index")
+
+#: ``base(output, needs_eps) -> evaluation``: a replacement for the plain conversion layer (the time shift).
+BaseLayer = Callable[[ModelOutput, bool], Evaluation]
+
+
+@dataclass
+class Denoiser:
+    """Wraps ``model(x, time, **model_kwargs)`` that predicts ``prediction`` under ``schedule``.
+
+    Guidance: ``guidance=`` any rule of :mod:`fewstep.guidance`; or, as diffusers, ``guidance_scale != 1`` with
+    ``uncond_kwargs`` (and ``guidance_rescale``), which builds :class:`~fewstep.guidance.ClassifierFreeGuidance`:
+    both halves run as one batch (one network call, two branch evaluations).
+    """
+
+    model: Callable[..., Tensor]
+    schedule: NoiseSchedule
+    prediction: str = "epsilon"
+    time_input: str | Callable[[Tensor], Tensor] = "auto"
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    guidance_scale: float = 1.0
+    uncond_kwargs: Mapping[str, Any] | None = None
+    guidance_rescale: float = 0.0
+    threshold: Threshold | None = None
+    model_dtype: torch.dtype | None = None
+    guidance: Guidance | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.model):
+            raise TypeError(f"model: must be callable as model(x, t, **kwargs), got {type(self.model).__name__}")
+        if not isinstance(self.schedule, NoiseSchedule):
+            raise TypeError(f"schedule: must be a fewstep NoiseSchedule, got {type(self.schedule).__name__}")
+        check_prediction(self.prediction)
+        if self.time_input == "auto":
+            self.time_input = self.schedule.default_time_input
+        if not callable(self.time_input) and self.time_input not in TIME_INPUTS:
+            raise ValueError(f"time_input: choose one of 'auto', {', '.join(TIME_INPUTS)} or a callable of t")
+        if self.time_input == "index" and not isinstance(self.schedule, DiscreteVP):
+            raise ValueError("time_input: 'index' needs a DiscreteVP schedule")
+        if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, int | float):
+            raise TypeError(f"guidance_scale: must be a number, got {type(self.guidance_scale).__name__}")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale: must be in [0, 1], got {self.guidance_rescale}")
+        if self.guidance_scale != 1.0:
+            if self.guidance is not None:
+                raise ValueError("guidance, guidance_scale: give one of them (guidance_scale builds CFG)")
+            if self.uncond_kwargs is None:
+                raise ValueError(
+                    "uncond_kwargs: classifier-free guidance (guidance_scale != 1) needs the unconditional inputs"
+                )
+            self.guidance = ClassifierFreeGuidance(self.guidance_scale, self.uncond_kwargs, self.guidance_rescale)
+        if self.guidance is not None and not callable(getattr(self.guidance, "wrap", None)):
+            raise TypeError(f"guidance: must be a guidance rule with wrap(network), got {type(self.guidance).__name__}")
+        if self.threshold is not None and not isinstance(self.threshold, Threshold):
+            raise TypeError(f"threshold: must be a fewstep.Threshold, got {type(self.threshold).__name__}")
+        if self.model_dtype is None and isinstance(self.model, torch.nn.Module):
+            param = next(iter(self.model.parameters()), None)
+            self.model_dtype = param.dtype if param is not None and param.is_floating_point() else None
+        self._direct: ModelStack | None = None
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance is not None
+
+    def time_of(self, t: Tensor) -> Tensor:
+        """The network's time input for schedule times ``t`` (float64)."""
+        if callable(self.time_input):
+            return self.time_input(t)
+        if self.time_input == "sigma":
+            return torch.exp(-self.schedule.lambda_(t))
+        if self.time_input == "index":
+            assert isinstance(self.schedule, DiscreteVP)
+            return self.schedule.index(t)
+        return t
+
+    def point(self, t: float, batch: int, device: torch.device, dtype: torch.dtype) -> Point:
+        """Precompute everything for an evaluation at schedule time ``t``."""
+        tt = torch.tensor(float(t), dtype=torch.float64)
+        alpha, sigma = float(self.schedule.alpha(tt)), float(self.schedule.sigma(tt))
+        dalpha, dsigma = float(self.schedule.dalpha(tt)), float(self.schedule.dsigma(tt))
+        affine = conversion(self.prediction, alpha, sigma, dalpha, dsigma)
+        time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        model_time = torch.as_tensor(self.time_of(tt), dtype=torch.float64).to(device=device, dtype=time_dtype)
+        lam = float(self.schedule.lambda_(tt))
+        return Point(float(t), alpha, sigma, lam, dalpha, dsigma, model_time.expand(batch), affine)
+
+    def points(self, ts: Sequence[float], batch: int, device: torch.device, dtype: torch.dtype) -> list[Point]:
+        """:meth:`point` at each of ``ts``, with the schedule evaluated once for all of them (and the model's
+        time moved to ``device`` in one copy). A callable ``time_input`` is still called once per time."""
+        if callable(self.time_input) or len(ts) < 2:
+            return [self.point(t, batch, device, dtype) for t in ts]
+        tt = torch.tensor([float(t) for t in ts], dtype=torch.float64)
+        sched = self.schedule
+        alpha, sigma = sched.alpha(tt).tolist(), sched.sigma(tt).tolist()
+        dalpha, dsigma = sched.dalpha(tt).tolist(), sched.dsigma(tt).tolist()
+        lam = sched.lambda_(tt).tolist()
+        time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        model_time = torch.as_tensor(self.time_of(tt), dtype=torch.float64).to(device=device, dtype=time_dtype)
+        return [
+            Point(
+                float(t),
+                alpha[j],
+                sigma[j],
+                lam[j],
+                dalpha[j],
+                dsigma[j],
+                model_time[j].expand(batch),
+                conversion(self.prediction, alpha[j], sigma[j], dalpha[j], dsigma[j]),
+            )
+            for j, t in enumerate(tt.tolist())
+        ]
+
+    def stack(
+        self,
+        calls: CallCount,
+        needs_eps: bool = True,
+        base: BaseLayer | None = None,
+        wrappers: Sequence[EvaluationWrapper] = (),
+    ) -> ModelStack:
+        """A run's model-call stack (:mod:`fewstep.model.stack`), counting in ``calls``: the network, the guidance
+        rule, the conversion (or ``base``, e.g. the time shift), thresholding, then ``wrappers`` (innermost first)."""
+        network = Network(self.model, self.model_kwargs, self.model_dtype, calls)
+        output: ModelOutput = self.guidance.wrap(network) if self.guidance is not None else network
+        inner_eps = needs_eps and self.threshold is None
+        evaluate = base(output, inner_eps) if base is not None else Converted(output, inner_eps)
+        if self.threshold is not None:
+            evaluate = self.threshold.wrap(evaluate, needs_eps)
+        for wrapper in wrappers:
+            evaluate = wrapper.wrap(evaluate, needs_eps)
+        return ModelStack(network, evaluate)
+
+    def __call__(self, x: Tensor, p: Point, eps: bool = True) -> Prediction:
+        """One evaluation at point ``p`` outside a run (not counted in any run): ``(x0_hat, eps_hat)``."""
+        if self._direct is None:
+            self._direct = self.stack(CallCount(), True)
+        x0, e = self._direct.evaluate(x, p)
+        return x0, (e if eps else None)
+
+    def convert(self, x: Tensor, out: Tensor, p: Point, eps: bool = True) -> Prediction:
+        """``(x0_hat, eps_hat)`` from a network output ``out`` at ``x`` (thresholding applied to x0_hat), for a caller
+        that runs the network itself (the diffusers scheduler)."""
+        if self.threshold is None:
+            return convert(x, out, p, eps)
+        x0 = self.threshold(convert(x, out, p, False)[0])
+        return x0, ((x - p.alpha * x0) / p.sigma if eps else None)

@@ -1,0 +1,69 @@
+"""``NoiseSource``: the one place a run's stochastic steps get their standard normal noise from.
+
+Built from the run's options (:meth:`NoiseSource.of`): a ``torch.Generator`` (``torch.randn``, drawn on the
+generator's device), a ``noise_sampler(level_s, level_t)`` (k-diffusion's convention, e.g. a Brownian path's
+normalised increment or :class:`~fewstep.noise.ColoredNoise`), or per-sample ``seed``\\ s (a Brownian path in the
+schedule's time, :mod:`fewstep.noise.levels`). With none of them it draws from torch's global generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..schedules import NoiseSchedule
+from .levels import seeded_noise_sampler
+
+Sampler = Callable[[float, float], Tensor]
+
+
+class NoiseSource:
+    """``draw(level_s, level_t, like)``: the standard normal noise of a step between two noise levels."""
+
+    def __init__(self, generator: torch.Generator | None = None, sampler: Sampler | None = None):
+        if generator is not None and sampler is not None:
+            raise ValueError("generator, noise_sampler: give one of them, not both (the noise sampler draws the noise)")
+        self.generator, self.sampler = generator, sampler
+
+    @classmethod
+    def of(
+        cls,
+        generator: object = None,
+        noise_sampler: object = None,
+        seed: int | Sequence[int] | Tensor | None = None,
+        *,
+        schedule: NoiseSchedule | None = None,
+        like: Tensor | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> NoiseSource:
+        """The source of the options ``generator``, ``noise_sampler`` and ``seed`` (at most one; TypeError or
+        ValueError naming the option otherwise). ``seed`` needs the run's ``schedule``, start ``like`` and ``dtype``."""
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: must be a torch.Generator, got {type(generator).__name__}")
+        if noise_sampler is not None and not callable(noise_sampler):
+            raise TypeError(
+                f"noise_sampler: must be callable as noise_sampler(level_s, level_t), got {noise_sampler!r}"
+            )
+        if generator is not None and noise_sampler is not None:
+            raise ValueError("generator, noise_sampler: give one of them, not both (the noise sampler draws the noise)")
+        if seed is not None and (generator is not None or noise_sampler is not None):
+            raise ValueError("seed, generator, noise_sampler: give one of them, not several (each sets the noise)")
+        if seed is not None:
+            assert schedule is not None and like is not None and dtype is not None
+            return cls(sampler=seeded_noise_sampler(schedule, like, seed, dtype))
+        return cls(generator, noise_sampler)  # type: ignore[arg-type]
+
+    def draw(self, s: float, t: float, like: Tensor) -> Tensor:
+        """Standard normal noise shaped like ``like`` (on its device and dtype) for the step between the noise levels
+        ``s`` and ``t`` (the schedule's level: sigma/alpha, or t for flows; 0 at the clean end)."""
+        if self.sampler is not None:
+            z = self.sampler(float(s), float(t))
+            if not isinstance(z, Tensor) or z.shape != like.shape:
+                got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+                raise ValueError(f"noise_sampler: must return a tensor of shape {tuple(like.shape)}, got {got}")
+            return z.to(device=like.device, dtype=like.dtype)
+        g = self.generator
+        z = torch.randn(like.shape, generator=g, device=g.device if g is not None else like.device, dtype=like.dtype)
+        return z.to(like.device)

@@ -1,0 +1,178 @@
+"""The preparation shared by :func:`fewstep.sample`, :func:`fewstep.sample_adaptive` and the diffusers scheduler:
+checking the options (each error names its option, before any model call), the Denoiser, the solver state's
+dtype, the node times of a fixed-step run, the noise source and the run context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .context import Callback, RunContext
+from .guidance import Guidance
+from .model import Denoiser, Threshold
+from .nodes import NodeTable
+from .noise.colored import ColoredNoise
+from .noise.source import NoiseSource
+from .schedules import NoiseSchedule
+from .solvers import Solver
+from .spacing import model_times
+from .trajectory import Trajectory
+
+Final = Literal["zero", "t_min"]
+
+
+def check_noise(noise: object) -> None:
+    """``noise`` must be a floating-point tensor with a batch dimension first (TypeError/ValueError)."""
+    if not isinstance(noise, Tensor):
+        raise TypeError(f"noise: must be a torch.Tensor, got {type(noise).__name__}")
+    if noise.ndim < 1 or noise.shape[0] < 1:
+        raise ValueError(f"noise: need a batch dimension first, got shape {tuple(noise.shape)}")
+    if not noise.dtype.is_floating_point:
+        raise TypeError(f"noise: must be a floating-point tensor, got {noise.dtype}")
+
+
+def state_dtype(noise: Tensor) -> torch.dtype:
+    """The solver state's dtype: float32 for float16/bfloat16 noise, else the noise's own."""
+    return torch.float32 if noise.dtype in (torch.float16, torch.bfloat16) else noise.dtype
+
+
+def check_final(final: object) -> bool:
+    """``final`` is ``"zero"`` (True: the run ends with a step to sigma = 0) or ``"t_min"`` (False)."""
+    if final not in ("zero", "t_min"):
+        raise ValueError(f"final: choose 'zero' or 't_min', got {final!r}")
+    return final == "zero"
+
+
+def as_denoiser(
+    model: Callable[..., Tensor] | Denoiser,
+    schedule: NoiseSchedule | None,
+    prediction: str,
+    time_input: str | Callable[[Tensor], Tensor],
+    model_kwargs: Mapping[str, Any] | None,
+    guidance_scale: float,
+    uncond_kwargs: Mapping[str, Any] | None,
+    guidance_rescale: float,
+    threshold: Threshold | None,
+    guidance: Guidance | None = None,
+) -> Denoiser:
+    """``model`` itself if it is a :class:`Denoiser`, else the Denoiser wrapping it with these options."""
+    if isinstance(model, Denoiser):
+        return model
+    if schedule is None:
+        raise TypeError("schedule: required (the NoiseSchedule the model was trained with)")
+    return Denoiser(
+        model,
+        schedule,
+        prediction,
+        time_input=time_input,
+        model_kwargs=dict(model_kwargs or {}),
+        guidance_scale=guidance_scale,
+        uncond_kwargs=uncond_kwargs,
+        guidance_rescale=guidance_rescale,
+        threshold=threshold,
+        guidance=guidance,
+    )
+
+
+def check_counts(nfe: object, steps: object, spacing: object) -> None:
+    """``nfe`` and ``steps``: at most one, a positive integer; one of them unless ``spacing`` gives the times."""
+    if nfe is not None and steps is not None:
+        raise ValueError("nfe, steps: give one of them, not both")
+    if isinstance(spacing, str) and nfe is None and steps is None:
+        raise ValueError("nfe, steps: give one of them (or pass the times themselves as spacing=)")
+    for name, value in (("nfe", nfe), ("steps", steps)):
+        if value is not None and (not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+
+
+def node_times(
+    schedule: NoiseSchedule,
+    solver: Solver,
+    nfe: int | None,
+    steps: int | None,
+    spacing: str | Tensor | np.ndarray | list[float],
+    clean_end: bool,
+    rho: float = 7.0,
+    shift: float = 1.0,
+) -> np.ndarray:
+    """The node times of a fixed-step run (a trailing nan for the clean end): from a spacing name and the NFE (or
+    step count) the solver spends, or the given times."""
+    if isinstance(spacing, str):
+        first_infinite = float(schedule.alpha(schedule.t_max)) == 0.0
+        n_steps = steps if steps is not None else solver.steps_for_nfe(int(nfe), first_infinite, clean_end)  # type: ignore[arg-type]
+        times = model_times(schedule, n_steps if clean_end else n_steps + 1, spacing, rho=rho, shift=shift)
+    else:
+        times = model_times(schedule, 1, spacing, shift=shift)
+        n_steps = len(times) if clean_end else len(times) - 1
+        if n_steps < 1:
+            raise ValueError("spacing: with final='t_min' give at least two times")
+        if steps is not None and steps != n_steps:
+            raise ValueError(f"steps: {steps} does not match the {len(times)} times given in spacing")
+    return np.concatenate([times.numpy(), [math.nan]]) if clean_end else times.numpy()
+
+
+def check_nfe(solver: Solver, nodes: NodeTable, nfe: int | None) -> int:
+    """The NFE the solver plans on ``nodes`` (ValueError when ``nfe`` is given and differs)."""
+    expected = solver.nfe(nodes)
+    if nfe is not None and expected != nfe:
+        raise ValueError(f"nfe: {solver.name!r} spends {expected} evaluations on these {nodes.steps} steps, not {nfe}")
+    return expected
+
+
+def check_trajectory(trajectory: object, solver: Solver | None, noise_sampler: object) -> None:
+    """``trajectory`` is None or a :class:`Trajectory` the solver can record (TypeError/ValueError/
+    NotImplementedError naming why not)."""
+    if trajectory is None:
+        return
+    if not isinstance(trajectory, Trajectory):
+        raise TypeError(f"trajectory: must be a fewstep.trajectory.Trajectory, got {type(trajectory).__name__}")
+    if isinstance(noise_sampler, ColoredNoise):
+        raise ValueError("trajectory, noise_sampler: recorded log-probabilities assume white noise, not ColoredNoise")
+    refusal = solver.recording_refusal() if solver is not None else None
+    if refusal is not None:
+        raise NotImplementedError(refusal)
+
+
+def check_sde_window(window: object) -> tuple[float, float] | None:
+    """``(t_hi, t_lo)`` as floats, ``t_hi >= t_lo`` (ValueError otherwise)."""
+    if window is None:
+        return None
+    try:
+        hi, lo = (float(v) for v in window)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise ValueError(f"sde_window: must be a pair (t_hi, t_lo) of schedule times, got {window!r}") from None
+    if math.isnan(hi) or math.isnan(lo) or hi < lo:
+        raise ValueError(f"sde_window: need t_hi >= t_lo, got {window!r}")
+    return hi, lo
+
+
+def noise_source(
+    generator: object,
+    noise_sampler: object,
+    seed: int | Sequence[int] | Tensor | None,
+    schedule: NoiseSchedule,
+    noise: Tensor,
+    dtype: torch.dtype,
+) -> NoiseSource:
+    """The run's :class:`NoiseSource` from its noise options (at most one of them)."""
+    return NoiseSource.of(generator, noise_sampler, seed, schedule=schedule, like=noise, dtype=dtype)
+
+
+def run_context(
+    nodes: NodeTable,
+    noise: NoiseSource,
+    callback: Callback | None = None,
+    progress: bool = False,
+    trajectory: Trajectory | None = None,
+    sde_window: tuple[float, float] | None = None,
+) -> RunContext:
+    """The run context over ``nodes`` (see :class:`~fewstep.context.RunContext`)."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: must be callable as callback(info), got {type(callback).__name__}")
+    return RunContext(nodes, noise, callback, bool(progress), trajectory, sde_window)
