@@ -14,7 +14,7 @@ import time
 import torch
 
 import fewstep
-from fewstep.solvers.ems import compute_ems
+from fewstep import compute_ems
 from fewstep.targets import digits_target, mixture_2d, reference_solution_from_time
 
 NFES = (5, 6, 8, 10)
@@ -39,8 +39,9 @@ def main() -> None:
         data = target.sample(min(args.calibration, 128) if small else args.calibration, gen)
         den = fewstep.Denoiser(target.model(sched, "epsilon"), sched)
         start = time.perf_counter()
-        stats = compute_ems(den, data=data, n_lambda=args.n_lambda, generator=gen, cache=False)
-        calib = f"EMS: {den.nfe} batched evaluations of {data.shape[0]} samples, {time.perf_counter() - start:.1f} s"
+        calls = fewstep.CallCount()
+        stats = compute_ems(den, data=data, n_lambda=args.n_lambda, generator=gen, cache=False, calls=calls)
+        calib = f"EMS: {calls.nfe} batched evaluations of {data.shape[0]} samples, {time.perf_counter() - start:.1f} s"
         n = min(args.samples, 64) if small else args.samples
         noise = torch.randn(n, target.dim, generator=gen, dtype=torch.float64)
         ref = reference_solution_from_time(target, noise, sched, sched.t_max)

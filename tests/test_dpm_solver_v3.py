@@ -1,4 +1,4 @@
-"""DPM-Solver-v3 (``dpm_solver_v3``) and its empirical model statistics (``fewstep.solvers.ems``).
+"""DPM-Solver-v3 (``dpm_solver_v3``) and its empirical model statistics (``fewstep.solvers.ode.ems``).
 
 - Reductions: with ``l = 1, s = b = 0`` (the default statistics) the predictor is the Taylor-exact DPM-Solver++
   (order 2: ``res_multistep`` step for step; order 3: ``dpmpp.multistep_weights``) and the exact corrector UniC
@@ -23,9 +23,10 @@ import torch
 from test_convergence import TARGETS, ode_flow, problem
 
 import fewstep
-from fewstep.solvers.dpm_solver_v3 import derivative_matrix, v3_coefficients
-from fewstep.solvers.dpmpp import multistep_weights
-from fewstep.solvers.ems import EmpiricalModelStatistics, compute_ems
+from fewstep import compute_ems
+from fewstep.solvers.multistep import multistep_weights
+from fewstep.solvers.ode.dpm_solver_v3 import derivative_matrix, v3_coefficients
+from fewstep.solvers.ode.ems import EmpiricalModelStatistics
 from fewstep.solvers.unic import unic_weights
 from fewstep.targets import mixture_2d, reference_solution_from_time
 

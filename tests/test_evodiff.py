@@ -16,7 +16,7 @@ import torch
 from test_unipc import TOL, measure
 
 import fewstep
-from fewstep.solvers.evodiff import variance_optimal_eta
+from fewstep.solvers.ode.evodiff import variance_optimal_eta
 from fewstep.targets import mixture_2d
 
 F64 = torch.float64

@@ -47,7 +47,7 @@ from torch import Tensor
 
 import fewstep
 from fewstep import EDM, DiscreteVP
-from fewstep.solvers.deis import t_weights
+from fewstep.solvers.ode.deis import t_weights
 from fewstep.targets import GaussianMixture, mixture_2d, reference_solution_from_time
 
 diffusers = pytest.importorskip("diffusers")

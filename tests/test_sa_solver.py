@@ -23,8 +23,8 @@ from helpers import BETAS, DIFFUSERS_RTOL, N_TRAIN, randn, rel, schedule_of
 from torch import Tensor
 
 import fewstep
-from fewstep.solvers.adams import lagrange_integrals
-from fewstep.solvers.sa_solver import adams_weights
+from fewstep.solvers.frame import lagrange_integrals
+from fewstep.solvers.sde.sa_solver import adams_weights
 from fewstep.targets import mixture_2d, reference_solution
 
 diffusers = pytest.importorskip("diffusers")
@@ -95,7 +95,7 @@ def test_adams_weights_integrate_the_lagrange_basis_against_the_exponential(thet
     """``int_0^1 H e^{-H (1 - v)} l_j(v) dv``: against scipy quadrature, and H times the plain integrals as H -> 0."""
     from scipy.integrate import quad
 
-    from fewstep.solvers.adams import lagrange_basis
+    from fewstep.solvers.frame import lagrange_basis
 
     weights = adams_weights(theta, big_h)
     for j, w in enumerate(weights):

@@ -1,4 +1,4 @@
-"""The reverse-SDE family (``fewstep.solvers.sde_family``), ``euler_maruyama``, ER-SDE-Solver-1/2/3 and the
+"""The reverse-SDE family (``fewstep.solvers.sde.sde_family``), ``euler_maruyama``, ER-SDE-Solver-1/2/3 and the
 predictor-corrector sampler ``pc_langevin``.
 
 - The family shares the probability-flow marginals on every schedule (variance equation of a Gaussian target).
@@ -31,7 +31,7 @@ import fewstep
 from fewstep import sample_with_logprob
 from fewstep.metrics import sliced_wasserstein2
 from fewstep.noise import BrownianPath, brownian_noise_sampler
-from fewstep.solvers.sde_family import ReverseSDE, em_step, euler_maruyama
+from fewstep.solvers.sde.sde_family import ReverseSDE, em_step, euler_maruyama
 from fewstep.spacing import model_times
 from fewstep.targets import GaussianMixture, mixture_2d
 from fewstep.targets.reference import reference_solution_from_time

@@ -22,7 +22,7 @@ from torch import Tensor
 
 import fewstep
 from fewstep import EDM
-from fewstep.solvers.seeds import noise_weights
+from fewstep.solvers.sde.seeds import noise_weights
 from fewstep.spacing import model_times
 from fewstep.targets import GaussianMixture, mixture_2d, reference_solution
 

@@ -2,6 +2,7 @@
 
 from . import adaptive, guidance, model, noise, schedules, solvers, spacing
 from .adaptive import sample_adaptive
+from .calibrate import compute_ems
 from .model import CallCount, Denoiser, NonFiniteModelOutput, Threshold, TimeShift
 from .predictions import PREDICTIONS
 from .sampling import sample, sample_with_logprob
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "sample",
     "sample_adaptive",
+    "compute_ems",
     "adaptive",
     "sample_with_logprob",
     "Trajectory",

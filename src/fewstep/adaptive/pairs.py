@@ -9,7 +9,7 @@ last), else None.
 - ``dpm_solver_12`` / ``dpm_solver_23`` (Lu et al. 2022, "DPM-Solver", Sec. 3.4 and Alg. 4-5): DPM-Solver-2
   (``r1 = 1/2``) with DPM-Solver-1 (DDIM) from its first evaluation; DPM-Solver-3 with DPM-Solver-2 at
   ``r1 = 1/3``, which reuses the first intermediate evaluation of DPM-Solver-3. Noise prediction, in lambda;
-  the formulas are :func:`fewstep.solvers.dpm_solver.singlestep_plan`.
+  the formulas are :func:`fewstep.solvers.singlestep.singlestep_plan`.
 - ``dopri5``: Dormand & Prince (1980) 5(4) on the probability-flow ODE in the frame of
   :meth:`fewstep.solvers.Grid.ode_frame`, seven stages, the last one reused as the next step's first. Flows
   (``ode_variable = "t"``): ``y = x``, ``dy/dt = alpha' x0_hat + sigma' eps_hat``, steps in t. Diffusion schedules:
@@ -43,7 +43,7 @@ from torch import Tensor
 from ..model import CallCount, Denoiser, Point
 from ..noise import BrownianPath
 from ..schedules import NoiseSchedule
-from ..solvers.dpm_solver import singlestep_plan, singlestep_update
+from ..solvers.singlestep import singlestep_plan, singlestep_update
 
 Eval = tuple[Tensor, Tensor]
 StepGen = Generator[tuple[Tensor, Point], Eval, tuple[Tensor, Tensor, Eval | None]]
@@ -128,9 +128,9 @@ class DPMSolver23(EmbeddedPair):
         plan = singlestep_plan(3, ps.lam, h, ps.alpha, pt.alpha, pt.sigma, ctx.point_at_lambda)
         x_high, (eps1, _) = yield from singlestep_update(plan, x, eps)
         # DPM-Solver-2 with r1 = 1/3: its intermediate point and state are DPM-Solver-3's first ones
-        p1 = plan[1][0]
-        _, _, _, cx, ce, cd = singlestep_plan(2, ps.lam, h, ps.alpha, pt.alpha, pt.sigma, lambda _: p1, (1.0 / 3.0,))
-        return x_high, cx * x + ce * eps + cd * (eps1 - eps), None
+        p1 = plan.points[0]
+        two = singlestep_plan(2, ps.lam, h, ps.alpha, pt.alpha, pt.sigma, lambda _: p1, (1.0 / 3.0,))
+        return x_high, two.cx * x + two.ce * eps + two.cd * (eps1 - eps), None
 
 
 # Dormand & Prince (1980), "A family of embedded Runge-Kutta formulae", RK5(4)7M: nodes, stages, 5th- and

@@ -1,28 +1,47 @@
-"""ODE solvers. ``available()`` lists them; ``get_solver(name, **options)`` builds one."""
+"""The solvers: ``available()`` lists them, ``get_solver(name, **options)`` builds one.
 
-from . import ddim, dpm_solver, dpmpp, euler  # noqa: F401  (registers the solvers)
-from .ancestral import DDPM, EulerAncestral  # registers euler_ancestral, ddpm (stochastic)
+Layout: :mod:`.base` (the :class:`Solver` interface and the registry), the shared machinery (:mod:`.phi`,
+:mod:`.multistep`, :mod:`.singlestep`, :mod:`.frame`, :mod:`.stages`, :mod:`.unic`, :mod:`.momentum`,
+:mod:`.stochastic`), and the solvers themselves in :mod:`.ode` (probability-flow ODE) and :mod:`.sde` (stochastic).
+Every module of those two folders is imported here, so a new solver is one new file there (with ``@register``).
+"""
+
+import importlib
+import pkgutil
+
+from . import ode, sde
 from .base import Solver, SolverInfo, available, get_solver, register
-from .ddim import DDIM
-from .deis import DEIS1, DEIS2, DEIS3, DEISRho2, DEISRho3  # registers deis_1/2/3, deis_rho_2/3
-from .dpm_solver import DPMSolver1, DPMSolver2, DPMSolver3
-from .dpm_solver_v3 import DPMSolverV3  # registers dpm_solver_v3
-from .dpmpp import DPMSolverPP2M, DPMSolverPP2S, DPMSolverPP3M
-from .edm_sde import EDMStochastic  # registers edm_sde (stochastic)
-from .ems import EmpiricalModelStatistics, compute_ems
-from .er_sde import ERSDE1, ERSDE2, ERSDE3  # registers er_sde_1/2/3 (stochastic)
-from .euler import Euler, Heun
-from .evodiff import EVODiff  # registers evodiff
-from .lms import LMS  # registers lms
-from .pc import PredictorCorrector  # registers pc_langevin (stochastic)
-from .pndm import IPNDM, IPNDMVariable  # registers ipndm, ipndm_v
-from .res import GradientEstimation, ResMultistep  # registers gradient_estimation, res_multistep
-from .sa_solver import SASolver  # registers sa_solver (stochastic)
-from .sde_dpm import DPMSolver1SDE, DPMSolverPP2MSDE, DPMSolverPP3MSDE  # registers dpm_solver_1_sde, dpmpp_2m/3m_sde
-from .sde_dpm_2 import DPMSolver2SDE  # registers dpm_solver_2_sde (stochastic)
-from .sde_family import EulerMaruyama, ReverseSDE  # registers euler_maruyama (stochastic)
-from .seeds import SEEDS1, SEEDS2, SEEDS3  # registers seeds_1/2/3 (stochastic)
-from .unipc import UniPCBH1, UniPCBH2  # registers unipc_bh1, unipc_bh2
+
+
+def _import_all() -> None:
+    for package in (ode, sde):
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+_import_all()
+
+from .ode.ddim import DDIM  # noqa: E402
+from .ode.deis import DEIS1, DEIS2, DEIS3, DEISRho2, DEISRho3  # noqa: E402
+from .ode.dpm_solver import DPMSolver1, DPMSolver2, DPMSolver3  # noqa: E402
+from .ode.dpm_solver_v3 import DPMSolverV3  # noqa: E402
+from .ode.dpmpp import DPMSolverPP2M, DPMSolverPP2S, DPMSolverPP3M  # noqa: E402
+from .ode.ems import EmpiricalModelStatistics  # noqa: E402
+from .ode.euler import Euler, Heun  # noqa: E402
+from .ode.evodiff import EVODiff  # noqa: E402
+from .ode.lms import LMS  # noqa: E402
+from .ode.pndm import IPNDM, IPNDMVariable  # noqa: E402
+from .ode.res import GradientEstimation, ResMultistep  # noqa: E402
+from .ode.unipc import UniPCBH1, UniPCBH2  # noqa: E402
+from .sde.ancestral import DDPM, EulerAncestral  # noqa: E402
+from .sde.edm_sde import EDMStochastic  # noqa: E402
+from .sde.er_sde import ERSDE1, ERSDE2, ERSDE3  # noqa: E402
+from .sde.pc import PredictorCorrector  # noqa: E402
+from .sde.sa_solver import SASolver  # noqa: E402
+from .sde.sde_dpm import DPMSolver1SDE, DPMSolverPP2MSDE, DPMSolverPP3MSDE  # noqa: E402
+from .sde.sde_dpm_2 import DPMSolver2SDE  # noqa: E402
+from .sde.sde_family import EulerMaruyama, ReverseSDE  # noqa: E402
+from .sde.seeds import SEEDS1, SEEDS2, SEEDS3  # noqa: E402
 
 __all__ = [
     "Solver",
@@ -41,7 +60,6 @@ __all__ = [
     "DPMSolverPP3M",
     "DPMSolverV3",
     "EmpiricalModelStatistics",
-    "compute_ems",
     "DEIS1",
     "DEIS2",
     "DEIS3",

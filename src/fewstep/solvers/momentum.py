@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adams import lagrange_basis
+from .frame import lagrange_basis
 
 MOMENTUM_TYPES = ("hb", "ghvb")
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(16)

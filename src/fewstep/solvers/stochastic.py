@@ -1,5 +1,5 @@
-"""Shared pieces of the stochastic samplers (:mod:`~fewstep.solvers.ancestral`, :mod:`~fewstep.solvers.sde_dpm`,
-:mod:`~fewstep.solvers.edm_sde`): option checks, the noise levels and which steps draw noise.
+"""Shared pieces of the stochastic samplers (:mod:`~fewstep.solvers.sde.ancestral`, :mod:`~fewstep.solvers.sde.sde_dpm`,
+:mod:`~fewstep.solvers.sde.edm_sde`): option checks, the noise levels and which steps draw noise.
 
 Noise. A stochastic step draws one standard normal ``z`` between the levels ``level_s`` and ``level_t`` (:meth:`~fewstep.context.RunContext.draw`):
 ``torch.randn`` with the run's generator, or the user's ``noise_sampler(level_s, level_t)``. The levels are the

@@ -43,12 +43,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from ..noise.source import NoiseSource
-from ..options import real_option
-from .base import Solver, Steps, get_solver, register
-from .stochastic import noise_levels
+from ...context import RunContext
+from ...nodes import NodeTable
+from ...noise.source import NoiseSource
+from ...options import real_option
+from ..base import Solver, Steps, get_solver, register
+from ..stochastic import noise_levels
 
 NORMS = ("batch", "sample")
 

@@ -50,13 +50,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from ..options import bool_option, real_option
-from .adams import lagrange_basis
-from .base import Solver, Steps, register
-from .phi import phi
-from .stochastic import noise_levels
+from ...context import RunContext
+from ...nodes import NodeTable
+from ...options import bool_option, real_option
+from ..base import Solver, Steps, register
+from ..frame import lagrange_basis
+from ..phi import phi
+from ..stochastic import noise_levels
 
 PAPER_SA = "Xue et al. 2023, SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion Models"
 SECOND_ORDER = ("exact", "reference")

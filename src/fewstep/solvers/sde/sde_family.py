@@ -34,14 +34,14 @@ from typing import Protocol
 
 from torch import Tensor
 
-from ..context import RunContext
-from ..model import Point
-from ..nodes import NodeTable
-from ..noise.brownian import BrownianPath
-from ..options import real_option
-from ..schedules import NoiseSchedule
-from .base import Solver, Steps, register
-from .stochastic import EtaNoiseOptions, noise_levels
+from ...context import RunContext
+from ...model import Point
+from ...nodes import NodeTable
+from ...noise.brownian import BrownianPath
+from ...options import real_option
+from ...schedules import NoiseSchedule
+from ..base import Solver, Steps, register
+from ..stochastic import EtaNoiseOptions, noise_levels
 
 __all__ = ["ReverseSDE", "SDE", "em_step", "euler_maruyama", "EulerMaruyama"]
 

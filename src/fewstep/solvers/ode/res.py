@@ -28,11 +28,11 @@ import math
 import numpy as np
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from .base import Solver, Steps, register
-from .dpmpp import _Multistep
-from .phi import hphi
+from ...context import RunContext
+from ...nodes import NodeTable
+from ..base import Solver, Steps, register
+from ..multistep import DataMultistep
+from ..phi import hphi
 
 PAPER_RES = "Zhang et al. 2023, Improved Order Analysis and Design of Exponential Integrator for Diffusion Models"
 PAPER_GE = "Permenter & Yuan 2024, Interpreting and Improving Diffusion Models from an Optimization Perspective"
@@ -49,7 +49,7 @@ def res_weights(h: np.ndarray, i: int, order: int) -> list[float]:
 
 
 @register
-class ResMultistep(_Multistep):
+class ResMultistep(DataMultistep):
     name = "res_multistep"
     order = 2
     summary = "RES second-order exponential multistep, data prediction"

@@ -30,7 +30,7 @@ dtau`` (with ``Psi = alpha_{i+1}/alpha(tau)``: ``C_ij = alpha_{i+1} W_j``). The 
   (variable-step Adams-Bashforth on ``dy/drho = eps``, the paper's rhoAB).
 
 All warm up with lower orders and follow diffusers' ``lower_order_final`` rule (:func:`multistep_orders`); the
-steps written out are DDIM plus corrections (:func:`fewstep.solvers.adams.eps_frame_step`), finite from
+steps written out are DDIM plus corrections (:func:`fewstep.solvers.frame.eps_frame_step`), finite from
 alpha = 0 and to sigma = 0, where the step is first order (DDIM).
 
 ``corrector="unic"`` (every DEIS variant; also ``"unic_bh1"``/``"unic_bh2"``) adds UniPC's UniC corrector at no
@@ -59,13 +59,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from .adams import eps_frame_step, lagrange_basis, lagrange_integrals, run_plan
-from .base import Solver, Steps, register
-from .dpmpp import multistep_orders
-from .phi import hphi
-from .unic import CORRECTORS, PlanStep, check_corrector, predict_correct, unic_plan
+from ...context import RunContext
+from ...nodes import NodeTable
+from ..base import Solver, Steps, register
+from ..frame import eps_frame_step, lagrange_basis, lagrange_integrals, run_plan
+from ..multistep import multistep_orders
+from ..phi import hphi
+from ..unic import CORRECTORS, PlanStep, check_corrector, predict_correct, unic_plan
 
 PAPER_DEIS = "Zhang & Chen 2023, Fast Sampling of Diffusion Models with Exponential Integrator"
 GL_POINTS = 16  # Gauss-Legendre points per panel of the tAB quadrature

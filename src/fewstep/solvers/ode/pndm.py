@@ -14,7 +14,7 @@ first-order steps are DDIM in both frames):
   order is therefore 2; on equal steps it coincides with ``ipndm_v``.
 - ``ipndm_v``: the variable-step Adams-Bashforth weights ``W_j = int_{rho_i}^{rho_{i+1}} l_j(rho) drho`` of the
   Lagrange basis on the nodes ``rho_i, ..., rho_{i-k+1}``, exact, fourth order on every smooth grid. This is
-  the same method as :class:`~fewstep.solvers.lms.LMS` (k-diffusion's ``sample_lms``).
+  the same method as :class:`~fewstep.solvers.ode.lms.LMS` (k-diffusion's ``sample_lms``).
 
 Both keep the full order up to and including a step to sigma = 0, as diffusers' scheduler does (its last
 step lands on ``alpha = 1, sigma = 0``), and restart their history after a pure-noise node of infinite rho.
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adams import AB_UNIFORM, FrameMultistep, lagrange_integrals
-from .base import register
+from ..base import register
+from ..frame import AB_UNIFORM, FrameMultistep, lagrange_integrals
 
 PAPER_DEIS = "Zhang & Chen 2023, Fast Sampling of Diffusion Models with Exponential Integrator"
 

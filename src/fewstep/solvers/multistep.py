@@ -1,31 +1,24 @@
-"""DPM-Solver++ with the data prediction (Lu et al. 2022, "DPM-Solver++", Alg. 1 and 2 and App. B).
+"""The multistep machinery of the data-prediction exponential integrators (DPM-Solver++ (Lu et al. 2022, App. B),
+its SDE variants, ER-SDE, RES, EVODiff and the order plans of UniPC, DEIS and DPM-Solver-v3).
 
-With ``h = lambda_t - lambda_s`` and ``D_j`` the data estimates:
+A step from ``x_s`` at ``lambda_s`` to ``lambda_t = lambda_s + h`` with the data estimates ``D_j`` is planned as
+one row, :class:`DataStep`:
 
-- first order:  ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) D_s``
-- 2S (singlestep, r = 1/2): ``u = (sigma_s1/sigma_s) x_s - alpha_s1 (e^{-r h} - 1) D_s``;
-  ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) ((1 - 1/(2r)) D_s + 1/(2r) D(u, s1))``
-- 2M (multistep, ``r = h_{i-1}/h``): ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) ((1 + 1/(2r)) D_i - 1/(2r) D_{i-1})``
-- 3M: ``x_t = (sigma_t/sigma_s) x_s + alpha_t (h phi_1(-h) D_i + h phi_2(-h) D1 + 2 h phi_3(-h) D2)`` with
-  ``D1 ~ h x0'`` and ``D2 ~ h^2 x0''/2`` the divided differences of the last three data estimates in lambda, so
-  that the terms are the Taylor terms ``h^{k+1} phi_{k+1}(-h) x0^{(k)}`` of the exact solution.
+    x_t = ratio x_s + sum_j weights[j] D_{i-j} + noise z,         z ~ N(0, I)
 
-Multistep solvers warm up with lower orders; with ``lower_order_final`` (default, as diffusers) the last
-step is first order when it goes to sigma = 0 or when there are fewer than 15 steps, and the one before it at
-most second order in the latter case. A step of infinite lambda-size is always first order.
-
-``corrector="unic"`` (2M, 3M) adds UniPC's UniC corrector (:mod:`fewstep.solvers.unic`) at no extra model
-evaluation, at each step's order: 2M becomes third order, 3M fourth (third with ``d2_weight="reference"``,
-whose O(h^3) local error the corrector keeps).
-
-``momentum=beta`` (2M, 3M, and ``res_multistep``) replaces the combined derivative by a heavy-ball velocity
-(:mod:`fewstep.solvers.momentum`, Wizadwongsa et al. 2023): ``momentum_type="hb"`` is first order for
-beta < 1, ``"ghvb"`` keeps the solver's order; beta = 1 is the solver itself.
+(``noise = 0`` for ODE steps), and :func:`run_data_plan` is the one loop that runs such rows. The exact solution
+of the data-prediction ODE gives ``ratio = sigma_t/sigma_s`` and ``alpha_t sum_k h^{k+1} phi_{k+1}(-h) x0^{(k)}``
+(:mod:`fewstep.solvers.phi`); :func:`multistep_weights` turns the derivatives into divided differences of the last
+data estimates. Multistep solvers warm up with lower orders; with ``lower_order_final`` (default, as diffusers) the
+last step is first order when it goes to sigma = 0 or when there are fewer than 15 steps, and the one before it at
+most second order in the latter case (:func:`multistep_orders`). A step of infinite lambda-size is always first
+order.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,12 +26,21 @@ from torch import Tensor
 
 from ..context import RunContext
 from ..nodes import NodeTable
-from .base import Solver, Steps, register
+from .base import Solver, Steps
 from .momentum import check_momentum, momentum_combination
 from .phi import hphi
+from .stochastic import noise_levels
 from .unic import CORRECTORS, check_corrector, predict_correct, unic_plan
 
 PAPER_PP = "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
+
+
+class DataStep(NamedTuple):
+    """One planned step ``x_t = ratio x_s + sum_j weights[j] D_{i-j} + noise z`` (module docstring)."""
+
+    ratio: float
+    weights: list[float]
+    noise: float = 0.0
 
 
 def multistep_orders(nodes: NodeTable, order: int, lower_order_final: bool) -> list[int]:
@@ -89,8 +91,27 @@ def multistep_weights(h: np.ndarray, i: int, order: int, d2_weight: str = "taylo
     return (np.array([w1, 0.0, 0.0]) + w2 * d1 + c2 * d2).tolist()
 
 
-class _Multistep(Solver):
-    """Shared loop of the data-prediction multistep solvers: ``x_t = (sigma_t/sigma_s) x_s + alpha_t sum_j w_j D_{i-j}``."""
+def run_data_plan(x: Tensor, nodes: NodeTable, ctx: RunContext, plan: Sequence[DataStep], history_size: int) -> Steps:
+    """The step loop of a data-prediction multistep SDE solver from its precomputed plan: step i is
+    ``x_t = ratio_i x_s + sum_j w_ij D_{i-j} + c_i z`` for ``plan[i] = (ratio_i, [w_i0, w_i1, ...], c_i)``."""
+    level = noise_levels(nodes)
+    history: list[Tensor] = []
+    for i in ctx.loop():
+        x0, _ = yield x, nodes.node(i)
+        history = [x0, *history[: history_size - 1]]
+        step = plan[i]
+        x = x * step.ratio  # a new tensor: the caller's noise and the states already passed on are never changed
+        for w, d in zip(step.weights, history, strict=False):
+            x.add_(d, alpha=w)
+        if step.noise:
+            x = ctx.transition(i, x, level[i], level[i + 1], step.noise)[0]
+        ctx.emit(i, x, x0)
+    return x
+
+
+class DataMultistep(Solver):
+    """The data-prediction multistep solvers (DPM-Solver++(2M)/(3M), RES): ``x_t = (sigma_t/sigma_s) x_s +
+    alpha_t sum_j w_j D_{i-j}`` with the weights of :meth:`weights`, optionally with the UniC corrector or momentum."""
 
     paper = PAPER_PP
     needs_eps = False
@@ -139,16 +160,7 @@ class _Multistep(Solver):
             return (yield from predict_correct(x, nodes, ctx, [(r, w, ()) for r, w in coef], corr))
         if self.momentum is not None and self.momentum != 1.0:  # beta = 1 is the solver itself
             return (yield from self._solve_momentum(x, nodes, ctx, coef))
-        history: list[Tensor] = []
-        for i in ctx.loop():
-            x0, _ = yield x, nodes.node(i)
-            history = [x0, *history[: self.order - 1]]
-            ratio, weights = coef[i]
-            x = x * ratio  # a new tensor: the caller's noise and the states already passed on are never changed
-            for w, d in zip(weights, history, strict=False):
-                x.add_(d, alpha=w)
-            ctx.emit(i, x, x0)
-        return x
+        return (yield from run_data_plan(x, nodes, ctx, [DataStep(r, w) for r, w in coef], self.order))
 
     def _solve_momentum(
         self, x: Tensor, nodes: NodeTable, ctx: RunContext, coef: list[tuple[float, list[float]]]
@@ -175,56 +187,5 @@ class _Multistep(Solver):
                 v_new.add_(d, alpha=w)
             v = v_new
             x = x * ratio + total * v
-            ctx.emit(i, x, x0)
-        return x
-
-
-@register
-class DPMSolverPP2M(_Multistep):
-    name = "dpmpp_2m"
-    order = 2
-    summary = "DPM-Solver++(2M): second-order multistep, data prediction"
-    peers = "diffusers DPMSolverMultistepScheduler(solver_order=2); k-diffusion sample_dpmpp_2m"
-
-
-@register
-class DPMSolverPP3M(_Multistep):
-    name = "dpmpp_3m"
-    order = 3
-    summary = "DPM-Solver++(3M): third-order multistep, data prediction"
-    peers = "diffusers DPMSolverMultistepScheduler(solver_order=3)"
-
-
-@register
-class DPMSolverPP2S(Solver):
-    """DPM-Solver++(2S) with r = 1/2: the midpoint data estimate alone (k-diffusion's 2S at eta = 0)."""
-
-    name = "dpmpp_2s"
-    order = 2
-    nfe_per_step = 2
-    summary = "DPM-Solver++(2S): second-order singlestep, data prediction"
-    paper = PAPER_PP
-    peers = "k-diffusion sample_dpmpp_2s_ancestral(eta=0)"
-
-    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
-        a, s, lam, h = nodes.alpha, nodes.sigma, nodes.lam, nodes.h
-        r = 0.5
-        plan: list[tuple] = []
-        for i, k in enumerate(self.step_orders(nodes)):
-            if k == 1:
-                plan.append((None, a[i + 1], s[i + 1], 0.0))
-            else:
-                p1 = nodes.point_at_lambda(lam[i] + r * h[i])
-                u = (p1.sigma / s[i], -p1.alpha * math.expm1(-r * h[i]))
-                plan.append((p1, u, s[i + 1] / s[i], -a[i + 1] * math.expm1(-h[i])))
-        for i in ctx.loop():
-            x0, eps = yield x, nodes.node(i)
-            p1, c1, c2, c3 = plan[i]
-            if p1 is None:  # first order, in (x0, eps) form: finite at alpha_s = 0 and at sigma_t = 0
-                x = c1 * x0 + c2 * eps
-            else:
-                ux, ud = c1
-                x0_mid, _ = yield ux * x + ud * x0, p1
-                x = c2 * x + c3 * ((1 - 1 / (2 * r)) * x0 + 1 / (2 * r) * x0_mid)
             ctx.emit(i, x, x0)
         return x

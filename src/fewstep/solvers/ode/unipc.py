@@ -15,7 +15,7 @@ step); with bh2, UniP-2 is DPM-Solver++(2M).
 Orders: multistep warm-up (p <= steps taken so far + 1), first order on a step of infinite lambda-size (to
 sigma = 0 or from alpha = 0) and no correction of it (bh1's B(h) = h is infinite there, and diffusers' bh1
 returns NaN on its step to sigma = 0). ``lower_order_final``: True lowers the final steps as
-:func:`fewstep.solvers.dpmpp.multistep_orders` (below 15 steps; as diffusers' docstring says), "always" as
+:func:`fewstep.solvers.multistep.multistep_orders` (below 15 steps; as diffusers' docstring says), "always" as
 diffusers' ``UniPCMultistepScheduler`` code does (``min(p, steps left)`` at any step count), False never
 (the step to sigma = 0 is first order regardless).
 """
@@ -28,11 +28,11 @@ from typing import ClassVar
 import numpy as np
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from .base import Solver, Steps, register
-from .dpmpp import multistep_orders
-from .unic import CorrectorStep, PlanStep, check_variant, predict_correct, unic_plan, unip_weights
+from ...context import RunContext
+from ...nodes import NodeTable
+from ..base import Solver, Steps, register
+from ..multistep import multistep_orders
+from ..unic import CorrectorStep, PlanStep, check_variant, predict_correct, unic_plan, unip_weights
 
 PAPER_UNIPC = "Zhao et al. 2023, UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models"
 

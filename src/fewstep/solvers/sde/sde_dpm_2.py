@@ -1,5 +1,5 @@
 """SDE-DPM-Solver-2: the second-order singlestep solver of the reverse SDE family in the noise prediction
-(Lu et al. 2022, "DPM-Solver++", App. B), with k-diffusion's ``eta`` as :mod:`fewstep.solvers.sde_dpm`.
+(Lu et al. 2022, "DPM-Solver++", App. B), with k-diffusion's ``eta`` as :mod:`fewstep.solvers.sde.sde_dpm`.
 
 The family's exact solution in the noise prediction (``h = lambda_t - lambda_s``) is
 
@@ -14,12 +14,12 @@ With the intermediate stage at ``lambda_s + r h`` (``r = 1/2``):
 
 where ``z_1, z_2`` are the normals of the sub-intervals ``[s, s1]`` and ``[s1, t]`` (drawn with ``nodes.noise`` between
 their noise levels): the stage and the step share one Brownian path and the step's noise has the exact variance
-``eta sigma_t^2 (e^{2h} - 1)`` (the exact split of the Ito integral, as SEEDS, :mod:`fewstep.solvers.seeds`). At
+``eta sigma_t^2 (e^{2h} - 1)`` (the exact split of the Ito integral, as SEEDS, :mod:`fewstep.solvers.sde.seeds`). At
 eta = 0 this is DPM-Solver-2 (``dpm_solver_2``); its first-order steps are SDE-DPM-Solver-1 (``dpm_solver_1_sde``),
 and an NFE budget is spent with DPM-Solver's order plan (``[2, ..., 2, 1]`` for an odd budget).
 
 Log-probabilities (``trajectory=``): a second-order step records two Gaussian transitions (the stage loop of
-:mod:`fewstep.solvers.seeds`), ``u | x_s ~ N(mean_u, eta sigma_{s1}^2 (e^{2 r h} - 1) s_noise^2 I)`` with ``mean_u``
+:mod:`fewstep.solvers.sde.seeds`), ``u | x_s ~ N(mean_u, eta sigma_{s1}^2 (e^{2 r h} - 1) s_noise^2 I)`` with ``mean_u``
 the two first terms of ``u``, and ``x_t | x_s, u ~ N(mean_t, eta sigma_t^2 (e^{2 (1 - r) h} - 1) s_noise^2 I)`` with
 ``mean_t`` everything but the ``z_2`` term of ``x_t``, where ``z_1 = (u - mean_u)/std_u``; their sum is the
 log-density of ``(u, x_t)`` given ``x_s``.
@@ -31,19 +31,19 @@ import math
 
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from .base import Steps, register
-from .dpm_solver import _DPMSolver
-from .sde_dpm import PAPER_PP
-from .seeds import Stage, StepPlan, noise_weights, run_stages, stage_points
-from .stochastic import EtaNoiseOptions, noise_levels
+from ...context import RunContext
+from ...nodes import NodeTable
+from ..base import Steps, register
+from ..multistep import PAPER_PP
+from ..singlestep import BudgetOrders
+from ..stages import Stage, StepPlan, noise_weights, run_stages, stage_points
+from ..stochastic import EtaNoiseOptions, noise_levels
 
 R = 0.5
 
 
 @register
-class DPMSolver2SDE(EtaNoiseOptions, _DPMSolver):
+class DPMSolver2SDE(EtaNoiseOptions, BudgetOrders):
     name = "dpm_solver_2_sde"
     order = 2
     nfe_per_step = 2

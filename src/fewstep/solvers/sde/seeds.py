@@ -1,7 +1,7 @@
 """SEEDS-1/2/3: exponential SDE solvers with exact stochastic integrals (Gonzalez et al. 2023, "SEEDS: Exponential
 SDE Solvers for Fast High-Quality Sampling from Diffusion Models"), in the data prediction with k-diffusion's ``eta``.
 
-The reverse SDE family (``eta`` as in :mod:`fewstep.solvers.sde_dpm`: 0 the probability-flow ODE, 1 the reverse SDE)
+The reverse SDE family (``eta`` as in :mod:`fewstep.solvers.sde.sde_dpm`: 0 the probability-flow ODE, 1 the reverse SDE)
 from ``lambda_s`` over ``h = lambda_t - lambda_s``, with ``H = (1 + eta) h``, is solved by variation of constants:
 
     x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t int_0^h (1 + eta) e^{-(1 + eta)(h - u)} x0(lambda_s + u) du
@@ -35,110 +35,28 @@ all stage states given the start). The earlier ``z_k`` enter ``mean_j`` as the d
 the means are differentiated with the noise held fixed, as for the other samplers).
 
 At eta = 0 SEEDS-2 is ``dpmpp_2s``. An NFE budget is spent as DPM-Solver's (``[3, ..., 3, 2, 1]``-type order plans). Steps of infinite lambda-size are deterministic first-order steps
-(:mod:`fewstep.solvers.stochastic`). The stage machinery (:class:`Stage`, :func:`run_stages`) is shared with
-:mod:`fewstep.solvers.sde_dpm_2`, the noise-prediction counterpart.
+(:mod:`fewstep.solvers.stochastic`). The stage machinery (:mod:`fewstep.solvers.stages`) is shared with
+:mod:`fewstep.solvers.sde.sde_dpm_2`, the noise-prediction counterpart.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..context import RunContext
-from ..model import Point
-from ..nodes import NodeTable
-from .base import Steps, register
-from .dpm_solver import _DPMSolver
-from .phi import hphi
-from .stochastic import EtaNoiseOptions, noise_levels
+from ...context import RunContext
+from ...nodes import NodeTable
+from ..base import Steps, register
+from ..phi import hphi
+from ..singlestep import BudgetOrders
+from ..stages import Stage, StepPlan, noise_weights, run_stages, stage_points
+from ..stochastic import EtaNoiseOptions, noise_levels
 
 PAPER_SEEDS = (
     "Gonzalez et al. 2023, SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion Models"
 )
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage of a stochastic singlestep step: ``u = ratio x_s + sum_j weights[j] f_j + sum_k noise[k] z_k``, to be
-    evaluated at ``point`` (None for the step's result). ``f_j`` are the model estimates of the earlier stages (the
-    data or the noise estimate), ``z_k`` the standard normals of the step's sub-intervals."""
-
-    point: Point | None
-    ratio: float
-    weights: tuple[float, ...]
-    noise: tuple[float, ...]
-
-
-#: A planned step: its stages, or ``(alpha_t, sigma_t)`` of a deterministic step ``x_t = alpha_t x0 + sigma_t eps``.
-StepPlan = list[Stage] | tuple[float, float]
-
-
-def noise_weights(
-    c: float, cuts: Sequence[float], h: float, eta: float, sigma_c: float, data: bool
-) -> tuple[float, ...]:
-    """Stds of the sub-interval normals ``z_k`` (``[cuts[k], cuts[k+1]]``, fractions of ``h`` at or below ``c``) in the
-    exact Ito integral up to the stage at fraction ``c``:
-
-    - data prediction: ``sigma_c e^{-eta (c - b) h} sqrt(1 - e^{-2 eta (b - a) h})``;
-    - noise prediction: ``sigma_c e^{(c - b) h} sqrt(eta (e^{2 (b - a) h} - 1))`` (SDE-DPM-Solver's noise, whose
-      linear part is ``alpha_t/alpha_s``).
-    """
-    out = []
-    for a, b in zip(cuts, cuts[1:], strict=False):
-        if b > c:
-            break
-        if data:
-            out.append(sigma_c * math.exp(-eta * (c - b) * h) * math.sqrt(-math.expm1(-2.0 * eta * (b - a) * h)))
-        else:
-            out.append(sigma_c * math.exp((c - b) * h) * math.sqrt(eta * math.expm1(2.0 * (b - a) * h)))
-    return tuple(out)
-
-
-def stage_points(nodes: NodeTable, i: int, fractions: Sequence[float]) -> list[Point]:
-    """The intermediate points ``lambda_i + c h_i`` of step i."""
-    return [nodes.point_at_lambda(float(nodes.lam[i] + c * nodes.h[i])) for c in fractions]
-
-
-def run_stages(
-    x: Tensor, nodes: NodeTable, ctx: RunContext, plans: list[StepPlan], cuts: list[list[float]], use_eps: bool
-) -> Steps:
-    """The loop of a stochastic singlestep method: per step, draw the normals of its sub-intervals (levels
-    ``cuts[i]``), evaluate the stages in order and return the last. Stage j's last normal ``z_j`` enters no earlier
-    stage, so ``u_j = mean_j + std_j z_j`` (``mean_j``: everything but that term) is recorded as a Gaussian
-    transition of step i (module docstring)."""
-    for i in ctx.loop():
-        x0, eps = yield x, nodes.node(i)
-        plan = plans[i]
-        if isinstance(plan, tuple):  # deterministic: x_t = alpha_t x0_hat + sigma_t eps_hat
-            x = plan[0] * x0 + plan[1] * eps
-            ctx.emit(i, x, x0)
-            continue
-        levels = cuts[i]
-        zs = [ctx.draw(s, t, x) for s, t in zip(levels, levels[1:], strict=False)] if any(plan[-1].noise) else []
-        f = [eps if use_eps else x0]
-        x_s = x
-        for stage in plan:
-            u = x_s * stage.ratio  # a new tensor: the caller's noise and the states already passed on are never changed
-            for w, fj in zip(stage.weights, f, strict=False):
-                if w:
-                    u.add_(fj, alpha=w)
-            draws = list(zip(stage.noise, zs, strict=False))
-            for c, z in draws[:-1]:
-                u.add_(z, alpha=c)
-            if draws:  # u_j = mean_j + std_j z_j
-                (c, z), mean = draws[-1], u.clone() if ctx.trajectory is not None else u
-                u.add_(z, alpha=c)
-                ctx.record(i, mean, c, u, z)
-            if stage.point is None:
-                x = u
-            else:
-                x0_j, eps_j = yield u, stage.point
-                f.append(eps_j if use_eps else x0_j)
-        ctx.emit(i, x, x0)
-    return x
 
 
 #: The stage fractions ``c_1, ...`` of SEEDS-1/2/3 (the step's end, 1, is implicit).
@@ -163,8 +81,8 @@ def seeds_drift(order: int, fractions: Sequence[float], big_h: float) -> list[tu
     ]
 
 
-class _SEEDS(EtaNoiseOptions, _DPMSolver):
-    """Given an NFE budget, SEEDS-2/3 mix orders as DPM-Solver-fast (:func:`fewstep.solvers.dpm_solver.fast_orders`),
+class _SEEDS(EtaNoiseOptions, BudgetOrders):
+    """Given an NFE budget, SEEDS-2/3 mix orders as DPM-Solver-fast (:func:`fewstep.solvers.singlestep.fast_orders`),
     so any budget can be spent; with ``steps=`` every finite step has the full order."""
 
     stochastic = True

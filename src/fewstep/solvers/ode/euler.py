@@ -7,15 +7,12 @@ EDM eq. 4; for flows ``tau = t``, ``c = 1`` and ``dy/dt = v``).
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any
-
 from torch import Tensor
 
-from ..context import RunContext
-from ..model import Point
-from ..nodes import NodeTable
-from .base import Solver, Steps, register
+from ...context import RunContext
+from ...nodes import NodeTable
+from ..base import Solver, Steps, register
+from ..frame import heun_step
 
 
 @register
@@ -69,29 +66,3 @@ class Heun(Solver):
             )
             ctx.emit(i, x, x0)
         return x
-
-
-def heun_step(
-    x: Tensor,
-    p: Point,
-    velocity: tuple[float, float],
-    coef: tuple[float, float],
-    end: tuple[Point | None, tuple[float, float]],
-    order: int,
-) -> Generator[tuple[Tensor, Point], Any, tuple[Tensor, Tensor]]:
-    """One Heun step (EDM Alg. 1, lines 5-8) from ``x`` at point ``p`` to the point of ``end``.
-
-    With ``dy/dtau = a x0_hat + b eps_hat`` (``velocity`` at p, and at the end point) and ``coef = (cx, cf)``
-    such that the Euler step is ``x_pred = cx x + cf f``: the corrector is ``cx x + cf (f + f_end) / 2``; with
-    ``order = 1`` the Euler step is taken alone. Yields its evaluation requests; returns ``(x_next, x0_hat)``.
-    """
-    x0, eps = yield x, p
-    (a, b), (cx, cf) = velocity, coef
-    d = a * x0 + b * eps
-    x_next = cx * x + cf * d
-    if order == 2:
-        p_end, (a2, b2) = end
-        assert p_end is not None
-        x0_2, eps_2 = yield x_next, p_end
-        x_next = cx * x + (0.5 * cf) * (d + a2 * x0_2 + b2 * eps_2)
-    return x_next, x0

@@ -8,7 +8,7 @@ after scaling by alpha), the ER SDE with noise scale function ``phi`` has the ex
     y_t = (phi(s_t)/phi(s_s)) y_s + phi(s_t) int_{s_t}^{s_s} phi'(u)/phi(u)^2 D(u) du + sqrt(s_t^2 - s_s^2 r^2) z,
 
 ``r = phi(s_t)/phi(s_s)``, ``D`` the data estimate along the path. ``phi(s) = s`` is the probability-flow ODE
-(no noise), ``phi(s) = s^2`` the reverse SDE (eta = 1 of :mod:`fewstep.solvers.sde_family`), and the default is
+(no noise), ``phi(s) = s^2`` the reverse SDE (eta = 1 of :mod:`fewstep.solvers.sde.sde_family`), and the default is
 the paper's ER SDE 5, ``phi(s) = s (e^{s^0.3} + 10)`` (ComfyUI's ``er_sde``). The noise variance is non-negative
 exactly when ``phi(s)/s`` is non-decreasing; fewstep writes ``phi(s) = s e^{psi(s)}`` and works with ``psi``.
 
@@ -36,12 +36,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from ..options import bool_option, real_option
-from .base import Solver, Steps, register
-from .dpmpp import multistep_orders
-from .sde_dpm import run_data_plan
+from ...context import RunContext
+from ...nodes import NodeTable
+from ...options import bool_option, real_option
+from ..base import Solver, Steps, register
+from ..multistep import DataStep, multistep_orders, run_data_plan
 
 NoiseScale = Callable[[Tensor], Tensor]
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(64)
@@ -130,14 +129,14 @@ class _ERSDE(Solver):
         a = nodes.alpha
         with np.errstate(divide="ignore"):
             s = nodes.sigma / a
-        plan: list[tuple[float, list[float], float]] = []  # x_t = c_x x_s + sum_j c_j D_{i-j} + c_z z
+        plan: list[DataStep] = []  # x_t = c_x x_s + sum_j c_j D_{i-j} + c_z z
         for i, k in enumerate(self.step_orders(nodes)):
             if nodes.finite(i):
                 r, ws, noise = self.weights(s, i, k, ctx.stochastic_step(i))
                 a_t = float(a[i + 1])
-                plan.append((r * a_t / float(a[i]), [a_t * w for w in ws], a_t * noise))
+                plan.append(DataStep(r * a_t / float(a[i]), [a_t * w for w in ws], a_t * noise))
             else:  # deterministic first order: x_t = (sigma_t/sigma_s) x_s + alpha_t x0_hat
-                plan.append((float(nodes.sigma[i + 1] / nodes.sigma[i]), [float(a[i + 1])], 0.0))
+                plan.append(DataStep(float(nodes.sigma[i + 1] / nodes.sigma[i]), [float(a[i + 1])], 0.0))
         return (yield from run_data_plan(x, nodes, ctx, plan, self.order))
 
 

@@ -8,7 +8,7 @@ of Song et al. 2021, in general the noise ``sqrt(eta) g dW``): with ``h = lambda
 - data prediction (SDE-DPM-Solver++): ``x_t = (sigma_t/sigma_s) e^{-eta h} x_s
   + alpha_t int_0^h (1 + eta) e^{-(1 + eta)(h - u)} x0(lambda_s + u) du + sigma_t sqrt(1 - e^{-2 eta h}) z``.
   With ``x0`` expanded in lambda (``d1 ~ h x0'``, ``d2 ~ h^2 x0''/2``, the scaled divided differences of the
-  last data estimates as in :mod:`fewstep.solvers.dpmpp`) the integral is
+  last data estimates as in :mod:`fewstep.solvers.ode.dpmpp`) the integral is
   ``(1 - e^{-H}) D_i + H phi_2(-H) d1 + 2 H phi_3(-H) d2``:
 
   - 2M, ``solver_type="midpoint"`` (DPM-Solver++ eq. for SDE-DPM-Solver++(2M)): ``d1`` weighted by
@@ -33,13 +33,13 @@ import math
 import numpy as np
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from ..options import bool_option
-from .base import Solver, Steps, register
-from .dpmpp import PAPER_PP, multistep_orders, multistep_weights
-from .phi import hphi
-from .stochastic import EtaNoiseOptions, noise_levels
+from ...context import RunContext
+from ...nodes import NodeTable
+from ...options import bool_option
+from ..base import Solver, Steps, register
+from ..multistep import PAPER_PP, DataStep, multistep_orders, multistep_weights, run_data_plan
+from ..phi import hphi
+from ..stochastic import EtaNoiseOptions, noise_levels
 
 SOLVER_TYPES = ("midpoint", "heun")
 
@@ -104,7 +104,7 @@ class _MultistepSDE(EtaNoiseOptions, Solver):
 
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
         a, s, h = nodes.alpha, nodes.sigma, nodes.h
-        plan: list[tuple[float, list[float], float]] = []
+        plan: list[DataStep] = []
         for i, k in enumerate(self.step_orders(nodes)):
             if nodes.finite(i):
                 eta = self.eta if ctx.stochastic_step(i) else 0.0
@@ -112,30 +112,10 @@ class _MultistepSDE(EtaNoiseOptions, Solver):
                 eta_h = eta * float(h[i])
                 ratio = float(s[i + 1] / s[i]) * math.exp(-eta_h)
                 noise = float(s[i + 1]) * math.sqrt(-math.expm1(-2.0 * eta_h)) * self.s_noise
-                plan.append((ratio, [float(a[i + 1]) * w for w in self.weights(big_h, i, k)], noise))
+                plan.append(DataStep(ratio, [float(a[i + 1]) * w for w in self.weights(big_h, i, k)], noise))
             else:  # deterministic first order: x_t = (sigma_t/sigma_s) x_s + alpha_t x0_hat
-                plan.append((float(s[i + 1] / s[i]), [float(a[i + 1])], 0.0))
+                plan.append(DataStep(float(s[i + 1] / s[i]), [float(a[i + 1])], 0.0))
         return (yield from run_data_plan(x, nodes, ctx, plan, self.order))
-
-
-def run_data_plan(
-    x: Tensor, nodes: NodeTable, ctx: RunContext, plan: list[tuple[float, list[float], float]], history_size: int
-) -> Steps:
-    """The step loop of a data-prediction multistep SDE solver from its precomputed plan: step i is
-    ``x_t = ratio_i x_s + sum_j w_ij D_{i-j} + c_i z`` for ``plan[i] = (ratio_i, [w_i0, w_i1, ...], c_i)``."""
-    level = noise_levels(nodes)
-    history: list[Tensor] = []
-    for i in ctx.loop():
-        x0, _ = yield x, nodes.node(i)
-        history = [x0, *history[: history_size - 1]]
-        ratio, weights, cz = plan[i]
-        x = x * ratio  # a new tensor: the caller's noise and the states already passed on are never changed
-        for w, d in zip(weights, history, strict=False):
-            x.add_(d, alpha=w)
-        if cz:
-            x = ctx.transition(i, x, level[i], level[i + 1], cz)[0]
-        ctx.emit(i, x, x0)
-    return x
 
 
 def _second_order(big_h: np.ndarray, i: int, solver_type: str) -> list[float]:

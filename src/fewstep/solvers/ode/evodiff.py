@@ -26,7 +26,7 @@ is precomputed as a float.
 The authors' code (EDM, CIFAR-10) maps the same projection coefficient through smoothing heuristics (sigmoids,
 clamps, time-dependent balancing of the differences, per-channel reductions) tuned for images; fewstep keeps the
 exact minimiser above, per sample. Warm-up and final steps follow DPM-Solver++(2M) (``lower_order_final``,
-:func:`~fewstep.solvers.dpmpp.multistep_orders`); first-order steps (the first, those of infinite lambda-size)
+:func:`~fewstep.solvers.multistep.multistep_orders`); first-order steps (the first, those of infinite lambda-size)
 and the last step (no evaluation follows it) are not recombined.
 """
 
@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from ..options import bool_option
-from .base import Solver, Steps, register
-from .dpmpp import multistep_orders, multistep_weights
-from .phi import hphi
+from ...context import RunContext
+from ...nodes import NodeTable
+from ...options import bool_option
+from ..base import Solver, Steps, register
+from ..multistep import multistep_orders, multistep_weights
+from ..phi import hphi
 
 PAPER_EVODIFF = "Li et al. 2025, EVODiff: Entropy-aware Variance Optimized Diffusion Inference"
 

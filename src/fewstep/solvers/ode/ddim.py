@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from .base import Solver, Steps, register
+from ...context import RunContext
+from ...nodes import NodeTable
+from ..base import Solver, Steps, register
 
 
 @register

@@ -26,13 +26,14 @@ constant estimates; in the sigma frame this is Euler, in the t frame it differs 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Generator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import Tensor
 
 from ..context import RunContext
+from ..model import Point
 from ..nodes import NodeTable
 from .base import Solver, Steps
 
@@ -159,3 +160,29 @@ class FrameMultistep(Solver):
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
         plan, velocity = self.plan(nodes)
         return (yield from run_plan(x, nodes, ctx, plan, velocity))
+
+
+def heun_step(
+    x: Tensor,
+    p: Point,
+    velocity: tuple[float, float],
+    coef: tuple[float, float],
+    end: tuple[Point | None, tuple[float, float]],
+    order: int,
+) -> Generator[tuple[Tensor, Point], Any, tuple[Tensor, Tensor]]:
+    """One Heun step (EDM Alg. 1, lines 5-8) from ``x`` at point ``p`` to the point of ``end``.
+
+    With ``dy/dtau = a x0_hat + b eps_hat`` (``velocity`` at p, and at the end point) and ``coef = (cx, cf)``
+    such that the Euler step is ``x_pred = cx x + cf f``: the corrector is ``cx x + cf (f + f_end) / 2``; with
+    ``order = 1`` the Euler step is taken alone. Yields its evaluation requests; returns ``(x_next, x0_hat)``.
+    """
+    x0, eps = yield x, p
+    (a, b), (cx, cf) = velocity, coef
+    d = a * x0 + b * eps
+    x_next = cx * x + cf * d
+    if order == 2:
+        p_end, (a2, b2) = end
+        assert p_end is not None
+        x0_2, eps_2 = yield x_next, p_end
+        x_next = cx * x + (0.5 * cf) * (d + a2 * x0_2 + b2 * eps_2)
+    return x_next, x0

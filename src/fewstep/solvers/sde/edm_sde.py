@@ -30,13 +30,13 @@ import math
 
 from torch import Tensor
 
-from ..context import RunContext
-from ..model import Point
-from ..nodes import NodeTable
-from ..options import real_option
-from .base import Solver, Steps, register
-from .euler import heun_step
-from .stochastic import noise_levels
+from ...context import RunContext
+from ...model import Point
+from ...nodes import NodeTable
+from ...options import real_option
+from ..base import Solver, Steps, register
+from ..frame import heun_step
+from ..stochastic import noise_levels
 
 
 @register

@@ -25,11 +25,11 @@ import math
 
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from ..options import real_option
-from .base import Solver, Steps, register
-from .stochastic import EtaNoiseOptions, noise_levels
+from ...context import RunContext
+from ...nodes import NodeTable
+from ...options import real_option
+from ..base import Solver, Steps, register
+from ..stochastic import EtaNoiseOptions, noise_levels
 
 # (c_x0, c_eps, c_z): x_t = c_x0 x0_hat + c_eps eps_hat + c_z z
 Coefficients = tuple[float, float, float]

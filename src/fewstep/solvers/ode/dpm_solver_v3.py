@@ -1,6 +1,6 @@
 """DPM-Solver-v3 (Zheng, Lu, Chen & Zhu 2023, "DPM-Solver-v3: Improved Diffusion ODE Solver with Empirical Model
 Statistics"): a multistep exponential integrator of the ODE rewritten with the empirical model statistics
-``l``, ``s``, ``b`` of :mod:`fewstep.solvers.ems`, with the pseudo-order corrector.
+``l``, ``s``, ``b`` of :mod:`fewstep.solvers.ode.ems`, with the pseudo-order corrector.
 
 With ``f_j = (sigma_j eps_j - l_j x_j) / alpha_j`` at the nodes and, for a step from ``s`` to ``t`` anchored at
 ``lambda_s`` (``L``, ``S``, ``B``, ``I_k``, ``C`` as in :meth:`EmpiricalModelStatistics.step_integrals`),
@@ -36,11 +36,11 @@ import torch
 from numpy.polynomial.polynomial import polyfromroots
 from torch import Tensor
 
-from ..context import RunContext
-from ..nodes import NodeTable
-from ..options import bool_option
-from .base import Solver, Steps, register
-from .dpmpp import multistep_orders
+from ...context import RunContext
+from ...nodes import NodeTable
+from ...options import bool_option
+from ..base import Solver, Steps, register
+from ..multistep import multistep_orders
 from .ems import EmpiricalModelStatistics, schedule_fingerprint
 
 PAPER_V3 = "Zheng et al. 2023, DPM-Solver-v3: Improved Diffusion ODE Solver with Empirical Model Statistics"
@@ -114,7 +114,7 @@ class DPMSolverV3(Solver):
     ):
         if statistics is not None and not isinstance(statistics, EmpiricalModelStatistics):
             raise TypeError(
-                "statistics: need an EmpiricalModelStatistics (fewstep.solvers.ems.compute_ems) or None "
+                "statistics: need an EmpiricalModelStatistics (fewstep.compute_ems) or None "
                 f"(l = 1, s = b = 0: DPM-Solver++), got {type(statistics).__name__}"
             )
         if isinstance(solver_order, bool) or solver_order not in (1, 2, 3):

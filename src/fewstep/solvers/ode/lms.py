@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .adams import FrameMultistep, lagrange_integrals
-from .base import register
+from ..base import register
+from ..frame import FrameMultistep, lagrange_integrals
 
 
 @register

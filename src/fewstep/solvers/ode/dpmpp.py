@@ -1,0 +1,87 @@
+"""DPM-Solver++ with the data prediction (Lu et al. 2022, "DPM-Solver++", Alg. 1 and 2 and App. B).
+
+With ``h = lambda_t - lambda_s`` and ``D_j`` the data estimates:
+
+- first order:  ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) D_s``
+- 2S (singlestep, r = 1/2): ``u = (sigma_s1/sigma_s) x_s - alpha_s1 (e^{-r h} - 1) D_s``;
+  ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) ((1 - 1/(2r)) D_s + 1/(2r) D(u, s1))``
+- 2M (multistep, ``r = h_{i-1}/h``): ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) ((1 + 1/(2r)) D_i - 1/(2r) D_{i-1})``
+- 3M: ``x_t = (sigma_t/sigma_s) x_s + alpha_t (h phi_1(-h) D_i + h phi_2(-h) D1 + 2 h phi_3(-h) D2)`` with
+  ``D1 ~ h x0'`` and ``D2 ~ h^2 x0''/2`` the divided differences of the last three data estimates in lambda, so
+  that the terms are the Taylor terms ``h^{k+1} phi_{k+1}(-h) x0^{(k)}`` of the exact solution.
+
+The multistep loop, its order plan and weights live in :mod:`fewstep.solvers.multistep`. Multistep solvers warm up
+with lower orders; with ``lower_order_final`` (default, as diffusers) the last
+step is first order when it goes to sigma = 0 or when there are fewer than 15 steps, and the one before it at
+most second order in the latter case. A step of infinite lambda-size is always first order.
+
+``corrector="unic"`` (2M, 3M) adds UniPC's UniC corrector (:mod:`fewstep.solvers.unic`) at no extra model
+evaluation, at each step's order: 2M becomes third order, 3M fourth (third with ``d2_weight="reference"``,
+whose O(h^3) local error the corrector keeps).
+
+``momentum=beta`` (2M, 3M, and ``res_multistep``) replaces the combined derivative by a heavy-ball velocity
+(:mod:`fewstep.solvers.momentum`, Wizadwongsa et al. 2023): ``momentum_type="hb"`` is first order for
+beta < 1, ``"ghvb"`` keeps the solver's order; beta = 1 is the solver itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from ...context import RunContext
+from ...nodes import NodeTable
+from ..base import Solver, Steps, register
+from ..multistep import PAPER_PP, DataMultistep
+
+
+@register
+class DPMSolverPP2M(DataMultistep):
+    name = "dpmpp_2m"
+    order = 2
+    summary = "DPM-Solver++(2M): second-order multistep, data prediction"
+    peers = "diffusers DPMSolverMultistepScheduler(solver_order=2); k-diffusion sample_dpmpp_2m"
+
+
+@register
+class DPMSolverPP3M(DataMultistep):
+    name = "dpmpp_3m"
+    order = 3
+    summary = "DPM-Solver++(3M): third-order multistep, data prediction"
+    peers = "diffusers DPMSolverMultistepScheduler(solver_order=3)"
+
+
+@register
+class DPMSolverPP2S(Solver):
+    """DPM-Solver++(2S) with r = 1/2: the midpoint data estimate alone (k-diffusion's 2S at eta = 0)."""
+
+    name = "dpmpp_2s"
+    order = 2
+    nfe_per_step = 2
+    summary = "DPM-Solver++(2S): second-order singlestep, data prediction"
+    paper = PAPER_PP
+    peers = "k-diffusion sample_dpmpp_2s_ancestral(eta=0)"
+
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        a, s, lam, h = nodes.alpha, nodes.sigma, nodes.lam, nodes.h
+        r = 0.5
+        plan: list[tuple] = []
+        for i, k in enumerate(self.step_orders(nodes)):
+            if k == 1:
+                plan.append((None, a[i + 1], s[i + 1], 0.0))
+            else:
+                p1 = nodes.point_at_lambda(lam[i] + r * h[i])
+                u = (p1.sigma / s[i], -p1.alpha * math.expm1(-r * h[i]))
+                plan.append((p1, u, s[i + 1] / s[i], -a[i + 1] * math.expm1(-h[i])))
+        for i in ctx.loop():
+            x0, eps = yield x, nodes.node(i)
+            p1, c1, c2, c3 = plan[i]
+            if p1 is None:  # first order, in (x0, eps) form: finite at alpha_s = 0 and at sigma_t = 0
+                x = c1 * x0 + c2 * eps
+            else:
+                ux, ud = c1
+                x0_mid, _ = yield ux * x + ud * x0, p1
+                x = c2 * x + c3 * ((1 - 1 / (2 * r)) * x0 + 1 / (2 * r) * x0_mid)
+            ctx.emit(i, x, x0)
+        return x

@@ -1,0 +1,2 @@
+"""The reverse-SDE (stochastic) samplers, one module each (or one family per module); every module here is imported
+by :mod:`fewstep.solvers`, which registers its solvers."""
