@@ -14,8 +14,8 @@ import time
 import torch
 
 import fewstep
+from fewstep.bench.targets import digits_target, mixture_2d, reference_solution_from_time
 from fewstep.solvers.ems import compute_ems
-from fewstep.targets import digits_target, mixture_2d, reference_solution_from_time
 
 NFES = (5, 6, 8, 10)
 SOLVERS = ("dpmpp_2m", "dpmpp_3m", "unipc_bh2", "dpm_solver_v3 (l=1)", "dpm_solver_v3")

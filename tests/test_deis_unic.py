@@ -19,8 +19,8 @@ import torch
 from test_unipc import COUNTS, TOL, measure
 
 import fewstep
+from fewstep.bench.targets import mixture_2d
 from fewstep.solvers.grid import Grid
-from fewstep.targets import mixture_2d
 
 F64 = torch.float64
 

@@ -13,7 +13,7 @@ from helpers import assert_replay_reproduces, randn
 from torch import Tensor
 
 import fewstep
-from fewstep.targets import mixture_2d
+from fewstep.bench.targets import mixture_2d
 from fewstep.trajectory import Trajectory, sample_with_logprob
 
 F64 = torch.float64

@@ -28,12 +28,12 @@ from helpers import DIFFUSERS_RTOL, FineBrownianPath, randn, rel
 from torch import Tensor
 
 import fewstep
-from fewstep.metrics import sliced_wasserstein2
+from fewstep.bench.metrics import sliced_wasserstein2
+from fewstep.bench.targets import GaussianMixture, mixture_2d
+from fewstep.bench.targets.reference import reference_solution_from_time
 from fewstep.noise import BrownianPath, brownian_noise_sampler
 from fewstep.solvers.sde_family import ReverseSDE, em_step, euler_maruyama
 from fewstep.spacing import model_times
-from fewstep.targets import GaussianMixture, mixture_2d
-from fewstep.targets.reference import reference_solution_from_time
 from fewstep.trajectory import sample_with_logprob
 
 F64 = torch.float64

@@ -12,8 +12,8 @@ from helpers import randn
 from torch import Tensor
 
 import fewstep
+from fewstep.bench.targets import mixture_2d
 from fewstep.noise.levels import seeded_noise_sampler
-from fewstep.targets import mixture_2d
 from fewstep.trajectory import Trajectory, gaussian_log_prob, sample_with_logprob
 
 F64 = torch.float64

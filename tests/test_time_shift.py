@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep.targets import GaussianMixture
+from fewstep.bench.targets import GaussianMixture
 from fewstep.time_shift import TimeShift
 
 F64 = torch.float64

@@ -14,7 +14,7 @@ from helpers import assert_replay_reproduces, randn
 from torch import Tensor
 
 import fewstep
-from fewstep.targets import GaussianMixture, mixture_2d
+from fewstep.bench.targets import GaussianMixture, mixture_2d
 from fewstep.trajectory import Trajectory, sample_with_logprob
 
 F64 = torch.float64
