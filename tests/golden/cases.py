@@ -36,7 +36,15 @@ def solver_run(name: str, sched: str, nfe: int, **kw: Any) -> Tensor:
     schedule, prediction, spacing, scale = setting(sched)
     model = mixture_2d().model(schedule, prediction)
     return fewstep.sample(
-        model, noise() * scale, schedule, name, nfe=nfe, spacing=spacing, prediction=prediction, generator=generator(), **kw
+        model,
+        noise() * scale,
+        schedule,
+        name,
+        nfe=nfe,
+        spacing=spacing,
+        prediction=prediction,
+        generator=generator(),
+        **kw,
     )
 
 
@@ -106,7 +114,9 @@ def _kdiffusion_case() -> dict[str, Any]:
 
     schedule = fewstep.EDM()
     model = mixture_2d().model(schedule, "sample")
-    sigmas = torch.cat([torch.exp(-schedule.lambda_(fewstep.spacing.model_times(schedule, 8, "karras"))), torch.zeros(1, dtype=F64)])
+    sigmas = torch.cat(
+        [torch.exp(-schedule.lambda_(fewstep.spacing.model_times(schedule, 8, "karras"))), torch.zeros(1, dtype=F64)]
+    )
     x = kdiffusion.sample_dpmpp_2m(lambda x_, s_: model(x_, s_), noise() * 80.0, sigmas)
     return {"x": x}
 
