@@ -15,8 +15,8 @@ import torch
 
 import fewstep
 from fewstep.adaptive import METHODS, AdaptiveStats
-from fewstep.metrics import sliced_wasserstein2
-from fewstep.targets import mixture_2d, reference_solution_from_time
+from fewstep.bench.metrics import sliced_wasserstein2
+from fewstep.bench.targets import mixture_2d, reference_solution_from_time
 
 TOLS = (1e-1, 1e-2, 1e-3, 1e-4)
 

@@ -15,7 +15,7 @@ import torch
 
 import fewstep
 from fewstep import compute_ems
-from fewstep.targets import digits_target, mixture_2d, reference_solution_from_time
+from fewstep.bench.targets import digits_target, mixture_2d, reference_solution_from_time
 
 NFES = (5, 6, 8, 10)
 SOLVERS = ("dpmpp_2m", "dpmpp_3m", "unipc_bh2", "dpm_solver_v3 (l=1)", "dpm_solver_v3")

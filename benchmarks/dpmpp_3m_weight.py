@@ -11,8 +11,8 @@ import argparse
 import torch
 
 import fewstep
+from fewstep.bench.targets import digits_target, mixture_2d, reference_solution_from_time
 from fewstep.solvers import DPMSolverPP3M
-from fewstep.targets import digits_target, mixture_2d, reference_solution_from_time
 
 NFES = (5, 6, 8, 10, 15, 20, 50)
 

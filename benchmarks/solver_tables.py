@@ -1,7 +1,7 @@
 """Accuracy of every registered solver at a given NFE: the tables of docs/solvers.md, "Accuracy at a given NFE".
 
 (a) ODE solvers: RMSE of the samples against the exact probability-flow ODE solution from the same noise
-    (:func:`fewstep.compare.compare`) at NFE 5, 6, 8, 10, 15, 20 on the default 2-D mixture and on the digits
+    (:func:`fewstep.bench.compare.compare`) at NFE 5, 6, 8, 10, 15, 20 on the default 2-D mixture and on the digits
     target (VP schedule, epsilon prediction), each solver on its best spacing among SPACINGS: the one with the
     smallest geometric mean RMSE over the NFEs (the table says which).
 (b) Every solver, stochastic ones included (seeded): sliced W2 against exact samples of the data distribution
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from fewstep.compare import Row, compare, data_distribution, deterministic_solvers, make_schedule, make_target
-from fewstep.metrics import sliced_wasserstein2
+from fewstep.bench.compare import Row, compare, data_distribution, deterministic_solvers, make_schedule, make_target
+from fewstep.bench.metrics import sliced_wasserstein2
 from fewstep.solvers import available
 
 ODE_NFES = (5, 6, 8, 10, 15, 20)

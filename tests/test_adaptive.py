@@ -27,12 +27,12 @@ from test_properties import NEEDS_ALPHA, SCHEDULES, Counting, pure_noise_start
 import fewstep
 from fewstep.adaptive import METHODS, AdaptiveStats, PIDController, StepTo
 from fewstep.adaptive.pairs import Context
+from fewstep.bench.metrics import sliced_wasserstein2
+from fewstep.bench.targets import mixture_2d, reference_solution_from_time
 from fewstep.integrations import kdiffusion
-from fewstep.metrics import sliced_wasserstein2
 from fewstep.noise import BrownianPath
 from fewstep.solvers.base import drive
 from fewstep.spacing import model_times
-from fewstep.targets import mixture_2d, reference_solution_from_time
 
 k_sampling = pytest.importorskip("k_diffusion.sampling")
 

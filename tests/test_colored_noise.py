@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 import fewstep
+from fewstep.bench.targets import mixture_image
 from fewstep.noise import ColoredNoise, colored_noise_sampler
 from fewstep.noise.levels import seeded_noise_sampler
-from fewstep.targets import mixture_image
 from fewstep.trajectory import Trajectory
 
 F64 = torch.float64

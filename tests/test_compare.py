@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fewstep.cli import main
-from fewstep.compare import all_solvers
+from fewstep.bench.cli import main
+from fewstep.bench.compare import all_solvers
 
 SMALL = ["--samples", "24", "--nfe", "4,6"]
 SOLVERS = ["--solver", "dpmpp_2m", "--solver", "heun", "--solver", "euler_ancestral", "--no-peers"]

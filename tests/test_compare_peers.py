@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 
 import fewstep
-from fewstep import peers
-from fewstep.cli import main
-from fewstep.compare import compare, make_schedule, make_target
+from fewstep.bench import peers
+from fewstep.bench.cli import main
+from fewstep.bench.compare import compare, make_schedule, make_target
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("k_diffusion")

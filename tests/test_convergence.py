@@ -18,8 +18,8 @@ import torch
 from scipy.integrate import solve_ivp
 
 import fewstep
+from fewstep.bench.targets import GaussianMixture, mixture_2d
 from fewstep.schedules import NoiseSchedule
-from fewstep.targets import GaussianMixture, mixture_2d
 
 TOL = 0.3
 BATCH = 64
@@ -176,8 +176,8 @@ def test_dpmpp_3m_reference_weight_is_second_order(target_name: str) -> None:
 @pytest.mark.parametrize("target_name", sorted(TARGETS))
 def test_reference_flows_agree(target_name: str) -> None:
     """The two references agree on the single Gaussian, and the ODE reference matches
-    fewstep.targets.reference_solution when integrated to sigma = 0."""
-    from fewstep.targets import reference_solution_from_time
+    fewstep.bench.targets.reference_solution when integrated to sigma = 0."""
+    from fewstep.bench.targets import reference_solution_from_time
 
     target = TARGETS[target_name]
     sched = fewstep.VP()

@@ -20,7 +20,7 @@ from helpers import node_table
 from test_unipc import COUNTS, TOL, measure
 
 import fewstep
-from fewstep.targets import mixture_2d
+from fewstep.bench.targets import mixture_2d
 
 F64 = torch.float64
 

@@ -1,5 +1,5 @@
 """Every registered stochastic sampler's samples approach the exact distribution as the NFE grows, on the exact
-mixture targets in 2-D and 64-D: the sliced W2 distance (``fewstep.metrics.sliced_wasserstein2``) between 4,096
+mixture targets in 2-D and 64-D: the sliced W2 distance (``fewstep.bench.metrics.sliced_wasserstein2``) between 4,096
 samples and 4,096 exact samples is smaller at NFE 50 (30 in 64-D, where each evaluation costs more) than at
 NFE 10, and there within a few times the distance between two independent sets of exact samples. (``tests/test_stochastic.py`` checks the 2-D mixture on
 the VP and flow schedules; this file adds the cosine schedule in 2-D and the 64-D mixture.)"""
@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 import fewstep
-from fewstep.metrics import sliced_wasserstein2
-from fewstep.targets import GaussianMixture, mixture_2d, mixture_nd
+from fewstep.bench.metrics import sliced_wasserstein2
+from fewstep.bench.targets import GaussianMixture, mixture_2d, mixture_nd
 
 F64 = torch.float64
 N = 4096

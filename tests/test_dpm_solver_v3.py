@@ -24,11 +24,11 @@ from test_convergence import TARGETS, ode_flow, problem
 
 import fewstep
 from fewstep import compute_ems
+from fewstep.bench.targets import mixture_2d, reference_solution_from_time
 from fewstep.solvers.multistep import multistep_weights
 from fewstep.solvers.ode.dpm_solver_v3 import derivative_matrix, v3_coefficients
 from fewstep.solvers.ode.ems import EmpiricalModelStatistics
 from fewstep.solvers.unic import unic_weights
-from fewstep.targets import mixture_2d, reference_solution_from_time
 
 F64 = torch.float64
 TOL = 0.3

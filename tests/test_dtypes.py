@@ -8,7 +8,7 @@ from helpers import Counting
 from torch import nn
 
 import fewstep
-from fewstep.targets import GaussianMixture, mixture_2d
+from fewstep.bench.targets import GaussianMixture, mixture_2d
 
 TARGET = mixture_2d("wide")
 VP = fewstep.VP()

@@ -16,8 +16,8 @@ import torch
 from test_unipc import TOL, measure
 
 import fewstep
+from fewstep.bench.targets import mixture_2d
 from fewstep.solvers.ode.evodiff import variance_optimal_eta
-from fewstep.targets import mixture_2d
 
 F64 = torch.float64
 COUNTS = [40, 80, 160, 320]

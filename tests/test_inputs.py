@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep.targets import mixture_2d
+from fewstep.bench.targets import mixture_2d
 
 TARGET = mixture_2d("wide")
 VP = fewstep.VP()

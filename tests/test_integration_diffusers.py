@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep.targets import mixture_2d, reference_solution
+from fewstep.bench.targets import mixture_2d, reference_solution
 
 diffusers = pytest.importorskip("diffusers")
 from fewstep.integrations.diffusers import FewstepScheduler  # noqa: E402

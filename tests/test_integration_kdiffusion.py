@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import fewstep
+from fewstep.bench.targets import mixture_2d
 from fewstep.integrations import kdiffusion as fk
-from fewstep.targets import mixture_2d
 
 K = pytest.importorskip("k_diffusion")
 DETERMINISTIC = [i.name for i in fewstep.solvers.available() if not i.stochastic]

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 import fewstep
-from fewstep.metrics import mode_coverage, sliced_wasserstein2
-from fewstep.targets import learned as learned_module
-from fewstep.targets import learned_target
+from fewstep.bench.metrics import mode_coverage, sliced_wasserstein2
+from fewstep.bench.targets import learned as learned_module
+from fewstep.bench.targets import learned_target
 
 F64 = torch.float64
 

@@ -12,8 +12,8 @@ import torch
 from helpers import randn
 from sklearn.datasets import load_digits
 
-from fewstep import metrics
-from fewstep.metrics import (
+from fewstep.bench import metrics
+from fewstep.bench.metrics import (
     DigitsFeatures,
     assign_components,
     fd_digits,
@@ -24,7 +24,7 @@ from fewstep.metrics import (
     rmse,
     sliced_wasserstein2,
 )
-from fewstep.targets import digits_target, mixture_2d, mixture_nd
+from fewstep.bench.targets import digits_target, mixture_2d, mixture_nd
 
 F64 = torch.float64
 

@@ -10,9 +10,8 @@ import torch
 from helpers import randn
 
 import fewstep
-from fewstep.metrics import assign_components
-from fewstep.schedules import VP
-from fewstep.targets import (
+from fewstep.bench.metrics import assign_components
+from fewstep.bench.targets import (
     GaussianMixture,
     LearnedTarget,
     TrainConfig,
@@ -23,8 +22,9 @@ from fewstep.targets import (
     mixture_nd,
     reference_solution,
 )
-from fewstep.targets import learned as learned_module
-from fewstep.targets import mixture as mixture_module
+from fewstep.bench.targets import learned as learned_module
+from fewstep.bench.targets import mixture as mixture_module
+from fewstep.schedules import VP
 
 F64 = torch.float64
 

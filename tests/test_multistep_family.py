@@ -47,8 +47,8 @@ from torch import Tensor
 
 import fewstep
 from fewstep import EDM, DiscreteVP
+from fewstep.bench.targets import GaussianMixture, mixture_2d, reference_solution_from_time
 from fewstep.solvers.ode.deis import t_weights
-from fewstep.targets import GaussianMixture, mixture_2d, reference_solution_from_time
 
 diffusers = pytest.importorskip("diffusers")
 k_sampling = pytest.importorskip("k_diffusion.sampling")

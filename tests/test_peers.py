@@ -5,7 +5,7 @@
 - k-diffusion (``sample_euler``, ``sample_heun``, ``sample_dpmpp_2m``, ``sample_dpmpp_2s_ancestral``) runs in
   the dtype of its inputs: in float64 agreement is to 1e-8 relative (observed: 3e-14 or better).
 
-The model is the exact denoiser of a Gaussian mixture (:mod:`fewstep.targets`): smooth and nonlinear, and its
+The model is the exact denoiser of a Gaussian mixture (:mod:`fewstep.bench.targets`): smooth and nonlinear, and its
 PF-ODE has an exact reference solution for the cases where a peer does something else than fewstep.
 
 Findings recorded here (see the individual tests):
@@ -36,7 +36,7 @@ from torch import Tensor
 
 import fewstep
 from fewstep import EDM, DiscreteVP
-from fewstep.targets import GaussianMixture, mixture_2d, reference_solution
+from fewstep.bench.targets import GaussianMixture, mixture_2d, reference_solution
 
 diffusers = pytest.importorskip("diffusers")
 k_sampling = pytest.importorskip("k_diffusion.sampling")

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fewstep
+from fewstep.bench.targets import mixture_2d
 from fewstep.schedules import NoiseSchedule
 from fewstep.spacing import DISCRETE_SPACINGS, SPACINGS
-from fewstep.targets import mixture_2d
 
 
 def _cos(t: torch.Tensor) -> torch.Tensor:

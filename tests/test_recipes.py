@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import fewstep
-from fewstep.targets import mixture_2d
+from fewstep.bench.targets import mixture_2d
 
 
 def test_reversed_time_velocity_field_recipe() -> None:

@@ -23,9 +23,9 @@ from helpers import BETAS, DIFFUSERS_RTOL, N_TRAIN, randn, rel, schedule_of
 from torch import Tensor
 
 import fewstep
+from fewstep.bench.targets import mixture_2d, reference_solution
 from fewstep.solvers.frame import lagrange_integrals
 from fewstep.solvers.sde.sa_solver import adams_weights
-from fewstep.targets import mixture_2d, reference_solution
 
 diffusers = pytest.importorskip("diffusers")
 randn_tensor = pytest.importorskip("diffusers.utils.torch_utils").randn_tensor

@@ -145,7 +145,7 @@ def test_interpolant_with_autograd_derivatives_equals_flow() -> None:
     for spacing in CONTINUOUS:
         torch.testing.assert_close(model_times(interp, 9, spacing), model_times(flow, 9, spacing), rtol=0, atol=1e-13)
     # and sampling is the same
-    from fewstep.targets import mixture_2d
+    from fewstep.bench.targets import mixture_2d
 
     target = mixture_2d("wide")
     noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=F64)

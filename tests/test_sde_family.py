@@ -29,12 +29,12 @@ from torch import Tensor
 
 import fewstep
 from fewstep import sample_with_logprob
-from fewstep.metrics import sliced_wasserstein2
+from fewstep.bench.metrics import sliced_wasserstein2
+from fewstep.bench.targets import GaussianMixture, mixture_2d
+from fewstep.bench.targets.reference import reference_solution_from_time
 from fewstep.noise import BrownianPath, brownian_noise_sampler
 from fewstep.solvers.sde.sde_family import ReverseSDE, em_step, euler_maruyama
 from fewstep.spacing import model_times
-from fewstep.targets import GaussianMixture, mixture_2d
-from fewstep.targets.reference import reference_solution_from_time
 
 F64 = torch.float64
 NEW = ["euler_maruyama", "er_sde_1", "er_sde_2", "er_sde_3", "pc_langevin"]

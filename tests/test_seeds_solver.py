@@ -22,9 +22,9 @@ from torch import Tensor
 
 import fewstep
 from fewstep import EDM
-from fewstep.solvers.sde.seeds import noise_weights
+from fewstep.bench.targets import GaussianMixture, mixture_2d, reference_solution
+from fewstep.solvers.stages import noise_weights
 from fewstep.spacing import model_times
-from fewstep.targets import GaussianMixture, mixture_2d, reference_solution
 
 F64 = torch.float64
 TARGET = mixture_2d("default")

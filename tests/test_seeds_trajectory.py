@@ -13,8 +13,8 @@ from torch import Tensor
 
 import fewstep
 from fewstep import sample_with_logprob
+from fewstep.bench.targets import mixture_2d
 from fewstep.noise.levels import seeded_noise_sampler
-from fewstep.targets import mixture_2d
 from fewstep.trajectory import Trajectory, gaussian_log_prob
 
 F64 = torch.float64

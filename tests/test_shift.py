@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import fewstep
+from fewstep.bench.targets import mixture_2d
 from fewstep.spacing import model_times
-from fewstep.targets import mixture_2d
 
 
 def g(u: float, shift: float) -> float:

@@ -27,8 +27,8 @@ from torch import Tensor
 
 import fewstep
 from fewstep import EDM
+from fewstep.bench.targets import mixture_2d
 from fewstep.spacing import model_times
-from fewstep.targets import mixture_2d
 
 diffusers = pytest.importorskip("diffusers")
 k_sampling = pytest.importorskip("k_diffusion.sampling")

@@ -10,16 +10,16 @@ import torch
 from helpers import randn
 from scipy.integrate import quad
 
-from fewstep.predictions import PREDICTIONS, conversion
-from fewstep.schedules import EDM, VP, DiscreteVP, Flow
-from fewstep.targets import (
+from fewstep.bench.targets import (
     GaussianMixture,
     digits_target,
     mixture_2d,
     reference_solution,
     reference_solution_from_time,
 )
-from fewstep.targets import mixture as mixture_module
+from fewstep.bench.targets import mixture as mixture_module
+from fewstep.predictions import PREDICTIONS, conversion
+from fewstep.schedules import EDM, VP, DiscreteVP, Flow
 
 F64 = torch.float64
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import fewstep
+from fewstep.bench.targets import GaussianMixture
 from fewstep.model import TimeShift
-from fewstep.targets import GaussianMixture
 
 F64 = torch.float64
 DIM = 512

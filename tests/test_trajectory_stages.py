@@ -15,7 +15,7 @@ from torch import Tensor
 
 import fewstep
 from fewstep import sample_with_logprob
-from fewstep.targets import GaussianMixture, mixture_2d
+from fewstep.bench.targets import GaussianMixture, mixture_2d
 from fewstep.trajectory import Trajectory
 
 F64 = torch.float64

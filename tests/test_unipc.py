@@ -27,8 +27,8 @@ from test_convergence import CASES, TARGETS, problem
 from test_peers import BETAS, DIFFUSERS_RTOL, N_TRAIN, TARGET_2D, randn, rel, run_diffusers, schedule_of
 
 import fewstep
+from fewstep.bench.targets import reference_solution_from_time
 from fewstep.solvers.unic import unic_weights, unip_weights
-from fewstep.targets import reference_solution_from_time
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -37,7 +37,8 @@ given ``x_i`` alone would need the Jacobian of a model-dependent map and is not 
 ``pc_langevin`` with ``n_corrector > 0`` raises NotImplementedError: its Langevin step size depends on the drawn
 noise's norm (and with ``norm="batch"`` on the other samples), so the corrected state is not Gaussian; with
 ``n_corrector=0`` its predictor's transitions are recorded. Other solvers whose noise is not recorded (drawn
-through ``Grid.noise``) raise ``NotImplementedError`` when recorded.
+whose solver does not record its draws, :attr:`fewstep.solvers.Solver.records_transitions`) raise
+``NotImplementedError`` before the run.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 import fewstep
-from fewstep.targets import mixture_2d
+from fewstep.bench.targets import mixture_2d
 
 F64 = torch.float64
 SCHEDULES = ("discrete_vp", "edm", "flow")

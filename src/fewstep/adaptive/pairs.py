@@ -11,7 +11,7 @@ last), else None.
   ``r1 = 1/3``, which reuses the first intermediate evaluation of DPM-Solver-3. Noise prediction, in lambda;
   the formulas are :func:`fewstep.solvers.singlestep.singlestep_plan`.
 - ``dopri5``: Dormand & Prince (1980) 5(4) on the probability-flow ODE in the frame of
-  :meth:`fewstep.solvers.Grid.ode_frame`, seven stages, the last one reused as the next step's first. Flows
+  :meth:`fewstep.nodes.NodeTable.ode_frame`, seven stages, the last one reused as the next step's first. Flows
   (``ode_variable = "t"``): ``y = x``, ``dy/dt = alpha' x0_hat + sigma' eps_hat``, steps in t. Diffusion schedules:
   ``y = x/alpha`` and the noise level ``tau = sigma/alpha`` on a log scale, ``u = -log tau = lambda``:
   ``dy/du = -tau eps_hat = x0_hat - y`` (EDM eq. 4 in log sigma). In tau itself a step from tau = 25 to 0.002
@@ -150,7 +150,7 @@ DP_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100
 
 def ode_frame(schedule: NoiseSchedule, p: Point) -> tuple[float, float, float]:
     """``(c, a, b)`` at point p: the scale ``y = x / c`` and ``dy/du = a x0_hat + b eps_hat`` in Dormand-Prince's
-    variable ``u`` (t for flows, as :meth:`fewstep.solvers.Grid.ode_velocity`; lambda = -log(sigma/alpha) else)."""
+    variable ``u`` (t for flows, as :meth:`fewstep.nodes.NodeTable.ode_velocity`; lambda = -log(sigma/alpha) else)."""
     if schedule.ode_variable == "t":
         return 1.0, p.dalpha, p.dsigma
     return p.alpha, 0.0, -p.sigma / p.alpha

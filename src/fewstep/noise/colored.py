@@ -3,7 +3,7 @@
 After "Colored Noise Diffusion Sampling" (CNS): a diffusion model resolves low frequencies early and high
 frequencies late, so the fresh noise of a stochastic step can be spent where the sample is still unresolved
 instead of uniformly over all frequencies. :class:`ColoredNoise` is a ``noise_sampler(level_s, level_t)`` (the
-interface of :meth:`fewstep.solvers.grid.Grid.noise`, usable with every stochastic solver) whose draw for the
+interface of :class:`fewstep.noise.source.NoiseSource`, usable with every stochastic solver) whose draw for the
 step from noise level ``s`` to ``t`` is, over the last two axes ``(H, W)`` of the state,
 
     z = irfft2( A_beta(f) rfft2(w) ),    A_beta(f) = |f|_+^{-beta/2} / sqrt(mean_f |f|_+^{-beta})

@@ -7,7 +7,7 @@ Samples are tensors (or arrays) of shape (N, ...), flattened to (N, D).
 * :func:`sliced_wasserstein2` -- ``SW2(P, Q) = sqrt(E_u W2^2(<u, X>, <u, Y>))`` over unit directions u:
   unpaired, a distance between the two empirical distributions.
 * :func:`mmd` -- squared maximum mean discrepancy with a (multi-bandwidth) Gaussian kernel.
-* :func:`mode_coverage` -- which components of a :class:`~fewstep.targets.GaussianMixture` the samples
+* :func:`mode_coverage` -- which components of a :class:`~fewstep.bench.targets.GaussianMixture` the samples
   reach, and with which weights.
 * :func:`frechet_distance` -- the Frechet (2-Wasserstein) distance between Gaussians fitted to two
   feature sets; with :class:`DigitsFeatures` this is "FD-digits", a small-scale analogue of FID.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .cache import cache_dir, load_cached, save_atomic
+from ..cache import cache_dir, load_cached, save_atomic
 from .targets import GaussianMixture
 from .targets.learned import single_thread
 
@@ -315,7 +315,7 @@ class DigitsFeatures:
 
     The classifier (64 -> 128 -> 64 -> 10, ReLU) is trained with Adam on a fixed 85% of the 1,797 images
     (seeded split), with Gaussian pixel noise of std 0.05 as augmentation (the width of
-    :func:`~fewstep.targets.digits_target`'s modes); ``accuracy`` is its accuracy on the other 15%.
+    :func:`~fewstep.bench.targets.digits_target`'s modes); ``accuracy`` is its accuracy on the other 15%.
     Weights are cached in :func:`~fewstep.cache.cache_dir` under a version string.
 
     ``scale`` is how the images to be featurised are scaled: ``"[-1,1]"`` (``pixel / 8 - 1``, the default

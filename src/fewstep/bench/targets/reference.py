@@ -22,7 +22,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from ..schedules import NoiseSchedule
+from ...schedules import NoiseSchedule
 
 
 class ExactTarget(Protocol):

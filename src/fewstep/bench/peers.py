@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .model import Denoiser
-from .schedules import DiscreteVP, NoiseSchedule
+from ..model import Denoiser
+from ..schedules import DiscreteVP, NoiseSchedule
 
 __all__ = ["DIFFUSERS", "KDIFFUSION", "PeerRun", "available_peers", "diffusers_runs", "kdiffusion_runs"]
 
@@ -220,7 +220,7 @@ def kdiffusion_runs(
     the ``reference``, again on the best of its Karras / exponential grids by mean log RMSE."""
     from k_diffusion import sampling
 
-    from .integrations.kdiffusion import wrap
+    from ..integrations.kdiffusion import wrap
 
     alpha_max = float(schedule.alpha(schedule.t_max))
     out: list[PeerRun] = []

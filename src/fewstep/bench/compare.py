@@ -3,17 +3,17 @@
 For an exact target (a Gaussian mixture, or the digits data set as a mixture of narrow Gaussians) the
 probability-flow ODE is solved to tight tolerance from the same start noise (:func:`reference_solution`);
 each ODE solver's error is the RMSE of its samples against that reference. The ``learned`` target (a small
-trained network, :func:`~fewstep.targets.learned_target`) has no closed form: its reference is
-:func:`~fewstep.targets.learned_reference` (a 1,000-step DPM-Solver-3 solve of the same network from the
+trained network, :func:`~fewstep.bench.targets.learned_target`) has no closed form: its reference is
+:func:`~fewstep.bench.targets.learned_reference` (a 1,000-step DPM-Solver-3 solve of the same network from the
 same noise), so its RMSE measures the solver's error, not the network's.
 
 Every solver, stochastic ones included (seeded), also gets distribution metrics against exact samples of
 the data distribution (``target.sample(n)``; for ``learned`` the mixture it was trained on): sliced W2,
 MMD, and for mixtures the fraction of modes covered; for the digits target also FD-digits, the Frechet
-distance between the features of a small digits classifier (:func:`fewstep.metrics.fd_digits`; *not*
+distance between the features of a small digits classifier (:func:`fewstep.bench.metrics.fd_digits`; *not*
 Inception FID, comparable only with other FD-digits values).
 
-With ``peers=True`` the peer libraries' samplers (diffusers, k-diffusion; :mod:`fewstep.peers`) run on the
+With ``peers=True`` the peer libraries' samplers (diffusers, k-diffusion; :mod:`fewstep.bench.peers`) run on the
 same target, schedule, start noise and NFE budget and get the same metrics, in rows with ``library`` set.
 """
 
@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..sampling import sample
+from ..schedules import EDM, VP, Cosine, DiscreteVP, Flow, NoiseSchedule
+from ..solvers import available, get_solver
 from .metrics import _kernel_sum, median_bandwidth, mode_coverage, sliced_wasserstein2
-from .sampling import sample
-from .schedules import EDM, VP, Cosine, DiscreteVP, Flow, NoiseSchedule
-from .solvers import available, get_solver
 from .targets import (
     GaussianMixture,
     LearnedTarget,
@@ -153,7 +153,7 @@ def compare(
     sliced W2 / MMD / mode coverage against ``samples`` exact samples of the data distribution (all solvers;
     stochastic ones seeded from ``seed``). A learned target uses its own schedule and prediction.
 
-    ``peers``: also run the importable peer libraries (:mod:`fewstep.peers`): k-diffusion on every schedule,
+    ``peers``: also run the importable peer libraries (:mod:`fewstep.bench.peers`): k-diffusion on every schedule,
     diffusers on DiscreteVP schedules (``schedule_name`` sd / ddpm, or any DiscreteVP built by
     ``DiscreteVP.linear`` / ``scaled_linear``)."""
     if isinstance(target, LearnedTarget):
@@ -263,7 +263,7 @@ def _peer_rows(
 
 
 class _FDDigits:
-    """:func:`fewstep.metrics.fd_digits` against one fixed set of exact samples (features computed once)."""
+    """:func:`fewstep.bench.metrics.fd_digits` against one fixed set of exact samples (features computed once)."""
 
     def __init__(self, y: Tensor) -> None:
         from .metrics import DigitsFeatures
@@ -278,7 +278,7 @@ class _FDDigits:
 
 
 class _MMD:
-    """:func:`fewstep.metrics.mmd` (biased, default bandwidths) against one fixed ``y``, its self-term cached."""
+    """:func:`fewstep.bench.metrics.mmd` (biased, default bandwidths) against one fixed ``y``, its self-term cached."""
 
     def __init__(self, y: Tensor) -> None:
         self.y = y.reshape(y.shape[0], -1).to(torch.float64)

@@ -4,7 +4,7 @@ Both are :class:`GaussianMixture` instances, so their denoiser is exact and :fun
 solves their probability-flow ODE to near machine precision. They are generated deterministically
 (NumPy's PCG64 from ``seed``), with unequal weights and per-component stds, and with modes far apart
 compared with their widths, so that each mode is distinct and a sample can be told to its mode
-(:func:`fewstep.metrics.mode_coverage`).
+(:func:`fewstep.bench.metrics.mode_coverage`).
 
 ``mixture_nd``: means ``mu_k ~ N(0, scale^2 I_D)`` (pairwise distances about ``scale sqrt(2 D)``), stds
 ``s_k`` log-uniform in ``[0.1, 0.3]`` (a component's radius is about ``s_k sqrt(D)``), weights

@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..cache import cache_dir, load_cached, save_atomic
-from ..schedules import VP, NoiseSchedule
+from ...cache import cache_dir, load_cached, save_atomic
+from ...schedules import VP, NoiseSchedule
 from .mixture import GaussianMixture, mixture_2d
 
 __all__ = [
@@ -285,7 +285,7 @@ def learned_reference(
     clean end (the last step maps the state at ``t_min`` to its data prediction, as every solver's final
     step to sigma = 0 does). Pass float64 noise for a float64 solve.
     """
-    from ..sampling import sample
+    from ...sampling import sample
 
     fn: Callable[..., Tensor]
     if isinstance(model, LearnedTarget):

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..predictions import check_prediction, output_from
-from ..schedules import DiscreteVP, NoiseSchedule
+from ...predictions import check_prediction, output_from
+from ...schedules import DiscreteVP, NoiseSchedule
 
 ArrayLike = Tensor | np.ndarray | Sequence[float] | Sequence[Sequence[float]] | float
 TIME_INPUTS = ("t", "sigma", "index")
