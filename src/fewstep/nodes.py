@@ -24,7 +24,7 @@ from .schedules import NoiseSchedule
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.array(a, dtype=np.float64)
+    """``a`` (a new float64 array of this table's own) made read-only."""
     a.flags.writeable = False
     return a
 
@@ -50,6 +50,14 @@ class NodeTable:
     clean_end: bool
     nfe_budget: int | None
     make_point: Callable[[float], Point] = field(repr=False)
+    #: whether each step has a finite lambda-size (:meth:`finite`)
+    finite_steps: tuple[bool, ...] = field(init=False, repr=False)
+    #: plans derived from this table by a solver (its step orders), computed once per run
+    memo: dict[object, list[int]] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        finite = np.isfinite(self.lam)
+        object.__setattr__(self, "finite_steps", tuple((finite[:-1] & finite[1:]).tolist()))
 
     @classmethod
     def build(
@@ -66,7 +74,7 @@ class NodeTable:
         ``device`` in ``dtype``."""
         sched = denoiser.schedule
         model_t = t[:-1] if clean_end else t
-        points: list[Point | None] = list(denoiser.points([float(v) for v in model_t], batch, device, dtype))
+        points: list[Point | None] = list(denoiser.points(model_t, batch, device, dtype))
         alpha = [p.alpha for p in points if p is not None]
         sigma = [p.sigma for p in points if p is not None]
         lam = [p.lam for p in points if p is not None]
@@ -75,7 +83,7 @@ class NodeTable:
             alpha.append(sched.alpha_clean)
             sigma.append(0.0)
             lam.append(math.inf)
-        a, s, la = np.array(alpha), np.array(sigma), np.array(lam)
+        a, s, la = np.array(alpha, dtype=np.float64), np.array(sigma, dtype=np.float64), np.array(lam, dtype=np.float64)
         with np.errstate(invalid="ignore"):
             h = np.diff(la)
         if sched.ode_variable == "t":
@@ -85,7 +93,7 @@ class NodeTable:
                 tau, c = s / a, a.copy()
         return cls(
             sched,
-            _frozen(t),
+            _frozen(np.array(t, dtype=np.float64)),
             _frozen(a),
             _frozen(s),
             _frozen(la),
@@ -123,11 +131,11 @@ class NodeTable:
     @property
     def first_infinite(self) -> bool:
         """Whether the first node has alpha = 0 (lambda = -inf)."""
-        return not math.isfinite(self.lam[0])
+        return not math.isfinite(float(self.lam[0]))
 
     def finite(self, i: int) -> bool:
         """Whether step i has a finite lambda-size (so higher-order corrections are defined)."""
-        return math.isfinite(self.lam[i]) and math.isfinite(self.lam[i + 1])
+        return self.finite_steps[i]
 
     def node(self, i: int) -> Point:
         """The Point of model node i."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
+import numpy as np
+
 Prediction = Literal["epsilon", "sample", "v_prediction", "score", "velocity"]
 PREDICTIONS: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "score", "velocity")
 
@@ -37,9 +39,13 @@ def check_prediction(prediction: str) -> None:
         raise ValueError(f"prediction: unknown type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
-def conversion(prediction: str, alpha: float, sigma: float, dalpha: float = 0.0, dsigma: float = 0.0) -> Affine:
-    """The affine map from a model output of type ``prediction`` to (x0, eps) at noise level (alpha, sigma)."""
-    check_prediction(prediction)
+def conversion(
+    prediction: str, alpha: float, sigma: float, dalpha: float = 0.0, dsigma: float = 0.0, *, check: bool = True
+) -> Affine:
+    """The affine map from a model output of type ``prediction`` to (x0, eps) at noise level (alpha, sigma)
+    (``check=False``: ``prediction`` is already known to be valid)."""
+    if check:
+        check_prediction(prediction)
     if prediction in ("epsilon", "score") and alpha <= 0:
         raise ValueError(
             f"prediction: {prediction!r} cannot recover x0 where alpha(t) = {alpha} (pure noise); "
@@ -58,6 +64,27 @@ def conversion(prediction: str, alpha: float, sigma: float, dalpha: float = 0.0,
     if det == 0:
         raise ValueError("prediction: 'velocity' needs alpha sigma' - sigma alpha' != 0")
     return Affine(dsigma / det, -sigma / det, -dalpha / det, alpha / det)
+
+
+def conversions(
+    prediction: str, alpha: np.ndarray, sigma: np.ndarray, dalpha: np.ndarray, dsigma: np.ndarray
+) -> list[Affine]:
+    """:func:`conversion` at many noise levels at once (float64 arrays; the same arithmetic, elementwise)."""
+    check_prediction(prediction)
+    scalar = prediction == "velocity" or not (np.all(alpha > 0) and np.all(sigma > 0))
+    if scalar:  # the per-level checks and messages of conversion()
+        return [conversion(prediction, *v, check=False) for v in zip(alpha, sigma, dalpha, dsigma, strict=True)]
+    n = len(alpha)
+    if prediction == "epsilon":
+        rows = ((1.0 / alpha).tolist(), (-sigma / alpha).tolist(), [0.0] * n, [1.0] * n)
+    elif prediction == "score":
+        rows = ((1.0 / alpha).tolist(), (sigma * sigma / alpha).tolist(), [0.0] * n, (-sigma).tolist())
+    elif prediction == "sample":
+        rows = ([0.0] * n, [1.0] * n, (1.0 / sigma).tolist(), (-alpha / sigma).tolist())
+    else:  # v_prediction
+        n2 = alpha * alpha + sigma * sigma
+        rows = ((alpha / n2).tolist(), (-sigma / n2).tolist(), (sigma / n2).tolist(), (alpha / n2).tolist())
+    return list(map(Affine, *rows))
 
 
 def output_from(prediction: str, x0, eps, alpha: float, sigma: float, dalpha: float = 0.0, dsigma: float = 0.0):  # type: ignore[no-untyped-def]

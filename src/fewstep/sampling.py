@@ -17,6 +17,7 @@ from torch import Tensor
 from .context import Callback, RunContext
 from .guidance import Guidance
 from .model import CallCount, Denoiser, ModelStack, Threshold
+from .model.network import CheckFinite
 from .model.time_shift import TimeShift, check_time_shift, shifted_layer
 from .nodes import NodeTable
 from .prepare import (
@@ -68,6 +69,7 @@ def sample(
     sde_window: tuple[float, float] | None = None,
     time_shift: TimeShift | Mapping[str, Any] | None = None,
     calls: CallCount | None = None,
+    check_finite: CheckFinite = "end",
     **solver_options: Any,
 ) -> Tensor:
     """Solve from ``noise`` (the state at the first time, ``t_max`` unless ``spacing`` gives times) to data.
@@ -112,6 +114,9 @@ def sample(
             :class:`~fewstep.guidance.ClassifierFreeGuidance`, or a rule of your own).
         calls: a :class:`fewstep.model.CallCount` to which the run adds its model calls (network calls, branch
             evaluations, substituted evaluations, backward passes).
+        check_finite: ``"end"`` checks the result once for NaN/inf (NonFiniteModelOutput); ``"each"`` checks every
+            model output and names the first non-finite evaluation and its time (at once on the CPU, after the run
+            without a host-device sync on accelerators), at the cost of one reduction over the state per call.
         solver_options: options of the named solver (e.g. ``lower_order_final=False``).
 
     Returns:
@@ -142,9 +147,8 @@ def sample(
         nodes, source, callback, progress if progress is not None else expected >= 100, trajectory, window
     )
     run_calls = CallCount()
-    stack = denoiser.stack(
-        run_calls, slv.needs_eps, shifted_layer(shifter, denoiser, nodes.points, noise.device, dtype)
-    )
+    base = shifted_layer(shifter, denoiser, nodes.points, noise.device, dtype)
+    stack = denoiser.stack(run_calls, slv.needs_eps, base, check_finite=check_finite)
     try:
         x = integrate(slv, noise.to(dtype), nodes, ctx, stack, grad)
     finally:
@@ -164,7 +168,7 @@ def integrate(solver: Solver, x: Tensor, nodes: NodeTable, ctx: RunContext, stac
         if ctx.trajectory is not None:
             ctx.trajectory.start(x)
         x = solver.run(x, nodes, ctx, stack.evaluate)
-    stack.finish()
+    stack.finish(x)
     return x
 
 

@@ -16,14 +16,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..guidance.cfg import ClassifierFreeGuidance, Guidance
-from ..predictions import check_prediction, conversion
+from ..predictions import check_prediction, conversion, conversions
 from ..schedules import DiscreteVP, NoiseSchedule
 from .calls import CallCount
-from .network import Network
+from .network import CheckFinite, Network
 from .point import Point
 from .stack import Converted, Evaluation, EvaluationWrapper, ModelOutput, ModelStack, Prediction, convert
 from .threshold import Threshold
@@ -114,31 +115,23 @@ class Denoiser:
         lam = float(self.schedule.lambda_(tt))
         return Point(float(t), alpha, sigma, lam, dalpha, dsigma, model_time.expand(batch), affine)
 
-    def points(self, ts: Sequence[float], batch: int, device: torch.device, dtype: torch.dtype) -> list[Point]:
+    def points(
+        self, ts: Sequence[float] | np.ndarray, batch: int, device: torch.device, dtype: torch.dtype
+    ) -> list[Point]:
         """:meth:`point` at each of ``ts``, with the schedule evaluated once for all of them (and the model's
         time moved to ``device`` in one copy). A callable ``time_input`` is still called once per time."""
         if callable(self.time_input) or len(ts) < 2:
             return [self.point(t, batch, device, dtype) for t in ts]
-        tt = torch.tensor([float(t) for t in ts], dtype=torch.float64)
+        tt = torch.from_numpy(np.array(ts, dtype=np.float64))
         sched = self.schedule
-        alpha, sigma = sched.alpha(tt).tolist(), sched.sigma(tt).tolist()
-        dalpha, dsigma = sched.dalpha(tt).tolist(), sched.dsigma(tt).tolist()
+        values = [v.numpy() for v in (sched.alpha(tt), sched.sigma(tt), sched.dalpha(tt), sched.dsigma(tt))]
+        affines = conversions(self.prediction, *values)
+        alpha, sigma, dalpha, dsigma = (v.tolist() for v in values)
         lam = sched.lambda_(tt).tolist()
         time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         model_time = torch.as_tensor(self.time_of(tt), dtype=torch.float64).to(device=device, dtype=time_dtype)
-        return [
-            Point(
-                float(t),
-                alpha[j],
-                sigma[j],
-                lam[j],
-                dalpha[j],
-                dsigma[j],
-                model_time[j].expand(batch),
-                conversion(self.prediction, alpha[j], sigma[j], dalpha[j], dsigma[j]),
-            )
-            for j, t in enumerate(tt.tolist())
-        ]
+        per_node = model_time.unsqueeze(1).expand(len(ts), batch).unbind(0)  # batch-shaped views, one op
+        return list(map(Point, tt.tolist(), alpha, sigma, lam, dalpha, dsigma, per_node, affines))
 
     def stack(
         self,
@@ -146,10 +139,12 @@ class Denoiser:
         needs_eps: bool = True,
         base: BaseLayer | None = None,
         wrappers: Sequence[EvaluationWrapper] = (),
+        check_finite: CheckFinite = "each",
     ) -> ModelStack:
         """A run's model-call stack (:mod:`fewstep.model.stack`), counting in ``calls``: the network, the guidance
-        rule, the conversion (or ``base``, e.g. the time shift), thresholding, then ``wrappers`` (innermost first)."""
-        network = Network(self.model, self.model_kwargs, self.model_dtype, calls)
+        rule, the conversion (or ``base``, e.g. the time shift), thresholding, then ``wrappers`` (innermost first);
+        ``check_finite``: see :mod:`fewstep.model.network`."""
+        network = Network(self.model, self.model_kwargs, self.model_dtype, calls, check_finite)
         output: ModelOutput = self.guidance.wrap(network) if self.guidance is not None else network
         inner_eps = needs_eps and self.threshold is None
         evaluate = base(output, inner_eps) if base is not None else Converted(output, inner_eps)
@@ -169,6 +164,7 @@ class Denoiser:
     def convert(self, x: Tensor, out: Tensor, p: Point, eps: bool = True) -> Prediction:
         """``(x0_hat, eps_hat)`` from a network output ``out`` at ``x`` (thresholding applied to x0_hat), for a caller
         that runs the network itself (the diffusers scheduler)."""
+        out = out.clone()  # the caller's tensor: kept by the solver, never shared with it
         if self.threshold is None:
             return convert(x, out, p, eps)
         x0 = self.threshold(convert(x, out, p, False)[0])

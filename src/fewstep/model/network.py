@@ -1,20 +1,29 @@
 """``Network``: the innermost layer of the model-call stack, ``model(x, time, **kwargs)`` as one counted call.
 
 The state is cast to the model's dtype (float16/bfloat16 models under a float32 solver state) and the output back;
-the output's shape is checked and its finiteness too: at once on the CPU, and on accelerators without a
-host-device synchronisation (the flags are read once, by :meth:`Network.raise_if_nonfinite`, after the run).
+the output's shape is checked. With ``check_finite="each"`` every output's finiteness is checked too: at once on the
+CPU, and on accelerators without a host-device synchronisation (the flags are read once, by
+:meth:`Network.raise_if_nonfinite`, after the run). With ``"end"`` (the default of :func:`fewstep.sample`) only the
+run's result is checked (:meth:`fewstep.model.ModelStack.finish`), which saves a reduction over the state per call.
+
+An output that shares memory with the input state is copied (a model that returns its input, or a view of it): the
+solvers keep outputs across calls and never write into them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from .calls import CallCount
+
+#: When model outputs are checked for NaN/inf: every evaluation, or the run's result only.
+CheckFinite = Literal["each", "end"]
+CHECK_FINITE: tuple[str, ...] = ("each", "end")
 
 
 class NonFiniteModelOutput(FloatingPointError):
@@ -30,8 +39,12 @@ class Network:
         kwargs: Mapping[str, Any],
         model_dtype: torch.dtype | None,
         calls: CallCount,
+        check_finite: CheckFinite = "each",
     ):
+        if check_finite not in CHECK_FINITE:
+            raise ValueError(f"check_finite: choose 'each' or 'end', got {check_finite!r}")
         self.model, self.kwargs, self.model_dtype, self.calls = model, kwargs, model_dtype, calls
+        self.check_each = check_finite == "each"
         self._pending: list[tuple[int, float, Tensor]] = []
 
     def __call__(
@@ -40,14 +53,17 @@ class Network:
         """The network's output at ``x`` (state dtype), called at model time ``time`` with ``kwargs`` (default: the
         conditioning given); ``t`` is the schedule time (for error messages) and ``branches`` the number of branch
         evaluations batched into this one call."""
-        dtype = self.model_dtype or x.dtype
-        out = self.model(x if x.dtype == dtype else x.to(dtype), time, **(self.kwargs if kwargs is None else kwargs))
+        cast = self.model_dtype is not None and x.dtype != self.model_dtype
+        out = self.model(x.to(self.model_dtype) if cast else x, time, **(self.kwargs if kwargs is None else kwargs))
         self.calls.network += 1
         self.calls.branches += branches
         if out.shape != x.shape:
             raise ValueError(f"model: returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}")
-        self._check_finite(out, t)
-        return out if out.dtype == x.dtype else out.to(x.dtype)
+        if self.check_each:
+            self._check_finite(out, t)
+        if out.dtype != x.dtype:
+            return out.to(x.dtype)
+        return out.clone() if out.data_ptr() == x.data_ptr() else out
 
     def _check_finite(self, out: Tensor, t: float) -> None:
         if out.is_cpu:  # no device sync to avoid: check at once

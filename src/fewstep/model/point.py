@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from torch import Tensor
 
 from ..predictions import Affine
 
 
-@dataclass(frozen=True)
-class Point:
+class Point(NamedTuple):
     """Schedule values at time ``t`` (``lam = log(alpha/sigma)``, ``dalpha``/``dsigma`` the time derivatives), the
     network's time input ``model_time`` (a batch-shaped tensor on the state's device) and the ``affine`` map from
     the network's output to ``(x0, eps)`` (:func:`fewstep.predictions.conversion`)."""

@@ -15,13 +15,15 @@ The solver sees only the outermost :data:`Evaluation`; no solver knows which lay
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
-from .network import Network
+from .network import Network, NonFiniteModelOutput
 from .point import Point
 
 #: ``(x0_hat, eps_hat)``; ``eps_hat`` is None where the solver does not need it (data-prediction solvers).
@@ -46,7 +48,9 @@ class Converted:
         self.output, self.needs_eps = output, needs_eps
 
     def __call__(self, x: Tensor, p: Point) -> Prediction:
-        return convert(x, self.output(x, p.model_time, p.t), p, self.needs_eps)
+        out, a = self.output(x, p.model_time, p.t), p.affine
+        x0 = out if a.x0_x == 0.0 and a.x0_out == 1.0 else affine(x, a.x0_x, out, a.x0_out)
+        return x0, (affine(x, a.eps_x, out, a.eps_out) if self.needs_eps else None)
 
 
 def convert(x: Tensor, out: Tensor, p: Point, eps: bool) -> Prediction:
@@ -56,10 +60,17 @@ def convert(x: Tensor, out: Tensor, p: Point, eps: bool) -> Prediction:
 
 
 def affine(x: Tensor, cx: float, out: Tensor, co: float) -> Tensor:
-    """``cx x + co out`` as a new tensor (never ``out`` itself, which the model may reuse), in two operations."""
+    """``cx x + co out``: ``out`` itself for the identity (the solvers never write into it), else a new tensor in
+    one or two operations."""
     if cx == 0.0:
-        return out * co
+        return out if co == 1.0 else out * co
     return (x * cx).add_(out, alpha=co)
+
+
+def all_finite(x: Tensor) -> bool:
+    """Whether every element of ``x`` is finite: the sum is non-finite whenever an element is, and costs a fraction of
+    ``isfinite().all()`` on the CPU; a huge finite tensor can overflow it, so the elementwise check confirms."""
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
 
 
 @dataclass
@@ -69,6 +80,13 @@ class ModelStack:
     network: Network
     evaluate: Evaluation
 
-    def finish(self) -> None:
-        """After the run: raise for a non-finite output whose check was deferred (accelerators)."""
+    def finish(self, result: Tensor | None = None) -> None:
+        """After the run: raise for a non-finite output whose check was deferred (accelerators), and, when outputs
+        were not checked one by one (``check_finite="end"``), for a non-finite ``result``."""
         self.network.raise_if_nonfinite()
+        if result is not None and not self.network.check_each and not all_finite(result):
+            raise NonFiniteModelOutput(
+                f"sample: the run's result holds NaN/inf after {self.network.calls.network} network calls (a model "
+                "output or a solver step was not finite); check_finite='each' checks every model output and names "
+                "the first non-finite evaluation and its time"
+            )

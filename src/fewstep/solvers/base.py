@@ -10,6 +10,7 @@ model-call stack.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ class Solver:
             return None
         return f"trajectory: {self.name!r} draws noise that it does not record as Gaussian transitions"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "step_orders" in cls.__dict__:  # the plan is a function of the (immutable) table: computed once per run
+            cls.step_orders = _memoized(cls.__dict__["step_orders"])  # type: ignore[method-assign,assignment]
+
     def step_orders(self, nodes: NodeTable) -> list[int]:
         """The order used on each step (1 on a step of infinite size)."""
         if self.lambda_based:
@@ -121,6 +127,19 @@ class Solver:
         return f"{type(self).__name__}({opts})"
 
 
+def _memoized(step_orders: Callable[[Any, NodeTable], list[int]]) -> Callable[[Any, NodeTable], list[int]]:
+    """``step_orders`` remembered in the node table's memo, per solver instance (a copy is returned)."""
+
+    @functools.wraps(step_orders)
+    def orders(self: Solver, nodes: NodeTable) -> list[int]:
+        key = (self, step_orders)
+        if key not in nodes.memo:
+            nodes.memo[key] = step_orders(self, nodes)
+        return list(nodes.memo[key])
+
+    return orders
+
+
 def drive(steps: Generator[tuple[Tensor, Point], Any, Any], evaluate: Callable[[Tensor, Point], Any]) -> Any:
     """Run a step generator to its end, answering each ``(x, point)`` request with ``evaluate(x, point)``; its
     return value."""
@@ -161,6 +180,8 @@ def get_solver(solver: str | Solver, **options: Any) -> Solver:
     if solver not in _REGISTRY:
         raise ValueError(f"solver: unknown name {solver!r}; choose one of {', '.join(_REGISTRY)}")
     cls = _REGISTRY[solver]
+    if not options:
+        return cls()
     params = inspect.signature(cls.__init__).parameters
     unknown = [k for k in options if k not in params]
     if unknown:

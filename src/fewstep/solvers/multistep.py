@@ -48,21 +48,21 @@ def multistep_orders(nodes: NodeTable, order: int, lower_order_final: bool) -> l
     n = nodes.steps
     short = lower_order_final and n < 15
     orders, history = [], 0  # history: previous steps with finite size that the current step can use
-    for i in range(n):
-        k = min(order, history + 1)
+    for i, finite in enumerate(nodes.finite_steps):
+        k = order if history >= order else history + 1
         if i == n - 1 and (short or nodes.clean_end):
             k = 1
-        if i == n - 2 and short:
-            k = min(k, 2)
-        if not nodes.finite(i):
-            k, history = 1, 0
-        else:
+        if i == n - 2 and short and k > 2:
+            k = 2
+        if finite:
             history += 1
+        else:
+            k, history = 1, 0
         orders.append(k)
     return orders
 
 
-def multistep_weights(h: np.ndarray, i: int, order: int, d2_weight: str = "taylor") -> list[float]:
+def multistep_weights(h: Sequence[float] | np.ndarray, i: int, order: int, d2_weight: str = "taylor") -> list[float]:
     """Weights ``w_j`` of the data estimates ``D_i, D_{i-1}, ...`` in ``alpha_t sum_j w_j D_{i-j}``.
 
     For order 3, ``D2 ~ h^2 x0''/2`` and the Taylor-exact weight is ``2 h phi_3(-h)`` (``d2_weight="taylor"``,
@@ -74,11 +74,11 @@ def multistep_weights(h: np.ndarray, i: int, order: int, d2_weight: str = "taylo
     w1 = hphi(1, hi)
     if order == 1:
         return [w1]
-    w2 = hphi(2, hi) / hi  # h phi_2(-h)
     r0 = h[i - 1] / hi
     if order == 2:  # DPM-Solver++(2M), "midpoint" form: D1 = (D_i - D_{i-1}) / r0, weight w1 / 2 (eq. 13)
         c = 0.5 * w1 / r0
         return [w1 + c, -c]
+    w2 = hphi(2, hi) / hi  # h phi_2(-h)
     w3 = hphi(3, hi) / hi**2  # h phi_3(-h)
     r1 = h[i - 2] / hi
     # D1_0 = (D_i - D_{i-1})/r0, D1_1 = (D_{i-1} - D_{i-2})/r1,
@@ -143,34 +143,33 @@ class DataMultistep(Solver):
     def step_orders(self, nodes: NodeTable) -> list[int]:
         return multistep_orders(nodes, self.order, self.lower_order_final)
 
-    def weights(self, h: np.ndarray, i: int, order: int) -> list[float]:
+    def weights(self, h: Sequence[float], i: int, order: int) -> list[float]:
         """The weights ``w_j`` of step i at the given order (see :func:`multistep_weights`)."""
         return multistep_weights(h, i, order, self.d2_weight)
 
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
-        a, s, h = nodes.alpha, nodes.sigma, nodes.h
-        coef = []
+        s = nodes.sigma
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = s[1:] / s[:-1]  # 0 at a clean end
-        for i, k in enumerate(self.step_orders(nodes)):
-            ratio = ratios[i]
-            coef.append((float(ratio), [float(a[i + 1] * w) for w in self.weights(h, i, k)]))
+            ratios = (s[1:] / s[:-1]).tolist()  # 0 at a clean end
+        a, h = nodes.alpha.tolist(), nodes.h.tolist()  # Python floats: the same IEEE arithmetic, faster per step
+        plan = [
+            DataStep(ratios[i], [a[i + 1] * w for w in self.weights(h, i, k)])
+            for i, k in enumerate(self.step_orders(nodes))
+        ]
         if self.corrector is not None:
             corr = unic_plan(nodes, self.step_orders(nodes), CORRECTORS[self.corrector])
-            return (yield from predict_correct(x, nodes, ctx, [(r, w, ()) for r, w in coef], corr))
+            return (yield from predict_correct(x, nodes, ctx, [(r, w, ()) for r, w, _ in plan], corr))
         if self.momentum is not None and self.momentum != 1.0:  # beta = 1 is the solver itself
-            return (yield from self._solve_momentum(x, nodes, ctx, coef))
-        return (yield from run_data_plan(x, nodes, ctx, [DataStep(r, w) for r, w in coef], self.order))
+            return (yield from self._solve_momentum(x, nodes, ctx, plan))
+        return (yield from run_data_plan(x, nodes, ctx, plan, self.order))
 
-    def _solve_momentum(
-        self, x: Tensor, nodes: NodeTable, ctx: RunContext, coef: list[tuple[float, list[float]]]
-    ) -> Steps:
+    def _solve_momentum(self, x: Tensor, nodes: NodeTable, ctx: RunContext, coef: list[DataStep]) -> Steps:
         """The multistep loop with the combined derivative replaced by a heavy-ball velocity (see momentum.py)."""
         beta, h = float(self.momentum), nodes.h  # type: ignore[arg-type]
         plan = []  # (ratio, alpha_t * sum w, keep, c): x_t = ratio x_s + alpha_t sum(w) v, v = keep v + sum c D
         fresh = True  # the velocity starts (or restarts) at the step's combined derivative
         for i, k in enumerate(self.step_orders(nodes)):
-            ratio, weights = coef[i]
+            ratio, weights, _ = coef[i]
             total, c, keep = momentum_combination(h, i, k, weights, beta, self.momentum_type)
             if fresh or not nodes.finite(i):
                 c, keep = [w / total for w in weights], 0.0

@@ -25,6 +25,8 @@ def _phi_scalar(k: int, z: float) -> float:
     """``phi_k(z)`` for one float: the Taylor series near 0 (Horner), the recursion elsewhere."""
     if k == 0:
         return math.exp(z)
+    if k == 1:  # expm1 is accurate to rounding everywhere: no series needed
+        return math.expm1(z) / z if z != 0.0 else 1.0
     if abs(z) < 0.5:
         acc = 0.0
         for j in reversed(range(_SERIES_TERMS)):

@@ -24,6 +24,7 @@ the step; the method is first order (gamma = 3/2 on equal steps would be Adams-B
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from torch import Tensor
@@ -38,7 +39,7 @@ PAPER_RES = "Zhang et al. 2023, Improved Order Analysis and Design of Exponentia
 PAPER_GE = "Permenter & Yuan 2024, Interpreting and Improving Diffusion Models from an Optimization Perspective"
 
 
-def res_weights(h: np.ndarray, i: int, order: int) -> list[float]:
+def res_weights(h: Sequence[float] | np.ndarray, i: int, order: int) -> list[float]:
     """``[h b1, h b2]`` (order 2) or ``[h phi_1(-h)]`` (order 1): the weights of ``D_i, D_{i-1}``."""
     hi = h[i]
     if order == 1:
@@ -59,7 +60,7 @@ class ResMultistep(DataMultistep):
     def __init__(self, lower_order_final: bool = False, momentum: float | None = None, momentum_type: str = "hb"):
         super().__init__(lower_order_final, momentum=momentum, momentum_type=momentum_type)
 
-    def weights(self, h: np.ndarray, i: int, order: int) -> list[float]:
+    def weights(self, h: Sequence[float], i: int, order: int) -> list[float]:
         return res_weights(h, i, min(order, 2))
 
 
