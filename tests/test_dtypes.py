@@ -119,7 +119,7 @@ def test_the_run_counts_nfe(solver: str, nfe: int) -> None:
     denoiser = fewstep.Denoiser(model, VP)
     calls = fewstep.CallCount()
     fewstep.sample(denoiser, noise(n=4), solver=solver, nfe=nfe, calls=calls)
-    assert calls == fewstep.CallCount(network=nfe, branches=nfe) and model.calls == nfe
+    assert calls == fewstep.CallCount(network=nfe, branches=nfe, requests=nfe) and model.calls == nfe
     fewstep.sample(denoiser, noise(n=4), solver=solver, nfe=nfe, calls=calls)
     assert calls.nfe == 2 * nfe and model.calls == 2 * nfe  # the counter adds the runs given it
     fewstep.sample(denoiser, noise(n=4), solver=solver, nfe=nfe)  # a shared Denoiser counts nothing itself
@@ -184,7 +184,7 @@ def test_guidance_output_at_one_point() -> None:
     x0, _ = den.stack(calls).evaluate(x, p)  # "sample": x0 is the (guided) model output itself
     out_c, out_u = 0.5 * x + c * 0.5, 0.5 * x + u * 0.5
     torch.testing.assert_close(x0, out_u + 3.0 * (out_c - out_u), rtol=1e-14, atol=1e-14)
-    assert model.batches == [8] and calls == fewstep.CallCount(network=1, branches=2)
+    assert model.batches == [8] and calls == fewstep.CallCount(network=1, branches=2, requests=1)
 
 
 def test_unconditional_inputs_are_batched_first() -> None:

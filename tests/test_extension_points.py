@@ -94,7 +94,7 @@ def test_cfg_is_a_guidance_rule() -> None:
     b = fewstep.sample(model, x, VP, "dpmpp_3m", nfe=8, model_kwargs=cond,
                        guidance=ClassifierFreeGuidance(4.0, uncond, rescale=0.3))  # fmt: skip
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert calls == fewstep.CallCount(network=8, branches=16)
+    assert calls == fewstep.CallCount(network=8, branches=16, requests=8)
     with pytest.raises(ValueError, match="guidance, guidance_scale"):
         fewstep.sample(model, x, VP, "ddim", nfe=3, model_kwargs=cond, guidance_scale=2.0, uncond_kwargs=uncond,
                        guidance=ClassifierFreeGuidance(2.0, uncond))  # fmt: skip
@@ -128,21 +128,16 @@ class ReuseEveryOther:
 
 
 def test_an_evaluation_layer_wraps_the_stack_and_substitutes_calls() -> None:
-    """A layer given to the stack sees every request of any solver; what it answers without the network is counted
-    as substituted, not as NFE (here built on a Denoiser's stack and driven by a solver directly)."""
-    from fewstep.context import RunContext
-    from fewstep.nodes import NodeTable
-
+    """A layer given to ``sample(wrappers=)`` sees every request of any solver; what it answers without the network
+    is counted as substituted, not as NFE, and the solver's plan of requests still holds."""
     counting = Counting(TARGET.model(VP, "epsilon"))
-    denoiser = fewstep.Denoiser(counting, VP)
-    solver = fewstep.solvers.get_solver("dpmpp_2m")
-    times = fewstep.spacing.model_times(VP, 10, "logsnr").numpy()
-    nodes = NodeTable.build(denoiser, times, False, 8, torch.device("cpu"), F64)
     calls = fewstep.CallCount()
-    stack = denoiser.stack(calls, solver.needs_eps, wrappers=[ReuseEveryOther(calls)])
-    out = solver.run(noise(), nodes, RunContext(nodes), stack.evaluate)
-    assert calls == fewstep.CallCount(network=5, branches=5, substituted=4) and counting.calls == 5
+    out = fewstep.sample(counting, noise(), VP, "dpmpp_2m", nfe=10, wrappers=[ReuseEveryOther(calls)], calls=calls)
+    assert calls == fewstep.CallCount(network=5, branches=5, substituted=5, requests=10) and counting.calls == 5
     assert calls.nfe == 5 and bool(torch.isfinite(out).all())
+    with pytest.raises(TypeError, match="wrappers: each must have wrap"):
+        fewstep.sample(counting, noise(), VP, "dpmpp_2m", nfe=10, wrappers=[lambda x, p: (x, x)])  # type: ignore[list-item]
+    assert counting.calls == 5
 
 
 # --------------------------------------------------------------------------------------------------------- solvers

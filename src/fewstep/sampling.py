@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .context import Callback, RunContext
 from .guidance import Guidance
-from .model import CallCount, Denoiser, ModelStack, Threshold
+from .model import CallCount, Denoiser, EvaluationWrapper, ModelStack, Threshold
 from .model.network import CheckFinite
 from .model.time_shift import TimeShift, check_time_shift, shifted_layer
 from .nodes import NodeTable
@@ -70,6 +70,7 @@ def sample(
     time_shift: TimeShift | Mapping[str, Any] | None = None,
     calls: CallCount | None = None,
     check_finite: CheckFinite = "end",
+    wrappers: Sequence[EvaluationWrapper] = (),
     **solver_options: Any,
 ) -> Tensor:
     """Solve from ``noise`` (the state at the first time, ``t_max`` unless ``spacing`` gives times) to data.
@@ -114,6 +115,9 @@ def sample(
             :class:`~fewstep.guidance.ClassifierFreeGuidance`, or a rule of your own).
         calls: a :class:`fewstep.model.CallCount` to which the run adds its model calls (network calls, branch
             evaluations, substituted evaluations, backward passes).
+        wrappers: layers of the model-call stack on ``(x0_hat, eps_hat)``, innermost first
+            (:class:`fewstep.model.EvaluationWrapper`: ``wrap(inner, needs_eps) -> evaluation``), e.g. a cache that
+            answers some requests without the network (counted in ``calls.substituted``).
         check_finite: ``"end"`` checks the result once for NaN/inf (NonFiniteModelOutput); ``"each"`` checks every
             model output and names the first non-finite evaluation and its time (at once on the CPU, after the run
             without a host-device sync on accelerators), at the cost of one reduction over the state per call.
@@ -148,14 +152,14 @@ def sample(
     )
     run_calls = CallCount()
     base = shifted_layer(shifter, denoiser, nodes.points, noise.device, dtype)
-    stack = denoiser.stack(run_calls, slv.needs_eps, base, check_finite=check_finite)
+    stack = denoiser.stack(run_calls, slv.needs_eps, base, wrappers, check_finite)
     try:
         x = integrate(slv, noise.to(dtype), nodes, ctx, stack, grad)
     finally:
         if calls is not None:
             calls.add(run_calls)
-    if run_calls.nfe != expected:  # an internal invariant: the plan and the run must agree
-        raise RuntimeError(f"solver {slv.name!r} used {run_calls.nfe} evaluations, planned {expected}")
+    if run_calls.requests != expected:  # an internal invariant: the plan and the run must agree
+        raise RuntimeError(f"solver {slv.name!r} asked for {run_calls.requests} evaluations, planned {expected}")
     out = x.to(noise.dtype)
     if trajectory is not None:
         trajectory.sample = out

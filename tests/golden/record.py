@@ -5,7 +5,8 @@ and 10), float64, fixed noise and a fixed ``generator=`` for the stochastic ones
 three methods; the callback trace of one run; one k-diffusion-signature call; one diffusers-scheduler run.
 
 Run ``python tests/golden/record.py`` only to re-baseline on purpose: a refactor must reproduce the stored
-file, and a deliberate change of output is explained in the CHANGELOG.
+file, and a deliberate change of output is explained in the CHANGELOG. ``--add`` records only the cases the file
+does not have yet (a newly registered solver) and leaves the recorded ones as they are.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ OUT = Path(__file__).resolve().parent / "golden.pt"
 
 def main() -> None:
     torch.set_num_threads(1)
-    data: dict[str, object] = {}
+    add = "--add" in sys.argv[1:]
+    data: dict[str, object] = torch.load(OUT) if add and OUT.exists() else {}
     for key in CASES:
+        if key in data:
+            continue
         try:
             data[key] = run_case(key)
         except Exception as e:  # a configuration a solver refuses is recorded as its refusal

@@ -7,8 +7,12 @@
   apart from the network calls.
 - ``backward``: backward passes through the network (a gradient-based guidance or posterior step); each costs
   about a forward call and counts as one.
+- ``requests``: the evaluations the solver asked for, each answered by the stack (by the network, or substituted).
 
-The NFE of a run is ``network + backward``: what :func:`fewstep.sample`'s ``nfe=`` plans and checks.
+The NFE of a run is ``network + backward``. A solver plans its ``requests`` before the run (:func:`fewstep.sample`'s
+``nfe=``) and the run checks them after it; with the plain stack every request is one network call, so the NFE is
+exactly the ``nfe`` asked for, while a layer that substitutes outputs spends fewer network calls and a gradient step
+more.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class CallCount:
     branches: int = 0
     substituted: int = 0
     backward: int = 0
+    requests: int = 0
 
     @property
     def nfe(self) -> int:
@@ -36,3 +41,4 @@ class CallCount:
         self.branches += other.branches
         self.substituted += other.substituted
         self.backward += other.backward
+        self.requests += other.requests

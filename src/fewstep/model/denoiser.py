@@ -151,6 +151,8 @@ class Denoiser:
         if self.threshold is not None:
             evaluate = self.threshold.wrap(evaluate, needs_eps)
         for wrapper in wrappers:
+            if not callable(getattr(wrapper, "wrap", None)):
+                raise TypeError(f"wrappers: each must have wrap(inner, needs_eps), got {type(wrapper).__name__}")
             evaluate = wrapper.wrap(evaluate, needs_eps)
         return ModelStack(network, evaluate)
 
@@ -158,7 +160,7 @@ class Denoiser:
         """One evaluation at point ``p`` outside a run (not counted in any run): ``(x0_hat, eps_hat)``."""
         if self._direct is None:
             self._direct = self.stack(CallCount(), True)
-        x0, e = self._direct.evaluate(x, p)
+        x0, e = self._direct.outer(x, p)
         return x0, (e if eps else None)
 
     def convert(self, x: Tensor, out: Tensor, p: Point, eps: bool = True) -> Prediction:

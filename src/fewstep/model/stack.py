@@ -75,10 +75,16 @@ def all_finite(x: Tensor) -> bool:
 
 @dataclass
 class ModelStack:
-    """A run's stack: the outermost ``evaluate`` and the ``network`` at its bottom (for the deferred checks)."""
+    """A run's stack: its ``outer`` layer and the ``network`` at its bottom (for the counts and deferred checks).
+    :meth:`evaluate` answers a solver's request and counts it."""
 
     network: Network
-    evaluate: Evaluation
+    outer: Evaluation
+
+    def evaluate(self, x: Tensor, p: Point) -> Prediction:
+        """One requested evaluation at ``(x, p)``: ``(x0_hat, eps_hat)``."""
+        self.network.calls.requests += 1
+        return self.outer(x, p)
 
     def finish(self, result: Tensor | None = None) -> None:
         """After the run: raise for a non-finite output whose check was deferred (accelerators), and, when outputs
