@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from torch import Tensor
@@ -37,8 +37,15 @@ from ..model import Point
 from ..nodes import NodeTable
 from .base import Solver, Steps
 
-#: ``(p, q, r, w)`` of one step: ``x_{i+1} = p x_i + q x0_i + r eps_i + sum_j w[j] f_{i-j}``.
-StepCoef = tuple[float, float, float, list[float]]
+
+class StepCoef(NamedTuple):
+    """One planned step ``x_{i+1} = c_x x_i + c_x0 x0_i + c_eps eps_i + sum_j weights[j] f_{i-j}``."""
+
+    c_x: float
+    c_x0: float
+    c_eps: float
+    weights: list[float]
+
 
 #: Adams-Bashforth coefficients for equal steps (the weights of ``f_i, f_{i-1}, ...`` per unit step).
 AB_UNIFORM: dict[int, list[float]] = {
@@ -95,7 +102,7 @@ def eps_frame_step(alpha_next: float, sigma_next: float, weights: Sequence[float
     rho) in the DDIM-plus-corrections form of the module docstring. One weight (or none) gives DDIM."""
     extra = [float(alpha_next * wj) for wj in weights[1:]]
     w = [-math.fsum(extra), *extra] if extra else []
-    return 0.0, float(alpha_next), float(sigma_next), w
+    return StepCoef(0.0, float(alpha_next), float(sigma_next), w)
 
 
 def run_plan(
@@ -103,7 +110,7 @@ def run_plan(
 ) -> Steps:
     """The step loop shared by the multistep solvers: ``f = eps`` (``velocity=None``) or ``f = a x0 + b eps``
     with the per-node ``(a, b)`` of ``velocity``."""
-    keep = max([len(w) for *_, w in plan] + [1])
+    keep = max([len(step.weights) for step in plan] + [1])
     history: list[Tensor] = []
     for i in ctx.loop():
         x0, eps = yield x, nodes.node(i)
@@ -113,8 +120,9 @@ def run_plan(
             a, b = velocity[i]
             f = x0 * a + eps * b if a != 0.0 else eps * b
         history = [f, *history[: keep - 1]]
-        p, q, r, w = plan[i]
-        terms = [(c, t) for c, t in ((p, x), (q, x0), (r, eps), *zip(w, history, strict=False)) if c != 0.0]
+        step = plan[i]
+        own = ((step.c_x, x), (step.c_x0, x0), (step.c_eps, eps))
+        terms = [(c, t) for c, t in (*own, *zip(step.weights, history, strict=False)) if c != 0.0]
         if not terms:
             x = x.new_zeros(x.shape)
         else:
@@ -151,7 +159,7 @@ class FrameMultistep(Solver):
             if not all(math.isfinite(wj) for wj in weights):  # repeated nodes: first order
                 weights = [dtau]
             if flow and len(weights) > 1:
-                plan.append((1.0, 0.0, 0.0, [float(wj) for wj in weights]))
+                plan.append(StepCoef(1.0, 0.0, 0.0, [float(wj) for wj in weights]))
             else:  # first-order steps are DDIM in both frames (exact for constant x0 and eps)
                 plan.append(eps_frame_step(nodes.alpha[i + 1], nodes.sigma[i + 1], weights))
         velocity = [nodes.ode_velocity(nodes.node(i)) for i in range(nodes.steps)] if flow else None

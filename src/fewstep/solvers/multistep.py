@@ -30,7 +30,7 @@ from .base import Solver, Steps
 from .momentum import check_momentum, momentum_combination
 from .phi import hphi
 from .stochastic import noise_levels
-from .unic import CORRECTORS, check_corrector, predict_correct, unic_plan
+from .unic import CORRECTORS, PlanStep, check_corrector, predict_correct, unic_plan
 
 PAPER_PP = "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
 
@@ -41,6 +41,16 @@ class DataStep(NamedTuple):
     ratio: float
     weights: list[float]
     noise: float = 0.0
+
+
+class MomentumStep(NamedTuple):
+    """One planned heavy-ball step: ``v = keep v + sum_j c[j] D_{i-j}``, ``x_t = ratio x_s + total v``
+    (``total = alpha_t sum_j w_j``, :mod:`fewstep.solvers.momentum`)."""
+
+    ratio: float
+    total: float
+    keep: float
+    c: list[float]
 
 
 def multistep_orders(nodes: NodeTable, order: int, lower_order_final: bool) -> list[int]:
@@ -158,7 +168,7 @@ class DataMultistep(Solver):
         ]
         if self.corrector is not None:
             corr = unic_plan(nodes, self.step_orders(nodes), CORRECTORS[self.corrector])
-            return (yield from predict_correct(x, nodes, ctx, [(r, w, ()) for r, w, _ in plan], corr))
+            return (yield from predict_correct(x, nodes, ctx, [PlanStep(r, w, ()) for r, w, _ in plan], corr))
         if self.momentum is not None and self.momentum != 1.0:  # beta = 1 is the solver itself
             return (yield from self._solve_momentum(x, nodes, ctx, plan))
         return (yield from run_data_plan(x, nodes, ctx, plan, self.order))
@@ -166,7 +176,7 @@ class DataMultistep(Solver):
     def _solve_momentum(self, x: Tensor, nodes: NodeTable, ctx: RunContext, coef: list[DataStep]) -> Steps:
         """The multistep loop with the combined derivative replaced by a heavy-ball velocity (see momentum.py)."""
         beta, h = float(self.momentum), nodes.h  # type: ignore[arg-type]
-        plan = []  # (ratio, alpha_t * sum w, keep, c): x_t = ratio x_s + alpha_t sum(w) v, v = keep v + sum c D
+        plan = []
         fresh = True  # the velocity starts (or restarts) at the step's combined derivative
         for i, k in enumerate(self.step_orders(nodes)):
             ratio, weights, _ = coef[i]
@@ -174,17 +184,17 @@ class DataMultistep(Solver):
             if fresh or not nodes.finite(i):
                 c, keep = [w / total for w in weights], 0.0
             fresh = not nodes.finite(i)
-            plan.append((ratio, total, keep, c))
+            plan.append(MomentumStep(ratio, total, keep, c))
         history: list[Tensor] = []
         v: Tensor | None = None
         for i in ctx.loop():
             x0, _ = yield x, nodes.node(i)
             history = [x0, *history[: self.order - 1]]
-            ratio, total, keep, c = plan[i]
-            v_new = v * keep if v is not None and keep != 0.0 else torch.zeros_like(x0)
-            for w, d in zip(c, history, strict=False):
+            step = plan[i]  # v = keep v + sum_j c_j D_{i-j};  x_t = ratio x_s + total v
+            v_new = v * step.keep if v is not None and step.keep != 0.0 else torch.zeros_like(x0)
+            for w, d in zip(step.c, history, strict=False):
                 v_new.add_(d, alpha=w)
             v = v_new
-            x = x * ratio + total * v
+            x = x * step.ratio + step.total * v
             ctx.emit(i, x, x0)
         return x

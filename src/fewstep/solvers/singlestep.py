@@ -32,6 +32,14 @@ from .base import Solver
 R = {2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
 
 
+class FirstOrder(NamedTuple):
+    """A DPM-Solver-1 (= DDIM) step in (x0, eps) form, finite at alpha_s = 0 and sigma_t = 0:
+    ``x_t = alpha_t x0_hat + sigma_t eps_hat``."""
+
+    alpha_t: float
+    sigma_t: float
+
+
 class SinglestepPlan(NamedTuple):
     """One planned DPM-Solver-2/3 step (module docstring): the intermediate ``points``, ``first[j] = (u_x, u_eps)``
     with ``u_j = u_x x_s + u_eps eps_s (+ c_u2 D_1 for j = 2)``, and ``x_t = cx x_s + ce eps_s + cd D_last``."""

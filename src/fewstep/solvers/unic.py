@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from torch import Tensor
@@ -48,11 +49,22 @@ VARIANTS = ("bh1", "bh2")
 #: ``corrector=`` values of the multistep solvers that accept a UniC corrector, and their B(h).
 CORRECTORS = {"unic": "bh2", "unic_bh2": "bh2", "unic_bh1": "bh1"}
 
-#: One predictor step ``x_{i+1} = ratio x_i + sum_j wx_j D_{i-j} + sum_j we_j eps_{i-j}`` (weights newest
-#: first, ``alpha``/``sigma`` factors included), so that predictors in data or noise prediction can share the loop.
-PlanStep = tuple[float, Sequence[float], Sequence[float]]
-#: One corrector step ``x_{i+1} = ratio x_i + w_new D_{i+1} + sum_j w_j D_{i-j}`` as ``(ratio, [w_new, w_0, ...])``.
-CorrectorStep = tuple[float, Sequence[float]]
+
+class PlanStep(NamedTuple):
+    """One predictor step ``x_{i+1} = ratio x_i + sum_j data[j] D_{i-j} + sum_j noise[j] eps_{i-j}`` (weights newest
+    first, ``alpha``/``sigma`` factors included), so that predictors in data or noise prediction share the loop."""
+
+    ratio: float
+    data: Sequence[float]
+    noise: Sequence[float]
+
+
+class CorrectorStep(NamedTuple):
+    """One corrector step ``x_{i+1} = ratio x_i + new D_{i+1} + sum_j old[j] D_{i-j}``."""
+
+    ratio: float
+    new: float
+    old: Sequence[float]
 
 
 def check_variant(variant: str) -> str:
@@ -133,7 +145,8 @@ def unic_plan(
         if i == nodes.steps - 1 or i in off or not nodes.finite(i):
             plan.append(None)
         else:
-            plan.append((float(s[i + 1] / s[i]), [float(a[i + 1] * w) for w in unic_weights(lam, i, k, variant)]))
+            w_new, *w_old = (float(a[i + 1] * w) for w in unic_weights(lam, i, k, variant))
+            plan.append(CorrectorStep(float(s[i + 1] / s[i]), w_new, w_old))
     return plan
 
 
@@ -144,8 +157,8 @@ def predict_correct(
     predicted state; its estimate first corrects that state (UniC, when ``corrector[i - 1]`` is set), then
     the next prediction starts from the corrected state. The history holds the estimates at the predicted states,
     and the callback sees the predicted state of each step (the one the model is evaluated at next)."""
-    depth = max([len(p[1]) for p in plan] + [len(c[1]) - 1 for c in corrector if c is not None] + [1])
-    depth_eps = max([len(p[2]) for p in plan] + [0])
+    depth = max([len(p.data) for p in plan] + [len(c.old) for c in corrector if c is not None] + [1])
+    depth_eps = max([len(p.noise) for p in plan] + [0])
     hist: list[Tensor] = []
     hist_eps: list[Tensor] = []
     x_prev = x
@@ -153,22 +166,21 @@ def predict_correct(
         x0, eps = yield x, nodes.node(i)
         c = corrector[i - 1] if i > 0 else None
         if c is not None:
-            ratio_c, (w_new, *w_old) = c
-            x = x_prev * ratio_c  # a new tensor: the states already passed on are never changed
-            x.add_(x0, alpha=w_new)
-            for w, d in zip(w_old, hist, strict=False):
+            x = x_prev * c.ratio  # a new tensor: the states already passed on are never changed
+            x.add_(x0, alpha=c.new)
+            for w, d in zip(c.old, hist, strict=False):
                 x.add_(d, alpha=w)
         hist = [x0, *hist[: depth - 1]]
         if depth_eps:
             if eps is None:
                 raise RuntimeError("predict_correct: a noise-prediction plan needs a solver with needs_eps = True")
             hist_eps = [eps, *hist_eps[: depth_eps - 1]]
-        ratio, wx, we = plan[i]
+        step = plan[i]
         x_prev = x
-        x = x * ratio
-        for w, d in zip(wx, hist, strict=False):
+        x = x * step.ratio
+        for w, d in zip(step.data, hist, strict=False):
             x.add_(d, alpha=w)
-        for w, d in zip(we, hist_eps, strict=False):
+        for w, d in zip(step.noise, hist_eps, strict=False):
             x.add_(d, alpha=w)
         ctx.emit(i, x, x0)
     return x

@@ -173,10 +173,10 @@ def predictor_plan(nodes: NodeTable, weights: list[list[float]]) -> list[PlanSte
     plan: list[PlanStep] = []
     for i, w in enumerate(weights):
         if not nodes.finite(i):
-            plan.append((0.0, [float(a[i + 1])], [float(s[i + 1])]))
+            plan.append(PlanStep(0.0, [float(a[i + 1])], [float(s[i + 1])]))
             continue
         w = w or [float(s[i + 1] / a[i + 1] - s[i] / a[i])]
-        plan.append((float(a[i + 1] / a[i]), [], [float(a[i + 1] * wj) for wj in w]))
+        plan.append(PlanStep(float(a[i + 1] / a[i]), [], [float(a[i + 1] * wj) for wj in w]))
     return plan
 
 

@@ -20,22 +20,12 @@ or to sigma = 0) are first order and are taken out of the budget first.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from torch import Tensor
 
 from ...context import RunContext
 from ...nodes import NodeTable
 from ..base import Steps, register
-from ..singlestep import BudgetOrders, SinglestepPlan, singlestep_plan, singlestep_update
-
-
-class FirstOrder(NamedTuple):
-    """A DPM-Solver-1 (= DDIM) step in (x0, eps) form, finite at alpha_s = 0 and sigma_t = 0:
-    ``x_t = alpha_t x0_hat + sigma_t eps_hat``."""
-
-    alpha_t: float
-    sigma_t: float
+from ..singlestep import BudgetOrders, FirstOrder, SinglestepPlan, singlestep_plan, singlestep_update
 
 
 class _DPMSolver(BudgetOrders):

@@ -27,13 +27,16 @@ beta < 1, ``"ghvb"`` keeps the solver's order; beta = 1 is the solver itself.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from torch import Tensor
 
 from ...context import RunContext
+from ...model import Point
 from ...nodes import NodeTable
 from ..base import Solver, Steps, register
 from ..multistep import PAPER_PP, DataMultistep
+from ..singlestep import FirstOrder
 
 
 @register
@@ -52,6 +55,15 @@ class DPMSolverPP3M(DataMultistep):
     peers = "diffusers DPMSolverMultistepScheduler(solver_order=3)"
 
 
+class MidpointStep(NamedTuple):
+    """A planned 2S step: the intermediate ``point``, ``u = (u_x, u_d)`` of the state there, and ``c_x``, ``c_d``."""
+
+    point: Point
+    u: tuple[float, float]
+    c_x: float
+    c_d: float
+
+
 @register
 class DPMSolverPP2S(Solver):
     """DPM-Solver++(2S) with r = 1/2: the midpoint data estimate alone (k-diffusion's 2S at eta = 0)."""
@@ -66,22 +78,22 @@ class DPMSolverPP2S(Solver):
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
         a, s, lam, h = nodes.alpha, nodes.sigma, nodes.lam, nodes.h
         r = 0.5
-        plan: list[tuple] = []
+        plan: list[FirstOrder | MidpointStep] = []
         for i, k in enumerate(self.step_orders(nodes)):
             if k == 1:
-                plan.append((None, a[i + 1], s[i + 1], 0.0))
+                plan.append(FirstOrder(a[i + 1], s[i + 1]))
             else:
                 p1 = nodes.point_at_lambda(lam[i] + r * h[i])
                 u = (p1.sigma / s[i], -p1.alpha * math.expm1(-r * h[i]))
-                plan.append((p1, u, s[i + 1] / s[i], -a[i + 1] * math.expm1(-h[i])))
+                plan.append(MidpointStep(p1, u, s[i + 1] / s[i], -a[i + 1] * math.expm1(-h[i])))
         for i in ctx.loop():
             x0, eps = yield x, nodes.node(i)
-            p1, c1, c2, c3 = plan[i]
-            if p1 is None:  # first order, in (x0, eps) form: finite at alpha_s = 0 and at sigma_t = 0
-                x = c1 * x0 + c2 * eps
-            else:
-                ux, ud = c1
-                x0_mid, _ = yield ux * x + ud * x0, p1
-                x = c2 * x + c3 * ((1 - 1 / (2 * r)) * x0 + 1 / (2 * r) * x0_mid)
+            step = plan[i]
+            if isinstance(step, FirstOrder):  # in (x0, eps) form: finite at alpha_s = 0 and at sigma_t = 0
+                x = step.alpha_t * x0 + step.sigma_t * eps
+            else:  # u = u_x x_s + u_d D_s;  x_t = c_x x_s + c_d ((1 - 1/(2r)) D_s + 1/(2r) D(u))
+                ux, ud = step.u
+                x0_mid, _ = yield ux * x + ud * x0, step.point
+                x = step.c_x * x + step.c_d * ((1 - 1 / (2 * r)) * x0 + 1 / (2 * r) * x0_mid)
             ctx.emit(i, x, x0)
         return x

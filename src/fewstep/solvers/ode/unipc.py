@@ -93,7 +93,7 @@ class _UniPC(Solver):
         for i, k in enumerate(orders):
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = float(s[i + 1] / s[i])  # 0 at a clean end
-            plan.append((ratio, [float(a[i + 1] * w) for w in unip_weights(lam, i, k, self.variant)], []))
+            plan.append(PlanStep(ratio, [float(a[i + 1] * w) for w in unip_weights(lam, i, k, self.variant)], []))
         corr: list[CorrectorStep | None] = [None] * nodes.steps
         if self.corrector:
             corr = unic_plan(nodes, orders, self.variant, self.disable_corrector)

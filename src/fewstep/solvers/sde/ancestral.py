@@ -22,6 +22,7 @@ infinite lambda-size (to sigma = 0, from alpha = 0) are deterministic, see :mod:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from torch import Tensor
 
@@ -31,8 +32,13 @@ from ...options import real_option
 from ..base import Solver, Steps, register
 from ..stochastic import EtaNoiseOptions, noise_levels
 
-# (c_x0, c_eps, c_z): x_t = c_x0 x0_hat + c_eps eps_hat + c_z z
-Coefficients = tuple[float, float, float]
+
+class Coefficients(NamedTuple):
+    """One planned step ``x_t = c_x0 x0_hat + c_eps eps_hat + c_z z``."""
+
+    c_x0: float
+    c_eps: float
+    c_z: float
 
 
 class _Ancestral(Solver):
@@ -51,15 +57,15 @@ class _Ancestral(Solver):
         coef = [
             self.coefficients(nodes, i, self.eta if ctx.stochastic_step(i) else 0.0)
             if nodes.finite(i)
-            else (float(a[i + 1]), float(s[i + 1]), 0.0)
+            else Coefficients(float(a[i + 1]), float(s[i + 1]), 0.0)
             for i in range(nodes.steps)
         ]
         for i in ctx.loop():
             x0, eps = yield x, nodes.node(i)
-            c0, ce, cz = coef[i]
-            x = c0 * x0 + ce * eps
-            if cz:
-                x = ctx.transition(i, x, level[i], level[i + 1], cz)[0]
+            step = coef[i]
+            x = step.c_x0 * x0 + step.c_eps * eps
+            if step.c_z:
+                x = ctx.transition(i, x, level[i], level[i + 1], step.c_z)[0]
             ctx.emit(i, x, x0)
         return x
 
@@ -80,7 +86,7 @@ class EulerAncestral(EtaNoiseOptions, _Ancestral):
         # sigma_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2)) with s'/s = e^{-h}
         sigma_up = min(s_to, eta * s_to * math.sqrt(-math.expm1(-2.0 * h)))
         sigma_down = math.sqrt(max(s_to**2 - sigma_up**2, 0.0))
-        return a_t, a_t * sigma_down, a_t * sigma_up * self.s_noise
+        return Coefficients(a_t, a_t * sigma_down, a_t * sigma_up * self.s_noise)
 
 
 @register
@@ -99,4 +105,4 @@ class DDPM(_Ancestral):
         a_t, s_t, h = float(nodes.alpha[i + 1]), float(nodes.sigma[i + 1]), float(nodes.h[i])
         one_minus = -math.expm1(-2.0 * h)  # 1 - e^{-2h} = 1 - (alpha_s sigma_t / (alpha_t sigma_s))^2
         c = eta * s_t * math.sqrt(one_minus)
-        return a_t, s_t * math.sqrt(1.0 - eta**2 * one_minus), c
+        return Coefficients(a_t, s_t * math.sqrt(1.0 - eta**2 * one_minus), c)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from torch import Tensor
@@ -170,11 +171,10 @@ class SASolver(Solver):
         level = noise_levels(nodes)
         pred, corr = sa_orders(nodes, self.predictor_order, self.corrector_order, self.lower_order_final)
         half = self.second_order == "reference"
-        # per step: (ratio, predictor weights of D_i, D_{i-1}, ..., corrector weights of D_{i+1}, D_i, ..., noise std)
-        plan: list[tuple[float, list[float], list[float], float]] = []
+        plan: list[SAStep] = []
         for i in range(nodes.steps):
             if not nodes.finite(i):  # deterministic first order: x_t = (sigma_t/sigma_s) x_s + alpha_t x0_hat
-                plan.append((float(s[i + 1] / s[i]), [float(a[i + 1])], [], 0.0))
+                plan.append(SAStep(float(s[i + 1] / s[i]), [float(a[i + 1])], [], 0.0))
                 continue
             tau2, hi = self.tau_at(nodes, ctx, i, level[i]) ** 2, float(h[i])
             big_h, a_t = (1.0 + tau2) * hi, float(a[i + 1])
@@ -183,23 +183,33 @@ class SASolver(Solver):
             wc = adams_weights(theta[: corr[i]], big_h, half) if corr[i] else []
             ratio = float(s[i + 1] / s[i]) * math.exp(-tau2 * hi)
             std = float(s[i + 1]) * math.sqrt(-math.expm1(-2.0 * tau2 * hi)) * self.s_noise
-            plan.append((ratio, [a_t * w for w in wp], [a_t * w for w in wc], std))
+            plan.append(SAStep(ratio, [a_t * w for w in wp], [a_t * w for w in wc], std))
         keep = max(self.predictor_order, self.corrector_order, 1)
         history: list[Tensor] = []  # D_i, D_{i-1}, ...
         x_prev, z_prev = x, None
         for i in ctx.loop():
             x0, _ = yield x, nodes.node(i)
             history = [x0, *history[: keep - 1]]
-            if i > 0 and plan[i - 1][2]:  # SA-Corrector of step i - 1, with D_i = D(x^p_i)
-                ratio, _, wc, std = plan[i - 1]
-                x = _combine(x_prev, ratio, wc, history, std, z_prev)
-            ratio, wp, wc, std = plan[i]
+            last = plan[i - 1] if i > 0 else None
+            if last is not None and last.corrector:  # SA-Corrector of step i - 1, with D_i = D(x^p_i)
+                x = _combine(x_prev, last.ratio, last.corrector, history, last.std, z_prev)
+            step = plan[i]
             x_prev = x
-            x = _combine(x, ratio, wp, history, 0.0, None)
-            if std:  # x~_{i+1} ~ N(ratio x_i + sum_j b_j D_{i-j}, std^2 I); the corrector reuses z
-                x, z_prev = ctx.transition(i, x, level[i], level[i + 1], std)
+            x = _combine(x, step.ratio, step.predictor, history, 0.0, None)
+            if step.std:  # x~_{i+1} ~ N(ratio x_i + sum_j b_j D_{i-j}, std^2 I); the corrector reuses z
+                x, z_prev = ctx.transition(i, x, level[i], level[i + 1], step.std)
             ctx.emit(i, x, x0)
         return x
+
+
+class SAStep(NamedTuple):
+    """One planned step: ``x~_{i+1} = ratio x_i + sum_j predictor[j] D_{i-j} + std z``, then (next step) the corrected
+    ``x_{i+1} = ratio x_i + sum_j corrector[j] D_{i+1-j} + std z`` with the same ``z``."""
+
+    ratio: float
+    predictor: list[float]
+    corrector: list[float]
+    std: float
 
 
 def _combine(x: Tensor, ratio: float, weights: list[float], ds: list[Tensor], std: float, z: Tensor | None) -> Tensor:

@@ -29,6 +29,7 @@ of Song et al. 2021, in general the noise ``sqrt(eta) g dW``): with ``h = lambda
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from torch import Tensor
@@ -42,6 +43,15 @@ from ..phi import hphi
 from ..stochastic import EtaNoiseOptions, noise_levels
 
 SOLVER_TYPES = ("midpoint", "heun")
+
+
+class NoiseStep(NamedTuple):
+    """One planned noise-prediction step ``x_t = c_x x_s + c_x0 x0_hat + c_eps eps_hat + c_z z``."""
+
+    c_x: float
+    c_x0: float
+    c_eps: float
+    c_z: float
 
 
 @register
@@ -59,26 +69,21 @@ class DPMSolver1SDE(EtaNoiseOptions, Solver):
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
         a, s, h = nodes.alpha, nodes.sigma, nodes.h
         level = noise_levels(nodes)
-        coef = []  # x_t = c_x x_s + c_x0 x0_hat + c_eps eps_hat + c_z z
+        plan = []
         for i in range(nodes.steps):
             if nodes.finite(i):
                 hi, eta = float(h[i]), self.eta if ctx.stochastic_step(i) else 0.0
-                coef.append(
-                    (
-                        float(a[i + 1] / a[i]),
-                        0.0,
-                        -(1.0 + eta) * float(s[i + 1]) * math.expm1(hi),
-                        math.sqrt(eta * math.expm1(2.0 * hi)) * float(s[i + 1]) * self.s_noise,
-                    )
-                )
+                c_eps = -(1.0 + eta) * float(s[i + 1]) * math.expm1(hi)
+                c_z = math.sqrt(eta * math.expm1(2.0 * hi)) * float(s[i + 1]) * self.s_noise
+                plan.append(NoiseStep(float(a[i + 1] / a[i]), 0.0, c_eps, c_z))
             else:  # deterministic: x_t = alpha_t x0_hat + sigma_t eps_hat
-                coef.append((0.0, float(a[i + 1]), float(s[i + 1]), 0.0))
+                plan.append(NoiseStep(0.0, float(a[i + 1]), float(s[i + 1]), 0.0))
         for i in ctx.loop():
             x0, eps = yield x, nodes.node(i)
-            cx, c0, ce, cz = coef[i]
-            x = cx * x + ce * eps if cx else c0 * x0 + ce * eps
-            if cz:
-                x = ctx.transition(i, x, level[i], level[i + 1], cz)[0]
+            step = plan[i]  # x_t = c_x x_s + c_eps eps_hat + c_z z, or c_x0 x0_hat + c_eps eps_hat where c_x = 0
+            x = step.c_x * x + step.c_eps * eps if step.c_x else step.c_x0 * x0 + step.c_eps * eps
+            if step.c_z:
+                x = ctx.transition(i, x, level[i], level[i + 1], step.c_z)[0]
             ctx.emit(i, x, x0)
         return x
 

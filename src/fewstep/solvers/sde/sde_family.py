@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from torch import Tensor
 
@@ -107,6 +107,16 @@ class ReverseSDE:
         return self.coefficients(at)[2]
 
 
+class EMStep(NamedTuple):
+    """One planned Euler-Maruyama step ``x + (a x + b eps_hat) dt + std z``; ``dt = 0``: the deterministic step
+    ``a x0_hat + b eps_hat`` (of infinite lambda-size)."""
+
+    dt: float
+    a: float
+    b: float
+    std: float
+
+
 @register
 class EulerMaruyama(EtaNoiseOptions, Solver):
     """Euler–Maruyama in schedule time on the reverse SDE family: from node s to node t (``dt = t - s < 0``)
@@ -128,23 +138,23 @@ class EulerMaruyama(EtaNoiseOptions, Solver):
 
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
         level = noise_levels(nodes)
-        plan: list[tuple[float, float, float, float]] = []  # (dt, c_x, c_eps, std); dt = 0: deterministic step
+        plan: list[EMStep] = []
         for i in range(nodes.steps):
             if not nodes.finite(i):  # x_t = alpha_t x0_hat + sigma_t eps_hat
-                plan.append((0.0, float(nodes.alpha[i + 1]), float(nodes.sigma[i + 1]), 0.0))
+                plan.append(EMStep(0.0, float(nodes.alpha[i + 1]), float(nodes.sigma[i + 1]), 0.0))
                 continue
             sde = ReverseSDE(nodes.schedule, self.eta if ctx.stochastic_step(i) else 0.0)
             c_x, c_eps, c_w = sde.coefficients(nodes.node(i))
             dt = float(nodes.t[i + 1] - nodes.t[i])
-            plan.append((dt, c_x, c_eps, c_w * math.sqrt(-dt) * self.s_noise))
+            plan.append(EMStep(dt, c_x, c_eps, c_w * math.sqrt(-dt) * self.s_noise))
         for i in ctx.loop():
             x0, eps = yield x, nodes.node(i)
-            dt, a, b, std = plan[i]
-            if dt == 0.0:
-                x = a * x0 + b * eps
-            else:
-                x = em_step(x, a * x + b * eps, dt)
-            if std:
-                x = ctx.transition(i, x, level[i], level[i + 1], std)[0]
+            step = plan[i]
+            if step.dt == 0.0:  # x_t = alpha_t x0_hat + sigma_t eps_hat
+                x = step.a * x0 + step.b * eps
+            else:  # x + (a x + b eps_hat) dt + std z
+                x = em_step(x, step.a * x + step.b * eps, step.dt)
+            if step.std:
+                x = ctx.transition(i, x, level[i], level[i + 1], step.std)[0]
             ctx.emit(i, x, x0)
         return x
