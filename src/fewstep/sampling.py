@@ -104,8 +104,7 @@ def sample(
             (:func:`fewstep.noise.levels.seeded_noise_sampler`), so a sample's noise depends on its seed only, not on
             the batch it is drawn in. The start noise is still ``noise``.
         trajectory: a :class:`fewstep.trajectory.Trajectory` to record the run in: every state, and for every step
-            its Gaussian transition (mean, std, noise) and log-probability (see :func:`fewstep.trajectory.
-            sample_with_logprob`).
+            its Gaussian transition (mean, std, noise) and log-probability (see :func:`sample_with_logprob`).
         sde_window: ``(t_hi, t_lo)`` in schedule time: a stochastic solver adds noise only on the steps starting at
             a time in ``[t_lo, t_hi]`` and takes its deterministic (eta = 0; ``edm_sde``: no churn) step elsewhere.
         time_shift: the Time-Shift Sampler (Li et al. 2024) for any solver: a :class:`fewstep.model.TimeShift`
@@ -127,6 +126,7 @@ def sample(
         The sample, with the shape, dtype and device of ``noise``. Float16/bfloat16 noise is integrated in
         float32; the model is called in its own dtype.
     """
+    # 1. check every option (each error names its option) before any model call
     check_noise(noise)
     denoiser = as_denoiser(
         model, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs, guidance_rescale,
@@ -143,6 +143,7 @@ def sample(
     window = check_sde_window(sde_window)
     shifter = check_time_shift(time_shift)
 
+    # 2. plan: the node table and the solver's requests, known before the run
     times = node_times(denoiser.schedule, slv, nfe, steps, spacing, clean_end, rho, shift)
     budget = int(nfe) if nfe is not None and isinstance(spacing, str) else None
     nodes = NodeTable.build(denoiser, times, clean_end, noise.shape[0], noise.device, dtype, budget)
@@ -150,6 +151,7 @@ def sample(
     ctx = run_context(
         nodes, source, callback, progress if progress is not None else expected >= 100, trajectory, window
     )
+    # 3. the run: its context, its model-call stack, the solver driven through it, then the plan checked
     run_calls = CallCount()
     base = shifted_layer(shifter, denoiser, nodes.points, noise.device, dtype)
     stack = denoiser.stack(run_calls, slv.needs_eps, base, wrappers, check_finite)

@@ -80,7 +80,7 @@ def check_time_shift(value: object) -> TimeShift | None:
         if unknown:
             raise TypeError(f"time_shift: unknown option(s) {unknown}; allowed: {list(allowed)}")
         return TimeShift(**value)
-    raise TypeError(f"time_shift: must be None, a fewstep.time_shift.TimeShift or a dict, got {type(value).__name__}")
+    raise TypeError(f"time_shift: must be None, a fewstep.TimeShift or a dict, got {type(value).__name__}")
 
 
 class _Table(NamedTuple):
