@@ -6,8 +6,9 @@ CPU, and on accelerators without a host-device synchronisation (the flags are re
 :meth:`Network.raise_if_nonfinite`, after the run). With ``"end"`` (the default of :func:`fewstep.sample`) only the
 run's result is checked (:meth:`fewstep.model.ModelStack.finish`), which saves a reduction over the state per call.
 
-An output that shares memory with the input state is copied (a model that returns its input, or a view of it): the
-solvers keep outputs across calls and never write into them.
+Outputs are passed on uncopied where the conversion is the identity, and multistep solvers keep them across calls
+(they never write into them): a model must return a new tensor at each call, as PyTorch modules do. An output that
+shares memory with the input state (a model that returns its input, or a view of it) is copied here.
 """
 
 from __future__ import annotations
