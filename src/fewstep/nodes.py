@@ -74,10 +74,11 @@ class NodeTable:
         ``device`` in ``dtype``."""
         sched = denoiser.schedule
         model_t = t[:-1] if clean_end else t
-        points: list[Point | None] = list(denoiser.points(model_t, batch, device, dtype))
-        alpha = [p.alpha for p in points if p is not None]
-        sigma = [p.sigma for p in points if p is not None]
-        lam = [p.lam for p in points if p is not None]
+        model_points = denoiser.points(model_t, batch, device, dtype)
+        alpha = [p.alpha for p in model_points]
+        sigma = [p.sigma for p in model_points]
+        lam = [p.lam for p in model_points]
+        points: list[Point | None] = list(model_points)
         if clean_end:
             points.append(None)
             alpha.append(sched.alpha_clean)

@@ -36,6 +36,7 @@ from .prepare import (
 )
 from .schedules import NoiseSchedule
 from .solvers import Solver, get_solver
+from .solvers.base import drive_counted
 from .trajectory import Trajectory
 
 
@@ -173,7 +174,8 @@ def integrate(solver: Solver, x: Tensor, nodes: NodeTable, ctx: RunContext, stac
     with torch.set_grad_enabled(grad):
         if ctx.trajectory is not None:
             ctx.trajectory.start(x)
-        x = solver.run(x, nodes, ctx, stack.evaluate)
+        x, requests = drive_counted(solver.solve(x, nodes, ctx), stack.outer)
+    stack.network.calls.requests += requests
     stack.finish(x)
     return x
 

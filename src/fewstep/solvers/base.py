@@ -143,12 +143,21 @@ def _memoized(step_orders: Callable[[Any, NodeTable], list[int]]) -> Callable[[A
 def drive(steps: Generator[tuple[Tensor, Point], Any, Any], evaluate: Callable[[Tensor, Point], Any]) -> Any:
     """Run a step generator to its end, answering each ``(x, point)`` request with ``evaluate(x, point)``; its
     return value."""
+    return drive_counted(steps, evaluate)[0]
+
+
+def drive_counted(
+    steps: Generator[tuple[Tensor, Point], Any, Any], evaluate: Callable[[Tensor, Point], Any]
+) -> tuple[Any, int]:
+    """:func:`drive`, also returning the number of requests answered."""
+    n = 0
     try:
         request = next(steps)
         while True:
+            n += 1
             request = steps.send(evaluate(*request))
     except StopIteration as done:
-        return done.value
+        return done.value, n
 
 
 _REGISTRY: dict[str, type[Solver]] = {}

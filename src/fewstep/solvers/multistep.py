@@ -104,7 +104,7 @@ def multistep_weights(h: Sequence[float] | np.ndarray, i: int, order: int, d2_we
 def run_data_plan(x: Tensor, nodes: NodeTable, ctx: RunContext, plan: Sequence[DataStep], history_size: int) -> Steps:
     """The step loop of a data-prediction multistep SDE solver from its precomputed plan: step i is
     ``x_t = ratio_i x_s + sum_j w_ij D_{i-j} + c_i z`` for ``plan[i] = (ratio_i, [w_i0, w_i1, ...], c_i)``."""
-    level = noise_levels(nodes)
+    level, observed = noise_levels(nodes), ctx.observed
     history: list[Tensor] = []
     for i in ctx.loop():
         x0, _ = yield x, nodes.node(i)
@@ -115,7 +115,8 @@ def run_data_plan(x: Tensor, nodes: NodeTable, ctx: RunContext, plan: Sequence[D
             x.add_(d, alpha=w)
         if step.noise:
             x = ctx.transition(i, x, level[i], level[i + 1], step.noise)[0]
-        ctx.emit(i, x, x0)
+        if observed:
+            ctx.emit(i, x, x0)
     return x
 
 

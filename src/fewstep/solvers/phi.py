@@ -54,4 +54,6 @@ def hphi(k: int, h: float) -> float:
             return 1.0
         raise ValueError("hphi: higher-order weights are infinite for an infinite step")
     h = float(h)
+    if k == 1:  # h phi_1(-h), the same arithmetic as _phi_scalar's expm1 form, without the call
+        return h * (math.expm1(-h) / -h) if h != 0.0 else 0.0
     return h**k * _phi_scalar(k, -h)
