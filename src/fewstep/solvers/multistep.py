@@ -105,12 +105,15 @@ def run_data_plan(x: Tensor, nodes: NodeTable, ctx: RunContext, plan: Sequence[D
     """The step loop of a data-prediction multistep SDE solver from its precomputed plan: step i is
     ``x_t = ratio_i x_s + sum_j w_ij D_{i-j} + c_i z`` for ``plan[i] = (ratio_i, [w_i0, w_i1, ...], c_i)``."""
     level, observed = noise_levels(nodes), ctx.observed
+    # the ratios as 0-dim CPU tensors in the state's dtype (the value a Python float is rounded to in the product):
+    # torch then multiplies without wrapping a Python float into a new tensor at every step
+    ratios = torch.tensor([step.ratio for step in plan], dtype=x.dtype).unbind(0)
     history: list[Tensor] = []
     for i in ctx.loop():
         x0, _ = yield x, nodes.node(i)
         history = [x0, *history[: history_size - 1]]
         step = plan[i]
-        x = x * step.ratio  # a new tensor: the caller's noise and the states already passed on are never changed
+        x = x * ratios[i]  # a new tensor: the caller's noise and the states already passed on are never changed
         for w, d in zip(step.weights, history, strict=False):
             x.add_(d, alpha=w)
         if step.noise:
