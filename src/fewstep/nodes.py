@@ -12,6 +12,7 @@ was asked to spend, which DPM-Solver's order mixing needs) and of the solver alo
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ import torch
 
 from .model import Denoiser, Point
 from .schedules import NoiseSchedule
+
+
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -85,12 +89,12 @@ class NodeTable:
             sigma.append(0.0)
             lam.append(math.inf)
         a, s, la = np.array(alpha, dtype=np.float64), np.array(sigma, dtype=np.float64), np.array(lam, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            h = np.diff(la)
-        if sched.ode_variable == "t":
-            tau, c = np.where(np.isnan(t), 0.0, t), np.ones_like(a)
-        else:
-            with np.errstate(divide="ignore"):
+        regular = bool(np.all(np.isfinite(la[:-1]))) and bool(np.all(a > 0))  # no inf - inf, no x / 0 below
+        with np.errstate(invalid="ignore", divide="ignore") if not regular else _NO_CONTEXT:
+            h = np.diff(la)  # inf on a step to the clean end (or from alpha = 0)
+            if sched.ode_variable == "t":
+                tau, c = np.where(np.isnan(t), 0.0, t), np.ones_like(a)
+            else:
                 tau, c = s / a, a.copy()
         return cls(
             sched,

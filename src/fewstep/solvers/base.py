@@ -86,7 +86,10 @@ class Solver:
 
     def nfe(self, nodes: NodeTable) -> int:
         """The run's model evaluations, from the node table alone."""
-        return sum(self.step_nfe(o) for o in self.step_orders(nodes))
+        orders = self.step_orders(nodes)
+        if type(self).step_nfe is Solver.step_nfe and self.nfe_per_step == 1:
+            return len(orders)  # one evaluation a step, whatever its order
+        return sum(self.step_nfe(o) for o in orders)
 
     def steps_for_nfe(self, nfe: int, first_infinite: bool, clean_end: bool) -> int:
         """The number of steps that spends exactly ``nfe`` evaluations (ValueError when impossible).

@@ -163,12 +163,11 @@ class DataMultistep(Solver):
 
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
         s = nodes.sigma
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = (s[1:] / s[:-1]).tolist()  # 0 at a clean end
+        ratios = (s[1:] / s[:-1]).tolist()  # sigma > 0 at every model node; 0 at a clean end
         a, h = nodes.alpha.tolist(), nodes.h.tolist()  # Python floats: the same IEEE arithmetic, faster per step
+        weights = self.weights
         plan = [
-            DataStep(ratios[i], [a[i + 1] * w for w in self.weights(h, i, k)])
-            for i, k in enumerate(self.step_orders(nodes))
+            DataStep(ratios[i], [a[i + 1] * w for w in weights(h, i, k)]) for i, k in enumerate(self.step_orders(nodes))
         ]
         if self.corrector is not None:
             corr = unic_plan(nodes, self.step_orders(nodes), CORRECTORS[self.corrector])
