@@ -23,7 +23,6 @@ import torch
 from .model import Denoiser, Point
 from .schedules import NoiseSchedule
 
-
 _NO_CONTEXT = contextlib.nullcontext()
 
 

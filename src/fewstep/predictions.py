@@ -84,7 +84,7 @@ def conversions(
     else:  # v_prediction
         n2 = alpha * alpha + sigma * sigma
         rows = ((alpha / n2).tolist(), (-sigma / n2).tolist(), (sigma / n2).tolist(), (alpha / n2).tolist())
-    return list(map(Affine._make, zip(*rows)))  # _make: tuple.__new__, no per-row Python frame
+    return list(map(Affine._make, zip(*rows, strict=True)))  # _make: tuple.__new__, no per-row Python frame
 
 
 def output_from(prediction: str, x0, eps, alpha: float, sigma: float, dalpha: float = 0.0, dsigma: float = 0.0):  # type: ignore[no-untyped-def]

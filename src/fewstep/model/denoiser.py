@@ -131,7 +131,8 @@ class Denoiser:
         time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         model_time = torch.as_tensor(self.time_of(tt), dtype=torch.float64).to(device=device, dtype=time_dtype)
         per_node = model_time.unsqueeze(1).expand(len(ts), batch).unbind(0)  # batch-shaped views, one op
-        return list(map(Point._make, zip(tt.tolist(), alpha, sigma, lam, dalpha, dsigma, per_node, affines)))
+        rows = zip(tt.tolist(), alpha, sigma, lam, dalpha, dsigma, per_node, affines, strict=True)
+        return list(map(Point._make, rows))
 
     def stack(
         self,
