@@ -207,3 +207,34 @@ def test_a_registered_solver_is_one_class(midpoint_solver: type[Solver]) -> None
     )
     errs = [float((fewstep.sample(model, x, VP, name, spacing=t, final="t_min") - ref).norm()) for t in times]
     assert 3.0 < errs[0] / errs[1] < 5.5 and 3.0 < errs[1] / errs[2] < 5.5, errs
+
+
+def test_a_shared_denoiser_serves_concurrent_runs() -> None:
+    """The run owns its counts and pending checks: two threads sampling through one Denoiser each spend exactly their
+    own NFE and get the single-threaded result (a counter on the shared Denoiser used to mix the runs up)."""
+    import threading
+
+    denoiser = fewstep.Denoiser(TARGET.model(VP, "epsilon"), VP)
+    want = {seed: fewstep.sample(denoiser, noise(seed=seed), solver="dpmpp_3m", nfe=10) for seed in range(4)}
+    got: dict[int, Tensor] = {}
+    counts: dict[int, fewstep.CallCount] = {}
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            for _ in range(20):
+                calls = fewstep.CallCount()
+                got[seed] = fewstep.sample(denoiser, noise(seed=seed), solver="dpmpp_3m", nfe=10, calls=calls)
+                counts[seed] = calls
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for seed in range(4):
+        torch.testing.assert_close(got[seed], want[seed], rtol=0, atol=0)
+        assert counts[seed].nfe == 10
