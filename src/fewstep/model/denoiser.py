@@ -127,9 +127,11 @@ class Denoiser:
         values = [v.numpy() for v in (sched.alpha(tt), sched.sigma(tt), sched.dalpha(tt), sched.dsigma(tt))]
         affines = conversions(self.prediction, *values)
         alpha, sigma, dalpha, dsigma = (v.tolist() for v in values)
-        lam = sched.lambda_(tt).tolist()
+        lam_t = sched.lambda_(tt)
+        lam = lam_t.tolist()
         time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-        model_time = torch.as_tensor(self.time_of(tt), dtype=torch.float64).to(device=device, dtype=time_dtype)
+        time = torch.exp(-lam_t) if self.time_input == "sigma" else self.time_of(tt)  # time_of, lambda reused
+        model_time = torch.as_tensor(time, dtype=torch.float64).to(device=device, dtype=time_dtype)
         per_node = model_time.unsqueeze(1).expand(len(ts), batch).unbind(0)  # batch-shaped views, one op
         rows = zip(tt.tolist(), alpha, sigma, lam, dalpha, dsigma, per_node, affines, strict=True)
         return list(map(Point._make, rows))

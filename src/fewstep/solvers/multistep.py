@@ -18,6 +18,8 @@ order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
+from operator import mul
 from typing import NamedTuple
 
 import numpy as np
@@ -166,9 +168,12 @@ class DataMultistep(Solver):
         ratios = (s[1:] / s[:-1]).tolist()  # sigma > 0 at every model node; 0 at a clean end
         a, h = nodes.alpha.tolist(), nodes.h.tolist()  # Python floats: the same IEEE arithmetic, faster per step
         weights = self.weights
-        plan = [
-            DataStep(ratios[i], [a[i + 1] * w for w in weights(h, i, k)]) for i, k in enumerate(self.step_orders(nodes))
+        # step i: x_t = ratio_i x_s + alpha_t sum_j w_j D_{i-j}  (map and _make: no Python frame per row)
+        rows = [
+            (ratios[i], list(map(mul, repeat(a[i + 1]), weights(h, i, k))), 0.0)
+            for i, k in enumerate(self.step_orders(nodes))
         ]
+        plan = list(map(DataStep._make, rows))
         if self.corrector is not None:
             corr = unic_plan(nodes, self.step_orders(nodes), CORRECTORS[self.corrector])
             return (yield from predict_correct(x, nodes, ctx, [PlanStep(r, w, ()) for r, w, _ in plan], corr))
