@@ -21,8 +21,21 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from .options import suggestion
+
 Prediction = Literal["epsilon", "sample", "v_prediction", "score", "velocity"]
 PREDICTIONS: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "score", "velocity")
+#: Other names of the prediction types (diffusers' ``flow_prediction``, k-diffusion's denoiser = x0, ...).
+PREDICTION_ALIASES = {
+    "eps": "epsilon",
+    "noise": "epsilon",
+    "x0": "sample",
+    "data": "sample",
+    "denoised": "sample",
+    "v": "v_prediction",
+    "flow": "velocity",
+    "flow_prediction": "velocity",
+}
 
 
 class Affine(NamedTuple):
@@ -36,7 +49,8 @@ class Affine(NamedTuple):
 
 def check_prediction(prediction: str) -> None:
     if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction: unknown type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        hint = suggestion(prediction, PREDICTIONS, PREDICTION_ALIASES)
+        raise ValueError(f"prediction: unknown type {prediction!r}{hint}; choose one of {', '.join(PREDICTIONS)}")
 
 
 def conversion(

@@ -16,6 +16,7 @@ from torch import Tensor
 from .context import Callback, RunContext
 from .guidance import Guidance
 from .model import Denoiser, Threshold
+from .model.stack import all_finite
 from .nodes import NodeTable
 from .noise.colored import ColoredNoise
 from .noise.source import NoiseSource
@@ -35,6 +36,8 @@ def check_noise(noise: object) -> None:
         raise ValueError(f"noise: need a batch dimension first, got shape {tuple(noise.shape)}")
     if not noise.dtype.is_floating_point:
         raise TypeError(f"noise: must be a floating-point tensor, got {noise.dtype}")
+    if not all_finite(noise):
+        raise ValueError("noise: contains NaN or inf (the start state must be finite)")
 
 
 def state_dtype(noise: Tensor) -> torch.dtype:

@@ -155,9 +155,12 @@ def sample(
     # 3. the run: its context, its model-call stack, the solver driven through it, then the plan checked
     run_calls = CallCount()
     base = shifted_layer(shifter, denoiser, nodes.points, noise.device, dtype)
-    stack = denoiser.stack(run_calls, slv.needs_eps, base, wrappers, check_finite)
+    stack = denoiser.stack(run_calls, slv.needs_eps, base, wrappers, check_finite, slv.name)
+    start = noise.to(dtype)
+    if start is noise:  # the caller's tensor is never written to (a model may change its input in place)
+        start = noise.clone()
     try:
-        x = integrate(slv, noise.to(dtype), nodes, ctx, stack, grad)
+        x = integrate(slv, start, nodes, ctx, stack, grad)
     finally:
         if calls is not None:
             calls.add(run_calls)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .options import suggestion
 from .schedules import DiscreteVP, NoiseSchedule
 
 SpacingName = Literal["uniform", "logsnr", "time_quadratic", "karras", "exponential", "linspace", "leading", "trailing"]
@@ -28,6 +29,14 @@ SPACINGS: tuple[str, ...] = (
     "leading",
     "trailing",
 )
+#: Other names users try for a spacing.
+SPACING_ALIASES = {
+    "lambda": "logsnr",
+    "log_snr": "logsnr",
+    "edm": "karras",
+    "linear": "uniform",
+    "quadratic": "time_quadratic",
+}
 DISCRETE_SPACINGS = ("linspace", "leading", "trailing")
 
 
@@ -69,7 +78,10 @@ def model_times(
     if not isinstance(spacing, str):
         return _shifted(schedule, check_times(schedule, spacing), shift)
     if spacing not in SPACINGS:
-        raise ValueError(f"spacing: unknown name {spacing!r}; choose one of {', '.join(SPACINGS)} or pass a tensor")
+        raise ValueError(
+            f"spacing: unknown name {spacing!r}{suggestion(spacing, SPACINGS, SPACING_ALIASES)}; choose one of "
+            f"{', '.join(SPACINGS)} or pass a tensor"
+        )
     t_max, t_min = schedule.t_max, schedule.t_min
     if n == 1:
         times = torch.tensor([t_max], dtype=torch.float64)

@@ -12,6 +12,7 @@ Per-time work (schedule values, conversion coefficients, the model's time tensor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,8 @@ class Denoiser:
             raise ValueError("time_input: 'index' needs a DiscreteVP schedule")
         if isinstance(self.guidance_scale, bool) or not isinstance(self.guidance_scale, int | float):
             raise TypeError(f"guidance_scale: must be a number, got {type(self.guidance_scale).__name__}")
+        if not math.isfinite(self.guidance_scale):
+            raise ValueError(f"guidance_scale: must be finite, got {self.guidance_scale}")
         if not 0.0 <= self.guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale: must be in [0, 1], got {self.guidance_rescale}")
         if self.guidance_scale != 1.0:
@@ -143,11 +146,12 @@ class Denoiser:
         base: BaseLayer | None = None,
         wrappers: Sequence[EvaluationWrapper] = (),
         check_finite: CheckFinite = "each",
+        label: str = "",
     ) -> ModelStack:
         """A run's model-call stack (:mod:`fewstep.model.stack`), counting in ``calls``: the network, the guidance
         rule, the conversion (or ``base``, e.g. the time shift), thresholding, then ``wrappers`` (innermost first);
         ``check_finite``: see :mod:`fewstep.model.network`."""
-        network = Network(self.model, self.model_kwargs, self.model_dtype, calls, check_finite)
+        network = Network(self.model, self.model_kwargs, self.model_dtype, calls, check_finite, label)
         output: ModelOutput = self.guidance.wrap(network) if self.guidance is not None else network
         inner_eps = needs_eps and self.threshold is None
         evaluate = base(output, inner_eps) if base is not None else Converted(output, inner_eps)

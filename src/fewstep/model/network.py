@@ -41,10 +41,12 @@ class Network:
         model_dtype: torch.dtype | None,
         calls: CallCount,
         check_finite: CheckFinite = "each",
+        label: str = "",
     ):
         if check_finite not in CHECK_FINITE:
             raise ValueError(f"check_finite: choose 'each' or 'end', got {check_finite!r}")
         self.model, self.kwargs, self.model_dtype, self.calls = model, kwargs, model_dtype, calls
+        self.label = label  # what runs the network (a solver's name), for messages
         self.check_each = check_finite == "each"
         self._pending: list[tuple[int, float, Tensor]] = []
 
@@ -55,16 +57,28 @@ class Network:
         conditioning given); ``t`` is the schedule time (for error messages) and ``branches`` the number of branch
         evaluations batched into this one call."""
         cast = self.model_dtype is not None and x.dtype != self.model_dtype
-        out = self.model(x.to(self.model_dtype) if cast else x, time, **(self.kwargs if kwargs is None else kwargs))
+        try:
+            out = self.model(x.to(self.model_dtype) if cast else x, time, **(self.kwargs if kwargs is None else kwargs))
+        except Exception as e:  # the model's own error, with where it happened
+            if hasattr(e, "add_note"):  # Python >= 3.11
+                e.add_note(f"fewstep: raised by the model at evaluation {self.calls.network + 1}{self._where(t)}")
+            raise
         self.calls.network += 1
         self.calls.branches += branches
+        if not isinstance(out, Tensor):
+            out = output_tensor(out)
         if out.shape != x.shape:
             raise ValueError(f"model: returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}")
         if self.check_each:
             self._check_finite(out, t)
         if out.dtype != x.dtype:
+            if not out.is_floating_point():
+                raise TypeError(f"model: returned {out.dtype} values{self._where(t)}; need a floating-point tensor")
             return out.to(x.dtype)
         return out.clone() if out.data_ptr() == x.data_ptr() else out
+
+    def _where(self, t: float) -> str:
+        return f" (t = {t:.6g}{', solver ' + repr(self.label) if self.label else ''})"
 
     def _check_finite(self, out: Tensor, t: float) -> None:
         if out.is_cpu:  # no device sync to avoid: check at once
@@ -84,3 +98,23 @@ class Network:
             if len(bad):
                 n, t, _ = pending[int(bad[0])]
                 raise NonFiniteModelOutput(f"model: returned NaN/inf at evaluation {n} (t = {t:.6g})")
+
+
+def output_tensor(out: object) -> Tensor:
+    """The tensor of a model output that is not one: ``.sample`` (diffusers' output objects), the first element of a
+    tuple or list (``return_dict=False``), or a dict's ``"sample"`` entry or only tensor (TypeError otherwise)."""
+    sample = getattr(out, "sample", None)
+    if isinstance(sample, Tensor):
+        return sample
+    if isinstance(out, tuple | list) and out and isinstance(out[0], Tensor):
+        return out[0]
+    if isinstance(out, Mapping):
+        tensors = [v for v in out.values() if isinstance(v, Tensor)]
+        if isinstance(out.get("sample"), Tensor):
+            return out["sample"]
+        if len(tensors) == 1:
+            return tensors[0]
+    raise TypeError(
+        f"model: returned a {type(out).__name__}; need a tensor, an object with a .sample tensor, a tuple or list "
+        "whose first element is the tensor, or a dict holding one tensor"
+    )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..model.stack import all_finite
 from ..schedules import NoiseSchedule
 from .levels import seeded_noise_sampler
 
@@ -63,6 +64,8 @@ class NoiseSource:
             if not isinstance(z, Tensor) or z.shape != like.shape:
                 got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
                 raise ValueError(f"noise_sampler: must return a tensor of shape {tuple(like.shape)}, got {got}")
+            if z.is_cpu and not all_finite(z):  # accelerators: the run's result check catches it, without a sync
+                raise ValueError(f"noise_sampler: returned NaN or inf for the levels ({s:.6g}, {t:.6g})")
             return z.to(device=like.device, dtype=like.dtype)
         g = self.generator
         z = torch.randn(like.shape, generator=g, device=g.device if g is not None else like.device, dtype=like.dtype)

@@ -22,6 +22,7 @@ from ..context import RunContext
 from ..model import Point
 from ..model.stack import Evaluation
 from ..nodes import NodeTable
+from ..options import suggestion
 
 #: A solver run: it yields ``(x, point)`` where it wants the model evaluated, is sent ``(x0_hat, eps_hat)``
 #: back, and returns the final state. The solver never calls the model itself.
@@ -165,6 +166,19 @@ def drive_counted(
 
 _REGISTRY: dict[str, type[Solver]] = {}
 
+#: Names users bring from other tools, for the suggestion of an unknown name (diffusers' UniPC default is bh2).
+SOLVER_ALIASES = {
+    "unipc": "unipc_bh2",
+    "euler_a": "euler_ancestral",
+    "dpm++_2m": "dpmpp_2m",
+    "dpm++_3m": "dpmpp_3m",
+    "dpm++_2s": "dpmpp_2s",
+    "dpm++_2m_sde": "dpmpp_2m_sde",
+    "dpm++_3m_sde": "dpmpp_3m_sde",
+    "dpm_2": "dpm_solver_2",
+    "sa-solver": "sa_solver",
+}
+
 
 def register(cls: type[Solver]) -> type[Solver]:
     """Class decorator: make a solver available by its name."""
@@ -190,7 +204,10 @@ def get_solver(solver: str | Solver, **options: Any) -> Solver:
     if not isinstance(solver, str):
         raise TypeError(f"solver: must be a solver name or a Solver instance, got {type(solver).__name__}")
     if solver not in _REGISTRY:
-        raise ValueError(f"solver: unknown name {solver!r}; choose one of {', '.join(_REGISTRY)}")
+        raise ValueError(
+            f"solver: unknown name {solver!r}{suggestion(solver, list(_REGISTRY), SOLVER_ALIASES)}; "
+            f"choose one of {', '.join(_REGISTRY)}"
+        )
     cls = _REGISTRY[solver]
     if not options:
         return cls()
