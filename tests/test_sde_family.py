@@ -363,6 +363,27 @@ def test_pc_noise_intervals_are_disjoint_parts_of_each_step() -> None:
     assert calls == [pytest.approx(e, rel=1e-12) for e in expected]
 
 
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_pc_seed_promise() -> None:
+    """``seed=`` promises per-sample noise: pc_langevin's default batch-mean norms break it, so the run is refused
+    (before any model call) with the remedy; with norm='sample' a sample is the same in any batch."""
+    vp = fewstep.VP()
+    model = TARGET.model(vp, "epsilon")
+    calls = []
+    with pytest.raises(ValueError, match="seed: pc_langevin with norm='batch'.*use norm='sample'"):
+        fewstep.sample(lambda x, t: calls.append(1) or model(x, t), randn(8, 2), vp, "pc_langevin", nfe=9, seed=3)
+    assert not calls
+    noise = randn(8, 2, seed=4)
+    batch = fewstep.sample(model, noise, vp, "pc_langevin", nfe=9, seed=list(range(8)), norm="sample")
+    alone = fewstep.sample(model, noise[5:6], vp, "pc_langevin", nfe=9, seed=[5], norm="sample")
+    torch.testing.assert_close(batch[5:6], alone, rtol=1e-12, atol=1e-12)
+    # the default, with a generator, still runs (its samples depend on the batch, as Song et al.'s)
+    assert bool(torch.isfinite(fewstep.sample(model, noise, vp, "pc_langevin", nfe=9, generator=gen(1))).all())
+
+
 def test_pc_distribution_and_option_checks() -> None:
     """More steps, closer to the data (sliced W2 on the 2-D mixture, Song et al.'s batch-mean norms)."""
     vp = fewstep.VP()
@@ -371,7 +392,8 @@ def test_pc_distribution_and_option_checks() -> None:
     noise = randn(n, 2, seed=9)
     exact = TARGET.sample(n, torch.Generator().manual_seed(5))
     w = [
-        sliced_wasserstein2(fewstep.sample(model, noise, vp, "pc_langevin", nfe=nfe, seed=0), exact) for nfe in (11, 51)
+        sliced_wasserstein2(fewstep.sample(model, noise, vp, "pc_langevin", nfe=nfe, generator=gen(0)), exact)
+        for nfe in (11, 51)
     ]
     assert w[1] < w[0] and w[1] < 0.15, w
     for options, error, name in [
@@ -558,6 +580,6 @@ def test_gradients_flow_through_a_run(solver: str) -> None:
     model has seen)."""
     vp = fewstep.VP()
     layer = torch.nn.Linear(2, 2).double()
-    out = fewstep.sample(lambda x, t: 0.1 * layer(x), randn(4, 2), vp, solver, nfe=9, seed=0, grad=True)
+    out = fewstep.sample(lambda x, t: 0.1 * layer(x), randn(4, 2), vp, solver, nfe=9, generator=gen(0), grad=True)
     out.sum().backward()
     assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()

@@ -155,6 +155,14 @@ def check_sde_window(window: object) -> tuple[float, float] | None:
     return hi, lo
 
 
+def check_seed_promise(seed: object, solver: Solver) -> None:
+    """``seed=`` promises that a sample depends on its seed only: ValueError (with the reason and the remedy) for a
+    solver whose samples depend on their batch."""
+    reason = solver.batch_dependence() if seed is not None else None
+    if reason is not None:
+        raise ValueError(f"seed: {reason}")
+
+
 def noise_source(
     generator: object,
     noise_sampler: object,

@@ -28,6 +28,7 @@ from .prepare import (
     check_nfe,
     check_noise,
     check_sde_window,
+    check_seed_promise,
     check_trajectory,
     node_times,
     noise_source,
@@ -141,6 +142,7 @@ def sample(
     dtype = state_dtype(noise)
     source = noise_source(generator, noise_sampler, seed, denoiser.schedule, noise, dtype)
     check_trajectory(trajectory, slv, noise_sampler)
+    check_seed_promise(seed, slv)
     window = check_sde_window(sde_window)
     shifter = check_time_shift(time_shift)
 

@@ -63,6 +63,11 @@ class Solver:
         correctors), so its requests are predicted states, not the states it continues from."""
         return False
 
+    def batch_dependence(self) -> str | None:
+        """Why a sample of this solver (with these options) depends on the other samples of its batch, which breaks
+        the promise of per-sample ``seed=``; None when it does not (every built-in solver but some options)."""
+        return None
+
     def recording_refusal(self) -> str | None:
         """Why a :class:`~fewstep.trajectory.Trajectory` cannot record a run of this solver with these options
         (None: it can; every deterministic solver can, a stochastic one when it :attr:`records_transitions`)."""

@@ -103,6 +103,15 @@ class PredictorCorrector(Solver):
     def nfe(self, nodes: NodeTable) -> int:
         return self.predictor.nfe(nodes) + self.n_corrector * (nodes.steps - 1)
 
+    def batch_dependence(self) -> str | None:
+        if self.n_corrector and self.norm == "batch":
+            return (
+                "pc_langevin with norm='batch' (the default, as Song et al.'s code) sizes each Langevin step by the "
+                "batch's mean noise and score norms, so a sample depends on its batch; use norm='sample' for "
+                "per-sample seeds"
+            )
+        return None
+
     def recording_refusal(self) -> str | None:
         if self.n_corrector == 0:
             return self.predictor.recording_refusal()
