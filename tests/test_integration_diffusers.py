@@ -331,3 +331,16 @@ def test_stochastic_solver_in_a_pipeline_uses_the_pipeline_generator(unet) -> No
         )
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_diffusers_unet_is_a_model_as_it_is(unet) -> None:
+    """``fewstep.sample(unet, ...)``: the UNet's output object gives its ``.sample`` (and ``return_dict=False``'s
+    tuple its first element), the same run as with ``lambda x, t: unet(x, t).sample``."""
+    schedule = fewstep.DiscreteVP.scaled_linear()
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = fewstep.sample(lambda x, t: unet(x, t).sample, noise, schedule, "dpmpp_2m", nfe=4)
+        got = fewstep.sample(unet, noise, schedule, "dpmpp_2m", nfe=4)
+        as_tuple = fewstep.sample(lambda x, t: unet(x, t, return_dict=False), noise, schedule, "dpmpp_2m", nfe=4)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(as_tuple, want, rtol=0, atol=0)
