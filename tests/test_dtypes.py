@@ -103,8 +103,11 @@ def test_callback_is_called_once_per_step(solver: str, final: str) -> None:
     if final == "t_min":
         assert times[-1] > VP.t_min  # the last step starts above t_min and ends there
     for e in events:
-        assert set(e) == {"i", "t", "x", "denoised"}
+        assert set(e) == {"i", "t", "t_next", "x", "denoised"}
         assert e["x"].shape == x.shape and e["denoised"].shape == x.shape
+    # t_next is the time of x: the next step's start, and at the end t_min, or None after the step to the data
+    assert [e["t_next"] for e in events[:-1]] == times[1:]
+    assert events[-1]["t_next"] == (None if final == "zero" else pytest.approx(VP.t_min, rel=1e-12))
     torch.testing.assert_close(events[-1]["x"], out)  # x is the state after the step
     # the first data estimate is the exact denoiser at the first time
     t0 = VP.t_max

@@ -11,6 +11,7 @@ callback and the progress bar. A solver reads the node table for its plan and ca
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -79,11 +80,15 @@ class RunContext:
             self.trajectory.record(i, mean, std, x, z)
 
     def emit(self, i: int, x: Tensor, denoised: Tensor) -> None:
-        """Step i is done: ``x`` is the state at node i + 1, ``denoised`` the data estimate at node i."""
+        """Step i is done: ``x`` is the state at node i + 1, ``denoised`` the data estimate at node i. The callback gets
+        ``{"i", "t", "t_next", "x", "denoised"}``: ``t`` the step's start time (where ``denoised`` was estimated),
+        ``t_next`` the time of ``x`` (None at the clean end, where ``x`` is the data)."""
         if self.trajectory is not None:
             self.trajectory.step_done(i, x)
         if self.callback is not None:
-            self.callback({"i": i, "t": float(self.nodes.t[i]), "x": x, "denoised": denoised})
+            t_next = float(self.nodes.t[i + 1])
+            info = {"i": i, "t": float(self.nodes.t[i]), "t_next": None if math.isnan(t_next) else t_next}
+            self.callback({**info, "x": x, "denoised": denoised})
 
 
 def progress_bar(it: range) -> Iterator[int]:

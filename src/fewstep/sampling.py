@@ -91,7 +91,9 @@ def sample(
         steps: the number of solver steps (instead of ``nfe``).
         final: ``"zero"`` ends with a step to sigma = 0 (the clean data); ``"t_min"`` ends at the last time.
         time_input: the model's time convention, see :class:`Denoiser`.
-        callback: called after each step with ``{"i", "t", "x", "denoised"}``.
+        callback: called after each step with ``{"i", "t", "t_next", "x", "denoised"}``: the step's start time ``t``
+            (where ``denoised`` was estimated) and the time ``t_next`` of the state ``x`` after it (None at the clean
+            end, where ``x`` is the data).
         progress: show a tqdm bar (default: when the run spends 100 or more evaluations).
         grad: record the autograd graph through the run (off by default, as in diffusers pipelines).
         noise_sampler: instead of ``generator``, the per-step noise of a stochastic solver:
