@@ -96,7 +96,9 @@ def compare(
     sliced W2, MMD and (mixtures) mode coverage against exact samples of the data distribution; for digits
     also FD-digits (Frechet distance of a small digits classifier's features, not Inception FID). Peer
     libraries (diffusers, k-diffusion) run alongside when importable (--no-peers: not). Writes
-    compare.csv, compare.json, compare.png, samples.png (2-D and image targets) and report.html to --out.
+    compare.csv, compare.json, compare.png, samples.png (2-D and image targets) and report.html to --out, then
+    manifest.json (each file's size and SHA-256, the settings, the version); an interrupted run leaves --out as it
+    was, and outputs of the previous run that this one did not write are removed.
     """
     from . import compare as cmp
     from .output import MANIFEST, publish, staging
