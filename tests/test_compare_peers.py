@@ -123,3 +123,18 @@ def test_scaled_input_schedulers_start_from_the_same_state(cls: str, solver: str
     x = peers.run_scheduler(s, model, noise, float(sched.alpha(sched.t_max)))
     y = fewstep.sample(model, noise, sched, solver, spacing=sched.t_of_index(s.timesteps.to(torch.float64)))
     assert float((x - y).norm() / y.norm()) < 1e-4
+
+
+def test_resume_reuses_peer_rows_and_equals_a_fresh_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh, resumed = tmp_path / "fresh", tmp_path / "resumed"
+    _cli(fresh, "--schedule", "sd", "--peers", "--solver", "heun", "--no-report")
+    _cli(resumed, "--schedule", "sd", "--peers", "--no-report")
+
+    def not_again(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("peer rows of the previous run should be reused")
+
+    monkeypatch.setattr(peers, "diffusers_runs", not_again)
+    monkeypatch.setattr(peers, "kdiffusion_runs", not_again)
+    _cli(resumed, "--schedule", "sd", "--peers", "--solver", "heun", "--no-report", "--resume")
+    for name in ("compare.csv", "compare.json"):
+        assert (fresh / name).read_bytes() == (resumed / name).read_bytes(), name

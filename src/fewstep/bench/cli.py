@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -66,6 +68,12 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
     help="Also run the peer libraries' samplers on the same target, schedule, noise and NFE: k-diffusion "
     "(every schedule) and diffusers (--schedule sd or ddpm), where importable.  [default: on when importable]",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Reuse the rows of the previous run in --out (its compare.json, checked against manifest.json) when it "
+    "had the same settings, computing only the missing (solver, NFE) rows; the output is that of a fresh run.",
+)
 def compare(
     target: str,
     schedule: str,
@@ -80,6 +88,7 @@ def compare(
     no_plot: bool,
     no_report: bool,
     peers: bool | None,
+    resume: bool,
 ) -> None:
     """Run solvers at several NFEs on an exact target and report their errors.
 
@@ -87,9 +96,12 @@ def compare(
     sliced W2, MMD and (mixtures) mode coverage against exact samples of the data distribution; for digits
     also FD-digits (Frechet distance of a small digits classifier's features, not Inception FID). Peer
     libraries (diffusers, k-diffusion) run alongside when importable (--no-peers: not). Writes
-    compare.csv, compare.json, compare.png, samples.png (2-D and image targets) and report.html to --out.
+    compare.csv, compare.json, compare.png, samples.png (2-D and image targets) and report.html to --out, then
+    manifest.json (each file's size and SHA-256, the settings, the version); an interrupted run leaves --out as it
+    was, and outputs of the previous run that this one did not write are removed.
     """
     from . import compare as cmp
+    from .output import MANIFEST, publish, staging
     from .peers import available_peers
     from .targets import LearnedTarget
 
@@ -114,6 +126,23 @@ def compare(
         pred = prediction or ("velocity" if schedule == "flow" else "epsilon")
         if isinstance(tgt, LearnedTarget):
             sched, pred = tgt.schedule, tgt.prediction
+        settings: dict[str, Any] = {
+            "target": target,
+            "dim": tgt.dim,
+            "schedule": "vp (the network's own)" if isinstance(tgt, LearnedTarget) else schedule,
+            "spacing": spacing,
+            "prediction": pred,
+            "samples": samples,
+            "seed": seed,
+            "nfe": nfes,
+            "solvers": names,
+            "peers": [],  # the peer libraries that ran, filled in below
+            "reference": "learned_reference (1,000-step DPM-Solver-3)"
+            if isinstance(tgt, LearnedTarget)
+            else "exact PF-ODE solution (tight-tolerance solve)",
+        }
+        out = Path(out_dir)
+        done = _previous_rows(out, settings) if resume else None
         result = cmp.compare(
             tgt,
             sched,
@@ -126,25 +155,12 @@ def compare(
             progress=True,
             peers=peers,
             schedule_name=None if isinstance(tgt, LearnedTarget) else schedule,
+            done=done,
         )
     except (ValueError, TypeError) as err:
         raise click.UsageError(str(err)) from err
     rows = result.rows
-    settings = {
-        "target": target,
-        "dim": tgt.dim,
-        "schedule": "vp (the network's own)" if isinstance(tgt, LearnedTarget) else schedule,
-        "spacing": spacing,
-        "prediction": pred,
-        "samples": samples,
-        "seed": seed,
-        "nfe": nfes,
-        "solvers": names,
-        "peers": sorted({r.library for r in rows if r.library != "fewstep"}),
-        "reference": "learned_reference (1,000-step DPM-Solver-3)"
-        if isinstance(tgt, LearnedTarget)
-        else "exact PF-ODE solution (tight-tolerance solve)",
-    }
+    settings["peers"] = sorted({r.library for r in rows if r.library != "fewstep"})
     click.echo(", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("nfe", "solvers", "reference")))
     if any(not r.stochastic for r in rows):
         table = cmp.format_table(rows, nfes, "rmse")
@@ -156,25 +172,64 @@ def compare(
     if any(not math.isnan(r.fd_digits) for r in rows):
         click.echo()
         click.echo(cmp.format_table(rows, nfes, "fd_digits"))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cmp.write_csv(rows, out / "compare.csv")
-    cmp.write_json(rows, settings, out / "compare.json")
     written = ["compare.csv", "compare.json"]
-    images: list[Path] = []
-    if not no_plot:
-        cmp.plot_errors(
-            rows, out / "compare.png", f"{target} target, {settings['schedule']} schedule, {spacing} spacing"
-        )
-        images.append(out / "compare.png")
-        shape: tuple[int, ...] | None = getattr(cmp.data_distribution(tgt), "image_shape", None)
-        if tgt.dim == 2 or shape is not None:
-            cmp.plot_samples(result, out / "samples.png", min(nfes), None if tgt.dim == 2 else shape)
-            images.append(out / "samples.png")
-    if not no_report:
-        from .report import write_report
+    images: list[str] = []
+    with staging(out) as stage:  # a run's files appear in --out whole and together, or not at all
+        cmp.write_csv(rows, stage / "compare.csv")
+        cmp.write_json(rows, settings, stage / "compare.json")
+        if not no_plot:
+            cmp.plot_errors(
+                rows, stage / "compare.png", f"{target} target, {settings['schedule']} schedule, {spacing} spacing"
+            )
+            images.append("compare.png")
+            shape: tuple[int, ...] | None = getattr(cmp.data_distribution(tgt), "image_shape", None)
+            if tgt.dim == 2 or shape is not None:
+                cmp.plot_samples(result, stage / "samples.png", min(nfes), None if tgt.dim == 2 else shape)
+                images.append("samples.png")
+        if not no_report:
+            from .report import write_report
 
-        write_report(rows, nfes, settings, images, out / "report.html")
-        written.append("report.html")
-    written += [p.name for p in images]
+            write_report(rows, nfes, settings, [stage / i for i in images], stage / "report.html")
+            written.append("report.html")
+        publish(stage, out, settings, __version__)
+    written += [*images, MANIFEST]
     click.echo(f"wrote {', '.join(str(out / w) for w in written)}")
+
+
+# The settings that name the rows of a run rather than determine them: --resume ignores them.
+_ROW_KEYS = ("nfe", "solvers", "peers")
+
+
+def _previous_rows(out: Path, settings: dict[str, Any]) -> dict[tuple[str, int], Any] | None:
+    """The rows of the previous run in ``out`` by (solver, NFE), when it can be trusted (``compare.json`` listed
+    in ``manifest.json`` with its hash, by this fewstep version) and had the same settings; else None, with the
+    reason on stderr. Peer rows only when the NFE list is the same (a peer's spacing is chosen over all NFEs)."""
+    from .compare import row_from_dict
+    from .output import verified
+
+    def fresh(why: str) -> dict[tuple[str, int], Any] | None:
+        click.echo(f"--resume: {why}; running fresh", err=True)
+        return None
+
+    path = out / "compare.json"
+    if not path.is_file():
+        return fresh(f"nothing to resume (no compare.json in {out})")
+    why = verified(out, "compare.json", __version__)
+    if why is not None:
+        return fresh(why)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        old = data["settings"]
+        rows = [row_from_dict(r) for r in data["rows"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return fresh(f"cannot read compare.json ({err})")
+    differ = [k for k in settings if k not in _ROW_KEYS and old.get(k) != settings[k]]
+    if differ:
+        changes = ", ".join(f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in differ)
+        return fresh(f"settings differ from the previous run's ({changes})")
+    same_nfes = old.get("nfe") == settings["nfe"]
+    done = {(r.solver, r.nfe_asked): r for r in rows if r.library == "fewstep" or same_nfes}
+    wanted = [(s, n) for s in settings["solvers"] for n in settings["nfe"]]
+    reused = sum(key in done for key in wanted)
+    click.echo(f"--resume: reusing {reused} of {len(wanted)} rows of fewstep solvers", err=True)
+    return done

@@ -20,12 +20,13 @@ same target, schedule, start noise and NFE budget and get the same metrics, in r
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sys
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from ..sampling import sample
 from ..schedules import EDM, VP, Cosine, DiscreteVP, Flow, NoiseSchedule
 from ..solvers import available, get_solver
 from .metrics import _kernel_sum, median_bandwidth, mode_coverage, sliced_wasserstein2
+from .output import atomic_write_bytes, atomic_write_text
 from .targets import (
     GaussianMixture,
     LearnedTarget,
@@ -148,6 +150,7 @@ def compare(
     progress: bool = False,
     peers: bool = False,
     schedule_name: str | None = None,
+    done: Mapping[tuple[str, int], Row] | None = None,
 ) -> Comparison:
     """Run every (solver, NFE): RMSE against the reference from the same float64 noise (ODE solvers), and
     sliced W2 / MMD / mode coverage against ``samples`` exact samples of the data distribution (all solvers;
@@ -155,7 +158,15 @@ def compare(
 
     ``peers``: also run the importable peer libraries (:mod:`fewstep.bench.peers`): k-diffusion on every schedule,
     diffusers on DiscreteVP schedules (``schedule_name`` sd / ddpm, or any DiscreteVP built by
-    ``DiscreteVP.linear`` / ``scaled_linear``)."""
+    ``DiscreteVP.linear`` / ``scaled_linear``).
+
+    ``done``: rows of an earlier run with the same target, schedule, spacing, prediction, samples and seed, by
+    ``(solver, nfe_asked)``; those rows are reused instead of recomputed (a row depends on nothing else), except
+    that the solvers :func:`plot_samples` shows are run again at the smallest NFE for their samples
+    (``first_samples`` then holds only those). Peer rows are reused as a whole when ``done`` holds rows of the
+    same peer libraries (the caller passes them only for the same NFE list: a peer's spacing is chosen over all
+    NFEs)."""
+    done = done or {}
     if isinstance(target, LearnedTarget):
         schedule, prediction = target.schedule, target.prediction
     gen = torch.Generator().manual_seed(seed)
@@ -180,9 +191,16 @@ def compare(
     rows: list[Row] = []
     first: dict[str, Tensor] = {}
     runs = [(name, asked) for name in solvers for asked in nfes]
+    smallest = min(nfes)
+    feasible = [n for n in solvers if done and _feasible_nfe(n, smallest, schedule, True) is not None]
+    shown = set(sample_panels(feasible))  # run again at the smallest NFE (with done) for plot_samples
     bar = _progress(len(runs), progress)
     for name, asked in runs:
         bar.set_postfix_str(f"{name} NFE {asked}")
+        if (name, asked) in done and not (asked == smallest and name in shown):
+            rows.append(done[name, asked])
+            bar.update(1)
+            continue
         nfe = _feasible_nfe(name, asked, schedule, True)
         if nfe is None:
             rows.append(Row(name, asked, None, math.nan, stochastic[name]))
@@ -192,18 +210,25 @@ def compare(
         x = sample(
             model, noise, schedule, name, nfe=nfe, spacing=spacing, prediction=prediction, generator=g, progress=False
         )
-        rmse = math.nan if stochastic[name] else float(torch.sqrt(torch.mean((x - reference) ** 2)))
-        row = Row(name, asked, nfe, rmse, stochastic[name])
-        _distribution_metrics(row, x, exact, data, mmd_to, fd_to)
-        rows.append(row)
-        if asked == min(nfes):
+        if (name, asked) in done:  # run again only for its samples
+            rows.append(done[name, asked])
+        else:
+            rmse = math.nan if stochastic[name] else float(torch.sqrt(torch.mean((x - reference) ** 2)))
+            row = Row(name, asked, nfe, rmse, stochastic[name])
+            _distribution_metrics(row, x, exact, data, mmd_to, fd_to)
+            rows.append(row)
+        if asked == smallest and (not done or name in shown):
             first[name] = x
         bar.update(1)
     bar.close()
     if peers:
-        rows += _peer_rows(
-            model, schedule, schedule_name, noise, reference, nfes, prediction, exact, data, mmd_to, fd_to
-        )
+        old_peers = [r for r in done.values() if r.library != "fewstep"]
+        if old_peers and {r.library for r in old_peers} == set(_peer_libraries(schedule_name)):
+            rows += old_peers
+        else:
+            rows += _peer_rows(
+                model, schedule, schedule_name, noise, reference, nfes, prediction, exact, data, mmd_to, fd_to
+            )
     return Comparison(rows, noise, reference, exact, first)
 
 
@@ -226,6 +251,17 @@ def _distribution_metrics(
         row.nonfinite = True
 
 
+def _peer_libraries(schedule_name: str | None) -> list[str]:
+    """The importable peer libraries that run on this schedule (diffusers: DiscreteVP schedules only)."""
+    from .peers import available_peers
+
+    return [
+        lib
+        for lib in available_peers()
+        if lib != "diffusers" or schedule_name is None or schedule_name in ("sd", "ddpm")
+    ]
+
+
 def _peer_rows(
     model: Callable[..., Tensor],
     schedule: NoiseSchedule,
@@ -241,9 +277,9 @@ def _peer_rows(
 ) -> list[Row]:
     from . import peers as p
 
-    libs = p.available_peers()
+    libs = _peer_libraries(schedule_name)
     runs: list[p.PeerRun] = []
-    if "diffusers" in libs and (schedule_name is None or schedule_name in ("sd", "ddpm")):
+    if "diffusers" in libs:
         runs += p.diffusers_runs(model, schedule, noise, reference, nfes, prediction)
     if "k-diffusion" in libs:
         runs += p.kdiffusion_runs(model, schedule, noise, nfes, prediction, reference=reference)
@@ -368,22 +404,36 @@ def row_dict(r: Row) -> dict[str, Any]:
     return {k: (None if isinstance(d[k], float) and math.isnan(d[k]) else d[k]) for k in CSV_FIELDS}
 
 
+def row_from_dict(d: Mapping[str, Any]) -> Row:
+    """The inverse of :func:`row_dict` (None back to NaN)."""
+    floats = {"rmse", *METRICS}
+    values: dict[str, Any] = {k: (math.nan if d[k] is None and k in floats else d[k]) for k in CSV_FIELDS}
+    return Row(**values)
+
+
 def write_csv(rows: Sequence[Row], path: Path) -> None:
     """One line per (solver, NFE): ``library, solver, stochastic, nonfinite, nfe_asked, nfe, rmse, sw2, mmd,
-    coverage, fd_digits`` (empty where a value does not apply)."""
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_FIELDS)
-        for r in rows:
-            d = row_dict(r)
-            w.writerow(
-                ["" if d[k] is None else (f"{d[k]:.6e}" if isinstance(d[k], float) else d[k]) for k in CSV_FIELDS]
-            )
+    coverage, fd_digits`` (empty where a value does not apply). Written atomically."""
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(CSV_FIELDS)
+    for r in rows:
+        d = row_dict(r)
+        w.writerow(["" if d[k] is None else (f"{d[k]:.6e}" if isinstance(d[k], float) else d[k]) for k in CSV_FIELDS])
+    atomic_write_text(path, f.getvalue())
 
 
 def write_json(rows: Sequence[Row], settings: dict[str, Any], path: Path) -> None:
-    """``{"settings": ..., "rows": [...]}``: the same rows as the CSV (full precision; null for NaN)."""
-    path.write_text(json.dumps({"settings": settings, "rows": [row_dict(r) for r in rows]}, indent=1) + "\n")
+    """``{"settings": ..., "rows": [...]}``: the same rows as the CSV (full precision; null for NaN). Written
+    atomically."""
+    atomic_write_text(path, json.dumps({"settings": settings, "rows": [row_dict(r) for r in rows]}, indent=1) + "\n")
+
+
+def _savefig(fig: Any, path: Path) -> None:
+    """Render ``fig`` as PNG in memory, then write it atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _plt() -> Any:
@@ -429,18 +479,27 @@ def plot_errors(rows: Sequence[Row], path: Path, title: str) -> None:
         if ax.lines:
             ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    try:
+        _savefig(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def sample_panels(names: Sequence[str], k: int = 5) -> list[str]:
+    """The solvers (of ``names``, in the run's order) whose samples :func:`plot_samples` shows: up to ``k``,
+    a few well-known ones first."""
+    preferred = ("ddim", "dpmpp_2m", "ipndm", "unipc_bh2", "euler_ancestral", "dpmpp_2m_sde")
+    out = [n for n in preferred if n in names]
+    out += [n for n in names if n not in out]
+    return out[:k]
 
 
 def plot_samples(comparison: Comparison, path: Path, nfe: int, image_shape: tuple[int, ...] | None, k: int = 5) -> None:
     """Exact samples and the first ``k`` solvers' samples at the smallest NFE: scatter plots for 2-D targets,
     an image grid (16 samples each) for image targets."""
     plt = _plt()
-    preferred = ("ddim", "dpmpp_2m", "ipndm", "unipc_bh2", "euler_ancestral", "dpmpp_2m_sde")
-    names = [n for n in preferred if n in comparison.first_samples]
-    names += [n for n in comparison.first_samples if n not in names]
-    panels = [("exact samples", comparison.exact), *[(n, comparison.first_samples[n]) for n in names[:k]]]
+    names = sample_panels(list(comparison.first_samples), k)
+    panels = [("exact samples", comparison.exact), *[(n, comparison.first_samples[n]) for n in names]]
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2), squeeze=False)
     for ax, (name, x) in zip(axes[0], panels, strict=True):
         x = x.detach().to(torch.float64)
@@ -470,8 +529,10 @@ def plot_samples(comparison: Comparison, path: Path, nfe: int, image_shape: tupl
             ax.set_yticks([])
         ax.set_title(name if name == "exact samples" else f"{name}, NFE {nfe}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    try:
+        _savefig(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def deterministic_solvers() -> list[str]:

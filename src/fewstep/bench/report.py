@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .compare import LABELS, Row
+from .output import atomic_write_text
 
 __all__ = ["render_report", "write_report"]
 
@@ -82,4 +83,5 @@ def render_report(rows: Sequence[Row], nfes: Sequence[int], settings: dict[str, 
 def write_report(
     rows: Sequence[Row], nfes: Sequence[int], settings: dict[str, Any], images: Sequence[Path], path: Path
 ) -> None:
-    path.write_text(render_report(rows, nfes, settings, images), encoding="utf-8")
+    """Write the report (atomically: a temporary file next to ``path``, then a rename)."""
+    atomic_write_text(path, render_report(rows, nfes, settings, images))
