@@ -39,11 +39,6 @@ class RunContext:
     #: ``[t_lo, t_hi]`` and take their deterministic (eta = 0) step elsewhere (None: every step).
     sde_window: tuple[float, float] | None = None
 
-    @property
-    def observed(self) -> bool:
-        """Whether :meth:`emit` does anything (a callback or a trajectory); a hot loop may skip the call otherwise."""
-        return self.callback is not None or self.trajectory is not None
-
     def with_noise(self, noise: NoiseSource) -> RunContext:
         """The same run with another noise source (a predictor inside a predictor-corrector step)."""
         return replace(self, noise=noise)

@@ -6,7 +6,7 @@ dtype, the node times of a fixed-step run, the noise source and the run context.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from .context import Callback, RunContext
+from .finite import all_finite
 from .guidance import Guidance
-from .model import Denoiser, Threshold
-from .model.stack import all_finite
+from .model import CallCount, Denoiser, Threshold
 from .nodes import NodeTable
 from .noise.colored import ColoredNoise
 from .noise.source import NoiseSource
@@ -155,24 +155,18 @@ def check_sde_window(window: object) -> tuple[float, float] | None:
     return hi, lo
 
 
+def check_calls(calls: object) -> None:
+    """``calls`` is None or a :class:`~fewstep.model.CallCount` to add a run's counts to (TypeError otherwise)."""
+    if calls is not None and not isinstance(calls, CallCount):
+        raise TypeError(f"calls: must be a fewstep.model.CallCount, got {type(calls).__name__}")
+
+
 def check_seed_promise(seed: object, solver: Solver) -> None:
     """``seed=`` promises that a sample depends on its seed only: ValueError (with the reason and the remedy) for a
     solver whose samples depend on their batch."""
     reason = solver.batch_dependence() if seed is not None else None
     if reason is not None:
         raise ValueError(f"seed: {reason}")
-
-
-def noise_source(
-    generator: object,
-    noise_sampler: object,
-    seed: int | Sequence[int] | Tensor | None,
-    schedule: NoiseSchedule,
-    noise: Tensor,
-    dtype: torch.dtype,
-) -> NoiseSource:
-    """The run's :class:`NoiseSource` from its noise options (at most one of them)."""
-    return NoiseSource.of(generator, noise_sampler, seed, schedule=schedule, like=noise, dtype=dtype)
 
 
 def run_context(

@@ -20,9 +20,11 @@ from .model import CallCount, Denoiser, EvaluationWrapper, ModelStack, Threshold
 from .model.network import CheckFinite
 from .model.time_shift import TimeShift, check_time_shift, shifted_layer
 from .nodes import NodeTable
+from .noise.source import NoiseSource
 from .prepare import (
     Final,
     as_denoiser,
+    check_calls,
     check_counts,
     check_final,
     check_nfe,
@@ -31,7 +33,6 @@ from .prepare import (
     check_seed_promise,
     check_trajectory,
     node_times,
-    noise_source,
     run_context,
     state_dtype,
 )
@@ -139,10 +140,9 @@ def sample(
     slv = get_solver(solver, **solver_options)
     clean_end = check_final(final)
     check_counts(nfe, steps, spacing)
-    if calls is not None and not isinstance(calls, CallCount):
-        raise TypeError(f"calls: must be a fewstep.model.CallCount, got {type(calls).__name__}")
+    check_calls(calls)
     dtype = state_dtype(noise)
-    source = noise_source(generator, noise_sampler, seed, denoiser.schedule, noise, dtype)
+    source = NoiseSource.of(generator, noise_sampler, seed, schedule=denoiser.schedule, like=noise, dtype=dtype)
     check_trajectory(trajectory, slv, noise_sampler)
     check_seed_promise(seed, slv)
     window = check_sde_window(sde_window)

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..guidance import Guidance
 from ..model import CallCount, Denoiser, Threshold
 from ..noise import BrownianPath
-from ..prepare import as_denoiser, check_final, check_noise, state_dtype
+from ..prepare import as_denoiser, check_calls, check_final, check_noise, state_dtype
 from ..schedules import NoiseSchedule
 from ..solvers.base import drive
 from .controller import PIDController, StepTo
@@ -111,8 +111,7 @@ def sample_adaptive(
         raise TypeError(f"brownian: must be a fewstep.noise.BrownianPath, got {type(brownian).__name__}")
     if stats is not None and not isinstance(stats, AdaptiveStats):
         raise TypeError(f"stats: must be an AdaptiveStats, got {type(stats).__name__}")
-    if calls is not None and not isinstance(calls, CallCount):
-        raise TypeError(f"calls: must be a fewstep.model.CallCount, got {type(calls).__name__}")
+    check_calls(calls)
     denoiser = as_denoiser(
         model, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs, guidance_rescale,
         threshold, guidance,

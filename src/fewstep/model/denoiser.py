@@ -176,5 +176,4 @@ class Denoiser:
         out = out.clone()  # the caller's tensor: kept by the solver, never shared with it
         if self.threshold is None:
             return convert(x, out, p, eps)
-        x0 = self.threshold(convert(x, out, p, False)[0])
-        return x0, ((x - p.alpha * x0) / p.sigma if eps else None)
+        return self.threshold.apply(x, convert(x, out, p, False)[0], p, eps)

@@ -13,13 +13,13 @@ shares memory with the input state (a model that returns its input, or a view of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from ..finite import all_finite
 from .calls import CallCount
 
 #: When model outputs are checked for NaN/inf: every evaluation, or the run's result only.
@@ -82,9 +82,7 @@ class Network:
 
     def _check_finite(self, out: Tensor, t: float) -> None:
         if out.is_cpu:  # no device sync to avoid: check at once
-            # The sum is non-finite whenever an element is, and costs a fraction of isfinite().all() on the CPU;
-            # a huge finite output can overflow it, so the elementwise check confirms before raising.
-            if not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
+            if not all_finite(out):
                 raise NonFiniteModelOutput(f"model: returned NaN/inf at evaluation {self.calls.network} (t = {t:.6g})")
         else:  # accelerators: record without a host-device sync, checked once after the loop
             self._pending.append((self.calls.network, t, torch.isfinite(out).all()))

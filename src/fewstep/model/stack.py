@@ -15,14 +15,13 @@ The solver sees only the outermost :data:`Evaluation`; no solver knows which lay
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import torch
 from torch import Tensor
 
+from ..finite import all_finite
 from .network import Network, NonFiniteModelOutput
 from .point import Point
 
@@ -48,9 +47,7 @@ class Converted:
         self.output, self.needs_eps = output, needs_eps
 
     def __call__(self, x: Tensor, p: Point) -> Prediction:
-        out, a = self.output(x, p.model_time, p.t), p.affine
-        x0 = out if a.x0_x == 0.0 and a.x0_out == 1.0 else affine(x, a.x0_x, out, a.x0_out)
-        return x0, (affine(x, a.eps_x, out, a.eps_out) if self.needs_eps else None)
+        return convert(x, self.output(x, p.model_time, p.t), p, self.needs_eps)
 
 
 def convert(x: Tensor, out: Tensor, p: Point, eps: bool) -> Prediction:
@@ -65,12 +62,6 @@ def affine(x: Tensor, cx: float, out: Tensor, co: float) -> Tensor:
     if cx == 0.0:
         return out if co == 1.0 else out * co
     return (x * cx).add_(out, alpha=co)
-
-
-def all_finite(x: Tensor) -> bool:
-    """Whether every element of ``x`` is finite: the sum is non-finite whenever an element is, and costs a fraction of
-    ``isfinite().all()`` on the CPU; a huge finite tensor can overflow it, so the elementwise check confirms."""
-    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
 
 
 @dataclass

@@ -35,6 +35,11 @@ class Threshold:
         s = s.clamp(min=1.0, max=self.max_value).reshape(-1, *([1] * (x0.ndim - 1)))
         return torch.maximum(torch.minimum(x0, s), -s) / s
 
+    def apply(self, x: Tensor, x0: Tensor, p: Point, needs_eps: bool) -> Prediction:
+        """``x0`` thresholded, and ``eps = (x - alpha x0) / sigma`` from it (None unless needed)."""
+        x0 = self(x0)
+        return x0, ((x - p.alpha * x0) / p.sigma if needs_eps else None)
+
     def wrap(self, inner: Evaluation, needs_eps: bool) -> Evaluation:
         """The evaluation ``inner`` (asked for x0 alone) with x0 thresholded and ``eps = (x - alpha x0) / sigma``."""
         return Thresholded(inner, self, needs_eps)
@@ -45,5 +50,4 @@ class Thresholded:
         self.inner, self.threshold, self.needs_eps = inner, threshold, needs_eps
 
     def __call__(self, x: Tensor, p: Point) -> Prediction:
-        x0 = self.threshold(self.inner(x, p)[0])
-        return x0, ((x - p.alpha * x0) / p.sigma if self.needs_eps else None)
+        return self.threshold.apply(x, self.inner(x, p)[0], p, self.needs_eps)

@@ -36,7 +36,7 @@ from torch import Tensor
 from ..options import real_option
 from ..predictions import conversion
 from .point import Point
-from .stack import Evaluation, ModelOutput, Prediction, affine
+from .stack import Evaluation, ModelOutput, Prediction, convert
 
 if TYPE_CHECKING:
     from .denoiser import Denoiser
@@ -149,10 +149,7 @@ class ShiftedEvaluation:
     def __call__(self, x: Tensor, p: Point) -> Prediction:
         table = self.table(p)
         if table is None:
-            a = p.affine
-            out = self.output(x, p.model_time, p.t)
-            x0 = affine(x, a.x0_x, out, a.x0_out)
-            return x0, (affine(x, a.eps_x, out, a.eps_out) if self.needs_eps else None)
+            return convert(x, self.output(x, p.model_time, p.t), p, self.needs_eps)
         var = x.reshape(x.shape[0], -1).var(dim=1, unbiased=False)  # the per-sample variance of x_t
         pick = (var[:, None] - table.var).abs().argmin(dim=1)  # t_s = argmin_c |Var(x_t) - v(c)|
         shape = (-1,) + (1,) * (x.ndim - 1)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..model.stack import all_finite
+from ..finite import all_finite
 from ..schedules import NoiseSchedule
 from .levels import seeded_noise_sampler
 

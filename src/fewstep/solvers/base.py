@@ -92,10 +92,7 @@ class Solver:
 
     def nfe(self, nodes: NodeTable) -> int:
         """The run's model evaluations, from the node table alone."""
-        orders = self.step_orders(nodes)
-        if type(self).step_nfe is Solver.step_nfe and self.nfe_per_step == 1:
-            return len(orders)  # one evaluation a step, whatever its order
-        return sum(self.step_nfe(o) for o in orders)
+        return sum(map(self.step_nfe, self.step_orders(nodes)))
 
     def steps_for_nfe(self, nfe: int, first_infinite: bool, clean_end: bool) -> int:
         """The number of steps that spends exactly ``nfe`` evaluations (ValueError when impossible).

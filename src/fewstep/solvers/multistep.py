@@ -106,7 +106,7 @@ def multistep_weights(h: Sequence[float] | np.ndarray, i: int, order: int, d2_we
 def run_data_plan(x: Tensor, nodes: NodeTable, ctx: RunContext, plan: Sequence[DataStep], history_size: int) -> Steps:
     """The step loop of a data-prediction multistep SDE solver from its precomputed plan: step i is
     ``x_t = ratio_i x_s + sum_j w_ij D_{i-j} + c_i z`` for ``plan[i] = (ratio_i, [w_i0, w_i1, ...], c_i)``."""
-    level, observed = noise_levels(nodes), ctx.observed
+    level = noise_levels(nodes)
     # the ratios as 0-dim CPU tensors in the state's dtype (the value a Python float is rounded to in the product):
     # torch then multiplies without wrapping a Python float into a new tensor at every step
     ratios = torch.tensor([step.ratio for step in plan], dtype=x.dtype).unbind(0)
@@ -120,8 +120,7 @@ def run_data_plan(x: Tensor, nodes: NodeTable, ctx: RunContext, plan: Sequence[D
             x.add_(d, alpha=w)
         if step.noise:
             x = ctx.transition(i, x, level[i], level[i + 1], step.noise)[0]
-        if observed:
-            ctx.emit(i, x, x0)
+        ctx.emit(i, x, x0)
     return x
 
 
