@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fewstep.noise import BrownianPath, brownian_noise_sampler
-from fewstep.noise.brownian import philox4x32_10
+from fewstep.noise.normals import NATIVE_MIN_NUMEL, node_key, philox4x32_10
 
 SEEDS = [3, 14, 15, 92, 65, 35, 89, 79]
 
@@ -36,6 +36,15 @@ def test_philox_matches_random123_known_answers() -> None:
     words = philox4x32_10((torch.tensor([0, m, 0x243F6A88]), 0, 0, 0), (7, 9))
     for i, c0 in enumerate((0, m, 0x243F6A88)):
         assert [int(w[i]) for w in words] == [int(w) for w in philox4x32_10((c0, 0, 0, 0), (7, 9))]
+
+
+def test_node_keys_are_distinct_and_mixed() -> None:
+    # SplitMix64 is a bijection, so one seed's nodes and streams never share a generator seed; the low 32 bits
+    # (all that the CPU's Mersenne Twister keeps) are spread too.
+    keys = {node_key(seed, node, stream) for seed in (0, 1, 2**40) for node in range(1, 2000) for stream in (0, 1)}
+    assert len(keys) == 3 * 1999 * 2
+    assert len({k & 0xFFFFFFFF for k in keys}) == len(keys)
+    assert all(0 <= k < 2**64 for k in keys)
 
 
 # ----------------------------------------------------------------------------------------- exactness
@@ -414,3 +423,20 @@ def test_noise_sampler_drives_k_diffusion_per_sample_reproducibly() -> None:
     for b, seed in enumerate(SEEDS[:4]):
         assert torch.allclose(run([seed])[0], batch[b], rtol=0, atol=1e-6)
     assert torch.equal(run(SEEDS[:4]), batch)
+
+
+def test_image_sized_paths_keep_every_promise() -> None:
+    # From NATIVE_MIN_NUMEL elements per sample the normals come from torch's generator: the same guarantees.
+    shape = (4, 16, 16)
+    assert math.prod(shape) >= NATIVE_MIN_NUMEL
+    path = BrownianPath(shape, seeds=[5, 6, 7], dtype=torch.float64)
+    grid = [0.0, 0.13, 0.5, 0.51, 0.9, 1.0]
+    parts = [path.increment(a, b) for a, b in zip(grid[:-1], grid[1:], strict=True)]
+    torch.testing.assert_close(sum(parts), path.increment(0.0, 1.0), rtol=0, atol=1e-12)
+    alone = BrownianPath(shape, seeds=[6], dtype=torch.float64, cache_size=0)
+    for a, b in reversed(list(zip(grid[:-1], grid[1:], strict=True))):
+        assert torch.equal(alone.increment(a, b)[0], path.increment(a, b)[1])
+    # 3 x 1024 standard normals per step: mean and variance within 5 standard errors
+    z = torch.stack([p / math.sqrt(b - a) for p, a, b in zip(parts, grid[:-1], grid[1:], strict=True)])
+    n = z.numel()
+    assert abs(float(z.mean())) < 5 / math.sqrt(n) and abs(float(z.var()) - 1.0) < 5 * math.sqrt(2 / n)

@@ -12,8 +12,7 @@ from torch import Tensor
 
 import fewstep
 from fewstep.bench.targets import mixture_image
-from fewstep.noise import ColoredNoise, colored_noise_sampler
-from fewstep.noise.levels import seeded_noise_sampler
+from fewstep.noise import ColoredNoise, SeededNoise, colored_noise_sampler
 from fewstep.trajectory import Trajectory
 
 F64 = torch.float64
@@ -159,8 +158,8 @@ def test_coloured_noise_gets_the_solvers_levels_and_seeds_per_sample(solver: str
     np.testing.assert_allclose(levels, expected, rtol=1e-12)
     # on a per-sample seeded base, a sample's coloured noise depends on its seed only
     seeds = [5, 9, 2, 7, 1, 3]
-    batch = run(solver, noise, ColoredNoise(noise, 1.0, base=seeded_noise_sampler(SCHEDULE, noise, seeds)))
-    one = run(solver, noise[2:3], ColoredNoise(noise[2:3], 1.0, base=seeded_noise_sampler(SCHEDULE, noise[2:3], [2])))
+    batch = run(solver, noise, ColoredNoise(noise, 1.0, base=SeededNoise(noise, seeds)))
+    one = run(solver, noise[2:3], ColoredNoise(noise[2:3], 1.0, base=SeededNoise(noise[2:3], [2])))
     torch.testing.assert_close(batch[2:3], one, rtol=0, atol=1e-12)
 
 

@@ -14,7 +14,8 @@ from torch import Tensor
 import fewstep
 from fewstep import sample_with_logprob
 from fewstep.bench.targets import mixture_2d
-from fewstep.noise.levels import seeded_noise_sampler
+from fewstep.noise import SeededNoise
+from fewstep.noise.levels import brownian_level_sampler
 from fewstep.trajectory import Trajectory, gaussian_log_prob
 
 F64 = torch.float64
@@ -50,12 +51,12 @@ def test_the_same_seed_reproduces_and_another_differs(solver: str) -> None:
     a, b, c = run(solver, noise, seed=7), run(solver, noise, seed=7), run(solver, noise, seed=8)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
-    assert torch.equal(a, run(solver, noise, noise_sampler=seeded_noise_sampler(SCHEDULE, noise, 7)))
+    assert torch.equal(a, run(solver, noise, noise_sampler=SeededNoise(noise, 7)))
 
 
 def test_seeded_noise_is_standard_normal_and_independent_across_steps() -> None:
     like = torch.zeros(4000, 2, dtype=F64)
-    sampler = seeded_noise_sampler(SCHEDULE, like, 0)
+    sampler = SeededNoise(like, 0)
     levels = [float(v) for v in SCHEDULE.level(torch.tensor([1.0, 0.6, 0.3, 0.05]))]
     z = torch.stack([sampler(s, t) for s, t in zip(levels[:-1], levels[1:], strict=True)])
     assert z.shape == (3, 4000, 2)
@@ -71,8 +72,69 @@ def test_seeded_noise_works_for_flows_and_image_shapes() -> None:
     x = fewstep.sample(velocity, noise, flow, "dpmpp_2m_sde", nfe=6, prediction="velocity", seed=[1, 2, 3])
     y = fewstep.sample(velocity, noise[1:2], flow, "dpmpp_2m_sde", nfe=6, prediction="velocity", seed=[2])
     torch.testing.assert_close(x[1:2], y, rtol=1e-12, atol=1e-12)
-    z = seeded_noise_sampler(SCHEDULE, torch.zeros(2, 3, 4, 4), 0)(10.0, 1.0)
+    z = SeededNoise(torch.zeros(2, 3, 4, 4), 0)(10.0, 1.0)
     assert z.shape == (2, 3, 4, 4) and z.dtype == torch.float32
+
+
+def peak_allocation(fn: Any) -> int:
+    """The peak of CPU bytes allocated and not yet freed while ``fn()`` runs (the profiler's memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage  # an op's own allocations; frees are "[memory]" events
+        peak = max(peak, live)
+    return peak
+
+
+def test_seeded_noise_costs_the_memory_of_generator_noise() -> None:
+    # On an image-sized state, seed= used to keep a Brownian tree of 2 B float64 copies per node (up to 128 nodes):
+    # hundreds of state copies. Per-sample streams allocate the draw itself.
+    image = fewstep.bench.targets.mixture_image(components=4, shape=(4, 16, 16))
+    noise = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = image.model(SCHEDULE, "epsilon")
+    state_bytes = noise.numel() * noise.element_size()
+
+    def sample(**kw: Any) -> None:
+        fewstep.sample(model, noise, SCHEDULE, "dpmpp_2m_sde", nfe=10, **kw)
+
+    seeded = peak_allocation(lambda: sample(seed=[1, 2, 3, 4]))
+    generator = peak_allocation(lambda: sample(generator=torch.Generator().manual_seed(1)))
+    assert seeded <= generator + 4 * state_bytes, (seeded / state_bytes, generator / state_bytes)
+
+
+def test_seeded_noise_is_not_the_start_noise_of_the_same_seed() -> None:
+    # A user who draws the start noise with manual_seed(s) and passes seed=s must not get that noise again.
+    like = torch.zeros(3, 64)
+    start = torch.stack([torch.randn(64, generator=torch.Generator().manual_seed(s)) for s in (0, 1, 2)])
+    z = SeededNoise(like, [0, 1, 2])(1.0, 0.5)
+    assert float(torch.corrcoef(torch.stack([start.flatten(), z.flatten()]))[0, 1].abs()) < 0.2
+
+
+def test_seeded_noise_resumes_from_its_state() -> None:
+    like = torch.zeros(2, 5, dtype=F64)
+    noise = SeededNoise(like, [4, 8])
+    noise(), noise()
+    saved = noise.state()
+    rest = [noise() for _ in range(3)]
+    again = SeededNoise(like, [4, 8])
+    again.restore(saved)
+    assert again.draws == 2 and all(torch.equal(a, again()) for a in rest)
+
+
+def test_brownian_level_sampler_is_one_path_at_every_step_count() -> None:
+    # sqrt(h) z over a step equals the sum over its two halves: the noise of runs at different NFE is one path
+    like = torch.zeros(3, 4, dtype=F64)
+    levels = [float(v) for v in SCHEDULE.level(torch.tensor([0.9, 0.6, 0.3], dtype=F64))]
+    coarse, fine = brownian_level_sampler(SCHEDULE, like, [1, 2, 3]), brownian_level_sampler(SCHEDULE, like, [1, 2, 3])
+    times = [float(SCHEDULE.t_of_level(v)) for v in levels]
+    whole = coarse(levels[0], levels[2]) * math.sqrt(times[0] - times[2])
+    halves = fine(levels[0], levels[1]) * math.sqrt(times[0] - times[1]) + fine(levels[1], levels[2]) * math.sqrt(
+        times[1] - times[2]
+    )
+    torch.testing.assert_close(whole, halves, rtol=0, atol=1e-12)
 
 
 def test_seed_errors() -> None:

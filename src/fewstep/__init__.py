@@ -1,10 +1,12 @@
 """fewstep: training-free fast samplers for diffusion and flow-matching models."""
 
-from . import adaptive, guidance, model, noise, schedules, solvers, spacing
+from . import adaptive, guard, guidance, model, noise, schedules, solvers, spacing
 from .adaptive import sample_adaptive
 from .calibrate import compute_ems
+from .guard import DivergenceError, DivergenceWarning
 from .model import CallCount, Denoiser, NonFiniteModelOutput, Threshold, TimeShift
 from .predictions import PREDICTIONS
+from .resume import Checkpoint, SamplingState
 from .sampling import sample, sample_with_logprob
 from .schedules import EDM, VE, VP, Cosine, DiscreteVP, Flow, Interpolant, NoiseSchedule
 from .trajectory import Trajectory
@@ -23,6 +25,10 @@ __all__ = [
     "TimeShift",
     "Threshold",
     "NonFiniteModelOutput",
+    "DivergenceWarning",
+    "DivergenceError",
+    "Checkpoint",
+    "SamplingState",
     "PREDICTIONS",
     "NoiseSchedule",
     "VP",
@@ -32,6 +38,7 @@ __all__ = [
     "EDM",
     "Flow",
     "Interpolant",
+    "guard",
     "guidance",
     "model",
     "noise",

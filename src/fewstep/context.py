@@ -1,7 +1,7 @@
 """``RunContext``: everything of one sampling run that is random or observed, apart from the node table.
 
 It owns the run's :class:`~fewstep.noise.source.NoiseSource`, the SDE window, the trajectory recorder, the
-callback and the progress bar. A solver reads the node table for its plan and calls the context in its loop:
+callback, the progress bar and the divergence guard. A solver reads the node table for its plan and calls the context in its loop:
 
 - :meth:`RunContext.loop` for the step indices, :meth:`RunContext.emit` after each step;
 - :meth:`RunContext.transition` for a Gaussian transition ``x + std z`` (drawn and recorded in one call);
@@ -11,6 +11,7 @@ callback and the progress bar. A solver reads the node table for its plan and ca
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -19,8 +20,10 @@ from typing import Any
 
 from torch import Tensor
 
+from .guard import DivergenceGuard
 from .nodes import NodeTable
 from .noise.source import NoiseSource
+from .resume import StopRun
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -38,15 +41,22 @@ class RunContext:
     #: ``(t_hi, t_lo)`` in schedule time: stochastic solvers add noise only on the steps whose start time lies in
     #: ``[t_lo, t_hi]`` and take their deterministic (eta = 0) step elsewhere (None: every step).
     sde_window: tuple[float, float] | None = None
+    #: the run's :class:`~fewstep.guard.DivergenceGuard`, shown every step's end state (None: no guard).
+    guard: DivergenceGuard | None = None
+    #: stop the run after this step (:class:`fewstep.resume.Checkpoint`; None: run to the end).
+    stop_after: int | None = None
+    #: a resumed run replays the steps before this one: they are not shown again (callback, guard, progress).
+    replay_until: int = 0
 
     def with_noise(self, noise: NoiseSource) -> RunContext:
         """The same run with another noise source (a predictor inside a predictor-corrector step)."""
         return replace(self, noise=noise)
 
     def loop(self) -> Iterator[int]:
-        """The step indices 0..N-1, with a progress bar when asked."""
-        it = range(self.nodes.steps)
-        return progress_bar(it) if self.progress else iter(it)
+        """The step indices 0..N-1, with a progress bar when asked (from the first step not replayed)."""
+        if self.progress:
+            return itertools.chain(range(self.replay_until), progress_bar(range(self.replay_until, self.nodes.steps)))
+        return iter(range(self.nodes.steps))
 
     def stochastic_step(self, i: int) -> bool:
         """Whether step i may add noise: it starts inside :attr:`sde_window` (every step when there is none)."""
@@ -78,12 +88,18 @@ class RunContext:
         """Step i is done: ``x`` is the state at node i + 1, ``denoised`` the data estimate at node i. The callback gets
         ``{"i", "t", "t_next", "x", "denoised"}``: ``t`` the step's start time (where ``denoised`` was estimated),
         ``t_next`` the time of ``x`` (None at the clean end, where ``x`` is the data)."""
+        if i < self.replay_until:
+            return
+        if self.guard is not None:
+            self.guard.observe(i, x)
         if self.trajectory is not None:
             self.trajectory.step_done(i, x)
         if self.callback is not None:
             t_next = float(self.nodes.t[i + 1])
             info = {"i": i, "t": float(self.nodes.t[i]), "t_next": None if math.isnan(t_next) else t_next}
             self.callback({**info, "x": x, "denoised": denoised})
+        if i == self.stop_after:
+            raise StopRun(i, x)
 
 
 def progress_bar(it: range) -> Iterator[int]:

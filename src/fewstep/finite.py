@@ -11,4 +11,5 @@ from torch import Tensor
 def all_finite(x: Tensor) -> bool:
     """Whether every element of ``x`` is finite: the sum is non-finite whenever an element is, and costs a fraction of
     ``isfinite().all()`` on the CPU; a huge finite tensor can overflow it, so the elementwise check confirms."""
+    x = x.detach()
     return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())

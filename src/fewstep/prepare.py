@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .context import Callback, RunContext
 from .finite import all_finite
+from .guard import DivergenceGuard
 from .guidance import Guidance
 from .model import CallCount, Denoiser, Threshold
 from .nodes import NodeTable
@@ -176,8 +177,9 @@ def run_context(
     progress: bool = False,
     trajectory: Trajectory | None = None,
     sde_window: tuple[float, float] | None = None,
+    guard: DivergenceGuard | None = None,
 ) -> RunContext:
     """The run context over ``nodes`` (see :class:`~fewstep.context.RunContext`)."""
     if callback is not None and not callable(callback):
         raise TypeError(f"callback: must be callable as callback(info), got {type(callback).__name__}")
-    return RunContext(nodes, noise, callback, bool(progress), trajectory, sde_window)
+    return RunContext(nodes, noise, callback, bool(progress), trajectory, sde_window, guard)

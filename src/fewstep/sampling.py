@@ -8,6 +8,7 @@ update rule with it (see docs/architecture.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,14 @@ import torch
 from torch import Tensor
 
 from .context import Callback, RunContext
+from .guard import DivergenceGuard
 from .guidance import Guidance
 from .model import CallCount, Denoiser, EvaluationWrapper, ModelStack, Threshold
 from .model.network import CheckFinite
 from .model.time_shift import TimeShift, check_time_shift, shifted_layer
 from .nodes import NodeTable
 from .noise.source import NoiseSource
+from .options import bool_option
 from .prepare import (
     Final,
     as_denoiser,
@@ -36,6 +39,7 @@ from .prepare import (
     run_context,
     state_dtype,
 )
+from .resume import Checkpoint, Resumption, SamplingState, StopRun
 from .schedules import NoiseSchedule
 from .solvers import Solver, get_solver
 from .solvers.base import drive_counted
@@ -73,6 +77,9 @@ def sample(
     time_shift: TimeShift | Mapping[str, Any] | None = None,
     calls: CallCount | None = None,
     check_finite: CheckFinite = "end",
+    strict: bool = False,
+    checkpoint: Checkpoint | None = None,
+    resume: SamplingState | None = None,
     wrappers: Sequence[EvaluationWrapper] = (),
     **solver_options: Any,
 ) -> Tensor:
@@ -104,10 +111,10 @@ def sample(
         shift: the SD3/Flux timestep shift of flow schedules, ``t -> shift t / (1 + (shift - 1) t)`` (scaled to
             keep ``t_max``) after the spacing; see :func:`fewstep.spacing.model_times`. ValueError on other schedules.
         seed: per-sample seeds of a stochastic solver's noise (instead of ``generator``/``noise_sampler``): one
-            integer (the seeds ``seed, ..., seed + B - 1``) or one integer per sample (a sequence or 1-D tensor). The
-            noise is then drawn from a :class:`fewstep.noise.BrownianPath` in the schedule time of the noise levels
-            (:func:`fewstep.noise.levels.seeded_noise_sampler`), so a sample's noise depends on its seed only, not on
-            the batch it is drawn in. The start noise is still ``noise``.
+            integer (the seeds ``seed, ..., seed + B - 1``) or one integer per sample (a sequence or 1-D tensor). Each
+            sample draws from its own generator stream (:class:`fewstep.noise.SeededNoise`), so its noise depends on
+            its seed only, not on the batch it is drawn in, at the cost of ``generator=``. The start noise is still
+            ``noise``.
         trajectory: a :class:`fewstep.trajectory.Trajectory` to record the run in: every state, and for every step
             its Gaussian transition (mean, std, noise) and log-probability (see :func:`sample_with_logprob`).
         sde_window: ``(t_hi, t_lo)`` in schedule time: a stochastic solver adds noise only on the steps starting at
@@ -125,6 +132,16 @@ def sample(
         check_finite: ``"end"`` checks the result once for NaN/inf (NonFiniteModelOutput); ``"each"`` checks every
             model output and names the first non-finite evaluation and its time (at once on the CPU, after the run
             without a host-device sync on accelerators), at the cost of one reduction over the state per call.
+        strict: check the divergence guard (:mod:`fewstep.guard`) after every step and raise
+            :class:`~fewstep.guard.DivergenceError` at the first step whose state grew far beyond the diffusion's
+            marginal scale (one host-device synchronisation per step). By default the guard's per-step ratios stay
+            on the device and are checked once after the run, with a :class:`~fewstep.guard.DivergenceWarning`
+            naming the solver, step and time.
+        checkpoint: a :class:`fewstep.Checkpoint` ``(step=k)``: stop after step ``k``, return the state at node
+            ``k + 1`` and keep the :class:`fewstep.SamplingState` to finish from in ``checkpoint.state``
+            (:mod:`fewstep.resume`).
+        resume: a :class:`fewstep.SamplingState` saved by a ``checkpoint``: with the same other arguments, finish
+            that run, bit-identically to a run that never stopped (ValueError naming what differs otherwise).
         solver_options: options of the named solver (e.g. ``lower_order_final=False``).
 
     Returns:
@@ -142,7 +159,7 @@ def sample(
     check_counts(nfe, steps, spacing)
     check_calls(calls)
     dtype = state_dtype(noise)
-    source = NoiseSource.of(generator, noise_sampler, seed, schedule=denoiser.schedule, like=noise, dtype=dtype)
+    source = NoiseSource.of(generator, noise_sampler, seed, like=noise, dtype=dtype)
     check_trajectory(trajectory, slv, noise_sampler)
     check_seed_promise(seed, slv)
     window = check_sde_window(sde_window)
@@ -153,23 +170,33 @@ def sample(
     budget = int(nfe) if nfe is not None and isinstance(spacing, str) else None
     nodes = NodeTable.build(denoiser, times, clean_end, noise.shape[0], noise.device, dtype, budget)
     expected = check_nfe(slv, nodes, nfe)
-    ctx = run_context(
-        nodes, source, callback, progress if progress is not None else expected >= 100, trajectory, window
-    )
+    start = noise.to(dtype)
+    if start is noise:  # the caller's tensor is never written to (a model may change its input in place)
+        start = noise.clone()
+    guard = DivergenceGuard(nodes, start, slv.name, bool_option("strict", strict))
+    resumption = Resumption.of(checkpoint, resume, trajectory, slv, nodes, start, source)
+    show_progress = progress if progress is not None else expected >= 100
+    ctx = run_context(nodes, source, callback, show_progress, trajectory, window, guard)
+    if resumption is not None:
+        ctx = replace(ctx, stop_after=resumption.stop_after, replay_until=resumption.replay_until)
     # 3. the run: its context, its model-call stack, the solver driven through it, then the plan checked
     run_calls = CallCount()
     base = shifted_layer(shifter, denoiser, nodes.points, noise.device, dtype)
     stack = denoiser.stack(run_calls, slv.needs_eps, base, wrappers, check_finite, slv.name)
-    start = noise.to(dtype)
-    if start is noise:  # the caller's tensor is never written to (a model may change its input in place)
-        start = noise.clone()
+    if resumption is not None:
+        stack = replace(stack, outer=resumption.wrap(stack.outer))
     try:
         x = integrate(slv, start, nodes, ctx, stack, grad)
+    except StopRun as stop:  # the checkpoint's step is done
+        assert resumption is not None
+        guard.check()
+        return resumption.stopped(stop).to(noise.dtype)
     finally:
         if calls is not None:
             calls.add(run_calls)
     if run_calls.requests != expected:  # an internal invariant: the plan and the run must agree
         raise RuntimeError(f"solver {slv.name!r} asked for {run_calls.requests} evaluations, planned {expected}")
+    guard.check()
     out = x.to(noise.dtype)
     if trajectory is not None:
         trajectory.sample = out

@@ -22,10 +22,9 @@ Construction (time normalised to ``u = (t - t0) / (t1 - t0)`` in ``[0, 1]``; eve
   the exact conditional law of the two halves given ``(W, H)``: the halves are independent with
   ``W ~ N(0, h/2)``, ``H ~ N(0, h/24)``, and ``W = W_left + W_right``,
   ``H = (H_left + H_right)/2 + (W_left - W_right)/4`` hold exactly.
-* The normals are a pure function of ``(seed, node, element)``: Philox4x32-10 (Salmon et al. 2011, the
-  counter-based generator of cuRAND and JAX; checked against Random123's known answers) keyed by the 64-bit
-  seed, with the counter ``(element pair, node id low/high words, stream)``; each block's four 32-bit words
-  give ``Z1, Z2`` of two elements by Box-Muller in float64. So sample ``b``'s path depends on ``seeds[b]`` only
+* The normals are a pure function of ``(seed, node, element)`` (:mod:`fewstep.noise.normals`: Philox4x32-10,
+  the counter-based generator of cuRAND and JAX, for small per-sample states; torch's generator seeded per
+  (seed, node) for image-sized ones). So sample ``b``'s path depends on ``seeds[b]`` only
   (never on the batch it is drawn in), values do not depend on the order of queries or on what is cached, and a
   cache miss recomputes the same bits. A query generates the normals of all the nodes it needs in one call.
 * The tree stops at depth ``D = ceil(log2((t1 - t0) / tol))`` (leaves no longer than ``tol``). Inside a leaf
@@ -57,85 +56,16 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor
 
-__all__ = ["BrownianPath", "NoiseSampler", "brownian_noise_sampler", "philox4x32_10"]
+from .normals import node_normals
+
+__all__ = ["BrownianPath", "NoiseSampler", "brownian_noise_sampler"]
 
 NoiseSampler = Callable[[float | Tensor, float | Tensor], Tensor]
 
-_MASK32 = 0xFFFFFFFF
-_PHILOX_M0 = 0xD2511F53
-_PHILOX_M1 = 0xCD9E8D57
-_PHILOX_W0 = 0x9E3779B9
-_PHILOX_W1 = 0xBB67AE85
 _MAX_DEPTH = 48  # node ids stay below 2^49 (two counter words); leaves of 2^-48 are far below any useful tol
-_PREFETCH_PAIRS = 2**16  # Philox blocks per call: amortises per-op overhead, keeps temporaries (512 KiB) in cache
 _END_SLACK = 1e-6  # relative: times this close outside [t0, t1] are clamped to it (float32 rounding is 6e-8)
 _STREAM_SPLIT = 0
 _STREAM_ROOT = 1
-_TWO_PI = 2.0 * math.pi
-_INV_2_32 = 2.0**-32
-
-
-def _mulhilo(m: int, x: Tensor) -> tuple[Tensor, Tensor]:
-    """High and low 32-bit words of ``m * x`` for 32-bit ``m`` and ``x`` held in int64, without overflow."""
-    a = x * (m & 0xFFFF)  # < 2^48
-    s = x * (m >> 16)  # < 2^48; the product is (s << 16) + a
-    s += a >> 16  # < 2^49; the product is (s << 16) + (a & 0xFFFF)
-    lo = s & 0xFFFF
-    lo <<= 16
-    a &= 0xFFFF
-    lo |= a
-    s >>= 16
-    return s, lo
-
-
-def philox4x32_10(counter: Sequence[Tensor | int], key: Sequence[Tensor | int]) -> tuple[Tensor, ...]:
-    """Philox4x32-10 (Salmon et al. 2011) on int64 tensors holding 32-bit words; the inputs broadcast.
-
-    ``counter`` is four words, ``key`` two; returns the four output words (int64 tensors in ``[0, 2^32)``).
-    """
-    ref = next((w for w in (*counter, *key) if isinstance(w, Tensor)), None)
-    device = ref.device if ref is not None else None
-
-    def word(w: Tensor | int) -> Tensor:
-        if isinstance(w, Tensor):
-            return w.to(torch.int64)
-        return torch.tensor(w & _MASK32, dtype=torch.int64, device=device)
-
-    c0, c1, c2, c3 = (word(w) for w in counter)
-    k0, k1 = (word(w) for w in key)
-    for r in range(10):
-        if r:
-            k0 = (k0 + _PHILOX_W0) & _MASK32
-            k1 = (k1 + _PHILOX_W1) & _MASK32
-        hi0, lo0 = _mulhilo(_PHILOX_M0, c0)
-        hi1, lo1 = _mulhilo(_PHILOX_M1, c2)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return c0, c1, c2, c3
-
-
-def _box_muller(x: Tensor, y: Tensor) -> Tensor:
-    """Two standard normals (stacked on a new last axis) from two 32-bit words."""
-    radius = torch.sqrt(-2.0 * torch.log((x + 1).to(torch.float64) * _INV_2_32))  # uniform in (0, 1]
-    angle = y.to(torch.float64) * (_TWO_PI * _INV_2_32)  # uniform in [0, 2 pi)
-    return torch.stack((radius * torch.cos(angle), radius * torch.sin(angle)), dim=-1)
-
-
-def _normals(
-    key: tuple[Tensor, Tensor], pairs: Tensor, numel: int, nodes: Sequence[int], stream: int
-) -> tuple[Tensor, Tensor]:
-    """Independent standard normals ``Z1, Z2`` (float64, shape ``(len(nodes), B, numel)``) for each node, sample and
-    element.
-
-    One Philox block per (node, sample, pair of elements): counter ``(pair index, node low word, node high word,
-    stream)``, key ``(seed low word, seed high word)``; words 0-1 give ``Z1`` and words 2-3 ``Z2`` of elements
-    ``2p, 2p + 1`` by Box-Muller. Every operation is elementwise, so a node's normals do not depend on which
-    nodes (or samples) are generated with it.
-    """
-    ids = torch.tensor(nodes, dtype=torch.int64, device=pairs.device).view(-1, 1, 1)
-    x0, x1, x2, x3 = philox4x32_10((pairs, ids & _MASK32, ids >> 32, stream), key)
-    z1 = _box_muller(x0, x1).flatten(-2)[..., :numel]
-    z2 = _box_muller(x2, x3).flatten(-2)[..., :numel]
-    return z1, z2
 
 
 def _as_time(value: float | Tensor, name: str) -> float:
@@ -266,12 +196,7 @@ class BrownianPath:
         self.cache_size = cache_size
 
         self._scale = math.sqrt(length)
-        seed_tensor = torch.tensor(
-            [[s & _MASK32, s >> 32] for s in self.seeds], dtype=torch.int64, device=self.compute_device
-        )
-        self._key = (seed_tensor[:, :1], seed_tensor[:, 1:])  # (B, 1) each
         self._numel = numel
-        self._pairs = torch.arange((numel + 1) // 2, dtype=torch.int64, device=self.compute_device).unsqueeze(0)
         self._cache: OrderedDict[int, tuple[Tensor, Tensor]] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -303,14 +228,9 @@ class BrownianPath:
         return value
 
     def _generate(self, nodes: Sequence[int], stream: int = _STREAM_SPLIT) -> dict[int, tuple[Tensor, Tensor]]:
-        """The normals of several nodes, in as few Philox calls as a memory budget allows."""
-        out: dict[int, tuple[Tensor, Tensor]] = {}
-        chunk = max(1, _PREFETCH_PAIRS // (self.batch_size * self._pairs.shape[-1]))
-        for i in range(0, len(nodes), chunk):
-            part = nodes[i : i + chunk]
-            z1, z2 = _normals(self._key, self._pairs, self._numel, part, stream)
-            out.update((node, (z1[j], z2[j])) for j, node in enumerate(part))
-        return out
+        """The normals of several nodes."""
+        z1, z2 = node_normals(self.seeds, self._numel, nodes, stream, self.compute_device)
+        return {node: (z1[j], z2[j]) for j, node in enumerate(nodes)}
 
     def _prefetch(self, steps: Sequence[tuple[int, bool]]) -> dict[int, tuple[Tensor, Tensor]]:
         """The normals of the splits along ``steps`` whose children are not cached."""
@@ -329,10 +249,11 @@ class BrownianPath:
         z1, z2 = normals
         length = 2.0 ** -(node.bit_length() - 1)
         root_h = math.sqrt(length)
-        w_left = 0.5 * w + 1.5 * h_area + (0.25 * root_h) * z1
-        common = 0.25 * h_area - (0.125 * root_h) * z1
-        spread = (0.5 * math.sqrt(length / 12.0)) * z2
-        return (w_left, common + spread), (w - w_left, common - spread)
+        w_left = torch.add(w.mul(0.5), h_area, alpha=1.5).add_(z1, alpha=0.25 * root_h)
+        common = torch.add(h_area.mul(0.25), z1, alpha=-0.125 * root_h)
+        spread = 0.5 * math.sqrt(length / 12.0)
+        h_left = torch.add(common, z2, alpha=spread)
+        return (w_left, h_left), (w - w_left, common.sub_(z2, alpha=spread))
 
     def _child(
         self, node: int, value: tuple[Tensor, Tensor], right: bool, normals: dict[int, tuple[Tensor, Tensor]]
@@ -406,11 +327,15 @@ class BrownianPath:
         acc_w: Tensor | float = 0.0
         acc_k: Tensor | float = 0.0
         for step, right in steps:
-            if right:
+            if right:  # K += half (H_left + W_left / 2) + half W_acc;  W_acc += W_left  (accumulators owned: in place)
                 w_left, h_left = self._child(step, value, False, normals)
                 half = 2.0 ** -step.bit_length()
-                acc_k = acc_k + half * (h_left + 0.5 * w_left) + half * acc_w
-                acc_w = acc_w + w_left
+                if isinstance(acc_w, Tensor) and isinstance(acc_k, Tensor):
+                    acc_k.add_(h_left, alpha=half).add_(w_left, alpha=0.5 * half).add_(acc_w, alpha=half)
+                    acc_w.add_(w_left)
+                else:
+                    acc_k = torch.add(h_left, w_left, alpha=0.5).mul_(half)
+                    acc_w = w_left.clone()
             value = self._child(step, value, right, normals)
             node = 2 * step + int(right)
         depth = node.bit_length() - 1
@@ -421,9 +346,11 @@ class BrownianPath:
         # u is the right end, or inside a leaf: the parabola W_a + s W + 6 s (1 - s) H and its integral
         w, h_area = value
         s = 1.0 if u == a + length else (u - a) / length
-        local_w = s * w + (6.0 * s * (1.0 - s)) * h_area
-        local_k = (length * 0.5 * s * s) * w + (length * s * s * (3.0 - 2.0 * s)) * h_area
-        return acc_w + local_w, acc_k + local_k + (u - a) * acc_w
+        local_w = torch.add(w.mul(s), h_area, alpha=6.0 * s * (1.0 - s))
+        local_k = torch.add(w.mul(length * 0.5 * s * s), h_area, alpha=length * s * s * (3.0 - 2.0 * s))
+        if isinstance(acc_w, Tensor) and isinstance(acc_k, Tensor):
+            return local_w.add_(acc_w), local_k.add_(acc_k).add_(acc_w, alpha=u - a)
+        return local_w, local_k
 
     def _normalised(self, t: float | Tensor, name: str) -> float:
         time = _as_time(t, name)
@@ -472,7 +399,7 @@ class BrownianPath:
         value = self._lookup(frame)
         _, start_value, walk = (frame, value, []) if value is not None else self._start(frame)
         steps_u, steps_v = self._steps(frame, u), self._steps(frame, v)
-        normals = self._prefetch([*walk, *steps_u, *steps_v])  # one Philox call for the whole query
+        normals = self._prefetch([*walk, *steps_u, *steps_v])  # one generation for the whole query
         if start_value is None:
             start_value = self._root()
             self._store(1, start_value)

@@ -52,7 +52,7 @@ class ColoredNoise:
             level ``s`` (the schedule's level: sigma/alpha, or t for flows).
         generator: the ``torch.Generator`` of the white noise (default: torch's global generator).
         base: instead of ``generator``, a noise sampler giving the white noise, e.g.
-            :func:`fewstep.noise.levels.seeded_noise_sampler` for per-sample seeds.
+            :class:`fewstep.noise.SeededNoise` for per-sample seeds.
         image_shape: ``(H, W)`` of a flat state ``(B, C * H * W)`` (e.g. ``(8, 8)`` for the digits target);
             default: the state's last two axes.
     """

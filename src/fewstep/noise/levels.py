@@ -1,5 +1,9 @@
-"""Per-sample seeded noise for ``fewstep.sample(..., seed=...)``: a :class:`~fewstep.noise.BrownianPath` in the
-schedule's time.
+"""One Brownian path per sample in the schedule's time: noise that is the same path at every step count.
+
+``fewstep.sample(..., seed=...)`` draws from per-sample generator streams (:mod:`fewstep.noise.streams`), which is
+as cheap as ``generator=``. This sampler is for when the noise of runs at different step counts must be increments
+of one Brownian motion per sample (path-by-path comparisons, strong-convergence studies):
+``noise_sampler=brownian_level_sampler(schedule, noise, seeds)``.
 
 The stochastic samplers ask for noise between two noise levels (``schedule.level``: sigma/alpha, or t for flows;
 0 at the clean end, inf at alpha = 0). Sigma/alpha spans many decades (about 0.002 to 157 for DDPM's schedule,
@@ -30,13 +34,13 @@ from torch import Tensor
 from ..schedules import NoiseSchedule
 from .brownian import BrownianPath, NoiseSampler, brownian_noise_sampler
 
-__all__ = ["TOL_FRACTION", "seeded_noise_sampler"]
+__all__ = ["TOL_FRACTION", "brownian_level_sampler"]
 
 #: The Brownian tree's leaf length, as a fraction of the schedule's time interval.
 TOL_FRACTION = 2.0**-12
 
 
-def seeded_noise_sampler(
+def brownian_level_sampler(
     schedule: NoiseSchedule,
     like: Tensor,
     seed: int | Sequence[int] | Tensor,

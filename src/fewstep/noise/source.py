@@ -2,20 +2,20 @@
 
 Built from the run's options (:meth:`NoiseSource.of`): a ``torch.Generator`` (``torch.randn``, drawn on the
 generator's device), a ``noise_sampler(level_s, level_t)`` (k-diffusion's convention, e.g. a Brownian path's
-normalised increment or :class:`~fewstep.noise.ColoredNoise`), or per-sample ``seed``\\ s (a Brownian path in the
-schedule's time, :mod:`fewstep.noise.levels`). With none of them it draws from torch's global generator.
+normalised increment or :class:`~fewstep.noise.ColoredNoise`), or per-sample ``seed``\\ s (one generator stream
+per sample, :class:`~fewstep.noise.SeededNoise`). With none of them it draws from torch's global generator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..finite import all_finite
-from ..schedules import NoiseSchedule
-from .levels import seeded_noise_sampler
+from .streams import SeededNoise
 
 Sampler = Callable[[float, float], Tensor]
 
@@ -35,12 +35,11 @@ class NoiseSource:
         noise_sampler: object = None,
         seed: int | Sequence[int] | Tensor | None = None,
         *,
-        schedule: NoiseSchedule | None = None,
         like: Tensor | None = None,
         dtype: torch.dtype | None = None,
     ) -> NoiseSource:
         """The source of the options ``generator``, ``noise_sampler`` and ``seed`` (at most one; TypeError or
-        ValueError naming the option otherwise). ``seed`` needs the run's ``schedule``, start ``like`` and ``dtype``."""
+        ValueError naming the option otherwise). ``seed`` needs the run's start ``like`` and ``dtype``."""
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: must be a torch.Generator, got {type(generator).__name__}")
         if noise_sampler is not None and not callable(noise_sampler):
@@ -52,13 +51,15 @@ class NoiseSource:
         if seed is not None and (generator is not None or noise_sampler is not None):
             raise ValueError("seed, generator, noise_sampler: give one of them, not several (each sets the noise)")
         if seed is not None:
-            assert schedule is not None and like is not None and dtype is not None
-            return cls(sampler=seeded_noise_sampler(schedule, like, seed, dtype))
+            assert like is not None and dtype is not None
+            return cls(sampler=SeededNoise(like, seed, dtype))
         return cls(generator, noise_sampler)  # type: ignore[arg-type]
 
     def draw(self, s: float, t: float, like: Tensor) -> Tensor:
         """Standard normal noise shaped like ``like`` (on its device and dtype) for the step between the noise levels
         ``s`` and ``t`` (the schedule's level: sigma/alpha, or t for flows; 0 at the clean end)."""
+        if isinstance(self.sampler, SeededNoise):  # shaped, placed and finite by construction
+            return self.sampler(s, t)
         if self.sampler is not None:
             z = self.sampler(float(s), float(t))
             if not isinstance(z, Tensor) or z.shape != like.shape:
@@ -70,3 +71,45 @@ class NoiseSource:
         g = self.generator
         z = torch.randn(like.shape, generator=g, device=g.device if g is not None else like.device, dtype=like.dtype)
         return z.to(like.device)
+
+    @property
+    def kind(self) -> str:
+        """``"streams"`` (per-sample seeds), ``"sampler"`` (a noise sampler) or ``"generator"`` (a generator, or
+        torch's global one)."""
+        if isinstance(self.sampler, SeededNoise):
+            return "streams"
+        return "sampler" if self.sampler is not None else "generator"
+
+    def position(self, like: Tensor) -> Any:
+        """Where the draws stand, for :meth:`restore`: the per-sample streams' states, a generator's state (the
+        given one, else the global generator of ``like``'s device), or a noise sampler's ``state()`` (None for a
+        sampler without one, which must then be a pure function of the levels, as Brownian paths are)."""
+        if isinstance(self.sampler, SeededNoise):
+            return self.sampler.state()
+        if self.sampler is not None:
+            state = getattr(self.sampler, "state", None)
+            return state() if callable(state) else None
+        return self._generator(like).get_state()
+
+    def restore(self, position: Any, like: Tensor) -> None:
+        """Continue the draws from a :meth:`position` of the same kind of source."""
+        if isinstance(self.sampler, SeededNoise):
+            self.sampler.restore(position)
+        elif self.sampler is not None:
+            restore = getattr(self.sampler, "restore", None)
+            if position is not None and callable(restore):
+                restore(position)
+        else:
+            self._generator(like).set_state(position)
+
+    def _generator(self, like: Tensor) -> torch.Generator:
+        if self.generator is not None:
+            return self.generator
+        if like.device.type == "cpu":
+            return torch.default_generator
+        if like.device.type == "cuda":
+            index = like.device.index
+            return torch.cuda.default_generators[index if index is not None else torch.cuda.current_device()]
+        raise ValueError(
+            f"generator: a run on {like.device.type} saves its noise position from an explicit generator= or seed="
+        )
