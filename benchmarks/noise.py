@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 import fewstep
+from fewstep.bench.memory import peak_allocated_bytes
 from fewstep.noise import BrownianPath
 from fewstep.noise.levels import TOL_FRACTION, brownian_level_sampler
 
@@ -71,19 +72,6 @@ def torchsde_sampler(like: Tensor, seeds: list[int], **options: Any) -> Callable
         return torch.stack([p(a, b) for p in paths]) / math.sqrt(b - a)
 
     return noise
-
-
-def peak_bytes(fn: Callable[[], object]) -> int:
-    """The most CPU bytes allocated and not yet freed while ``fn()`` runs (the profiler's memory events)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.self_cpu_memory_usage  # an op's own allocations; frees are "[memory]" events
-        peak = max(peak, live)
-    return peak
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -123,7 +111,7 @@ def sampling_table(repeats: int) -> None:
         for name, run in runs.items():
             seconds = timed(run, repeats)
             base = base or seconds
-            peak = peak_bytes(run)
+            peak = peak_allocated_bytes(run)
             state = "x".join(map(str, shape))
             print(
                 f"{state:>14} {steps:>5}  {name:<18} {seconds:>8.3f} {seconds / base:>6.2f} "

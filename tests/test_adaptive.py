@@ -34,8 +34,6 @@ from fewstep.noise import BrownianPath
 from fewstep.solvers.base import drive
 from fewstep.spacing import model_times
 
-k_sampling = pytest.importorskip("k_diffusion.sampling")
-
 DEFAULT = mixture_2d("default")
 WIDE = mixture_2d("wide")  # smooth: clean asymptotic orders
 ODE_METHODS = [name for name, pair in METHODS.items() if not pair.stochastic]
@@ -48,9 +46,12 @@ def start_noise(schedule: fewstep.NoiseSchedule, n: int, seed: int = 0) -> torch
 # --- k-diffusion ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.kdiffusion
 @pytest.mark.parametrize("order", [2, 3])
 @pytest.mark.parametrize("tol", [(0.05, 0.0078), (1e-3, 1e-4)], ids=["default", "tight"])
 def test_matches_kdiffusion_dpm_adaptive(order: int, tol: tuple[float, float]) -> None:
+    from k_diffusion import sampling as k_sampling
+
     edm = fewstep.EDM()
     denoiser = DEFAULT.model(edm, "sample", time_input="sigma")
     noise = start_noise(edm, 64)

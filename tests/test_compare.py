@@ -126,6 +126,13 @@ window.addEventListener("load", () => {
     return canvas.width + "x" + canvas.height + ":" + minAlpha + ":" + (sum / (0.75 * px.length)).toFixed(3);
   });
   document.body.setAttribute("data-images", stats.join(","));
+  const summary = document.getElementById("summary");
+  const first = document.images[0];
+  document.body.setAttribute("data-layout", [
+    summary ? summary.getBoundingClientRect().top : -1,
+    first ? first.getBoundingClientRect().top : -1,
+    window.innerHeight,
+  ].join(","));
   document.body.setAttribute("data-errors", window.__errors.join("|"));
 });
 </script>
@@ -168,6 +175,14 @@ def test_report_renders_in_chromium(run_dir: tuple[Path, str], tmp_path: Path) -
         assert (got_size, int(got_alpha)) == (size, alpha) and alpha == 255, (shown, size, alpha)
         assert abs(float(got_mean) - mean) < 0.01, (shown, mean)  # Chromium decodes the same pixels
     assert 'data-errors=""' in dom
+    # the answer comes first: the summary is on the first screen, above the first plot, a best solver per NFE
+    layout = re.search(r'data-layout="([^"]*)"', dom)
+    assert layout is not None
+    summary_top, image_top, screen = (float(v) for v in layout.group(1).split(","))
+    assert 0 <= summary_top < image_top and summary_top < screen, layout.group(1)
+    summary = report[report.index("id='summary'") : report.index("</table>", report.index("id='summary'"))]
+    for nfe in (4, 6):
+        assert re.search(rf"<td>{nfe}</td><td><b>(dpmpp_2m|heun)</b>", summary), summary
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     assert not console, console  # nothing written to the console (errors, warnings or logs)
 
@@ -219,3 +234,37 @@ def test_bad_options_are_usage_errors(args: list[str], option: str, tmp_path: Pa
 def test_all_solvers_listed_by_default() -> None:
     names = all_solvers()
     assert "dpmpp_2m" in names and "euler_ancestral" in names and len(names) == len(set(names))
+
+
+def test_report_leads_with_the_answer_and_marks_what_it_shows(run_dir: tuple[Path, str]) -> None:
+    out, _ = run_dir
+    report = (out / "report.html").read_text()
+    summary, first_image = report.index("id='summary'"), report.index("<img")
+    assert summary < first_image < report.index("<h2>RMSE") < report.index("<h2>Settings")
+    assert "[" not in report[report.index("<h2>Settings") :]  # settings as a table, not a Python repr
+    assert "peer libraries" not in report  # no peers ran: no note about them
+    # heun spends an odd number of evaluations (its last step is Euler): asked 4 and 6, it spent 3 and 5
+    heun = report[report.index("<th>heun</th>") : report.index("</tr>", report.index("<th>heun</th>"))]
+    assert "(3)</td>" in heun and "(5)</td>" in heun
+    dpmpp = report[report.index("<th>dpmpp_2m</th>") : report.index("</tr>", report.index("<th>dpmpp_2m</th>"))]
+    assert "(" not in dpmpp.replace("<th>", "")  # it spent what it was asked
+    rows = [r for r in csv.DictReader(io.StringIO((out / "compare.csv").read_text()))]
+    assert {r["solver"] for r in rows} == {"dpmpp_2m", "heun", "euler_ancestral"}
+
+
+def test_report_marks_evaluations_spent_and_ties(tmp_path: Path) -> None:
+    from fewstep.bench.compare import Row
+    from fewstep.bench.report import render_report
+
+    rows = [
+        Row("heun", 5, 4, 0.2, coverage=1.0),
+        Row("dpmpp_2m", 5, 5, 0.1, coverage=1.0),
+        Row("ddim", 5, 5, 0.3, coverage=1.0),
+        Row("euler", 5, 5, 0.4, coverage=1.0),
+    ]
+    page = render_report(rows, [5], {"target": "default", "peers": []}, [])
+    assert "2.00e-01 (4)" in page  # heun spent 4 of the 5 asked
+    coverage = page[page.index("<h2>fraction of mixture modes covered") :]
+    assert "<b>" not in coverage[: coverage.index("</table>")]  # four rows tie at 1.0: no bold
+    assert "<td>5</td><td><b>dpmpp_2m</b> 1.00e-01</td>" in page
+    assert "<td>peers</td>" not in page and "none" in page

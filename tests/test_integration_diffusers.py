@@ -48,9 +48,11 @@ def unet() -> diffusers.UNet2DModel:
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize(
-    ("solver", "spacing", "nfe"), [(s, "logsnr", 7) for s in SOLVERS] + [("dpmpp_2m", "trailing", 6)]
+    ("solver", "spacing", "steps"), [(s, "logsnr", 7) for s in SOLVERS] + [("dpmpp_2m", "trailing", 6)]
 )
-def test_ddpm_pipeline_equals_fewstep_sample(unet, solver: str, spacing: str, nfe: int, prediction: str) -> None:
+def test_ddpm_pipeline_equals_fewstep_sample(unet, solver: str, spacing: str, steps: int, prediction: str) -> None:
+    """num_inference_steps is the number of steps, as in diffusers: the pipeline spends the evaluations
+    fewstep.sample spends on that many steps (Heun 2 N - 1, DPM-Solver-3 3 (N - 1) + 1, ...)."""
     base = diffusers.DDPMScheduler(beta_schedule="linear", prediction_type=prediction)
     scheduler = FewstepScheduler.from_config(base.config, solver=solver, spacing=spacing)
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=scheduler)
@@ -58,48 +60,49 @@ def test_ddpm_pipeline_equals_fewstep_sample(unet, solver: str, spacing: str, nf
     counter = CallCounter(unet)
     with torch.no_grad():
         images = pipe(
-            batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=nfe, output_type="np"
+            batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=steps, output_type="np"
         ).images
-    assert counter.calls == nfe
+    pipeline_calls = counter.calls
 
     noise = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(0))  # what DDPMPipeline draws
     schedule = fewstep.DiscreteVP.linear()
+    calls = fewstep.CallCount()
     with torch.no_grad():
         x = fewstep.sample(
-            lambda x, t: unet(x, t).sample, noise, schedule, solver, nfe=nfe, spacing=spacing, prediction=prediction
+            lambda x, t: unet(x, t).sample,
+            noise,
+            schedule,
+            solver,
+            steps=steps,
+            spacing=spacing,
+            prediction=prediction,
+            calls=calls,
         )
+    assert pipeline_calls == calls.nfe == len(scheduler.timesteps)
     expected = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(images, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("solver", [info.name for info in fewstep.solvers.available()])
 def test_every_solver_runs_in_a_pipeline(unet, solver: str) -> None:
-    """Each registered solver (stochastic ones with the pipeline's generator) spends exactly the NFE asked
-    through DDPMPipeline (the nearest feasible one above 7) and returns finite images."""
-    nfe = next(n for n in range(7, 12) if _feasible(solver, n))
+    """Each registered solver (stochastic ones with the pipeline's generator) runs 5 steps through DDPMPipeline,
+    spending the evaluations the scheduler planned, and returns finite images."""
     scheduler = FewstepScheduler.from_config(diffusers.DDPMScheduler().config, solver=solver, spacing="logsnr")
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     counter = CallCounter(unet)
     with torch.no_grad():
         images = pipe(
-            batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=nfe, output_type="np"
+            batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=5, output_type="np"
         ).images
-    assert counter.calls == nfe and np.isfinite(images).all()
-
-
-def _feasible(solver: str, nfe: int) -> bool:
-    try:
-        FewstepScheduler(solver=solver).set_timesteps(nfe)
-    except ValueError:
-        return False
-    return True
+    assert scheduler.num_inference_steps == 5
+    assert counter.calls == len(scheduler.timesteps) == scheduler.nfe and np.isfinite(images).all()
 
 
 def test_scheduler_contract() -> None:
     s = FewstepScheduler(solver="dpm_solver_3", spacing="logsnr")
-    s.set_timesteps(10)
-    assert len(s.timesteps) == 10 and s.order == 1 and s.init_noise_sigma == 1.0
+    s.set_timesteps(nfe=10)
+    assert len(s.timesteps) == 10 and s.order == 3 and s.init_noise_sigma == 1.0
     assert torch.all(s.timesteps[:-1] > s.timesteps[1:]) or s.config.solver == "dpm_solver_3"
     x = torch.randn(2, 3)
     assert s.scale_model_input(x, s.timesteps[0]) is x
@@ -116,7 +119,7 @@ def test_scheduler_contract() -> None:
     with pytest.raises(ValueError, match="solver"):
         FewstepScheduler(solver="nope")
     with pytest.raises(ValueError, match="nfe"):
-        FewstepScheduler(solver="heun").set_timesteps(10)  # heun spends odd NFE with a final step to sigma = 0
+        FewstepScheduler(solver="heun").set_timesteps(nfe=10)  # heun spends odd NFE with a final step to sigma = 0
     with pytest.raises(RuntimeError, match="set_timesteps"):
         FewstepScheduler().step(torch.zeros(1), 0, torch.zeros(1))
 
@@ -227,7 +230,11 @@ def flow_model(target):
 
 
 def run_pipeline_loop(scheduler, model, noise: torch.Tensor, nfe: int) -> torch.Tensor:
-    scheduler.set_timesteps(nfe)
+    """The pipeline's loop, with exactly ``nfe`` evaluations."""
+    if isinstance(scheduler, FewstepScheduler):
+        scheduler.set_timesteps(nfe=nfe)
+    else:  # diffusers' flow-matching Euler: one evaluation per step
+        scheduler.set_timesteps(nfe)
     x = noise
     for t in scheduler.timesteps:
         x = scheduler.step(model(x, t.expand(x.shape[0])), t, x).prev_sample
@@ -306,7 +313,7 @@ def test_set_begin_index_continues_part_way_as_image_to_image_pipelines_do() -> 
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)
 
     singlestep = FewstepScheduler.from_config(sched_cfg, solver="dpm_solver_3")
-    singlestep.set_timesteps(9)
+    singlestep.set_timesteps(9)  # steps start at evaluations 0, 3, 6, ... (order 3)
     with pytest.raises(ValueError, match="begin_index"):
         singlestep.set_begin_index(4)
 

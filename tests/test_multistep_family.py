@@ -51,7 +51,6 @@ from fewstep.bench.targets import GaussianMixture, mixture_2d, reference_solutio
 from fewstep.solvers.ode.deis import t_weights
 
 diffusers = pytest.importorskip("diffusers")
-k_sampling = pytest.importorskip("k_diffusion.sampling")
 
 F64 = torch.float64
 TARGET_2D = mixture_2d("default")
@@ -358,11 +357,14 @@ def mixture_16d() -> GaussianMixture:
     return GaussianMixture(1.5 * randn(4, 16, seed=11), [0.3, 0.5, 0.4, 0.6], [0.2, 0.3, 0.1, 0.4])
 
 
+@pytest.mark.kdiffusion
 @pytest.mark.parametrize("target", ["2d", "16d"])
 @pytest.mark.parametrize("n", [2, 4, 7, 12, 25])
 def test_lms_matches_k_diffusion(target: str, n: int) -> None:
     """k-diffusion's convention: ``model(x, sigma)`` returns the denoised x0; Karras sigmas with the appended 0
     (fewstep: final="zero"); the step to 0 keeps the full order on both sides."""
+    from k_diffusion import sampling as k_sampling
+
     tgt = TARGET_2D if target == "2d" else mixture_16d()
     edm = EDM()
     denoiser = tgt.model(edm, "sample", time_input="sigma")

@@ -39,8 +39,6 @@ from fewstep import EDM, DiscreteVP
 from fewstep.bench.targets import GaussianMixture, mixture_2d, reference_solution
 
 diffusers = pytest.importorskip("diffusers")
-k_sampling = pytest.importorskip("k_diffusion.sampling")
-k_external = pytest.importorskip("k_diffusion.external")
 
 F64 = torch.float64
 
@@ -247,14 +245,24 @@ def test_dpmpp_multistep_without_lower_order_final_matches_diffusers(order: int)
 # --- k-diffusion on EDM ----------------------------------------------------------------------------------
 
 
+#: fewstep solver -> k-diffusion sampler (a name in k_diffusion.sampling), its options.
 K_SAMPLERS = {
-    "euler": (k_sampling.sample_euler, {}),
-    "heun": (k_sampling.sample_heun, {}),
-    "dpmpp_2m": (k_sampling.sample_dpmpp_2m, {}),
-    "dpmpp_2s": (k_sampling.sample_dpmpp_2s_ancestral, {"eta": 0.0}),
+    "euler": ("sample_euler", {}),
+    "heun": ("sample_heun", {}),
+    "dpmpp_2m": ("sample_dpmpp_2m", {}),
+    "dpmpp_2s": ("sample_dpmpp_2s_ancestral", {"eta": 0.0}),
 }
 
 
+def k_sampler(solver: str) -> tuple[Callable[..., Tensor], dict]:
+    """k-diffusion's sampler for ``solver`` and its options (for tests marked ``kdiffusion``)."""
+    from k_diffusion import sampling
+
+    name, options = K_SAMPLERS[solver]
+    return getattr(sampling, name), options
+
+
+@pytest.mark.kdiffusion
 @pytest.mark.parametrize("target", list(TARGETS))
 @pytest.mark.parametrize("solver", list(K_SAMPLERS))
 @pytest.mark.parametrize("n", [4, 7, 12, 25])
@@ -268,7 +276,7 @@ def test_edm_matches_k_diffusion(target: str, solver: str, n: int) -> None:
     assert sigmas.dtype == F64 and float(sigmas[-1]) == 0.0
     noise = 80.0 * randn(32, tgt.dim, seed=n)
 
-    k_fn, k_opts = K_SAMPLERS[solver]
+    k_fn, k_opts = k_sampler(solver)
     k_model, f_model = Counted(denoiser), Counted(denoiser)
     x_k = k_fn(k_model, noise, sigmas, disable=True, **k_opts)
     x = fewstep.sample(
@@ -279,6 +287,7 @@ def test_edm_matches_k_diffusion(target: str, solver: str, n: int) -> None:
     assert f_model.calls == k_model.calls
 
 
+@pytest.mark.kdiffusion
 @pytest.mark.parametrize("solver", ["heun", "dpmpp_2s"])
 def test_edm_final_step_to_zero_is_euler_as_in_k_diffusion(solver: str) -> None:
     """Heun and DPM-Solver++(2S) take a single-evaluation Euler step to sigma = 0, as k-diffusion does: it
@@ -288,7 +297,7 @@ def test_edm_final_step_to_zero_is_euler_as_in_k_diffusion(solver: str) -> None:
     n = 6
     sigmas = karras_sigmas(n)
     noise = 80.0 * randn(32, 2, seed=5)
-    k_fn, k_opts = K_SAMPLERS[solver]
+    k_fn, k_opts = k_sampler(solver)
 
     k_seen: list[dict] = []
     x_k = k_fn(denoiser, noise, sigmas, disable=True, callback=k_seen.append, **k_opts)
@@ -306,6 +315,7 @@ def test_edm_final_step_to_zero_is_euler_as_in_k_diffusion(solver: str) -> None:
     torch.testing.assert_close(seen[-2]["x"], k_seen[-1]["x"], rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.kdiffusion
 def test_edm_k_diffusion_agrees_with_the_exact_solution_as_steps_grow() -> None:
     """Both sides converge to the exact PF-ODE solution (so agreement is not shared error from the setup)."""
     edm = EDM()
@@ -313,7 +323,7 @@ def test_edm_k_diffusion_agrees_with_the_exact_solution_as_steps_grow() -> None:
     noise = 80.0 * randn(32, 2, seed=9)
     ref = reference_solution(TARGET_2D, noise, 1.0, 80.0)
     sigmas = karras_sigmas(100)
-    x_k = k_sampling.sample_heun(denoiser, noise, sigmas, disable=True)
+    x_k = k_sampler("heun")[0](denoiser, noise, sigmas, disable=True)
     x = fewstep.sample(denoiser, noise, edm, "heun", spacing=sigmas[:-1], prediction="sample", time_input="sigma")
     assert rel(x, x_k) < KDIFF_RTOL
     # the remaining error is the first-order step from sigma_min = 0.002 to 0, not the ODE integration
@@ -324,6 +334,8 @@ def test_edm_k_diffusion_agrees_with_the_exact_solution_as_steps_grow() -> None:
 
 
 def discrete_setup(beta: str) -> tuple[DiscreteVP, Callable[..., Tensor], object]:
+    from k_diffusion import external as k_external
+
     sched = DiscreteVP.linear() if beta == "linear" else DiscreteVP.scaled_linear()
     eps_model = TARGET_2D.model(sched, "epsilon")  # takes the fractional training index n = t N - 1
     wrapped = k_external.DiscreteEpsDDPMDenoiser(eps_model, torch.from_numpy(sched.alphas_cumprod), quantize=False)
@@ -337,6 +349,7 @@ def run_k_discrete(
     return k_fn(wrapped, noise / float(sched.alpha(t0)), sigmas, disable=True)
 
 
+@pytest.mark.kdiffusion
 @pytest.mark.parametrize("beta", list(BETAS))
 @pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m"])
 @pytest.mark.parametrize("steps", [5, 10, 25])
@@ -349,11 +362,12 @@ def test_discrete_eps_model_matches_k_diffusion_on_training_sigmas(beta: str, so
     times = sched.t_of_index(idx.to(F64))
     noise = randn(64, 2, seed=steps)
 
-    x_k = run_k_discrete(K_SAMPLERS[solver][0], wrapped, noise, sigmas, sched, float(times[0]))
+    x_k = run_k_discrete(k_sampler(solver)[0], wrapped, noise, sigmas, sched, float(times[0]))
     x = fewstep.sample(eps_model, noise, sched, solver, spacing=times, final="zero")
     assert rel(x, x_k) < KDIFF_RTOL
 
 
+@pytest.mark.kdiffusion
 @pytest.mark.parametrize("beta", list(BETAS))
 @pytest.mark.parametrize("solver", ["euler", "dpmpp_2m"])
 def test_discrete_eps_model_on_karras_sigmas(beta: str, solver: str) -> None:
@@ -373,9 +387,11 @@ def test_discrete_eps_model_on_karras_sigmas(beta: str, solver: str) -> None:
     def eps_of_k_index(x: Tensor, index: Tensor) -> Tensor:  # inverts k-diffusion's sigma -> index map
         return eps_at(x, torch.from_numpy(np.exp(np.interp(index.numpy(), np.arange(N_TRAIN), log_sigmas))))
 
+    from k_diffusion import external as k_external
+
     ac = torch.from_numpy(sched.alphas_cumprod)
     k_wrapped_exact = k_external.DiscreteEpsDDPMDenoiser(eps_of_k_index, ac, quantize=False)
-    k_fn = K_SAMPLERS[solver][0]
+    k_fn = k_sampler(solver)[0]
     for steps in (5, 10, 25):
         sigmas = karras_sigmas(steps, float(wrapped.sigma_min), float(wrapped.sigma_max))  # type: ignore[attr-defined]
         times = sched.t_of_lambda(-torch.log(sigmas[:-1]))

@@ -13,6 +13,7 @@ from torch import Tensor
 
 import fewstep
 from fewstep import sample_with_logprob
+from fewstep.bench.memory import peak_allocated_bytes
 from fewstep.bench.targets import mixture_2d
 from fewstep.noise import SeededNoise
 from fewstep.noise.levels import brownian_level_sampler
@@ -76,19 +77,6 @@ def test_seeded_noise_works_for_flows_and_image_shapes() -> None:
     assert z.shape == (2, 3, 4, 4) and z.dtype == torch.float32
 
 
-def peak_allocation(fn: Any) -> int:
-    """The peak of CPU bytes allocated and not yet freed while ``fn()`` runs (the profiler's memory events)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.self_cpu_memory_usage  # an op's own allocations; frees are "[memory]" events
-        peak = max(peak, live)
-    return peak
-
-
 def test_seeded_noise_costs_the_memory_of_generator_noise() -> None:
     # On an image-sized state, seed= used to keep a Brownian tree of 2 B float64 copies per node (up to 128 nodes):
     # hundreds of state copies. Per-sample streams allocate the draw itself.
@@ -100,8 +88,8 @@ def test_seeded_noise_costs_the_memory_of_generator_noise() -> None:
     def sample(**kw: Any) -> None:
         fewstep.sample(model, noise, SCHEDULE, "dpmpp_2m_sde", nfe=10, **kw)
 
-    seeded = peak_allocation(lambda: sample(seed=[1, 2, 3, 4]))
-    generator = peak_allocation(lambda: sample(generator=torch.Generator().manual_seed(1)))
+    seeded = peak_allocated_bytes(lambda: sample(seed=[1, 2, 3, 4]))
+    generator = peak_allocated_bytes(lambda: sample(generator=torch.Generator().manual_seed(1)))
     assert seeded <= generator + 4 * state_bytes, (seeded / state_bytes, generator / state_bytes)
 
 

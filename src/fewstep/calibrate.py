@@ -42,7 +42,7 @@ def compute_ems(
     *,
     data: Tensor | None = None,
     noise: Tensor | None = None,
-    prediction: str = "epsilon",
+    prediction: str = "auto",
     n_lambda: int = 64,
     lam_range: tuple[float, float] | None = None,
     per_dimension: bool = True,

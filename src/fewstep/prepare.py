@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .context import Callback, RunContext
+from .defaults import FALLBACK, default_solver_and_spacing
 from .finite import all_finite
 from .guard import DivergenceGuard
 from .guidance import Guidance
@@ -82,6 +83,24 @@ def as_denoiser(
         threshold=threshold,
         guidance=guidance,
     )
+
+
+def pick_defaults(
+    schedule: NoiseSchedule,
+    solver: str | Solver | None,
+    spacing: str | Tensor | np.ndarray | list[float] | None,
+    nfe: int | None,
+    steps: int | None,
+) -> tuple[str | Solver, str | Tensor | np.ndarray | list[float]]:
+    """``solver`` and ``spacing``, the missing ones from :mod:`fewstep.defaults` for the run's NFE (or step count, or
+    number of given times)."""
+    if solver is not None and spacing is not None:
+        return solver, spacing
+    count = nfe or steps or (len(spacing) if spacing is not None and not isinstance(spacing, str) else None) or 10
+    if solver is not None:  # a named solver without a spacing: logSNR steps, as before the measured table
+        return solver, FALLBACK[1]
+    chosen_solver, chosen_spacing = default_solver_and_spacing(schedule, int(count))
+    return chosen_solver, (chosen_spacing if spacing is None else spacing)
 
 
 def check_counts(nfe: object, steps: object, spacing: object) -> None:

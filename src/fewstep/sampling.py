@@ -36,6 +36,7 @@ from .prepare import (
     check_seed_promise,
     check_trajectory,
     node_times,
+    pick_defaults,
     run_context,
     state_dtype,
 )
@@ -50,10 +51,10 @@ def sample(
     model: Callable[..., Tensor] | Denoiser,
     noise: Tensor,
     schedule: NoiseSchedule | None = None,
-    solver: str | Solver = "dpmpp_3m",
+    solver: str | Solver | None = None,
     nfe: int | None = None,
-    spacing: str | Tensor | np.ndarray | list[float] = "logsnr",
-    prediction: str = "epsilon",
+    spacing: str | Tensor | np.ndarray | list[float] | None = None,
+    prediction: str = "auto",
     generator: torch.Generator | None = None,
     *,
     steps: int | None = None,
@@ -89,11 +90,14 @@ def sample(
         model: the network, called as ``model(x, time, **model_kwargs)``, or a prepared :class:`Denoiser`.
         noise: the initial state ``x_{t_max}`` (N(0, I) for VP schedules, scaled by sigma_max for VE/EDM).
         schedule: the :class:`NoiseSchedule` the model was trained with (ignored if ``model`` is a Denoiser).
-        solver: a name from :func:`fewstep.solvers.available` or a :class:`Solver` instance.
+        solver: a name from :func:`fewstep.solvers.available` or a :class:`Solver` instance. None (the default): the
+            solver measured best for the schedule's family and the NFE (:mod:`fewstep.defaults`).
         nfe: the exact number of model evaluations to spend (give this or ``steps``).
         spacing: a spacing name (:mod:`fewstep.spacing`) or the model-evaluation times themselves (then
-            ``nfe``/``steps`` may be left out, or are checked against the times).
-        prediction: what the model returns: epsilon, sample, v_prediction, score or velocity.
+            ``nfe``/``steps`` may be left out, or are checked against the times). None (the default): with no
+            ``solver`` either, the measured one of :mod:`fewstep.defaults`; with a ``solver``, ``"logsnr"``.
+        prediction: what the model returns: epsilon, sample, v_prediction, score or velocity; ``"auto"`` (the
+            default): velocity for a :class:`~fewstep.Flow` schedule, epsilon otherwise.
         generator: the ``torch.Generator`` of a stochastic solver's per-step noise (``torch.randn``); the run is
             deterministic given it. Deterministic solvers ignore it.
         steps: the number of solver steps (instead of ``nfe``).
@@ -154,9 +158,10 @@ def sample(
         model, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs, guidance_rescale,
         threshold, guidance,
     )  # fmt: skip
+    check_counts(nfe, steps, "default" if spacing is None else spacing)
+    solver, spacing = pick_defaults(denoiser.schedule, solver, spacing, nfe, steps)
     slv = get_solver(solver, **solver_options)
     clean_end = check_final(final)
-    check_counts(nfe, steps, spacing)
     check_calls(calls)
     dtype = state_dtype(noise)
     source = NoiseSource.of(generator, noise_sampler, seed, like=noise, dtype=dtype)

@@ -44,7 +44,7 @@ def sample_adaptive(
     method: str = "dpm_solver_23",
     rtol: float = 0.05,
     atol: float = 0.0078,
-    prediction: str = "epsilon",
+    prediction: str = "auto",
     *,
     controller: PIDController | StepTo | None = None,
     h_init: float | None = None,

@@ -1,21 +1,77 @@
-"""Command line: ``fewstep compare`` (also ``python -m fewstep compare``)."""
+"""Command line: ``fewstep compare`` and ``fewstep solvers`` (also ``python -m fewstep ...``).
+
+The options, their choices and ``fewstep solvers`` come from :mod:`fewstep.bench.catalog`, so that ``--help`` and
+the solver list start without importing torch; a command imports the core when it runs.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import __version__
+from ..options import suggestion
+from . import catalog
+
+
+@contextmanager
+def third_party_warnings_hidden() -> Iterator[None]:
+    """Hide the warnings that other packages raise during a command (e.g. "pkg_resources is deprecated" from
+    CLIP, which k-diffusion imports): they say nothing about the run and the user cannot act on them. fewstep's
+    own warnings are shown, and ``python -W ...`` or ``PYTHONWARNINGS`` settings are left as they are."""
+    with warnings.catch_warnings():
+        if not sys.warnoptions:
+            warnings.filterwarnings("ignore", module=r"(?!fewstep(\.|$))")
+        yield
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fewstep")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """fewstep: training-free fast samplers for diffusion and flow-matching models."""
+    ctx.with_resource(third_party_warnings_hidden())
+
+
+class NameChoice(click.Choice):
+    """A choice among names whose error names the option, the value, the closest name and every name."""
+
+    def __init__(self, choices: Sequence[str], what: str):
+        super().__init__(list(choices))
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value in self.choices:
+            return value
+        names = [str(c) for c in self.choices]
+        self.fail(
+            f"unknown {self.what} {value!r}{suggestion(value, names)}; choose one of {', '.join(names)}", param, ctx
+        )
+
+
+@main.command()
+@click.option("--ode", "kind", flag_value="ode", help="Only the probability-flow ODE solvers.")
+@click.option("--stochastic", "kind", flag_value="stochastic", help="Only the stochastic samplers.")
+def solvers(kind: str | None) -> None:
+    """List the solvers: name, order, NFE per step (model evaluations), stochastic, paper.
+
+    ``fewstep compare --solver NAME`` runs one (repeat it for several); ``fewstep.sample(..., solver=NAME)``
+    is the same in Python. docs/solvers.md describes each.
+    """
+    rows = [s for s in catalog.SOLVERS if kind is None or s.stochastic == (kind == "stochastic")]
+    header = ("name", "order", "NFE/step", "stochastic", "paper")
+    cells = [(s.name, str(s.order), str(s.nfe_per_step), "yes" if s.stochastic else "no", s.paper) for s in rows]
+    width = [max(len(r[i]) for r in [header, *cells]) for i in range(4)]
+    for r in [header, *cells]:
+        click.echo(f"{r[0]:<{width[0]}}  {r[1]:>{width[1]}}  {r[2]:>{width[2]}}  {r[3]:<{width[3]}}  {r[4]}".rstrip())
 
 
 def _ints_or_none(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -53,9 +109,29 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
 @click.option(
     "--nfe", "nfes", default=None, callback=_ints_or_none, help="Comma-separated NFEs.  [default: 5,10,20,50]"
 )
-@click.option("--solver", "solvers", multiple=True, help="Solver name (repeatable). Default: every solver.")
-@click.option("--spacing", default="logsnr", show_default=True, help="Timestep spacing name.")
-@click.option("--prediction", default=None, help="Model output type (default: velocity for flow, else epsilon).")
+@click.option(
+    "--solver",
+    "solvers",
+    multiple=True,
+    metavar="NAME",
+    type=NameChoice(catalog.solver_names(), "solver"),
+    help=f"Solver (repeatable; default: every solver): {', '.join(catalog.solver_names())}. `fewstep solvers` "
+    "lists them with their order, NFE per step and paper.",
+)
+@click.option(
+    "--spacing",
+    default="logsnr",
+    show_default=True,
+    type=NameChoice(catalog.SPACINGS, "spacing"),
+    help=f"Timestep spacing; {', '.join(catalog.DISCRETE_SPACINGS)} are diffusers' discrete timesteps "
+    "(--schedule sd or ddpm).",
+)
+@click.option(
+    "--prediction",
+    default=None,
+    type=NameChoice(catalog.PREDICTIONS, "prediction type"),
+    help="What the model outputs.  [default: velocity for flow, else epsilon]",
+)
 @click.option("--samples", default=None, type=click.IntRange(2), help="Number of samples.  [default: 256]")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the start noise and the SDE noise.")
 @click.option("--quick", is_flag=True, help="A fast run: NFE 5,10 and 64 samples (unless given), all solvers.")
@@ -126,6 +202,8 @@ def compare(
         pred = prediction or ("velocity" if schedule == "flow" else "epsilon")
         if isinstance(tgt, LearnedTarget):
             sched, pred = tgt.schedule, tgt.prediction
+        where = "the learned target's own schedule" if isinstance(tgt, LearnedTarget) else f"--schedule {schedule}"
+        _check_combination(sched, where, spacing, pred)
         settings: dict[str, Any] = {
             "target": target,
             "dim": tgt.dim,
@@ -158,7 +236,7 @@ def compare(
             done=done,
         )
     except (ValueError, TypeError) as err:
-        raise click.UsageError(str(err)) from err
+        raise cli_error(err) from err
     rows = result.rows
     settings["peers"] = sorted({r.library for r in rows if r.library != "fewstep"})
     click.echo(", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("nfe", "solvers", "reference")))
@@ -194,6 +272,45 @@ def compare(
         publish(stage, out, settings, __version__)
     written += [*images, MANIFEST]
     click.echo(f"wrote {', '.join(str(out / w) for w in written)}")
+
+
+def _check_combination(sched: Any, where: str, spacing: str, prediction: str) -> None:
+    """The option combinations the core rejects, checked first so that the error speaks of the options."""
+    from ..schedules import DiscreteVP
+
+    if spacing in catalog.DISCRETE_SPACINGS and not isinstance(sched, DiscreteVP):
+        continuous = [s for s in catalog.SPACINGS if s not in catalog.DISCRETE_SPACINGS]
+        raise click.BadParameter(
+            f"{spacing!r} spaces diffusers' discrete timesteps, which need --schedule sd or ddpm, not {where}; "
+            f"choose one of {', '.join(continuous)}",
+            param_hint="'--spacing'",
+        )
+    if prediction in ("epsilon", "score") and float(sched.alpha(sched.t_max)) <= 0.0:
+        raise click.BadParameter(
+            f"{prediction!r} cannot give the data estimate where {where} starts (pure noise, alpha = 0); choose "
+            "one of velocity, v_prediction, sample",
+            param_hint="'--prediction'",
+        )
+
+
+#: The core's option names, which start its error messages ("spacing: ..."), as ``compare``'s options.
+CORE_OPTIONS = {
+    "target": "--target",
+    "schedule": "--schedule",
+    "solver": "--solver",
+    "nfe": "--nfe",
+    "spacing": "--spacing",
+    "prediction": "--prediction",
+    "seed": "--seed",
+}
+
+
+def cli_error(err: Exception) -> click.ClickException:
+    """An error of the core as the command line's: ``"spacing: ..."`` becomes an invalid ``--spacing``."""
+    option, sep, message = str(err).partition(": ")
+    if sep and option in CORE_OPTIONS:
+        return click.BadParameter(message, param_hint=f"'{CORE_OPTIONS[option]}'")
+    return click.UsageError(str(err))
 
 
 # The settings that name the rows of a run rather than determine them: --resume ignores them.

@@ -446,38 +446,59 @@ def _plt() -> Any:
     return plt
 
 
+#: How many series each panel of :func:`plot_errors` highlights (the rest are drawn faint, without a legend entry).
+TOP_K = 6
+
+
+def _top(rows: Sequence[Row], metric: str, k: int) -> list[str]:
+    """The ``k`` solvers with the smallest mean log ``metric`` over the NFEs they ran (fewstep's and the peers')."""
+    scores: dict[str, list[float]] = {}
+    for r in rows:
+        value = getattr(r, metric)
+        if r.nfe is not None and value > 0 and math.isfinite(value):
+            scores.setdefault(r.solver, []).append(math.log(value))
+    return sorted(scores, key=lambda s: sum(scores[s]) / len(scores[s]))[:k]
+
+
 def plot_errors(rows: Sequence[Row], path: Path, title: str) -> None:
-    """Error against NFE, log-log: RMSE of the ODE solvers (left), sliced W2 of every solver (right)."""
+    """Error against NFE, log-log: RMSE of the ODE solvers (left), sliced W2 of every solver (right). The
+    :data:`TOP_K` best series of each panel are drawn in colour with a legend outside the axes, the rest faint."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
     ticks = sorted({r.nfe_asked for r in rows})
+    peers = any(r.library != "fewstep" for r in rows)
+    tops = {metric: _top(rows, metric, TOP_K) for metric in ("rmse", "sw2")}
+    colour = {s: f"C{k % 10}" for k, s in enumerate(dict.fromkeys(tops["rmse"] + tops["sw2"]))}  # one per solver
+    marker = {s: "osd^vP<>ph"[k % 10] for k, s in enumerate(colour)}
     for ax, metric in zip(axes, ("rmse", "sw2"), strict=True):
-        for idx, s in enumerate(dict.fromkeys(r.solver for r in rows)):
+        top = tops[metric]
+        for s in dict.fromkeys(r.solver for r in rows):
             pts = sorted(
                 (r.nfe, getattr(r, metric))
                 for r in rows
                 if r.solver == s and r.nfe is not None and getattr(r, metric) > 0
             )
-            if pts:
-                sto = any(r.stochastic for r in rows if r.solver == s)
-                peer = any(r.library != "fewstep" for r in rows if r.solver == s)
-                ax.plot(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    marker="osd^v"[idx // 10 % 5],
-                    ls="--" if sto else (":" if peer else "-"),
-                    label=s,
-                )
+            if not pts:
+                continue
+            sto = any(r.stochastic for r in rows if r.solver == s)
+            peer = any(r.library != "fewstep" for r in rows if r.solver == s)
+            style = {"ls": "--" if sto else (":" if peer else "-")}
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            if s in top:
+                ax.plot(xs, ys, marker=marker[s], color=colour[s], lw=2, label=s, zorder=3, **style)
+            else:
+                ax.plot(xs, ys, color="0.75", lw=0.8, alpha=0.6, zorder=1, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("NFE (model evaluations)")
         ax.set_ylabel("RMSE vs exact PF-ODE solution" if metric == "rmse" else "sliced W2 vs exact samples")
-        ax.set_title(title if metric == "rmse" else "all solvers (dashed: stochastic, dotted: peer libraries)")
+        kinds = "dashed: stochastic" + (", dotted: peer libraries" if peers else "")
+        ax.set_title(title if metric == "rmse" else f"all solvers ({kinds})", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7, ncol=2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=f"best {TOP_K}", frameon=False)
     fig.tight_layout()
     try:
         _savefig(fig, path)

@@ -8,6 +8,26 @@ sigma = t) with a ``"sample"``-predicting model taking sigma, so every fewstep s
     from fewstep.integrations import kdiffusion
     samples = kdiffusion.sample_dpmpp_3m(model, x, sigmas)        # any fewstep solver: sample_<name>
 
+Two sets of functions:
+
+- :data:`KSAMPLERS`: every k-diffusion / ComfyUI sampler name with a fewstep counterpart (``sample_euler``,
+  ``sample_dpmpp_3m_sde``, ``sample_sa_solver``, ...), with exactly the reference's keyword options and their
+  meaning, agreeing with the reference on identical inputs. An option fewstep cannot honour is a ``ValueError``
+  that names it (docs/integrations.md lists the options and the documented deviations). Where the reference's
+  update differs from fewstep's default solver, the function selects the reference's variant: ``dpmpp_3m_sde``
+  weights the second difference by ``H phi_3(-H)`` (``d2_weight="reference"``, where fewstep's default is the
+  Taylor-exact ``2 H phi_3(-H)``) and keeps the third order to the end (``lower_order_final=False``).
+- :data:`SAMPLERS`: every fewstep solver by its fewstep name, ``sample_<name>(..., **options)`` with the
+  solver's own options (the reference-named ones are the functions of :data:`KSAMPLERS`).
+
+``extra_args["seed"]`` (ComfyUI's noise seed) seeds the step noise as ComfyUI does when no ``noise_sampler`` is
+given: one ``torch.Generator`` on ``x``'s device seeded with ``seed`` (``seed + 1`` on the CPU), one normal like
+``x`` per draw; the Brownian samplers (``dpmpp_2m_sde``, ``dpmpp_3m_sde``) use fewstep's Brownian path seeded
+``seed, seed + 1, ...`` per sample; Euler and Heun churn draw from torch's global generator, as their reference
+does. The seed reaches the model only when its signature names a ``seed`` parameter (ComfyUI's model wrapper).
+The callback gets k-diffusion's keys: ``x`` (the state the step's data estimate was taken at), ``i``, ``sigma``
+and ``sigma_hat`` (0-dim tensors of ``sigmas``' dtype and device) and ``denoised``.
+
 :func:`wrap` goes the other way: it turns a fewstep :class:`~fewstep.Denoiser` (any schedule and prediction)
 into a k-diffusion denoiser ``D(x_hat, sigma_hat)`` on the scaled state ``x_hat = x / alpha`` with
 ``sigma_hat = sigma / alpha``, so k-diffusion's own samplers can run on it.
@@ -15,7 +35,11 @@ into a k-diffusion denoiser ``D(x_hat, sigma_hat)`` on the scaled state ``x_hat 
 
 from __future__ import annotations
 
+import inspect
+import math
+import numbers
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,74 +47,379 @@ from torch import Tensor
 
 from ..adaptive import AdaptiveStats, PIDController, sample_adaptive
 from ..model import CallCount, Denoiser
+from ..nodes import NodeTable
+from ..noise.levels import brownian_level_sampler
+from ..options import real_option
 from ..predictions import conversion
 from ..sampling import sample
 from ..schedules import EDM
-from ..solvers import available
+from ..solvers import Solver, available
+from ..solvers.frame import FrameMultistep, frame_orders
+from ..solvers.ode.lms import LMS
+from ..solvers.ode.pndm import IPNDM, IPNDMVariable
+from ..solvers.sde.edm_sde import EDMStochastic
 from ..spacing import model_times
 
 KSampler = Callable[..., Tensor]
+Model = Callable[..., Tensor]
+KCallback = Callable[[dict[str, Any]], None]
+NoiseSampler = Callable[[Any, Any], Tensor]
+
+# --- the grid, the seed, the noise and the callback ---------------------------------------------------------
 
 
-def make_sampler(solver: str, **solver_defaults: Any) -> KSampler:
-    """A k-diffusion-signature sampler that runs fewstep's ``solver`` on the given sigmas."""
+@dataclass(frozen=True)
+class _Grid:
+    """k-diffusion's ``sigmas``: the caller's tensor (the callback reports its entries) and, as float64 on the CPU,
+    the noise levels of the model evaluations (without the trailing 0 of a clean end)."""
 
-    def sampler(
-        model: Callable[..., Tensor],
-        x: Tensor,
-        sigmas: Tensor,
-        extra_args: dict[str, Any] | None = None,
-        callback: Callable[[dict[str, Any]], None] | None = None,
-        disable: bool | None = None,
-        **options: Any,
-    ) -> Tensor:
-        s = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
+    sigmas: Tensor
+    levels: Tensor
+    clean_end: bool
+
+    @classmethod
+    def of(cls, sigmas: Tensor) -> _Grid:
+        sig = torch.as_tensor(sigmas)
+        s = sig.detach().to("cpu", torch.float64)
         if s.ndim != 1 or len(s) < 2:
             raise ValueError("sigmas: need a decreasing 1-D grid of at least two noise levels")
         clean_end = bool(s[-1] == 0)
         levels = s[:-1] if clean_end else s
-        if torch.any(levels <= 0):
-            raise ValueError("sigmas: only the last noise level may be 0")
-        lo, hi = float(levels.min()), float(levels.max())
-        schedule = EDM(sigma_min=lo, sigma_max=hi if hi > lo else lo * (1 + 1e-12))
-        kwargs = dict(extra_args or {})
+        if not bool(torch.all((levels > 0) & torch.isfinite(levels))):
+            raise ValueError("sigmas: only the last noise level may be 0, and all must be finite")
+        return cls(sig, levels, clean_end)
 
-        def kcallback(info: dict[str, Any]) -> None:
-            if callback is not None:
-                sig = s[info["i"]].item()
-                callback({"x": info["x"], "i": info["i"], "sigma": sig, "sigma_hat": sig, "denoised": info["denoised"]})
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
 
-        return sample(
-            lambda x_, sigma_: model(x_, sigma_, **kwargs),
-            x,
-            schedule,
-            solver,
-            spacing=levels,
-            prediction="sample",
-            time_input="sigma",
-            final="zero" if clean_end else "t_min",
-            callback=kcallback if callback is not None else None,
-            progress=None if disable is None else not disable,
-            **{**solver_defaults, **options},
+    def schedule(self, headroom: float = 1.0) -> EDM:
+        """EDM over the grid's levels; ``headroom`` raises sigma_max (churn evaluates above the first level)."""
+        lo, hi = float(self.levels.min()), float(self.levels.max()) * headroom
+        return EDM(sigma_min=lo, sigma_max=hi if hi > lo else lo * (1 + 1e-12))
+
+    def index(self, level: float) -> int:
+        """The grid index of a noise level of the run."""
+        return int(torch.argmin((self.levels - float(level)).abs()))
+
+
+def _takes_seed(model: Model) -> bool:
+    try:
+        param = inspect.signature(model).parameters.get("seed")
+    except (TypeError, ValueError):  # no introspectable signature
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
+def _split_seed(model: Model, extra_args: dict[str, Any] | None) -> tuple[dict[str, Any], int | None]:
+    """The model's keyword arguments and ComfyUI's noise seed ``extra_args["seed"]`` (kept for the model only when
+    its signature names ``seed``, as ComfyUI's model wrapper does; a plain k-diffusion model would reject it)."""
+    if extra_args is not None and not isinstance(extra_args, dict):
+        raise TypeError(f"extra_args: must be a dict of model keyword arguments, got {type(extra_args).__name__}")
+    kwargs = dict(extra_args or {})
+    seed = kwargs.get("seed")
+    if "seed" in kwargs and not _takes_seed(model):
+        del kwargs["seed"]
+    if seed is None:
+        return kwargs, None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**64:
+        raise ValueError(f"extra_args['seed']: must be an integer in [0, 2**64), got {seed!r}")
+    return kwargs, int(seed)
+
+
+def comfy_noise_sampler(x: Tensor, seed: int) -> NoiseSampler:
+    """ComfyUI's default noise sampler for a seed: one generator on ``x``'s device seeded with ``seed`` (``seed + 1``
+    on the CPU, where the start noise was drawn with ``manual_seed(seed)``), one standard normal like ``x`` per call
+    (the noise levels are not used)."""
+    gen = torch.Generator(x.device).manual_seed((seed + int(x.device.type == "cpu")) % 2**64)
+
+    def noise(sigma: Any, sigma_next: Any) -> Tensor:
+        return torch.randn(x.shape, dtype=x.dtype, layout=x.layout, device=x.device, generator=gen)
+
+    return noise
+
+
+def _noise_options(
+    kind: str, x: Tensor, seed: int | None, noise_sampler: NoiseSampler | None, schedule: EDM
+) -> dict[str, Any]:
+    """fewstep.sample's noise option: the caller's noise sampler, else one from the seed by the reference's rule
+    (``kind``: "comfy", "brownian", or "global" for torch's global generator whatever the seed)."""
+    if noise_sampler is not None:
+        if not callable(noise_sampler):
+            raise TypeError(
+                f"noise_sampler: must be callable as noise_sampler(sigma, sigma_next), got {noise_sampler!r}"
+            )
+        return {"noise_sampler": noise_sampler}
+    if seed is None or kind == "global":
+        return {}
+    if kind == "brownian":
+        return {"noise_sampler": brownian_level_sampler(schedule, x, seed)}
+    return {"noise_sampler": comfy_noise_sampler(x, seed)}
+
+
+class _Model:
+    """``model(x, sigma, **kwargs)`` as fewstep calls it; with ``record``, the first input of each step is kept
+    (k-diffusion's callback reports the state the step's data estimate was taken at)."""
+
+    def __init__(self, model: Model, kwargs: dict[str, Any], record: bool):
+        if not callable(model):
+            raise TypeError(f"model: must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
+        self.model, self.kwargs, self.record = model, kwargs, record
+        self.first: Tensor | None = None
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        if self.record and self.first is None:
+            self.first = x.detach().clone()  # a solver may update its state in place after the evaluation
+        return self.model(x, sigma, **self.kwargs)
+
+    def take(self) -> Tensor | None:
+        x, self.first = self.first, None
+        return x
+
+
+def _reporter(
+    callback: KCallback, grid: _Grid, model: _Model, sigma_hat: Callable[[int], Tensor] | None
+) -> Callable[[dict[str, Any]], None]:
+    """fewstep's callback info as k-diffusion's ``{"x", "i", "sigma", "sigma_hat", "denoised"}``."""
+    if not callable(callback):
+        raise TypeError(f"callback: must be callable as callback(info), got {type(callback).__name__}")
+
+    def report(info: dict[str, Any]) -> None:
+        i, x = info["i"], model.take()
+        sigma = grid.sigmas[i]
+        hat = sigma if sigma_hat is None else sigma_hat(i)
+        callback(
+            {"x": info["x"] if x is None else x, "i": i, "sigma": sigma, "sigma_hat": hat, "denoised": info["denoised"]}
         )
+
+    return report
+
+
+def _run(
+    model: Model,
+    x: Tensor,
+    grid: _Grid,
+    extra_args: dict[str, Any] | None,
+    callback: KCallback | None,
+    disable: bool | None,
+    solver: str | Solver,
+    *,
+    noise: str = "comfy",
+    noise_sampler: NoiseSampler | None = None,
+    headroom: float = 1.0,
+    sigma_hat: Callable[[int], Tensor] | None = None,
+    denoise_end: bool = False,
+    **options: Any,
+) -> Tensor:
+    """fewstep's ``solver`` on the grid (EDM, the model predicting x0 from sigma). ``denoise_end``: the step to
+    sigma = 0 returns the data estimate at the last level (``x = denoised``), as ComfyUI's multistep samplers do."""
+    kwargs, seed = _split_seed(model, extra_args)
+    calls = _Model(model, kwargs, record=callback is not None)
+    report = None if callback is None else _reporter(callback, grid, calls, sigma_hat)
+    schedule = grid.schedule(headroom)
+    last = denoise_end and grid.clean_end
+    if not last or len(grid.levels) > 1:
+        x = sample(
+            calls, x, schedule, solver,
+            spacing=grid.levels, prediction="sample", time_input="sigma",
+            final="t_min" if last or not grid.clean_end else "zero",
+            callback=report, progress=None if disable is None else not disable,
+            **_noise_options(noise, x, seed, noise_sampler, schedule), **options,
+        )  # fmt: skip
+    return _denoised(calls, x, grid, report) if last else x
+
+
+def _denoised(calls: _Model, x: Tensor, grid: _Grid, report: Callable[[dict[str, Any]], None] | None) -> Tensor:
+    """The last step to sigma = 0 as ``x = D(x, sigma_{N-1})``, with its callback."""
+    i = grid.steps - 1
+    sigma = grid.sigmas[i].to(device=x.device, dtype=x.dtype) * x.new_ones([x.shape[0]])
+    denoised = calls(x, sigma)
+    if report is not None:
+        report({"i": i, "x": x, "denoised": denoised})
+    return denoised
+
+
+def make_sampler(solver: str, **solver_defaults: Any) -> KSampler:
+    """A k-diffusion-signature sampler that runs fewstep's ``solver`` (with its own options) on the given sigmas."""
+
+    def sampler(
+        model: Model,
+        x: Tensor,
+        sigmas: Tensor,
+        extra_args: dict[str, Any] | None = None,
+        callback: KCallback | None = None,
+        disable: bool | None = None,
+        **options: Any,
+    ) -> Tensor:
+        opts = {**solver_defaults, **options}
+        noise = "global" if "generator" in opts or "seed" in opts else "comfy"
+        return _run(model, x, _Grid.of(sigmas), extra_args, callback, disable, solver, noise=noise, **opts)
 
     sampler.__name__ = sampler.__qualname__ = f"sample_{solver}"
     sampler.__doc__ = f"fewstep's {solver!r} solver with k-diffusion's sampler signature."
     return sampler
 
 
-#: Every fewstep solver as a k-diffusion sampler, by fewstep name. Stochastic ones take ``noise_sampler=``
-#: (k-diffusion's convention) or ``generator=``; with neither they draw from torch's global generator.
-SAMPLERS: dict[str, KSampler] = {info.name: make_sampler(info.name) for info in available()}
+def _integer(name: str, value: object, low: int, high: float = math.inf) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: must be an integer, got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name}: must be in {low}..{high}, got {value!r}")
+    return int(value)
+
+
+def _unsupported(name: str, value: object, supported: object, why: str) -> None:
+    """ValueError naming a reference option whose value fewstep cannot honour."""
+    if value != supported:
+        raise ValueError(f"{name}: {why} (got {value!r})")
+
+
+# --- k-diffusion's samplers ---------------------------------------------------------------------------------
+
+
+class _EulerChurn(EDMStochastic):
+    """EDM's churn, then an Euler step (k-diffusion's ``sample_euler`` with ``s_churn > 0``): ``edm_sde`` at order 1."""
+
+    name = "euler"
+    order = 1
+    nfe_per_step = 1
+
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        return [1] * nodes.steps
+
+
+def _churned(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None, callback: KCallback | None,
+    disable: bool | None, method: str, churn: tuple[float, float, float, float],
+) -> Tensor:  # fmt: skip
+    """Euler or Heun with EDM's churn: ``gamma = min(s_churn/N, sqrt(2) - 1)`` where ``s_tmin <= sigma_i <= s_tmax``,
+    ``sigma_hat = (1 + gamma) sigma_i``, ``x_hat = x + sqrt(sigma_hat^2 - sigma_i^2) s_noise z`` (z from torch's global
+    generator, as the reference draws it)."""
+    s_churn = real_option("s_churn", churn[0])
+    s_tmin, s_tmax = real_option("s_tmin", churn[1]), real_option("s_tmax", churn[2], allow_inf=True)
+    s_noise = real_option("s_noise", churn[3])
+    grid = _Grid.of(sigmas)
+    gamma = min(s_churn / grid.steps, math.sqrt(2.0) - 1.0)
+    inside = [s_tmin <= float(s) <= s_tmax for s in grid.levels]
+    if gamma == 0 or not any(inside):  # no step churns: the ODE solver
+        return _run(model, x, grid, extra_args, callback, disable, method, noise="global")
+    solver = (EDMStochastic if method == "heun" else _EulerChurn)(s_churn, s_tmin, s_tmax, s_noise)
+
+    def sigma_hat(i: int) -> Tensor:
+        return grid.sigmas[i] * ((gamma if inside[i] else 0.0) + 1.0)
+
+    headroom = (1.0 + gamma) * (1.0 + 1e-9)  # the first level churns above sigma_max
+    return _run(
+        model, x, grid, extra_args, callback, disable, solver, noise="global", headroom=headroom, sigma_hat=sigma_hat
+    )
+
+
+def sample_euler(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_euler``: Euler on the probability-flow ODE; ``s_churn > 0`` adds EDM's churn."""
+    return _churned(model, x, sigmas, extra_args, callback, disable, "euler", (s_churn, s_tmin, s_tmax, s_noise))
+
+
+def sample_heun(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_heun``: Heun (EDM Alg. 1, Euler to sigma = 0); ``s_churn > 0``: EDM Alg. 2 (``edm_sde``)."""
+    return _churned(model, x, sigmas, extra_args, callback, disable, "heun", (s_churn, s_tmin, s_tmax, s_noise))
+
+
+def sample_euler_ancestral(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_euler_ancestral``: an Euler step down to ``sigma_down``, then ``sigma_up`` of noise."""
+    return _run(
+        model, x, _Grid.of(sigmas), extra_args, callback, disable, "euler_ancestral",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+    )  # fmt: skip
+
+
+class _MaxOrder(FrameMultistep):
+    """A linear multistep method in sigma on the last ``max_order`` derivatives; ``denoise_end``: the step to
+    sigma = 0 is first order (``x = denoised``, ComfyUI's iPNDM)."""
+
+    def __init__(self, max_order: int, denoise_end: bool = False):
+        self.max_order, self.denoise_end = max_order, denoise_end
+
+    def step_orders(self, nodes: NodeTable) -> list[int]:
+        orders = frame_orders(nodes.ode_frame()[0], self.max_order)
+        if self.denoise_end and nodes.clean_end:
+            orders[-1] = 1
+        return orders
+
+
+class _LMS(_MaxOrder, LMS):
+    pass
+
+
+class _IPNDM(_MaxOrder, IPNDM):
+    pass
+
+
+class _IPNDMVariable(_MaxOrder, IPNDMVariable):
+    pass
+
+
+def sample_lms(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None, order: int = 4,
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_lms``: Adams-Bashforth in sigma on the last ``order`` derivatives (exact weights), at
+    full order up to the step to sigma = 0."""
+    solver = _LMS(_integer("order", order, 1))
+    return _run(model, x, _Grid.of(sigmas), extra_args, callback, disable, solver)
+
+
+def sample_dpmpp_2m(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_dpmpp_2m``: DPM-Solver++(2M), first order on the first step and to sigma = 0."""
+    return _run(model, x, _Grid.of(sigmas), extra_args, callback, disable, "dpmpp_2m", lower_order_final=False)
+
+
+def sample_dpmpp_2m_sde(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, solver_type: str = "midpoint",
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_dpmpp_2m_sde``: SDE-DPM-Solver++(2M) (``solver_type`` "midpoint" or "heun")."""
+    return _run(
+        model, x, _Grid.of(sigmas), extra_args, callback, disable, "dpmpp_2m_sde", noise="brownian",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise, solver_type=solver_type, lower_order_final=False,
+    )  # fmt: skip
+
+
+def sample_dpmpp_3m_sde(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_dpmpp_3m_sde``: SDE-DPM-Solver++(3M) with the reference's second-difference weight
+    ``H phi_3(-H)`` (fewstep's ``d2_weight="reference"``) and third order to the end."""
+    return _run(
+        model, x, _Grid.of(sigmas), extra_args, callback, disable, "dpmpp_3m_sde", noise="brownian",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise, d2_weight="reference", lower_order_final=False,
+    )  # fmt: skip
 
 
 def sample_dpm_adaptive(
-    model: Callable[..., Tensor],
+    model: Model,
     x: Tensor,
     sigma_min: float,
     sigma_max: float,
     extra_args: dict[str, Any] | None = None,
-    callback: Callable[[dict[str, Any]], None] | None = None,
+    callback: KCallback | None = None,
     disable: bool | None = None,
     order: int = 3,
     rtol: float = 0.05,
@@ -100,20 +429,29 @@ def sample_dpm_adaptive(
     icoeff: float = 1.0,
     dcoeff: float = 0.0,
     accept_safety: float = 0.81,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
     return_info: bool = False,
 ) -> Tensor | tuple[Tensor, dict[str, int]]:
     """k-diffusion's ``sample_dpm_adaptive`` (eta = 0) on fewstep's adaptive DPM-Solver-12/23 (docs/adaptive.md):
     from ``sigma_max`` to ``sigma_min`` (no step to 0), the batch-RMS error norm. The info dict counts fewstep's
-    evaluations: a rejected step keeps its first evaluation, one fewer than k-diffusion spends."""
+    evaluations: a rejected step keeps its first evaluation, one fewer than k-diffusion spends. ``eta > 0`` (the
+    ancestral variant) is not available: ValueError."""
     if order not in (2, 3):
         raise ValueError(f"order: choose 2 or 3, got {order!r}")
-    kwargs = dict(extra_args or {})
+    _unsupported("eta", real_option("eta", eta), 0.0, "fewstep's adaptive DPM-Solver solves the probability-flow "
+                 "ODE only; use eta=0, or a fixed grid with sample_dpmpp_2m_sde for stochastic sampling")  # fmt: skip
+    real_option("s_noise", s_noise)  # scales noise that eta = 0 does not add
+    if noise_sampler is not None and not callable(noise_sampler):
+        raise TypeError(f"noise_sampler: must be callable as noise_sampler(sigma, sigma_next), got {noise_sampler!r}")
+    kwargs, _ = _split_seed(model, extra_args)  # eta = 0: no noise to seed
     stats = AdaptiveStats()
     pid = PIDController(rtol, atol, pcoeff, icoeff, dcoeff, accept_safety, norm="rms", h_init=h_init)
 
     def kcallback(info: dict[str, Any]) -> None:
         if callback is not None:
-            sig = info["t"]  # EDM: the schedule time is sigma
+            sig = torch.tensor(info["t"], dtype=torch.get_default_dtype())  # EDM: the schedule time is sigma
             callback({"x": info["x"], "i": info["i"], "sigma": sig, "sigma_hat": sig, "denoised": info["denoised"]})
 
     out = sample_adaptive(
@@ -132,6 +470,209 @@ def sample_dpm_adaptive(
         return out
     info = {"steps": stats.accepted + stats.rejected, "nfe": stats.nfe, "n_accept": stats.accepted}
     return out, {**info, "n_reject": stats.rejected}
+
+
+# --- ComfyUI's samplers -------------------------------------------------------------------------------------
+
+
+def sample_dpmpp_2m_sde_heun(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, solver_type: str = "heun",
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_dpmpp_2m_sde_heun``: ``sample_dpmpp_2m_sde`` with ``solver_type="heun"``."""
+    return sample_dpmpp_2m_sde(
+        model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, solver_type
+    )
+
+
+def sample_dpmpp_2m_sde_gpu(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, solver_type: str = "midpoint",
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_dpmpp_2m_sde_gpu``: ``sample_dpmpp_2m_sde`` (fewstep's Brownian path is built where the
+    state lives)."""
+    return sample_dpmpp_2m_sde(
+        model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, solver_type
+    )
+
+
+def sample_dpmpp_2m_sde_heun_gpu(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, solver_type: str = "heun",
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_dpmpp_2m_sde_heun_gpu``: ``sample_dpmpp_2m_sde`` with ``solver_type="heun"``."""
+    return sample_dpmpp_2m_sde(
+        model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, solver_type
+    )
+
+
+def sample_dpmpp_3m_sde_gpu(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_dpmpp_3m_sde_gpu``: ``sample_dpmpp_3m_sde``."""
+    return sample_dpmpp_3m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler)
+
+
+def sample_ddpm(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_ddpm``: DDPM's ancestral step (the posterior ``q(x_t | x_s, x0_hat)``) between the levels."""
+    return _run(model, x, _Grid.of(sigmas), extra_args, callback, disable, "ddpm", noise_sampler=noise_sampler)
+
+
+def sample_ipndm(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None, max_order: int = 4,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_ipndm``: Adams-Bashforth with equal-step weights in sigma on the last ``max_order``
+    derivatives, ``x = denoised`` on the step to sigma = 0."""
+    solver = _IPNDM(_integer("max_order", max_order, 1, 4), denoise_end=True)
+    return _run(model, x, _Grid.of(sigmas), extra_args, callback, disable, solver)
+
+
+def sample_ipndm_v(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None, max_order: int = 4,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_ipndm_v``: variable-step Adams-Bashforth in sigma on the last ``max_order`` derivatives,
+    ``x = denoised`` on the step to sigma = 0. fewstep's weights are exact on any grid (ComfyUI's order-3/4 weights
+    only on equal steps: docs/integrations.md)."""
+    solver = _IPNDMVariable(_integer("max_order", max_order, 1, 4), denoise_end=True)
+    return _run(model, x, _Grid.of(sigmas), extra_args, callback, disable, solver)
+
+
+def sample_res_multistep(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_res_multistep``: the second-order RES multistep step in lambda (eta = 0, so ``s_noise`` and
+    ``noise_sampler`` have no effect, as in the reference)."""
+    real_option("s_noise", s_noise)
+    if noise_sampler is not None and not callable(noise_sampler):
+        raise TypeError(f"noise_sampler: must be callable as noise_sampler(sigma, sigma_next), got {noise_sampler!r}")
+    return _run(model, x, _Grid.of(sigmas), extra_args, callback, disable, "res_multistep", lower_order_final=False)
+
+
+def sample_gradient_estimation(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None, ge_gamma: float = 2.0, cfg_pp: bool = False,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_gradient_estimation``: Euler with the derivative ``ge_gamma d_i + (1 - ge_gamma) d_{i-1}``,
+    ``x = denoised`` on the step to sigma = 0. ``cfg_pp=True`` is not available: ValueError."""
+    _unsupported("cfg_pp", cfg_pp, False, "CFG++ needs the unconditional data estimate, which a k-diffusion model "
+                 "does not return; use cfg_pp=False (guidance rules are fewstep.sample's guidance=)")  # fmt: skip
+    return _run(
+        model,
+        x,
+        _Grid.of(sigmas),
+        extra_args,
+        callback,
+        disable,
+        "gradient_estimation",
+        denoise_end=True,
+        gamma=ge_gamma,
+    )
+
+
+def sample_er_sde(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None, s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None, noise_scaler: Callable[[Tensor], Tensor] | None = None,
+    max_stage: int = 3,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_er_sde``: ER-SDE-Solver-``max_stage`` (fewstep's ``er_sde_1/2/3`` with the paper's
+    ``d2_weight="reference"``) with the noise scale function ``noise_scaler`` (default ER SDE 5)."""
+    stage = _integer("max_stage", max_stage, 1, 3)
+    return _run(
+        model, x, _Grid.of(sigmas), extra_args, callback, disable, f"er_sde_{stage}", noise_sampler=noise_sampler,
+        noise_scale="er_sde_5" if noise_scaler is None else noise_scaler, s_noise=s_noise, d2_weight="reference",
+        lower_order_final=False,
+    )  # fmt: skip
+
+
+def sample_seeds_2(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+    r: float = 0.5, solver_type: str = "phi_1",
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_seeds_2``: SEEDS-2 (stage at ``r = 1/2`` in lambda, the ``phi_1`` update). Other ``r`` and
+    ``solver_type="phi_2"`` are not available: ValueError."""
+    if solver_type not in ("phi_1", "phi_2"):
+        raise ValueError(f"solver_type: choose 'phi_1' or 'phi_2', got {solver_type!r}")
+    _unsupported("solver_type", solver_type, "phi_1", "fewstep's seeds_2 has the phi_1 update only; use 'phi_1'")
+    _unsupported("r", real_option("r", r), 0.5, "fewstep's seeds_2 has its stage at r = 0.5 only; use r=0.5")
+    return _run(
+        model, x, _Grid.of(sigmas), extra_args, callback, disable, "seeds_2",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+    )  # fmt: skip
+
+
+def sample_seeds_3(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+    r_1: float = 1.0 / 3, r_2: float = 2.0 / 3,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_seeds_3``: SEEDS-3 (stages at ``r_1 = 1/3``, ``r_2 = 2/3`` in lambda; other fractions are
+    not available: ValueError)."""
+    _unsupported("r_1", real_option("r_1", r_1), 1.0 / 3, "fewstep's seeds_3 has its stages at 1/3 and 2/3 only")
+    _unsupported("r_2", real_option("r_2", r_2), 2.0 / 3, "fewstep's seeds_3 has its stages at 1/3 and 2/3 only")
+    return _run(
+        model, x, _Grid.of(sigmas), extra_args, callback, disable, "seeds_3",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+    )  # fmt: skip
+
+
+def sample_sa_solver(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = False, tau_func: Callable[[Tensor], float] | None = None,
+    s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, predictor_order: int = 3,
+    corrector_order: int = 4, use_pece: bool = False, simple_order_2: bool = False,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_sa_solver``: SA-Solver's stochastic Adams predictor-corrector. ``tau_func(sigma_next)``
+    gives tau on each step (None: tau = 1 on the steps starting in the middle [0.2, 0.8] of the grid's range);
+    ``simple_order_2``: ``phi_2 -> 1/2`` in the order-2 weights. ``use_pece=True`` is not available: ValueError."""
+    _unsupported("use_pece", use_pece, False, "fewstep's SA-Solver has no PECE mode (a second evaluation of each "
+                 "corrected state); use use_pece=False")  # fmt: skip
+    if not isinstance(simple_order_2, bool):
+        raise TypeError(f"simple_order_2: must be a bool, got {simple_order_2!r}")
+    grid = _Grid.of(sigmas)
+    tau: dict[str, Any] = {}
+    if tau_func is not None:
+        if not callable(tau_func):
+            raise TypeError(f"tau_func: must be callable as tau_func(sigma), got {type(tau_func).__name__}")
+        tau = {"tau": lambda level: tau_func(grid.sigmas[grid.index(level) + 1]), "tau_window": None}
+    return _run(
+        model, x, grid, extra_args, callback, disable, "sa_solver", noise_sampler=noise_sampler, s_noise=s_noise,
+        predictor_order=predictor_order, corrector_order=corrector_order,
+        second_order="reference" if simple_order_2 else "exact", **tau,
+    )  # fmt: skip
+
+
+#: Every k-diffusion / ComfyUI sampler name with a fewstep counterpart, as a function with the reference's signature.
+KSAMPLERS: dict[str, Callable[..., Any]] = {
+    f.__name__[len("sample_") :]: f
+    for f in (
+        sample_euler, sample_euler_ancestral, sample_heun, sample_lms, sample_dpm_adaptive, sample_dpmpp_2m,
+        sample_dpmpp_2m_sde, sample_dpmpp_2m_sde_heun, sample_dpmpp_2m_sde_gpu, sample_dpmpp_2m_sde_heun_gpu,
+        sample_dpmpp_3m_sde, sample_dpmpp_3m_sde_gpu, sample_ddpm, sample_ipndm, sample_ipndm_v, sample_res_multistep,
+        sample_gradient_estimation, sample_er_sde, sample_seeds_2, sample_seeds_3, sample_sa_solver,
+    )
+}  # fmt: skip
+
+#: Every fewstep solver as a k-diffusion sampler, by fewstep name: the reference's function where k-diffusion or
+#: ComfyUI has the name (:data:`KSAMPLERS`), else ``sample_<name>(..., **options)`` with the solver's options.
+#: Stochastic ones take ``noise_sampler=`` (k-diffusion's convention), ``generator=`` or ``extra_args["seed"]``;
+#: with none of them they draw from torch's global generator.
+SAMPLERS: dict[str, KSampler] = {info.name: KSAMPLERS.get(info.name) or make_sampler(info.name) for info in available()}
 
 
 def __getattr__(name: str) -> KSampler:  # sample_<solver>

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..guidance.cfg import ClassifierFreeGuidance, Guidance
 from ..predictions import check_prediction, conversion, conversions
-from ..schedules import DiscreteVP, NoiseSchedule
+from ..schedules import DiscreteVP, Flow, NoiseSchedule
 from .calls import CallCount
 from .network import CheckFinite, Network
 from .point import Point
@@ -38,7 +38,8 @@ BaseLayer = Callable[[ModelOutput, bool], Evaluation]
 
 @dataclass
 class Denoiser:
-    """Wraps ``model(x, time, **model_kwargs)`` that predicts ``prediction`` under ``schedule``.
+    """Wraps ``model(x, time, **model_kwargs)`` that predicts ``prediction`` under ``schedule`` (``"auto"``: velocity
+    for a :class:`~fewstep.Flow` schedule, as flow-matching networks do, epsilon otherwise).
 
     Guidance: ``guidance=`` any rule of :mod:`fewstep.guidance`; or, as diffusers, ``guidance_scale != 1`` with
     ``uncond_kwargs`` (and ``guidance_rescale``), which builds :class:`~fewstep.guidance.ClassifierFreeGuidance`:
@@ -47,7 +48,7 @@ class Denoiser:
 
     model: Callable[..., Tensor]
     schedule: NoiseSchedule
-    prediction: str = "epsilon"
+    prediction: str = "auto"
     time_input: str | Callable[[Tensor], Tensor] = "auto"
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     guidance_scale: float = 1.0
@@ -62,6 +63,8 @@ class Denoiser:
             raise TypeError(f"model: must be callable as model(x, t, **kwargs), got {type(self.model).__name__}")
         if not isinstance(self.schedule, NoiseSchedule):
             raise TypeError(f"schedule: must be a fewstep NoiseSchedule, got {type(self.schedule).__name__}")
+        if self.prediction == "auto":  # the usual output of the schedule's models: velocity for flows
+            self.prediction = "velocity" if isinstance(self.schedule, Flow) else "epsilon"
         check_prediction(self.prediction)
         if self.time_input == "auto":
             self.time_input = self.schedule.default_time_input

@@ -139,7 +139,9 @@ class DiscreteVP(_VariancePreserving):
         self.num_train_timesteps = n = len(ac)
         self.alphas_cumprod = ac
         self._t = np.linspace(0.0, 1.0, n + 1)  # t = 0 is the clean point, t_n = (n + 1) / N
-        self._log_alpha = np.concatenate([[0.0], 0.5 * np.log(ac)])
+        # the C library's log, element by element: numpy's vectorised float64 log rounds the last bit differently
+        # across numpy versions and CPUs, which would make the schedule (and adaptive step sequences) vary with them
+        self._log_alpha = np.array([0.0] + [0.5 * math.log(a) for a in ac.tolist()], dtype=np.float64)
         self._slope = np.diff(self._log_alpha) / np.diff(self._t)
         self.t_min, self.t_max = 1.0 / n, 1.0
 

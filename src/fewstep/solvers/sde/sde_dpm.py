@@ -15,7 +15,12 @@ of Song et al. 2021, in general the noise ``sqrt(eta) g dW``): with ``h = lambda
     ``(1 - e^{-H})/2``; ``solver_type="heun"``: by the exact ``H phi_2(-H)``. With ``r = h_{i-1}/h``,
     ``d1 = (D_i - D_{i-1})/r``.
   - 3M: ``H phi_2(-H) d1 + 2 H phi_3(-H) d2`` (``d2_weight="taylor"``, the default, as fewstep's ``dpmpp_3m``);
-    ``d2_weight="reference"`` weights ``d2`` by ``H phi_3(-H)`` as k-diffusion's ``sample_dpmpp_3m_sde``. Its
+    ``d2_weight="reference"`` weights ``d2`` by ``H phi_3(-H)`` as k-diffusion's ``sample_dpmpp_3m_sde``. The default
+    is deliberate: ``int_0^h (1 + eta) e^{-(1 + eta)(h - u)} u^2/2 du = H^3 phi_3(-H) / (1 + eta)^2`` times ``x0''``, and
+    ``x0'' = 2 d2 / h^2``, so the Taylor weight is ``2 H phi_3(-H)``; the reference's half of it leaves an ``O(h^3)``
+    local error in that term. With ``lower_order_final`` (default) the order is also lowered on the last steps of runs
+    under 15 steps, which k-diffusion does not do; ``d2_weight="reference", lower_order_final=False`` reproduces
+    ``sample_dpmpp_3m_sde`` (``fewstep.integrations.kdiffusion.sample_dpmpp_3m_sde`` selects it). Its
     second-order warm-up step uses the exact ``H phi_2(-H)`` weight (k-diffusion's too).
 
 - noise prediction (SDE-DPM-Solver-1, DPM-Solver++ App. B, generalised to eta):

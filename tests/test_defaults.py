@@ -1,0 +1,109 @@
+"""What fewstep.sample does with no solver, spacing or prediction given (fewstep.defaults)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fewstep
+from fewstep.bench.compare import deterministic_solvers
+from fewstep.bench.targets import mixture_2d, reference_solution_from_time
+from fewstep.defaults import FALLBACK, MEASURED, NFE_POINTS, default_solver_and_spacing, family
+from fewstep.spacing import DISCRETE_SPACINGS, SPACINGS
+
+TARGET = mixture_2d("default")
+FAMILIES = {
+    "discrete_vp": fewstep.DiscreteVP.scaled_linear(),
+    "vp": fewstep.VP(),
+    "edm": fewstep.EDM(),
+    "flow": fewstep.Flow(),
+}
+
+
+def prediction_of(schedule: fewstep.NoiseSchedule) -> str:
+    return "velocity" if isinstance(schedule, fewstep.Flow) else "epsilon"
+
+
+def start(schedule: fewstep.NoiseSchedule, n: int = 256) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 2, generator=g, dtype=torch.float64) * float(schedule.sigma(schedule.t_max))
+
+
+def test_flows_default_to_velocity_and_the_rest_to_epsilon() -> None:
+    flow = fewstep.Flow()
+    assert fewstep.Denoiser(TARGET.model(flow, "velocity"), flow).prediction == "velocity"
+    assert fewstep.Denoiser(TARGET.model(fewstep.VP(), "epsilon"), fewstep.VP()).prediction == "epsilon"
+    x = fewstep.sample(TARGET.model(flow, "velocity"), start(flow, 8), flow, "euler", nfe=8)
+    y = fewstep.sample(TARGET.model(flow, "velocity"), start(flow, 8), flow, "euler", nfe=8, prediction="velocity")
+    assert torch.equal(x, y)
+
+
+def test_families_of_the_built_in_schedules() -> None:
+    assert family(fewstep.DiscreteVP.linear()) == "discrete_vp"
+    assert family(fewstep.Cosine()) == "vp" and family(fewstep.VP()) == "vp"
+    assert family(fewstep.EDM()) == "edm" and family(fewstep.VE()) == "edm"
+    assert family(fewstep.Flow()) == "flow"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_table_names_solvers_and_spacings_that_run_at_every_budget(name: str) -> None:
+    schedule = FAMILIES[name]
+    registered = {info.name for info in fewstep.solvers.available()}
+    for nfe in range(1, 26):
+        solver, spacing = default_solver_and_spacing(schedule, nfe)
+        assert solver in registered and spacing in SPACINGS
+        assert spacing not in DISCRETE_SPACINGS or isinstance(schedule, fewstep.DiscreteVP)
+        x = fewstep.sample(TARGET.model(schedule, prediction_of(schedule)), start(schedule, 4), schedule, nfe=nfe)
+        assert bool(torch.isfinite(x).all()), (nfe, solver, spacing)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_no_solver_or_spacing_means_the_table_entry(name: str) -> None:
+    schedule = FAMILIES[name]
+    model = TARGET.model(schedule, prediction_of(schedule))
+    for nfe in (5, 7, 10, 20):
+        solver, spacing = MEASURED.get(
+            (family(schedule), min(NFE_POINTS, key=lambda p: abs(math.log(p / nfe)))), FALLBACK
+        )
+        auto = fewstep.sample(model, start(schedule, 8), schedule, nfe=nfe)
+        explicit = fewstep.sample(model, start(schedule, 8), schedule, solver, nfe=nfe, spacing=spacing)
+        assert torch.equal(auto, explicit)
+    # a named solver without a spacing keeps logSNR steps; a spacing without a solver gets the table's solver
+    named = fewstep.sample(model, start(schedule, 8), schedule, "dpmpp_2m", nfe=10)
+    assert torch.equal(named, fewstep.sample(model, start(schedule, 8), schedule, "dpmpp_2m", nfe=10, spacing="logsnr"))
+    solver, _ = MEASURED.get((family(schedule), 10), FALLBACK)
+    spaced = fewstep.sample(model, start(schedule, 8), schedule, nfe=10, spacing="uniform")
+    assert torch.equal(spaced, fewstep.sample(model, start(schedule, 8), schedule, solver, nfe=10, spacing="uniform"))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_default_is_close_to_the_best_configuration_here(name: str) -> None:
+    """On the default 2-D mixture, at NFE 5, 10 and 20, measured now (not read from the table's file): the default's
+    RMSE against the exact ODE solution is within 2.5 times the best of every ODE solver on every spacing (1.0-2.0 when
+    the table was made; across all targets a single default is not within 1.25 everywhere, docs/benchmarks.md), and
+    below the former default's (DPM-Solver++ 3M on logSNR)."""
+    schedule = FAMILIES[name]
+    model = TARGET.model(schedule, prediction_of(schedule))
+    noise = start(schedule)
+    reference = reference_solution_from_time(TARGET, noise, schedule, schedule.t_max)
+    spacings = [s for s in SPACINGS if s not in DISCRETE_SPACINGS or isinstance(schedule, fewstep.DiscreteVP)]
+
+    def rmse(x: torch.Tensor) -> float:
+        return float(torch.sqrt(torch.mean((x - reference) ** 2)))
+
+    for nfe in NFE_POINTS:
+        best = math.inf
+        for solver in deterministic_solvers():
+            for spacing in spacings:
+                try:
+                    best = min(best, rmse(fewstep.sample(model, noise, schedule, solver, nfe=nfe, spacing=spacing)))
+                except ValueError:  # a budget this solver cannot spend
+                    continue
+        default = rmse(fewstep.sample(model, noise, schedule, nfe=nfe))
+        assert default <= 2.5 * best, (name, nfe, default / best)
+        assert default < rmse(fewstep.sample(model, noise, schedule, "dpmpp_3m", nfe=nfe, spacing="logsnr")), (
+            name,
+            nfe,
+        )
