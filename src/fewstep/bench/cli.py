@@ -145,6 +145,19 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
     "(every schedule) and diffusers (--schedule sd or ddpm), where importable.  [default: on when importable]",
 )
 @click.option(
+    "--model",
+    "model_spec",
+    default=None,
+    metavar="MODULE:FUNCTION|DIR",
+    help="Compare on your own network instead of an exact target: an importable function returning (model, "
+    "schedule, prediction, shape) or a fewstep.bench.user_model.UserModel, or an unconditional diffusers pipeline "
+    "saved to DIR. Errors are RMSE against a teacher (DPM-Solver-3, --teacher-steps steps, from the same noise); "
+    "ODE solvers only; 16 samples unless --samples.",
+)
+@click.option(
+    "--teacher-steps", default=300, show_default=True, type=click.IntRange(10), help="The teacher's steps (--model)."
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Reuse the rows of the previous run in --out (its compare.json, checked against manifest.json) when it "
@@ -164,6 +177,8 @@ def compare(
     no_plot: bool,
     no_report: bool,
     peers: bool | None,
+    model_spec: str | None,
+    teacher_steps: int,
     resume: bool,
 ) -> None:
     """Run solvers at several NFEs on an exact target and report their errors.
@@ -181,6 +196,11 @@ def compare(
     from .peers import available_peers
     from .targets import LearnedTarget
 
+    if model_spec is not None:
+        _compare_model(
+            model_spec, nfes, solvers, spacing, samples, seed, quick, out_dir, no_plot, no_report, teacher_steps
+        )
+        return
     libs = available_peers()
     if peers is None:
         peers = bool(libs)
@@ -272,6 +292,73 @@ def compare(
         publish(stage, out, settings, __version__)
     written += [*images, MANIFEST]
     click.echo(f"wrote {', '.join(str(out / w) for w in written)}")
+
+
+def _compare_model(
+    spec: str,
+    nfes: list[int] | None,
+    solvers: tuple[str, ...],
+    spacing: str,
+    samples: int | None,
+    seed: int,
+    quick: bool,
+    out_dir: str,
+    no_plot: bool,
+    no_report: bool,
+    teacher_steps: int,
+) -> None:
+    """``fewstep compare --model``: the ODE solvers on the user's network against a teacher solve of it."""
+    from . import compare as cmp
+    from .output import MANIFEST, publish, staging
+    from .user_model import compare_model, load_model
+
+    nfes = nfes or ([5, 10] if quick else [5, 10, 20])
+    try:
+        user = load_model(spec)
+        rows, cost = compare_model(
+            user,
+            list(solvers) or cmp.deterministic_solvers(),
+            nfes,
+            spacing=spacing,
+            samples=samples or 16,
+            seed=seed,
+            teacher_steps=teacher_steps,
+        )
+    except (ValueError, TypeError, ImportError, AttributeError) as err:
+        raise click.BadParameter(str(err), param_hint="'--model'") from err
+    settings: dict[str, Any] = {
+        "model": user.name,
+        "schedule": type(user.schedule).__name__,
+        "prediction": user.prediction,
+        "shape": list(user.shape),
+        "spacing": spacing,
+        "samples": samples or 16,
+        "seed": seed,
+        "nfe": nfes,
+        "solvers": sorted({r.solver for r in rows}),
+        "peers": [],
+        "reference": f"{cost['teacher']} ({cost['teacher_nfe']} evaluations, {cost['teacher_seconds']} s)",
+    }
+    click.echo(f"teacher: {settings['reference']}")
+    click.echo(cmp.format_table(rows, nfes, "rmse").replace("the exact solution", "the teacher"))
+    click.echo()
+    click.echo(cmp.format_table(rows, nfes, "seconds"))
+    out = Path(out_dir)
+    written = ["compare.csv", "compare.json"]
+    with staging(out) as stage:
+        cmp.write_csv(rows, stage / "compare.csv")
+        cmp.write_json(rows, settings, stage / "compare.json")
+        images = []
+        if not no_plot:
+            cmp.plot_errors(rows, stage / "compare.png", f"{user.name}: RMSE against the teacher, {spacing} spacing")
+            images.append("compare.png")
+        if not no_report:
+            from .report import write_report
+
+            write_report(rows, nfes, settings, [stage / i for i in images], stage / "report.html")
+            written.append("report.html")
+        publish(stage, out, settings, __version__)
+    click.echo(f"wrote {', '.join(str(out / w) for w in [*written, *images, MANIFEST])}")
 
 
 def _check_combination(sched: Any, where: str, spacing: str, prediction: str) -> None:

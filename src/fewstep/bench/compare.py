@@ -103,9 +103,10 @@ class Row:
     fd_digits: float = math.nan  # FD-digits against the exact samples (digits target only)
     library: str = "fewstep"  # fewstep, diffusers or k-diffusion
     nonfinite: bool = False  # the run raised or returned inf / NaN
+    seconds: float = math.nan  # the run's wall-clock time (fewstep compare --model)
 
 
-METRICS = ("rmse", "sw2", "mmd", "coverage", "fd_digits")
+METRICS = ("rmse", "sw2", "mmd", "coverage", "fd_digits", "seconds")
 
 
 @dataclass
@@ -351,6 +352,7 @@ LABELS = {
     "mmd": "squared MMD against exact samples of the data distribution",
     "coverage": "fraction of mixture modes covered",
     "fd_digits": "FD-digits (Frechet distance of digits-classifier features; not Inception FID) against exact samples",
+    "seconds": "wall-clock seconds of the run",
 }
 
 
@@ -407,7 +409,7 @@ def row_dict(r: Row) -> dict[str, Any]:
 def row_from_dict(d: Mapping[str, Any]) -> Row:
     """The inverse of :func:`row_dict` (None back to NaN)."""
     floats = {"rmse", *METRICS}
-    values: dict[str, Any] = {k: (math.nan if d[k] is None and k in floats else d[k]) for k in CSV_FIELDS}
+    values: dict[str, Any] = {k: (math.nan if d.get(k) is None and k in floats else d.get(k)) for k in CSV_FIELDS}
     return Row(**values)
 
 

@@ -148,12 +148,15 @@ def render_report(rows: Sequence[Row], nfes: Sequence[int], settings: dict[str, 
         _summary(rows, nfes),
     ]
     parts.extend(_image(p, p.stem) for p in images if p.exists())
-    for metric in ("rmse", "sw2", "mmd", "coverage", "fd_digits"):
+    for metric in ("rmse", "sw2", "mmd", "coverage", "fd_digits", "seconds"):
         if any(not math.isnan(getattr(r, metric)) for r in rows):
             parts.append(_table(rows, nfes, metric, peers))
     parts.append(_settings(settings))
     parts.append("</body>\n</html>\n")
-    return "\n".join(parts)
+    page = "\n".join(parts)
+    if "model" in settings:  # fewstep compare --model: the reference is a teacher solve of the user's network
+        page = page.replace("against the exact solution", "against the teacher solve")
+    return page
 
 
 def write_report(
