@@ -10,9 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from . import diffusers, kdiffusion
+    from . import comfyui, diffusers, kdiffusion
 
-__all__ = ["diffusers", "kdiffusion"]
+__all__ = ["comfyui", "diffusers", "kdiffusion"]
 
 
 def __getattr__(name: str) -> Any:
