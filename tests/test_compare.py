@@ -268,3 +268,14 @@ def test_report_marks_evaluations_spent_and_ties(tmp_path: Path) -> None:
     assert "<b>" not in coverage[: coverage.index("</table>")]  # four rows tie at 1.0: no bold
     assert "<td>5</td><td><b>dpmpp_2m</b> 1.00e-01</td>" in page
     assert "<td>peers</td>" not in page and "none" in page
+
+
+def test_summary_names_the_best_peer_once() -> None:
+    from fewstep.bench.compare import Row
+    from fewstep.bench.report import render_report
+
+    rows = [Row("ipndm", 5, 5, 0.1), Row("k-diffusion:sample_euler[karras]", 5, 5, 0.3, library="k-diffusion")]
+    page = render_report(rows, [5], {"target": "default"}, [])
+    summary = page[page.index("id='summary'") : page.index("</table>")]
+    assert "<td>k-diffusion:sample_euler[karras] 3.00e-01</td><td>0.33</td><td>ipndm</td>" in summary
+    assert "k-diffusion k-diffusion" not in page

@@ -103,9 +103,10 @@ def _summary(rows: Sequence[Row], nfes: Sequence[int]) -> str:
                 peer_text, ratio, use = "-", "-", ours.solver
             else:
                 pv = getattr(peer, metric)
-                peer_text = f"{html.escape(peer.library)} {html.escape(peer.solver)} {_fmt(pv, metric)}{_spent(peer)}"
+                name = peer.solver if peer.solver.startswith(f"{peer.library}:") else f"{peer.library} {peer.solver}"
+                peer_text = f"{html.escape(name)} {_fmt(pv, metric)}{_spent(peer)}"
                 ratio = f"{value / pv:.2f}" if pv > 0 else "-"
-                use = ours.solver if value <= pv else f"{peer.library} {peer.solver}"
+                use = ours.solver if value <= pv else name
             lines.append(
                 f"<tr><td>{kind}</td><td>{n}</td><td>{ours_text}</td><td>{peer_text}</td><td>{ratio}</td>"
                 f"<td>{html.escape(use)}</td></tr>"
