@@ -1,7 +1,6 @@
 """Property tests (hypothesis): every schedule x prediction x solver x NFE x spacing x final runs, spends exactly
 the requested number of model evaluations and returns a finite sample of the noise's shape and dtype; from NFE 10 the
-sample stays within 10 times the target's data radius on logSNR steps (the named exceptions below, with docs/solvers.md's
-reasons)."""
+sample stays within 10 times the target's data radius (the named exceptions below, with docs/solvers.md's reasons)."""
 
 from __future__ import annotations
 
@@ -56,6 +55,10 @@ DIVERGE_AT_FEW_STEPS = {
     # overshoot (about NFE 25 and more are within the bound)
     "pc_langevin",
 }
+#: Solvers whose samples may leave 10 data radii at NFE 10 on spacings other than logSNR (the spacing of a named
+#: solver), which can make one step very long in lambda (EDM with uniform steps ends with a step from sigma 8 to
+#: 0.002): first-order SDE steps and Heun's final Euler step overshoot there (docs/solvers.md, "Divergence").
+OVERSHOOT_OFF_LOGSNR = {"euler_maruyama", "dpm_solver_1_sde", "heun", "edm_sde"}
 
 
 def pure_noise_start(schedule: NoiseSchedule) -> bool:
@@ -128,9 +131,9 @@ def test_any_configuration_spends_exactly_nfe_and_returns_a_finite_sample(cfg: d
 def test_from_nfe_10_samples_stay_within_ten_data_radii(cfg: dict, nfe: int) -> None:
     if cfg["solver"] in DIVERGE_AT_FEW_STEPS:
         return
-    # on logSNR steps, the spacing of a named solver; other spacings can make one step very long in lambda at NFE 10,
-    # where first-order SDE steps and Heun overshoot (docs/solvers.md, "Divergence", lists the measured cases)
-    cfg = {**cfg, "shape": (16, 2), "nfe": nfe, "spacing": "logsnr"}
+    if cfg["spacing"] != "logsnr" and cfg["solver"] in OVERSHOOT_OFF_LOGSNR:
+        return
+    cfg = {**cfg, "shape": (16, 2), "nfe": nfe}
     try:
         out, *_ = run(cfg, nfe)
     except ValueError:
