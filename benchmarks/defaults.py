@@ -31,6 +31,7 @@ import torch
 
 import fewstep
 from fewstep.bench.compare import SCHEDULES, TARGETS, _feasible_nfe, deterministic_solvers, make_schedule, make_target
+from fewstep.bench.metrics import rmse
 from fewstep.bench.peers import kdiffusion_runs
 from fewstep.bench.targets import LearnedTarget, learned_reference, reference_solution_from_time
 from fewstep.defaults import NFE_POINTS, family
@@ -62,7 +63,7 @@ def measure(target_name: str, schedule_name: str) -> dict[str, Any]:
     else:
         reference = reference_solution_from_time(target, noise, schedule, schedule.t_max)
         model = target.model(schedule, prediction)
-    rmse: dict[str, float] = {}
+    errors: dict[str, float] = {}
     for solver in deterministic_solvers():
         for spacing in spacings_for(schedule):
             for asked in NFE_POINTS:
@@ -76,10 +77,10 @@ def measure(target_name: str, schedule_name: str) -> dict[str, Any]:
                         x = fewstep.sample(
                             model, noise, schedule, solver, nfe=nfe, spacing=spacing, prediction=prediction
                         )
-                    value = float(torch.sqrt(torch.mean((x - reference) ** 2)))
+                    value = rmse(x, reference)
                 except ValueError:
                     continue
-                rmse[key] = value if math.isfinite(value) else math.inf
+                errors[key] = value if math.isfinite(value) else math.inf
     peers: dict[str, float] = {}
     try:
         runs = kdiffusion_runs(model, schedule, noise, NFE_POINTS, prediction, reference=reference)
@@ -87,11 +88,11 @@ def measure(target_name: str, schedule_name: str) -> dict[str, Any]:
         runs = []
     for run in runs:
         if run.x is not None:
-            value = float(torch.sqrt(torch.mean((run.x - reference) ** 2)))
+            value = rmse(run.x, reference)
             key = str(run.nfe_asked)
             if math.isfinite(value) and value < peers.get(key, math.inf):
                 peers[key] = value
-    return {"family": family(schedule), "rmse": rmse, "kdiffusion": peers}
+    return {"family": family(schedule), "rmse": errors, "kdiffusion": peers}
 
 
 def spends_any_budget(solver: str) -> bool:

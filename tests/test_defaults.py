@@ -9,6 +9,7 @@ import torch
 
 import fewstep
 from fewstep.bench.compare import deterministic_solvers
+from fewstep.bench.metrics import rmse
 from fewstep.bench.targets import mixture_2d, reference_solution_from_time
 from fewstep.defaults import FALLBACK, MEASURED, NFE_POINTS, default_solver_and_spacing, family
 from fewstep.spacing import DISCRETE_SPACINGS, SPACINGS
@@ -90,20 +91,20 @@ def test_the_default_is_close_to_the_best_configuration_here(name: str) -> None:
     reference = reference_solution_from_time(TARGET, noise, schedule, schedule.t_max)
     spacings = [s for s in SPACINGS if s not in DISCRETE_SPACINGS or isinstance(schedule, fewstep.DiscreteVP)]
 
-    def rmse(x: torch.Tensor) -> float:
-        return float(torch.sqrt(torch.mean((x - reference) ** 2)))
+    def error(x: torch.Tensor) -> float:
+        return rmse(x, reference)
 
     for nfe in NFE_POINTS:
         best = math.inf
         for solver in deterministic_solvers():
             for spacing in spacings:
                 try:
-                    best = min(best, rmse(fewstep.sample(model, noise, schedule, solver, nfe=nfe, spacing=spacing)))
+                    best = min(best, error(fewstep.sample(model, noise, schedule, solver, nfe=nfe, spacing=spacing)))
                 except ValueError:  # a budget this solver cannot spend
                     continue
-        default = rmse(fewstep.sample(model, noise, schedule, nfe=nfe))
+        default = error(fewstep.sample(model, noise, schedule, nfe=nfe))
         assert default <= 2.5 * best, (name, nfe, default / best)
-        assert default < rmse(fewstep.sample(model, noise, schedule, "dpmpp_3m", nfe=nfe, spacing="logsnr")), (
+        assert default < error(fewstep.sample(model, noise, schedule, "dpmpp_3m", nfe=nfe, spacing="logsnr")), (
             name,
             nfe,
         )

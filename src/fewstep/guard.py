@@ -67,16 +67,17 @@ class DivergenceGuard:
             return
         self.steps.append(i)
         self.extremes.append(torch.aminmax(x.detach() if x.requires_grad else x))
-        if self.strict:
-            ratios = self._ratios()
-            if bool(ratios[-1] > ratios[0] * LIMIT):
-                raise DivergenceError(self._message(i, float(ratios[-1] / ratios[0])))
+        if self.strict:  # the start's ratio and this step's, one synchronisation
+            start, now = self._ratios([self.start, self.extremes[-1]], [0, i + 1])
+            if bool(now > start * LIMIT):
+                raise DivergenceError(self._message(i, float(now / start)))
 
     def check(self) -> None:
         """After the run: one synchronisation; a :class:`DivergenceWarning` for the first step beyond the bound."""
         if not self.steps:
             return
-        ratios = self._ratios().tolist()
+        nodes = [0, *(i + 1 for i in self.steps)]
+        ratios = self._ratios([self.start, *self.extremes], nodes).tolist()
         bound = ratios[0] * LIMIT
         over = next((k for k, r in enumerate(ratios[1:]) if r > bound), None)
         if over is not None:
@@ -84,11 +85,10 @@ class DivergenceGuard:
                 self._message(self.steps[over], ratios[over + 1] / ratios[0]), DivergenceWarning, stacklevel=3
             )
 
-    def _ratios(self) -> Tensor:
-        """``max(1, r_start)`` and ``r_i = max |x_{i+1}| / sqrt(alpha_{i+1}^2 + sigma_{i+1}^2)`` of the observed steps
-        (float32, on the device)."""
-        lo, hi = (torch.stack(v).float() for v in zip(self.start, *self.extremes, strict=True))
-        nodes = [0, *(i + 1 for i in self.steps)]
+    def _ratios(self, extremes: list[tuple[Tensor, Tensor]], nodes: list[int]) -> Tensor:
+        """``max(1, r_start)`` and then ``r = max |x| / sqrt(alpha^2 + sigma^2)`` of states with these ``extremes`` at
+        these ``nodes`` (the start's first; float32, on the device)."""
+        lo, hi = (torch.stack(v).float() for v in zip(*extremes, strict=True))
         scale = (self.nodes.alpha[nodes] ** 2 + self.nodes.sigma[nodes] ** 2) ** 0.5
         ratios = _peak(lo, hi) / torch.as_tensor(scale, dtype=torch.float32, device=lo.device)
         ratios[0] = ratios[0].clamp(min=1.0)

@@ -10,7 +10,7 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,6 @@ def compare(
     was, and outputs of the previous run that this one did not write are removed.
     """
     from . import compare as cmp
-    from .output import MANIFEST, publish, staging
     from .peers import available_peers
     from .targets import LearnedTarget
 
@@ -270,20 +269,43 @@ def compare(
     if any(not math.isnan(r.fd_digits) for r in rows):
         click.echo()
         click.echo(cmp.format_table(rows, nfes, "fd_digits"))
+
+    def samples_plot(stage: Path) -> list[str]:
+        shape: tuple[int, ...] | None = getattr(cmp.data_distribution(tgt), "image_shape", None)
+        if tgt.dim != 2 and shape is None:
+            return []
+        cmp.plot_samples(result, stage / "samples.png", min(nfes), None if tgt.dim == 2 else shape)
+        return ["samples.png"]
+
+    title = f"{target} target, {settings['schedule']} schedule, {spacing} spacing"
+    _write_outputs(out, rows, nfes, settings, title, no_plot, no_report, samples_plot)
+
+
+def _write_outputs(
+    out: Path,
+    rows: list[Any],
+    nfes: list[int],
+    settings: dict[str, Any],
+    title: str,
+    no_plot: bool,
+    no_report: bool,
+    more_plots: Callable[[Path], list[str]] | None = None,
+) -> None:
+    """Write a run's csv, json, plots (the error plot titled ``title``, then ``more_plots(stage)``) and report; they
+    appear in ``out`` whole and together, or not at all. Then say what was written."""
+    from . import compare as cmp
+    from .output import MANIFEST, publish, staging
+
     written = ["compare.csv", "compare.json"]
     images: list[str] = []
-    with staging(out) as stage:  # a run's files appear in --out whole and together, or not at all
+    with staging(out) as stage:
         cmp.write_csv(rows, stage / "compare.csv")
         cmp.write_json(rows, settings, stage / "compare.json")
         if not no_plot:
-            cmp.plot_errors(
-                rows, stage / "compare.png", f"{target} target, {settings['schedule']} schedule, {spacing} spacing"
-            )
+            cmp.plot_errors(rows, stage / "compare.png", title)
             images.append("compare.png")
-            shape: tuple[int, ...] | None = getattr(cmp.data_distribution(tgt), "image_shape", None)
-            if tgt.dim == 2 or shape is not None:
-                cmp.plot_samples(result, stage / "samples.png", min(nfes), None if tgt.dim == 2 else shape)
-                images.append("samples.png")
+            if more_plots is not None:
+                images += more_plots(stage)
         if not no_report:
             from .report import write_report
 
@@ -309,7 +331,6 @@ def _compare_model(
 ) -> None:
     """``fewstep compare --model``: the ODE solvers on the user's network against a teacher solve of it."""
     from . import compare as cmp
-    from .output import MANIFEST, publish, staging
     from .user_model import compare_model, load_model
 
     nfes = nfes or ([5, 10] if quick else [5, 10, 20])
@@ -343,22 +364,8 @@ def _compare_model(
     click.echo(cmp.format_table(rows, nfes, "rmse").replace("the exact solution", "the teacher"))
     click.echo()
     click.echo(cmp.format_table(rows, nfes, "seconds"))
-    out = Path(out_dir)
-    written = ["compare.csv", "compare.json"]
-    with staging(out) as stage:
-        cmp.write_csv(rows, stage / "compare.csv")
-        cmp.write_json(rows, settings, stage / "compare.json")
-        images = []
-        if not no_plot:
-            cmp.plot_errors(rows, stage / "compare.png", f"{user.name}: RMSE against the teacher, {spacing} spacing")
-            images.append("compare.png")
-        if not no_report:
-            from .report import write_report
-
-            write_report(rows, nfes, settings, [stage / i for i in images], stage / "report.html")
-            written.append("report.html")
-        publish(stage, out, settings, __version__)
-    click.echo(f"wrote {', '.join(str(out / w) for w in [*written, *images, MANIFEST])}")
+    title = f"{user.name}: RMSE against the teacher, {spacing} spacing"
+    _write_outputs(Path(out_dir), rows, nfes, settings, title, no_plot, no_report)
 
 
 def _check_combination(sched: Any, where: str, spacing: str, prediction: str) -> None:

@@ -30,6 +30,7 @@ from torch import Tensor
 from ..schedules import DiscreteVP, NoiseSchedule
 from ..solvers import available
 from .compare import Row, _feasible_nfe
+from .metrics import rmse
 
 __all__ = ["UserModel", "compare_model", "load_model"]
 
@@ -131,6 +132,6 @@ def compare_model(
             start = time.perf_counter()
             x = sample(denoiser, noise, solver=name, nfe=nfe, spacing=spacing)
             seconds = time.perf_counter() - start
-            rmse = float(torch.sqrt(torch.mean((x.double() - teacher.double()) ** 2)))
-            rows.append(Row(name, asked, nfe, rmse, seconds=seconds, nonfinite=not math.isfinite(rmse)))
+            error = rmse(x, teacher)
+            rows.append(Row(name, asked, nfe, error, seconds=seconds, nonfinite=not math.isfinite(error)))
     return rows, cost

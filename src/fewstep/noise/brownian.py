@@ -119,6 +119,20 @@ def _as_seeds(seeds: int | Sequence[int] | Tensor, batch_size: int | None) -> tu
     return tuple(values)
 
 
+def per_sample_seeds(seed: int | Sequence[int] | Tensor, batch: int) -> tuple[int, ...]:
+    """The seeds of a batch of ``batch`` samples from the option ``seed``: one integer (the seeds ``seed, ...,
+    seed + batch - 1``) or one integer per sample (ValueError naming ``seed`` otherwise)."""
+    scalar = isinstance(seed, numbers.Integral) or isinstance(seed, Tensor) and seed.dim() == 0
+    if not scalar:
+        try:
+            count = len(seed)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError(f"seed: must be an integer or one integer per sample, got {type(seed).__name__}") from None
+        if count != batch:
+            raise ValueError(f"seed: give one integer seed per sample ({batch}), got {count}")
+    return _as_seeds(seed, batch if scalar else None)
+
+
 class BrownianPath:
     """A batch of reproducible Brownian motions on ``[t0, t1]`` with space-time Lévy area.
 

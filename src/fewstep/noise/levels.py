@@ -25,14 +25,13 @@ spends about 4 s drawing noise; the random bits are the same everywhere, the las
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ..schedules import NoiseSchedule
-from .brownian import BrownianPath, NoiseSampler, brownian_noise_sampler
+from .brownian import BrownianPath, NoiseSampler, brownian_noise_sampler, per_sample_seeds
 
 __all__ = ["TOL_FRACTION", "brownian_level_sampler"]
 
@@ -51,22 +50,13 @@ def brownian_level_sampler(
     ``seed``: one integer (the seeds ``seed, seed + 1, ..., seed + B - 1``) or one integer per sample. The per-sample
     shape is ``like.shape[1:]``; results go to ``like``'s device in ``dtype`` (default ``like``'s dtype).
     """
-    batch = like.shape[0]
-    scalar = isinstance(seed, numbers.Integral) or isinstance(seed, Tensor) and seed.dim() == 0
-    if not scalar:
-        try:
-            count = len(seed)  # type: ignore[arg-type]
-        except TypeError:
-            raise ValueError(f"seed: must be an integer or one integer per sample, got {type(seed).__name__}") from None
-        if count != batch:
-            raise ValueError(f"seed: give one integer seed per sample ({batch}), got {count}")
+    seeds = per_sample_seeds(seed, like.shape[0])
     t0, t1 = min(0.0, float(schedule.t_min)), float(schedule.t_max)
     path = BrownianPath(
         tuple(like.shape[1:]) or (1,),
-        seed,
+        seeds,
         t0,
         t1,
-        batch_size=batch if scalar else None,
         tol=TOL_FRACTION * (t1 - t0),
         dtype=dtype or like.dtype,
         device=like.device,
@@ -83,4 +73,4 @@ def brownian_level_sampler(
     sampler = brownian_noise_sampler(path, transform=path_time)
     if like.ndim > 1:
         return sampler
-    return lambda s, t: sampler(s, t).reshape(batch)
+    return lambda s, t: sampler(s, t).reshape(len(seeds))

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .brownian import _as_seeds
+from .brownian import per_sample_seeds
 
 __all__ = ["SeededNoise", "stream_key"]
 
@@ -65,18 +65,7 @@ class SeededNoise:
     """
 
     def __init__(self, like: Tensor, seeds: int | Sequence[int] | Tensor, dtype: torch.dtype | None = None) -> None:
-        batch = like.shape[0] if like.ndim else 1
-        scalar = isinstance(seeds, int) or isinstance(seeds, Tensor) and seeds.dim() == 0
-        if not scalar:
-            try:
-                count = len(seeds)  # type: ignore[arg-type]
-            except TypeError:
-                raise ValueError(
-                    f"seed: must be an integer or one integer per sample, got {type(seeds).__name__}"
-                ) from None
-            if count != batch:
-                raise ValueError(f"seed: give one integer seed per sample ({batch}), got {count}")
-        self.seeds: tuple[int, ...] = _as_seeds(seeds, batch if scalar else None)
+        self.seeds: tuple[int, ...] = per_sample_seeds(seeds, like.shape[0] if like.ndim else 1)
         self.shape = tuple(like.shape)
         self.device = like.device
         self.dtype = dtype or like.dtype
