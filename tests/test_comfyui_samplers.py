@@ -52,6 +52,15 @@ SIGNATURES: dict[str, list[tuple[str, Any]]] = {
         ("disable", False), ("tau_func", None), ("s_noise", 1.0), ("noise_sampler", None), ("predictor_order", 3),
         ("corrector_order", 4), ("use_pece", False), ("simple_order_2", False),
     ],
+    "sa_solver_pece": [
+        ("disable", False), ("tau_func", None), ("s_noise", 1.0), ("noise_sampler", None), ("predictor_order", 3),
+        ("corrector_order", 4), ("simple_order_2", False),
+    ],
+    "exp_heun_2_x0": [("disable", None), ("solver_type", "phi_2")],
+    "exp_heun_2_x0_sde": [("disable", None), *NOISY, ("solver_type", "phi_2")],
+    "res_multistep_ancestral": [("disable", None), *NOISY],
+    "lcm": [("disable", None), ("noise_sampler", None), ("s_noise", 1.0), ("s_noise_end", None), ("noise_clip_std", 0.0)],
+    "heunpp2": [("disable", None), ("s_churn", 0.0), ("s_tmin", 0.0), ("s_tmax", float("inf")), ("s_noise", 1.0)],
 }  # fmt: skip
 
 
@@ -317,12 +326,15 @@ def test_callback_reports_tensors(name: str) -> None:
     ("name", "options", "error", "match"),
     [
         ("gradient_estimation", {"cfg_pp": True}, ValueError, "cfg_pp"),
-        ("seeds_2", {"r": 0.3}, ValueError, "r"),
-        ("seeds_2", {"solver_type": "phi_2"}, ValueError, "solver_type"),
+        ("seeds_2", {"r": 0.0}, ValueError, "r"),
+        ("seeds_2", {"r": 1.5}, ValueError, "r"),
         ("seeds_2", {"solver_type": "phi_3"}, ValueError, "solver_type"),
-        ("seeds_3", {"r_1": 0.25}, ValueError, "r_1"),
-        ("seeds_3", {"r_2": 0.5}, ValueError, "r_2"),
-        ("sa_solver", {"use_pece": True}, ValueError, "use_pece"),
+        ("seeds_3", {"r_1": 0.0}, ValueError, "r_1"),
+        ("seeds_3", {"r_1": 0.7, "r_2": 0.5}, ValueError, "r_2"),
+        ("sa_solver", {"use_pece": 1}, TypeError, "use_pece"),
+        ("heunpp2", {"s_churn": 1.0}, ValueError, "s_churn"),
+        ("lcm", {"noise_clip_std": -1.0}, ValueError, "noise_clip_std"),
+        ("exp_heun_2_x0", {"solver_type": "phi_3"}, ValueError, "solver_type"),
         ("sa_solver", {"predictor_order": 5}, ValueError, "predictor_order"),
         ("sa_solver", {"simple_order_2": 1}, TypeError, "simple_order_2"),
         ("ipndm", {"max_order": 5}, ValueError, "max_order"),

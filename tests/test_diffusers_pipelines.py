@@ -411,7 +411,9 @@ def pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return built
 
 
-def check_case(pipelines: dict[str, Any], name: str, solver: str) -> None:
+def run_case(pipelines: dict[str, Any], name: str, solver: str) -> tuple[torch.Tensor, torch.Tensor, int, Any, Any]:
+    """The pipeline's latents with ``solver``, fewstep.sample's on the same network, start and times, the
+    pipeline's network calls, the reference's CallCount and the scheduler."""
     case, pipe = CASES[name], pipelines[name]
     original = pipe.scheduler
     scheduler = FewstepScheduler.from_config(original.config, solver=solver)
@@ -437,6 +439,12 @@ def check_case(pipelines: dict[str, Any], name: str, solver: str) -> None:
     finally:
         pipe.scheduler = original
         recorder.hook.remove()
+    return latents, expected, pipeline_calls, calls, scheduler
+
+
+def check_case(pipelines: dict[str, Any], name: str, solver: str) -> None:
+    case = CASES[name]
+    latents, expected, pipeline_calls, calls, scheduler = run_case(pipelines, name, solver)
     assert pipeline_calls == calls.nfe, (name, solver, pipeline_calls, calls.nfe)
     kept = int(STEPS * case.strength)
     assert scheduler.num_inference_steps == STEPS and len(scheduler.timesteps) - calls.nfe >= 0
@@ -460,3 +468,75 @@ def test_pipeline_latents_equal_fewstep_sample(pipelines: dict[str, Any], name: 
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_solver_in_every_pipeline(pipelines: dict[str, Any], name: str, solver: str) -> None:
     check_case(pipelines, name, solver)
+
+
+# --- image-to-image on a flow with singlestep solvers ------------------------------------------------------------
+
+#: SD3 image-to-image: a flow whose first step (from alpha = 0) costs a singlestep solver one evaluation, so that
+#: diffusers' ``begin_index = t_start * order`` can fall inside a step
+SD3_IMG2IMG = Case(
+    lambda d: diffusers.StableDiffusion3Img2ImgPipeline(**sd3_parts(d, dynamic=False)),
+    {"image": image(), "max_sequence_length": 16},
+    "transformer",
+    True,
+)
+
+
+@pytest.fixture(scope="module")
+def sd3_img2img(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    pipe = SD3_IMG2IMG.build(tmp_path_factory.mktemp("tokenizers"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flow_tail_reference(model, start: torch.Tensor, solver: str, begin: float, stages: list[float], spacing: str):
+    """fewstep.sample from the pipeline's start at time ``begin``: first-order (DDIM) steps over the entered step's
+    remaining stage times ``stages`` down to the next grid node, then ``solver`` on the rest of the grid (SD3's
+    static shift 3 and smallest training time, as in :func:`reference_run`)."""
+    schedule = fewstep.Flow(t_min=3.0 * 1e-3 / (1 + 2.0 * 1e-3))
+    grid = fewstep.spacing.model_times(schedule, STEPS, spacing, shift=3.0)
+    calls = fewstep.CallCount()
+    options: dict[str, Any] = {"prediction": "velocity", "time_input": lambda t: t * 1000, "calls": calls}
+    later = grid[grid < begin * (1 - 1e-6)]
+    x = start
+    if stages:  # the step entered part-way: its evaluations left as first-order steps down to the next node
+        nodes = [begin, *stages[1:], float(later[0])]
+        x = fewstep.sample(model, x, schedule, "ddim", spacing=torch.tensor(nodes), final="t_min", **options)
+    else:
+        later = torch.cat([torch.tensor([begin], dtype=torch.float64), later])
+    return fewstep.sample(model, x, schedule, solver, spacing=later, **options), calls
+
+
+@pytest.mark.parametrize("strength", [0.75, 0.5])
+@pytest.mark.parametrize("solver", ["dpm_solver_2", "dpm_solver_3", "dpmpp_2s", "heun"])
+def test_flow_img2img_singlestep_equals_fewstep_sample(sd3_img2img: Any, solver: str, strength: float) -> None:
+    pipe = sd3_img2img
+    original = pipe.scheduler
+    scheduler = FewstepScheduler.from_config(original.config, solver=solver)
+    pipe.scheduler = scheduler
+    generator = torch.Generator().manual_seed(0)
+    recorder = Recorder(pipe.transformer, scheduler, generator)
+    try:
+        with torch.no_grad():
+            latents = pipe(
+                PROMPT, num_inference_steps=STEPS, guidance_scale=1.0, generator=generator, output_type="latent",
+                strength=strength, **SD3_IMG2IMG.call,
+            ).images  # fmt: skip
+        pipeline_calls = recorder.calls
+        assert recorder.first is not None
+        model, start = replay(pipe.transformer, recorder.first, 4, 1.0)
+        begin_index = (STEPS - int(STEPS * strength)) * scheduler.order  # diffusers' get_timesteps
+        times = (scheduler.timesteps.double() / 1000).tolist()
+        starts = [e for e in range(len(times)) if e == 0 or scheduler._tail_at(scheduler._plan, e) is not None]
+        inside = begin_index not in starts
+        stage_end = min((e for e in starts if e > begin_index), default=len(times))
+        stages = times[begin_index:stage_end] if inside else []
+        with torch.no_grad():
+            expected, calls = flow_tail_reference(
+                model, start, solver, times[begin_index], stages, scheduler.config.spacing
+            )
+    finally:
+        pipe.scheduler = original
+        recorder.hook.remove()
+    assert pipeline_calls == calls.nfe == len(times) - begin_index  # the evaluations diffusers' loop spends
+    torch.testing.assert_close(latents, expected, rtol=1e-4, atol=1e-5)

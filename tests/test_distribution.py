@@ -16,7 +16,10 @@ from fewstep.bench.targets import GaussianMixture, mixture_2d, mixture_nd
 
 F64 = torch.float64
 N = 4096
-STOCHASTIC = [info.name for info in fewstep.solvers.available() if info.stochastic]
+#: The stochastic samplers whose samples approach the data distribution (not lcm: ``Solver.converges``).
+STOCHASTIC = [
+    i.name for i in fewstep.solvers.available() if i.stochastic and fewstep.solvers.get_solver(i.name).converges
+]
 TARGETS = {  # target, schedule, the larger NFE
     "2d-cosine": (mixture_2d("default"), fewstep.Cosine(), 50),
     "nd64-vp": (mixture_nd(64), fewstep.VP(), 30),

@@ -272,14 +272,15 @@ def test_no_import_cycle_through_bench_or_cli() -> None:
 
 
 def test_core_does_not_import_bench() -> None:
-    """No module outside ``fewstep.bench`` imports it, not even inside a function, except the launcher."""
+    """No module outside ``fewstep.bench`` imports it, not even inside a function, except the launcher, and the
+    package's public name ``fewstep.generate`` (``fewstep.bench.generation``), loaded on first use only."""
     graph = import_graph(import_time_only=False)
     offenders = sorted(
         f"{m} -> {t}"
         for m, targets in graph.items()
         if not m.startswith("fewstep.bench") and m != "fewstep.cli"
         for t in targets
-        if t.startswith("fewstep.bench")
+        if t.startswith("fewstep.bench") and (m, t) != ("fewstep", "fewstep.bench.generation")
     )
     assert offenders == []
 

@@ -312,10 +312,18 @@ def test_set_begin_index_continues_part_way_as_image_to_image_pipelines_do() -> 
     expected = fewstep.sample(model, start, s.schedule, "dpmpp_2m", spacing=times)
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)
 
+    # a begin index inside a step (steps start at evaluations 0, 3, 6, ... at order 3) enters that step: its remaining
+    # evaluations are first-order steps at their own times, so the loop runs exactly the pipeline's timesteps
     singlestep = FewstepScheduler.from_config(sched_cfg, solver="dpm_solver_3")
-    singlestep.set_timesteps(9)  # steps start at evaluations 0, 3, 6, ... (order 3)
-    with pytest.raises(ValueError, match="begin_index"):
-        singlestep.set_begin_index(4)
+    singlestep.set_timesteps(9)
+    singlestep.set_begin_index(4)
+    x = singlestep.add_noise(x0, noise, singlestep.timesteps[4:5])
+    calls = 0
+    for t in singlestep.timesteps[4:]:
+        x = singlestep.step(model(x, t.expand(32)), t, x).prev_sample
+        calls += 1
+    assert calls == len(singlestep.timesteps) - 4 and torch.isfinite(x).all()  # equality with fewstep.sample:
+    # tests/test_diffusers_pipelines.py::test_flow_img2img_singlestep_equals_fewstep_sample
 
 
 def test_stochastic_solver_in_a_pipeline_uses_the_pipeline_generator(unet) -> None:

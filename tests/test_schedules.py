@@ -197,7 +197,7 @@ def test_every_spacing_is_strictly_decreasing_inside_the_range(name: str) -> Non
             assert float(times.min()) >= s.t_min and float(times.max()) <= s.t_max, (spacing, n)
             if spacing in CONTINUOUS or n == 1:
                 assert float(times[0]) == s.t_max, (spacing, n)
-            if spacing in CONTINUOUS and n > 1:
+            if spacing in CONTINUOUS and n > 1 and spacing != "sgm_uniform":  # it stops a step above t_min
                 assert float(times[-1]) == s.t_min, (spacing, n)
 
 

@@ -35,6 +35,12 @@ randn_tensor = pytest.importorskip("diffusers.utils.torch_utils").randn_tensor
 
 F64 = torch.float64
 STOCHASTIC = [info.name for info in fewstep.solvers.available() if info.stochastic]
+#: The stochastic samplers whose samples approach the data distribution as the steps grow (not ``lcm``, built for
+#: consistency models: see ``Solver.converges``; tests/test_comfyui_only.py checks what it does).
+CONVERGING = [name for name in STOCHASTIC if fewstep.solvers.get_solver(name).converges]
+#: Samplers that ask a noise sampler for overlapping intervals of one Brownian path (k-diffusion's dpmpp_sde) and
+#: build that path from independent draws of a generator: a noise sampler drawing torch.randn is not the generator.
+PATH_INTERVALS = {"dpmpp_sde"}
 TARGET = mixture_2d("default")
 WIDE = mixture_2d("wide")  # smooth: the strong-order asymptotics show from 16 steps on
 
@@ -430,7 +436,7 @@ def sliced_w2(a: Tensor, b: Tensor, projections: int = 128) -> float:
 
 
 @pytest.mark.parametrize("schedule_name", ["vp", "flow"])
-@pytest.mark.parametrize("solver", STOCHASTIC)
+@pytest.mark.parametrize("solver", CONVERGING)
 def test_distribution_improves_with_nfe(solver: str, schedule_name: str) -> None:
     """4,096 samples vs 4,096 exact ones (two exact samples are ~0.05 apart). The flow starts at alpha = 0,
     where the first step is deterministic."""
@@ -469,6 +475,8 @@ def test_deterministic_given_the_generator(solver: str) -> None:
     first = run(generator=torch.Generator().manual_seed(0))
     assert torch.equal(first, run(generator=torch.Generator().manual_seed(0)))
     assert (first - run(generator=torch.Generator().manual_seed(1))).abs().max() > 1e-3
+    if solver in PATH_INTERVALS:
+        return
     # the generator's draws are torch.randn of the state's shape and dtype; a noise sampler drawing the same
     # gives the same run
     g = torch.Generator().manual_seed(0)

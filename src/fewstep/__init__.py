@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from . import adaptive, guard, guidance, integrations, model, noise, schedules, solvers, spacing
     from .adaptive import sample_adaptive
+    from .bench.generation import generate
     from .calibrate import compute_ems
     from .guard import DivergenceError, DivergenceWarning
     from .model import CallCount, Denoiser, NonFiniteModelOutput, Threshold, TimeShift
@@ -21,16 +22,29 @@ if TYPE_CHECKING:
     from .sampling import sample, sample_with_logprob
     from .schedules import EDM, VE, VP, Cosine, DiscreteVP, Flow, Interpolant, NoiseSchedule
     from .trajectory import Trajectory
+    from .tune import TunedSampler, tune
 
 __version__ = "0.1.0"
 
 #: The submodules that are public names of the package.
-_SUBMODULES = ("adaptive", "guard", "guidance", "integrations", "model", "noise", "schedules", "solvers", "spacing")
+_SUBMODULES = (
+    "adaptive",
+    "guard",
+    "guidance",
+    "integrations",
+    "model",
+    "noise",
+    "schedules",
+    "solvers",
+    "spacing",
+    "tune",
+)
 
 #: Each other public name -> the submodule that defines it.
 _NAMES = {
     "sample_adaptive": "adaptive",
     "compute_ems": "calibrate",
+    "generate": "bench.generation",
     "DivergenceError": "guard",
     "DivergenceWarning": "guard",
     "CallCount": "model",
@@ -52,12 +66,14 @@ _NAMES = {
     "Interpolant": "schedules",
     "NoiseSchedule": "schedules",
     "Trajectory": "trajectory",
+    "TunedSampler": "tune",
 }
 
 __all__ = [
     "sample",
     "sample_adaptive",
     "compute_ems",
+    "generate",
     "adaptive",
     "sample_with_logprob",
     "Trajectory",
@@ -87,6 +103,8 @@ __all__ = [
     "schedules",
     "solvers",
     "spacing",
+    "tune",
+    "TunedSampler",
 ]
 
 

@@ -26,18 +26,18 @@ FALLBACK = ("dpmpp_3m", "logsnr")
 
 # --- measured by benchmarks/defaults.py: start ---
 MEASURED: dict[tuple[str, int], tuple[str, str]] = {
-    ("discrete_vp", 5): ("ipndm", "logsnr"),  # mean ratio to the best: 1.724
-    ("discrete_vp", 10): ("ipndm", "time_quadratic"),  # mean ratio to the best: 1.661
-    ("discrete_vp", 20): ("ipndm", "time_quadratic"),  # mean ratio to the best: 1.595
-    ("edm", 5): ("deis_3", "karras"),  # mean ratio to the best: 1.316
-    ("edm", 10): ("deis_3", "karras"),  # mean ratio to the best: 1.108
-    ("edm", 20): ("deis_3", "exponential"),  # mean ratio to the best: 1.308
-    ("flow", 5): ("gradient_estimation", "time_quadratic"),  # mean ratio to the best: 1.472
-    ("flow", 10): ("ipndm", "uniform"),  # mean ratio to the best: 1.416
-    ("flow", 20): ("ipndm", "uniform"),  # mean ratio to the best: 1.253
-    ("vp", 5): ("gradient_estimation", "time_quadratic"),  # mean ratio to the best: 1.531
-    ("vp", 10): ("ipndm", "time_quadratic"),  # mean ratio to the best: 1.723
-    ("vp", 20): ("unipc_bh2", "time_quadratic"),  # mean ratio to the best: 2.610
+    ("discrete_vp", 5): ("ipndm", "polyexponential"),  # mean ratio to the best: 1.825
+    ("discrete_vp", 10): ("ipndm", "ays_sdxl"),  # mean ratio to the best: 1.716
+    ("discrete_vp", 20): ("ipndm", "time_quadratic"),  # mean ratio to the best: 2.071
+    ("edm", 5): ("gradient_estimation", "ays_svd"),  # mean ratio to the best: 1.713
+    ("edm", 10): ("ipndm", "ays_svd"),  # mean ratio to the best: 1.237
+    ("edm", 20): ("ipndm", "ays_svd"),  # mean ratio to the best: 1.822
+    ("flow", 5): ("dpm_solver_v3", "sgm_uniform"),  # mean ratio to the best: 1.392
+    ("flow", 10): ("ipndm", "beta"),  # mean ratio to the best: 1.412
+    ("flow", 20): ("ipndm_v", "beta"),  # mean ratio to the best: 1.452
+    ("vp", 5): ("dpm_solver_v3", "sgm_uniform"),  # mean ratio to the best: 1.622
+    ("vp", 10): ("ipndm", "ays_svd"),  # mean ratio to the best: 1.620
+    ("vp", 20): ("ipndm", "beta"),  # mean ratio to the best: 2.423
 }
 # --- measured by benchmarks/defaults.py: end ---
 

@@ -24,8 +24,9 @@ from .noise.colored import ColoredNoise
 from .noise.source import NoiseSource
 from .schedules import NoiseSchedule
 from .solvers import Solver
-from .spacing import model_times
+from .spacing import Spacing, SpacingLike, is_named, model_times
 from .trajectory import Trajectory
+from .tune.tuned import TunedSampler
 
 Final = Literal["zero", "t_min"]
 
@@ -85,18 +86,48 @@ def as_denoiser(
     )
 
 
+def unpack_tuned(
+    solver: str | Solver | TunedSampler | None,
+    nfe: int | None,
+    steps: int | None,
+    spacing: SpacingLike | None,
+    final: object,
+    shift: float,
+    solver_options: Mapping[str, Any],
+) -> tuple[str | Solver | None, int | None, SpacingLike | None, dict[str, Any]]:
+    """A :class:`~fewstep.tune.TunedSampler` as ``(solver name, nfe, times, solver options)``; other solvers as they
+    are. The tuned sampler brings its own NFE, times and options: ``nfe`` may repeat its NFE, anything else that
+    contradicts it is a ValueError naming the option."""
+    if not isinstance(solver, TunedSampler):
+        return solver, nfe, spacing, dict(solver_options)
+    if nfe is not None and nfe != solver.nfe:
+        raise ValueError(f"nfe: the TunedSampler spends {solver.nfe} evaluations, not {nfe} (leave nfe out)")
+    for name, given in (("steps", steps is not None), ("spacing", spacing is not None), ("shift", shift != 1.0)):
+        if given:
+            raise ValueError(f"{name}: a TunedSampler brings its own times; leave {name} out")
+    if final != "zero":
+        raise ValueError(f"final: a TunedSampler ends with a step to sigma = 0 (final='zero'), got {final!r}")
+    if solver_options:
+        raise ValueError(
+            f"solver options ({', '.join(sorted(solver_options))}): a TunedSampler brings its own "
+            f"({solver.solver_options}); leave them out"
+        )
+    return solver.solver, solver.nfe, solver.times_tensor(), dict(solver.solver_options)
+
+
 def pick_defaults(
     schedule: NoiseSchedule,
     solver: str | Solver | None,
-    spacing: str | Tensor | np.ndarray | list[float] | None,
+    spacing: SpacingLike | None,
     nfe: int | None,
     steps: int | None,
-) -> tuple[str | Solver, str | Tensor | np.ndarray | list[float]]:
+) -> tuple[str | Solver, SpacingLike]:
     """``solver`` and ``spacing``, the missing ones from :mod:`fewstep.defaults` for the run's NFE (or step count, or
     number of given times)."""
     if solver is not None and spacing is not None:
         return solver, spacing
-    count = nfe or steps or (len(spacing) if spacing is not None and not isinstance(spacing, str) else None) or 10
+    given = len(spacing) if spacing is not None and not isinstance(spacing, str | Spacing) else None
+    count = nfe or steps or given or 10
     if solver is not None:  # a named solver without a spacing: logSNR steps, as before the measured table
         return solver, FALLBACK[1]
     chosen_solver, chosen_spacing = default_solver_and_spacing(schedule, int(count))
@@ -107,7 +138,7 @@ def check_counts(nfe: object, steps: object, spacing: object) -> None:
     """``nfe`` and ``steps``: at most one, a positive integer; one of them unless ``spacing`` gives the times."""
     if nfe is not None and steps is not None:
         raise ValueError("nfe, steps: give one of them, not both")
-    if isinstance(spacing, str) and nfe is None and steps is None:
+    if is_named(spacing) and nfe is None and steps is None:
         raise ValueError("nfe, steps: give one of them (or pass the times themselves as spacing=)")
     for name, value in (("nfe", nfe), ("steps", steps)):
         if value is not None and (not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1):
@@ -119,14 +150,14 @@ def node_times(
     solver: Solver,
     nfe: int | None,
     steps: int | None,
-    spacing: str | Tensor | np.ndarray | list[float],
+    spacing: SpacingLike,
     clean_end: bool,
-    rho: float = 7.0,
+    rho: float | None = None,
     shift: float = 1.0,
 ) -> np.ndarray:
     """The node times of a fixed-step run (a trailing nan for the clean end): from a spacing name and the NFE (or
     step count) the solver spends, or the given times."""
-    if isinstance(spacing, str):
+    if is_named(spacing):
         first_infinite = float(schedule.alpha(schedule.t_max)) == 0.0
         n_steps = steps if steps is not None else solver.steps_for_nfe(int(nfe), first_infinite, clean_end)  # type: ignore[arg-type]
         times = model_times(schedule, n_steps if clean_end else n_steps + 1, spacing, rho=rho, shift=shift)

@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,21 +38,24 @@ from .prepare import (
     pick_defaults,
     run_context,
     state_dtype,
+    unpack_tuned,
 )
 from .resume import Checkpoint, Resumption, SamplingState, StopRun
 from .schedules import NoiseSchedule
 from .solvers import Solver, get_solver
 from .solvers.base import drive_counted
+from .spacing import SpacingLike, is_named
 from .trajectory import Trajectory
+from .tune.tuned import TunedSampler
 
 
 def sample(
     model: Callable[..., Tensor] | Denoiser,
     noise: Tensor,
     schedule: NoiseSchedule | None = None,
-    solver: str | Solver | None = None,
+    solver: str | Solver | TunedSampler | None = None,
     nfe: int | None = None,
-    spacing: str | Tensor | np.ndarray | list[float] | None = None,
+    spacing: SpacingLike | None = None,
     prediction: str = "auto",
     generator: torch.Generator | None = None,
     *,
@@ -66,7 +68,7 @@ def sample(
     guidance_rescale: float = 0.0,
     guidance: Guidance | None = None,
     threshold: Threshold | None = None,
-    rho: float = 7.0,
+    rho: float | None = None,
     callback: Callback | None = None,
     progress: bool | None = None,
     grad: bool = False,
@@ -91,11 +93,16 @@ def sample(
         noise: the initial state ``x_{t_max}`` (N(0, I) for VP schedules, scaled by sigma_max for VE/EDM).
         schedule: the :class:`NoiseSchedule` the model was trained with (ignored if ``model`` is a Denoiser).
         solver: a name from :func:`fewstep.solvers.available` or a :class:`Solver` instance. None (the default): the
-            solver measured best for the schedule's family and the NFE (:mod:`fewstep.defaults`).
+            solver measured best for the schedule's family and the NFE (:mod:`fewstep.defaults`). A
+            :class:`fewstep.tune.TunedSampler` (:func:`fewstep.tune`) runs its solver on its times with exactly its
+            ``nfe`` evaluations (leave ``nfe``, ``steps``, ``spacing`` and the solver options out).
         nfe: the exact number of model evaluations to spend (give this or ``steps``).
-        spacing: a spacing name (:mod:`fewstep.spacing`) or the model-evaluation times themselves (then
-            ``nfe``/``steps`` may be left out, or are checked against the times). None (the default): with no
-            ``solver`` either, the measured one of :mod:`fewstep.defaults`; with a ``solver``, ``"logsnr"``.
+        spacing: a spacing name (:mod:`fewstep.spacing`), a :class:`fewstep.spacing.Spacing` with its options
+            (``Spacing("beta", a=0.5, b=0.7)``), or the model-evaluation times themselves (then ``nfe``/``steps``
+            may be left out, or are checked against the times). None (the default): with no ``solver`` either, the
+            measured one of :mod:`fewstep.defaults`; with a ``solver``, ``"logsnr"``.
+        rho: the ``rho`` option of the ``"karras"`` (default 7) and ``"polyexponential"`` (default 1) spacings;
+            None: the spacing's default (or its :class:`~fewstep.spacing.Spacing`'s). Ignored by other spacings.
         prediction: what the model returns: epsilon, sample, v_prediction, score or velocity; ``"auto"`` (the
             default): velocity for a :class:`~fewstep.Flow` schedule, epsilon otherwise.
         generator: the ``torch.Generator`` of a stochastic solver's per-step noise (``torch.randn``); the run is
@@ -158,6 +165,7 @@ def sample(
         model, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs, guidance_rescale,
         threshold, guidance,
     )  # fmt: skip
+    solver, nfe, spacing, solver_options = unpack_tuned(solver, nfe, steps, spacing, final, shift, solver_options)
     check_counts(nfe, steps, "default" if spacing is None else spacing)
     solver, spacing = pick_defaults(denoiser.schedule, solver, spacing, nfe, steps)
     slv = get_solver(solver, **solver_options)
@@ -172,7 +180,7 @@ def sample(
 
     # 2. plan: the node table and the solver's requests, known before the run
     times = node_times(denoiser.schedule, slv, nfe, steps, spacing, clean_end, rho, shift)
-    budget = int(nfe) if nfe is not None and isinstance(spacing, str) else None
+    budget = int(nfe) if nfe is not None and is_named(spacing) else None
     nodes = NodeTable.build(denoiser, times, clean_end, noise.shape[0], noise.device, dtype, budget)
     expected = check_nfe(slv, nodes, nfe)
     start = noise.to(dtype)

@@ -47,7 +47,9 @@ SOLVERS: tuple[SolverEntry, ...] = (
     SolverEntry("euler", 1, 1, False, "Karras et al. 2022 (EDM), Alg. 1 without the correction"),
     SolverEntry("heun", 2, 2, False, "Karras et al. 2022 (EDM), Alg. 1"),
     SolverEntry("evodiff", 2, 1, False, "Li et al. 2025, EVODiff: Entropy-aware Variance Optimized Diffusion Inference"),
+    SolverEntry("heunpp2", 1, 3, False, "Carzit, sd-webui-samplers-scheduler (Heun++ 2); Karras et al. 2022 (EDM), Alg. 1"),
     SolverEntry("lms", 4, 1, False, "Adams-Bashforth linear multistep; Karras et al. 2022 / k-diffusion"),
+    SolverEntry("per_step", 2, 1, False, "Liu et al. 2023, A Unified Sampling Framework for Solver Searching of Diffusion Probabilistic Models"),
     SolverEntry("ipndm", 2, 1, False, "Zhang & Chen 2023, Fast Sampling of Diffusion Models with Exponential Integrator"),
     SolverEntry("ipndm_v", 4, 1, False, "Zhang & Chen 2023, Fast Sampling of Diffusion Models with Exponential Integrator"),
     SolverEntry("res_multistep", 2, 1, False, "Zhang et al. 2023, Improved Order Analysis and Design of Exponential Integrator for Diffusion Models"),
@@ -57,10 +59,15 @@ SOLVERS: tuple[SolverEntry, ...] = (
     SolverEntry("euler_ancestral", 1, 1, True, "Karras et al. 2022 (EDM); Crowson's k-diffusion (ancestral sampling of Ho et al. 2020)"),
     SolverEntry("ddpm", 1, 1, True, "Ho et al. 2020 (DDPM), eq. 6-7; Song, Meng & Ermon 2021 (DDIM), eq. 12 and 16"),
     SolverEntry("edm_sde", 2, 2, True, "Karras et al. 2022 (EDM), Alg. 2"),
+    SolverEntry("dpm_2_ancestral", 2, 2, True, "Lu et al. 2022, DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling; Crowson's k-diffusion (ancestral steps)"),
+    SolverEntry("dpmpp_2s_ancestral", 2, 2, True, "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models; Crowson's k-diffusion (ancestral steps)"),
+    SolverEntry("dpmpp_sde", 2, 2, True, "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models; Crowson's k-diffusion (stochastic variant)"),
     SolverEntry("er_sde_1", 1, 1, True, "Cui et al. 2023, Elucidating the solution space of extended reverse-time SDE for diffusion models"),
     SolverEntry("er_sde_2", 2, 1, True, "Cui et al. 2023, Elucidating the solution space of extended reverse-time SDE for diffusion models"),
     SolverEntry("er_sde_3", 3, 1, True, "Cui et al. 2023, Elucidating the solution space of extended reverse-time SDE for diffusion models"),
+    SolverEntry("lcm", 1, 1, True, "Luo et al. 2023, Latent Consistency Models; Song et al. 2023, Consistency Models (multistep sampling)"),
     SolverEntry("pc_langevin", 1, 2, True, "Song et al. 2021, Score-based generative modeling through SDEs, Alg. 4-5"),
+    SolverEntry("res_multistep_ancestral", 2, 1, True, "Zhang et al. 2023, Improved Order Analysis and Design of Exponential Integrator for Diffusion Models"),
     SolverEntry("sa_solver", 3, 1, True, "Xue et al. 2023, SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion Models"),
     SolverEntry("dpm_solver_1_sde", 1, 1, True, "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models (App. B, SDE-DPM-Solver-1)"),
     SolverEntry("dpmpp_2m_sde", 2, 1, True, "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models (SDE-DPM-Solver++); k-diffusion (eta)"),
@@ -70,8 +77,10 @@ SOLVERS: tuple[SolverEntry, ...] = (
     SolverEntry("seeds_1", 1, 1, True, "Gonzalez et al. 2023, SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion Models"),
     SolverEntry("seeds_2", 2, 2, True, "Gonzalez et al. 2023, SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion Models"),
     SolverEntry("seeds_3", 3, 3, True, "Gonzalez et al. 2023, SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion Models"),
+    SolverEntry("exp_heun_2_x0_sde", 2, 2, True, "Gonzalez et al. 2023, SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion Models"),
+    SolverEntry("exp_heun_2_x0", 2, 2, False, "Gonzalez et al. 2023, SEEDS: Exponential SDE Solvers for Fast High-Quality Sampling from Diffusion Models"),
 )
-SPACINGS: tuple[str, ...] = ("uniform", "logsnr", "time_quadratic", "karras", "exponential", "linspace", "leading", "trailing")
+SPACINGS: tuple[str, ...] = ("uniform", "logsnr", "time_quadratic", "karras", "exponential", "beta", "linear_quadratic", "kl_optimal", "polyexponential", "sgm_uniform", "ays_sd15", "ays_sdxl", "ays_svd", "linspace", "leading", "trailing")
 DISCRETE_SPACINGS: tuple[str, ...] = ("linspace", "leading", "trailing")
 PREDICTIONS: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "score", "velocity")
 # fmt: on

@@ -93,11 +93,15 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
     "--target",
     default="default",
     show_default=True,
-    type=click.Choice(["default", "ring", "grid", "wide", "unbalanced", "nd64", "image", "digits", "learned"]),
+    type=click.Choice(
+        ["default", "ring", "grid", "wide", "unbalanced", "nd64", "image", "digits", "learned", "digits_unet"]
+    ),
     help="Exact target: embedded 2-D mixtures (default, ring, grid, wide, unbalanced), a 64-D mixture (nd64), "
     "a 3x32x32 image mixture (image), the scikit-learn digits as a mixture of 1,797 narrow Gaussians (digits), "
     "or a small trained network (learned: trained once, about 30 s, then cached; its RMSE reference is a "
-    "1,000-step DPM-Solver-3 solve of the network, its distribution metrics compare with the training mixture).",
+    "1,000-step DPM-Solver-3 solve of the network, its distribution metrics compare with the training mixture), "
+    "or a tiny UNet trained on the digits (digits_unet: trained once, about 2 minutes, then cached; its reference "
+    "is a 200-step DPM-Solver-3 solve of the network, its distribution metrics compare with the digits).",
 )
 @click.option(
     "--schedule",
@@ -138,6 +142,13 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
 @click.option("--out", "out_dir", default="fewstep-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--no-plot", is_flag=True, help="Do not write the PNG plots.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
+@click.option(
+    "--tuned",
+    "tuned_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="A tuned sampler's JSON (fewstep tune), shown as a row tuned:<file name> at its NFE; repeatable.",
+)
 @click.option(
     "--peers/--no-peers",
     default=None,
@@ -180,6 +191,7 @@ def compare(
     model_spec: str | None,
     teacher_steps: int,
     resume: bool,
+    tuned_files: tuple[str, ...],
 ) -> None:
     """Run solvers at several NFEs on an exact target and report their errors.
 
@@ -193,8 +205,9 @@ def compare(
     """
     from . import compare as cmp
     from .peers import available_peers
-    from .targets import LearnedTarget
 
+    if model_spec is not None and tuned_files:
+        raise click.UsageError("--tuned: compares on the embedded targets (--target), not with --model")
     if model_spec is not None:
         _compare_model(
             model_spec, nfes, solvers, spacing, samples, seed, quick, out_dir, no_plot, no_report, teacher_steps
@@ -207,6 +220,8 @@ def compare(
         raise click.UsageError("--peers: neither diffusers nor k-diffusion is importable")
 
     nfes = nfes or ([5, 10] if quick else [5, 10, 20, 50])
+    tuned = _load_tuned(tuned_files)
+    nfes = sorted({*nfes, *(t.nfe for t in tuned.values())})
     samples = samples or (64 if quick else 256)
     names = list(solvers) or cmp.all_solvers()
     known = {i.name for i in cmp.available()}
@@ -219,14 +234,15 @@ def compare(
         tgt = cmp.make_target(target)
         sched = cmp.make_schedule(schedule)
         pred = prediction or ("velocity" if schedule == "flow" else "epsilon")
-        if isinstance(tgt, LearnedTarget):
+        if isinstance(tgt, cmp.LEARNED_TARGETS):
             sched, pred = tgt.schedule, tgt.prediction
-        where = "the learned target's own schedule" if isinstance(tgt, LearnedTarget) else f"--schedule {schedule}"
+        learned = isinstance(tgt, cmp.LEARNED_TARGETS)
+        where = "the learned target's own schedule" if learned else f"--schedule {schedule}"
         _check_combination(sched, where, spacing, pred)
         settings: dict[str, Any] = {
             "target": target,
             "dim": tgt.dim,
-            "schedule": "vp (the network's own)" if isinstance(tgt, LearnedTarget) else schedule,
+            "schedule": "vp (the network's own)" if learned else schedule,
             "spacing": spacing,
             "prediction": pred,
             "samples": samples,
@@ -234,9 +250,8 @@ def compare(
             "nfe": nfes,
             "solvers": names,
             "peers": [],  # the peer libraries that ran, filled in below
-            "reference": "learned_reference (1,000-step DPM-Solver-3)"
-            if isinstance(tgt, LearnedTarget)
-            else "exact PF-ODE solution (tight-tolerance solve)",
+            "reference": cmp.reference_name(tgt),
+            "tuned": list(tuned_files),
         }
         out = Path(out_dir)
         done = _previous_rows(out, settings) if resume else None
@@ -251,8 +266,9 @@ def compare(
             seed=seed,
             progress=True,
             peers=peers,
-            schedule_name=None if isinstance(tgt, LearnedTarget) else schedule,
+            schedule_name=None if learned else schedule,
             done=done,
+            tuned=tuned,
         )
     except (ValueError, TypeError) as err:
         raise cli_error(err) from err
@@ -261,8 +277,8 @@ def compare(
     click.echo(", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("nfe", "solvers", "reference")))
     if any(not r.stochastic for r in rows):
         table = cmp.format_table(rows, nfes, "rmse")
-        if isinstance(tgt, LearnedTarget):
-            table = table.replace("the exact solution", "learned_reference (1,000-step DPM-Solver-3 of the network)")
+        if learned:  # "learned_reference (N-step DPM-Solver-3 of the network)"
+            table = table.replace("the exact solution", f"{settings['reference'][:-1]} of the network)")
         click.echo(table)
         click.echo()
     click.echo(cmp.format_table(rows, nfes, "sw2"))
@@ -279,6 +295,21 @@ def compare(
 
     title = f"{target} target, {settings['schedule']} schedule, {spacing} spacing"
     _write_outputs(out, rows, nfes, settings, title, no_plot, no_report, samples_plot)
+
+
+def _load_tuned(paths: tuple[str, ...]) -> dict[str, Any]:
+    """The tuned samplers of ``--tuned`` by file name (without .json); a bad file is a usage error naming it."""
+    if not paths:
+        return {}
+    from ..tune import TunedSampler
+
+    out = {}
+    for path in paths:
+        try:
+            out[Path(path).stem] = TunedSampler.load(path)
+        except (OSError, ValueError, TypeError) as err:
+            raise click.BadParameter(f"{path}: {err}", param_hint="'--tuned'") from err
+    return out
 
 
 def _write_outputs(
@@ -444,3 +475,10 @@ def _previous_rows(out: Path, settings: dict[str, Any]) -> dict[tuple[str, int],
     reused = sum(key in done for key in wanted)
     click.echo(f"--resume: reusing {reused} of {len(wanted)} rows of fewstep solvers", err=True)
     return done
+
+
+from .generate_cli import generate  # noqa: E402  (the commands' modules import no torch)
+from .tune_cli import tune  # noqa: E402
+
+main.add_command(generate)
+main.add_command(tune)

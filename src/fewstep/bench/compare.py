@@ -5,7 +5,9 @@ probability-flow ODE is solved to tight tolerance from the same start noise (:fu
 each ODE solver's error is the RMSE of its samples against that reference. The ``learned`` target (a small
 trained network, :func:`~fewstep.bench.targets.learned_target`) has no closed form: its reference is
 :func:`~fewstep.bench.targets.learned_reference` (a 1,000-step DPM-Solver-3 solve of the same network from the
-same noise), so its RMSE measures the solver's error, not the network's.
+same noise), so its RMSE measures the solver's error, not the network's. The ``digits_unet`` target (a tiny UNet
+trained on the 8 x 8 digits, :func:`~fewstep.bench.targets.digits_unet_target`) is handled the same way, with
+its own reference (``target.reference``) and the digits as its data distribution.
 
 Every solver, stochastic ones included (seeded), also gets distribution metrics against exact samples of
 the data distribution (``target.sample(n)``; for ``learned`` the mixture it was trained on): sliced W2,
@@ -40,10 +42,11 @@ from ..solvers import available, get_solver
 from .metrics import _kernel_sum, median_bandwidth, mode_coverage, sliced_wasserstein2
 from .output import atomic_write_bytes, atomic_write_text
 from .targets import (
+    DigitsUNetTarget,
     GaussianMixture,
     LearnedTarget,
     digits_target,
-    learned_reference,
+    digits_unet_target,
     learned_target,
     mixture_2d,
     mixture_image,
@@ -60,12 +63,15 @@ SCHEDULES: dict[str, Callable[[], NoiseSchedule]] = {
     "flow": Flow,
 }
 MIXTURES_2D = ("default", "ring", "grid", "wide", "unbalanced")
-TARGETS = (*MIXTURES_2D, "nd64", "image", "digits", "learned")
-Target = GaussianMixture | LearnedTarget
+TARGETS = (*MIXTURES_2D, "nd64", "image", "digits", "learned", "digits_unet")
+Target = GaussianMixture | LearnedTarget | DigitsUNetTarget
+#: The trained networks: they bring their own schedule, prediction and reference (``target.reference(noise)``).
+LEARNED_TARGETS = (LearnedTarget, DigitsUNetTarget)
 
 
 def make_target(name: str) -> Target:
-    """The target called ``name`` (one of :data:`TARGETS`); ``learned`` trains once (about 30 s), then loads."""
+    """The target called ``name`` (one of :data:`TARGETS`); ``learned`` and ``digits_unet`` train once (about 30 s
+    and 2 minutes), then load."""
     if name == "digits":
         return digits_target()
     if name == "nd64":
@@ -74,6 +80,8 @@ def make_target(name: str) -> Target:
         return mixture_image()
     if name == "learned":
         return learned_target()
+    if name == "digits_unet":
+        return digits_unet_target()
     if name not in MIXTURES_2D:
         raise ValueError(f"target: choose one of {', '.join(TARGETS)}, got {name!r}")
     return mixture_2d(name)
@@ -85,9 +93,17 @@ def make_schedule(name: str) -> NoiseSchedule:
     return SCHEDULES[name]()
 
 
+def reference_name(target: Target) -> str:
+    """What a target's RMSE is measured against, in words: the network's own tight solve, or the exact solution."""
+    if isinstance(target, LEARNED_TARGETS):
+        steps = target.reference_steps if isinstance(target, DigitsUNetTarget) else 1000
+        return f"learned_reference ({steps:,}-step DPM-Solver-3)"
+    return "exact PF-ODE solution (tight-tolerance solve)"
+
+
 def data_distribution(target: Target) -> GaussianMixture:
     """The exact data distribution: the mixture itself, or the mixture a learned target was trained on."""
-    return target.data if isinstance(target, LearnedTarget) else target
+    return target.data if isinstance(target, LEARNED_TARGETS) else target
 
 
 @dataclass
@@ -152,6 +168,7 @@ def compare(
     peers: bool = False,
     schedule_name: str | None = None,
     done: Mapping[tuple[str, int], Row] | None = None,
+    tuned: Mapping[str, Any] | None = None,
 ) -> Comparison:
     """Run every (solver, NFE): RMSE against the reference from the same float64 noise (ODE solvers), and
     sliced W2 / MMD / mode coverage against ``samples`` exact samples of the data distribution (all solvers;
@@ -166,9 +183,12 @@ def compare(
     that the solvers :func:`plot_samples` shows are run again at the smallest NFE for their samples
     (``first_samples`` then holds only those). Peer rows are reused as a whole when ``done`` holds rows of the
     same peer libraries (the caller passes them only for the same NFE list: a peer's spacing is chosen over all
-    NFEs)."""
+    NFEs).
+
+    ``tuned``: :class:`fewstep.TunedSampler` s by label, each run from the same noise at its own NFE, in a row
+    named ``tuned:<label>`` (ValueError when one was tuned for another schedule)."""
     done = done or {}
-    if isinstance(target, LearnedTarget):
+    if isinstance(target, LEARNED_TARGETS):
         schedule, prediction = target.schedule, target.prediction
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(samples, target.dim, generator=gen, dtype=torch.float64)
@@ -180,14 +200,14 @@ def compare(
     fd_to = _FDDigits(exact) if tuple(getattr(data, "image_shape", None) or ()) == (8, 8) else None
     reference: Tensor
     if peers or not all(stochastic.values()):
-        if isinstance(target, LearnedTarget):
-            reference = learned_reference(target, noise)
+        if isinstance(target, LEARNED_TARGETS):
+            reference = target.reference(noise)
         else:
             reference = reference_solution_from_time(target, noise, schedule, schedule.t_max)
     else:
         reference = torch.full_like(noise, math.nan)
     model: Callable[..., Tensor] = (
-        target.model if isinstance(target, LearnedTarget) else target.model(schedule, prediction)
+        target.model if isinstance(target, LEARNED_TARGETS) else target.model(schedule, prediction)
     )
     rows: list[Row] = []
     first: dict[str, Tensor] = {}
@@ -222,6 +242,12 @@ def compare(
             first[name] = x
         bar.update(1)
     bar.close()
+    for label, sampler in (tuned or {}).items():
+        sampler.check(schedule=schedule)
+        x = sample(model, noise, schedule, solver=sampler, prediction=prediction, progress=False)
+        row = Row(f"tuned:{label}", sampler.nfe, sampler.nfe, float(torch.sqrt(torch.mean((x - reference) ** 2))))
+        _distribution_metrics(row, x, exact, data, mmd_to, fd_to)
+        rows += [row if n == sampler.nfe else Row(row.solver, n, None, math.nan) for n in nfes]  # "-" elsewhere
     if peers:
         old_peers = [r for r in done.values() if r.library != "fewstep"]
         if old_peers and {r.library for r in old_peers} == set(_peer_libraries(schedule_name)):

@@ -19,7 +19,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,14 @@ __all__ = ["UserModel", "compare_model", "load_model"]
 
 @dataclass
 class UserModel:
-    """A network to compare the solvers on: ``model(x, t)`` predicting ``prediction`` under ``schedule``, with
-    inputs of per-sample ``shape``; ``time_input`` as :class:`fewstep.Denoiser`'s."""
+    """A network to compare the solvers on or to sample from: ``model(x, t, **kwargs)`` predicting ``prediction``
+    under ``schedule``, with inputs of per-sample ``shape``; ``time_input`` as :class:`fewstep.Denoiser`'s.
+
+    For ``fewstep generate``: ``conditioning(indices)`` returns the model's keyword arguments for the samples of
+    a 1-D int64 tensor of indices (class labels, prompt embeddings; batched along dim 0), and ``unconditional``
+    those of the unconditional branch of classifier-free guidance in the same way (e.g. the null label);
+    ``data_range`` is the range of the data the model generates, which PNG output maps to 0-255.
+    """
 
     model: Callable[..., Tensor]
     schedule: NoiseSchedule
@@ -46,6 +52,9 @@ class UserModel:
     shape: tuple[int, ...]
     time_input: str | Callable[[Tensor], Tensor] = "auto"
     name: str = "model"
+    conditioning: Callable[[Tensor], Mapping[str, Any]] | None = None
+    unconditional: Callable[[Tensor], Mapping[str, Any]] | None = None
+    data_range: tuple[float, float] = (-1.0, 1.0)
 
 
 def load_model(spec: str) -> UserModel:

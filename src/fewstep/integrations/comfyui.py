@@ -7,7 +7,8 @@ The node classes follow ComfyUI's custom-sampler conventions (``INPUT_TYPES``, `
   (:data:`fewstep.integrations.kdiffusion.SAMPLERS`: the reference's options for ComfyUI's own names,
   ``extra_args["seed"]`` seeding the noise as ComfyUI does).
 - ``FewstepSigmas`` (model, steps, spacing) -> ``SIGMAS``: ``steps`` noise levels from the model's ``sigma_max`` to
-  its ``sigma_min`` by a fewstep spacing (in EDM's sigma, as k-diffusion's grids are), then 0.
+  its ``sigma_min`` by a fewstep spacing (in EDM's sigma, as k-diffusion's grids are; in Flow's time t = sigma for
+  a rectified-flow model, whose model sampling is ComfyUI's ``CONST``), then 0.
 
 Only :meth:`FewstepSampler.get_sampler` imports ComfyUI (``comfy.samplers.KSAMPLER``); everything else is plain
 fewstep, tested without ComfyUI. The package ``comfyui/fewstep_nodes`` of the repository re-exports the mappings for
@@ -16,15 +17,16 @@ ComfyUI's ``custom_nodes`` folder (docs/integrations.md, "ComfyUI").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..schedules import EDM
+from ..schedules import EDM, Flow
 from ..solvers import available
-from ..spacing import DISCRETE_SPACINGS, SPACINGS, model_times
-from .kdiffusion import SAMPLERS
+from ..spacing import DISCRETE_SPACINGS, SPACINGS, Spacing, model_times
+from .kdiffusion import SAMPLERS, is_rectified_flow
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "FewstepSampler", "FewstepSigmas", "sigmas_for"]
 
@@ -32,14 +34,23 @@ __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "FewstepSampler"
 SIGMA_SPACINGS = [s for s in SPACINGS if s not in DISCRETE_SPACINGS]
 
 
-def sigmas_for(sigma_min: float, sigma_max: float, steps: int, spacing: str) -> Tensor:
-    """``steps`` noise levels from ``sigma_max`` down to ``sigma_min`` by ``spacing`` on EDM's sigma, then 0
-    (``steps + 1`` float32 values, k-diffusion's convention)."""
+def sigmas_for(
+    sigma_min: float,
+    sigma_max: float,
+    steps: int,
+    spacing: str,
+    flow: bool = False,
+    options: Mapping[str, Any] | None = None,
+) -> Tensor:
+    """``steps`` noise levels from ``sigma_max`` down to ``sigma_min`` by ``spacing`` on EDM's sigma (``flow``: on
+    Flow's time t = sigma, ``alpha = 1 - sigma``, for rectified-flow models), then 0 (``steps + 1`` float32 values,
+    k-diffusion's convention). ``options``: the spacing's options (:data:`fewstep.spacing.SPACING_OPTIONS`)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: must be a positive integer, got {steps!r}")
     if spacing not in SIGMA_SPACINGS:
         raise ValueError(f"spacing: choose one of {', '.join(SIGMA_SPACINGS)}, got {spacing!r}")
-    levels = model_times(EDM(float(sigma_min), float(sigma_max)), steps, spacing)  # EDM's time is sigma
+    schedule = Flow(float(sigma_min), float(sigma_max)) if flow else EDM(float(sigma_min), float(sigma_max))
+    levels = model_times(schedule, steps, Spacing.of(spacing, options))  # EDM's and Flow's time is sigma
     return torch.cat([levels.float(), levels.new_zeros(1).float()])
 
 
@@ -89,7 +100,8 @@ class FewstepSigmas:
 
     def get_sigmas(self, model: Any, steps: int, spacing: str) -> tuple[Tensor]:
         sampling = model.get_model_object("model_sampling")  # ComfyUI's noise levels of the model
-        return (sigmas_for(float(sampling.sigma_min), float(sampling.sigma_max), steps, spacing),)
+        flow = is_rectified_flow(sampling)
+        return (sigmas_for(float(sampling.sigma_min), float(sampling.sigma_max), steps, spacing, flow),)
 
 
 NODE_CLASS_MAPPINGS = {"FewstepSampler": FewstepSampler, "FewstepSigmas": FewstepSigmas}

@@ -4,6 +4,9 @@
 
     pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, solver="dpmpp_3m", spacing="logsnr")
 
+``spacing`` is a name of :data:`fewstep.spacing.SPACINGS` and ``spacing_options`` a dict of its options
+(:data:`fewstep.spacing.SPACING_OPTIONS`, e.g. ``spacing="beta", spacing_options={"a": 0.5, "b": 0.7}``).
+
 The scheduler is built from any pipeline's scheduler config: DDPM-style configs (``beta_schedule``, betas,
 ``prediction_type`` epsilon / sample / v_prediction, zero-terminal-SNR rescaling) give a
 :class:`~fewstep.DiscreteVP` schedule and models called with diffusers' (fractional) timestep index;
@@ -28,6 +31,7 @@ Conventions, as diffusers' schedulers:
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from dataclasses import dataclass, field, replace
@@ -50,7 +54,8 @@ from ..schedules import DiscreteVP, Flow, NoiseSchedule
 from ..schedules.vp import named_betas, zero_terminal_snr
 from ..solvers import Solver, get_solver
 from ..solvers.base import Steps
-from ..spacing import DISCRETE_SPACINGS, SPACINGS, model_times
+from ..spacing import DISCRETE_SPACINGS, SPACINGS, Spacing, model_times
+from ..tune.tuned import TunedSampler
 
 PREDICTION_TYPES = {
     "epsilon": "epsilon",
@@ -173,6 +178,7 @@ class _Run:
     points: list[Point]
     offset: int
     window: tuple[float, float] | None = None  # the steps that may add noise (RunContext.sde_window)
+    solver: Solver | None = None  # the solver of this run where it is not the scheduler's (a step entered part-way)
     steps: Steps | None = None
     request: Tensor | None = None  # the state the solver asked about last (and continues from)
     returned: Tensor | None = None  # the tensor handed back to the pipeline last
@@ -207,6 +213,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         shift_terminal: float | None = None,
         solver: str = "dpmpp_2m",
         spacing: str = "logsnr",
+        spacing_options: dict[str, Any] | None = None,
         final: str = "zero",
         solver_options: dict[str, Any] | None = None,
         thresholding: bool = False,
@@ -215,7 +222,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     ):
         _positive_int("num_train_timesteps", num_train_timesteps)
         check_final(final)
-        self._check_spacing(spacing, flow)
+        self._check_spacing(spacing, spacing_options, flow)
         if flow:
             self._check_flow_options(prediction_type, shift, time_shift_type, shift_terminal)
             self._init_flow(num_train_timesteps, shift, use_dynamic_shifting)
@@ -239,11 +246,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     # --- construction -----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _check_spacing(spacing: object, flow: bool) -> None:
+    def _check_spacing(spacing: object, options: object, flow: bool) -> None:
         if spacing not in SPACINGS:
             raise ValueError(f"spacing: choose one of {', '.join(SPACINGS)}, got {spacing!r}")
         if flow and spacing in DISCRETE_SPACINGS:
             raise ValueError(f"spacing: {spacing!r} is for DDPM-style configs; use uniform, logsnr, karras, ...")
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"spacing_options: must be a dict of the spacing's options, got {type(options).__name__}")
+        Spacing.of(str(spacing), options)  # ValueError naming a wrong option
 
     @staticmethod
     def _check_flow_options(
@@ -357,15 +367,26 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         sigmas: Any = None,
         mu: float | None = None,
         nfe: int | None = None,
+        tuned: TunedSampler | None = None,
     ) -> None:
         """Plan a run of ``num_inference_steps`` solver steps (or exactly ``nfe`` evaluations, or on the grid of
         ``timesteps`` / ``sigmas``); ``mu`` is the dynamic shift of SD3/Flux configs with ``use_dynamic_shifting``.
+
+        - ``tuned``: a :class:`fewstep.tune.TunedSampler` tuned on this scheduler's schedule: the run uses its
+          solver (and options) and its times, ``tuned.nfe`` evaluations (give no other count but that ``nfe``);
+          a later call without ``tuned`` returns to the configured solver.
 
         - ``timesteps``: the model's timesteps of the grid, noisiest first (DDPM-style: training indices, possibly
           fractional; flows: ``t * num_train_timesteps``, used as given, unshifted); the run ends with ``final``.
         - ``sigmas``: DDPM-style, k-diffusion's sigmas ``sqrt((1 - abar) / abar)`` including the last one (0: a
           clean end); flows, ``t`` before the shift, as ``FlowMatchEulerDiscreteScheduler`` (the run ends at 0).
         """
+        if tuned is not None:
+            self._plan_tuned(tuned, num_inference_steps, timesteps, sigmas, nfe, device)
+            return
+        if getattr(self, "_tuned_solver", False):  # the last run was a TunedSampler's: back to the configured solver
+            self.solver = get_solver(self.cfg.solver, **(self.cfg.solver_options or {}))
+            self.order, self._tuned_solver = self.solver.nfe_per_step, False
         steps = self._check_counts(num_inference_steps, timesteps, sigmas, nfe)
         shift = self._inference_shift(mu)
         budget = None
@@ -381,6 +402,28 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         planned = self.solver.nfe(nodes)
         if nfe is not None and planned != nfe:
             raise ValueError(f"nfe: {self.solver.name!r} spends {planned} evaluations on the {nodes.steps} steps given")
+        self._set_plan(nodes, device)
+
+    def _plan_tuned(
+        self, tuned: TunedSampler, steps: object, timesteps: object, sigmas: object, nfe: object, device: Any
+    ) -> None:
+        """Plan the tuned sampler's run: its solver, times and NFE (ValueError naming a contradicting option)."""
+        if not isinstance(tuned, TunedSampler):
+            raise TypeError(f"tuned: must be a fewstep.tune.TunedSampler, got {type(tuned).__name__}")
+        for name, value in (("num_inference_steps", steps), ("timesteps", timesteps), ("sigmas", sigmas)):
+            if value is not None:
+                raise ValueError(f"{name}: a TunedSampler brings its own times; leave {name} out")
+        if nfe is not None and nfe != tuned.nfe:
+            raise ValueError(f"nfe: the TunedSampler spends {tuned.nfe} evaluations, not {nfe}")
+        if self.cfg.final != "zero":
+            raise ValueError("final: a TunedSampler ends with a step to sigma = 0; configure final='zero'")
+        tuned.check(schedule=self.schedule)
+        self.solver = get_solver(tuned.solver, **tuned.solver_options)
+        self.order, self._tuned_solver = self.solver.nfe_per_step, True
+        node_t = np.concatenate([np.asarray(tuned.times, dtype=np.float64), [math.nan]])
+        nodes = NodeTable.build(self.denoiser, node_t, True, 1, torch.device("cpu"), torch.float32)
+        if self.solver.nfe(nodes) != tuned.nfe:
+            raise ValueError(f"tuned: {tuned.solver!r} spends {self.solver.nfe(nodes)} evaluations, not {tuned.nfe}")
         self._set_plan(nodes, device)
 
     @staticmethod
@@ -465,7 +508,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             first_infinite = float(sched.alpha(sched.t_max)) == 0.0
             steps = self.solver.steps_for_nfe(nfe, first_infinite, clean_end)
         n = steps if clean_end else steps + 1
-        times = model_times(sched, n, cfg.spacing, steps_offset=cfg.steps_offset).numpy()
+        spacing = Spacing.of(cfg.spacing, cfg.get("spacing_options"))
+        times = model_times(sched, n, spacing, steps_offset=cfg.steps_offset).numpy()
         if cfg.flow:
             times = self._shifted(times, "num_inference_steps", shift)
         node_t = np.concatenate([times, [math.nan]]) if clean_end else times
@@ -496,8 +540,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self.order = self._evaluations_per_step(nodes, len(points))
         self._run, self._step_index, self._begin_index = None, None, None
 
-    def _evaluation_points(self, nodes: NodeTable, window: tuple[float, float] | None = None) -> list[Point]:
-        """The solver's evaluation points in order, from a dry run on a scalar state."""
+    def _evaluation_points(
+        self, nodes: NodeTable, window: tuple[float, float] | None = None, solver: Solver | None = None
+    ) -> list[Point]:
+        """The solver's (or ``solver``'s) evaluation points in order, from a dry run on a scalar state."""
         points: list[Point] = []
         zero = torch.zeros(1, 1)  # a batch of one (solvers may reduce over the non-batch dimensions)
 
@@ -506,7 +552,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             return zero, zero
 
         dry_run = RunContext(nodes, NoiseSource(sampler=lambda _s, _t: zero), sde_window=window)  # no draws
-        self.solver.run(zero, nodes, dry_run, record)
+        (solver or self.solver).run(zero, nodes, dry_run, record)
         return points
 
     def _evaluations_per_step(self, nodes: NodeTable, total: int) -> int:
@@ -540,6 +586,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             return _Run(plan.nodes, plan.points, 0)
         tail = self._tail_at(plan, e)
         if tail is None:
+            entered = self._entered_step(plan, e)
+            if entered is not None:
+                return entered
             starts = self._step_starts(plan, limit=8)
             raise ValueError(
                 f"begin_index: no step of {self.solver.name!r} starts at evaluation {e} of this plan (steps start at "
@@ -573,6 +622,32 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             points = self._evaluation_points(tail, window)
         same = [p.t for p in points] == [p.t for p in plan.points[e:]]
         return (tail, points, window) if same else None
+
+    def _entered_step(self, plan: _Plan, e: int) -> _Run | None:
+        """A run from evaluation ``e`` inside a step of a singlestep solver (image-to-image with ``begin_index =
+        k * order`` where the first step, from alpha = 0, spends fewer evaluations than ``order``): the entered step's
+        evaluations left, at its stage times ``t_e > ... > t_{e+m-1}``, become first-order steps between them and down
+        to the step's end node, after which the plan continues unchanged. The evaluations are the plan's ``e:``, so
+        the pipeline's ``timesteps[e:]`` are where the model is called, and their number is what diffusers' loop
+        spends."""
+        nodes = plan.nodes
+        starts = [next(i for i, p in enumerate(plan.points) if p is q) for q in nodes.points[: nodes.steps]]
+        j = max(k for k, start in enumerate(starts) if start <= e)
+        end = starts[j + 1] if j + 1 < len(starts) else len(plan.points)
+        mids = [p.t for p in plan.points[e:end]]
+        t_next = float(nodes.t[j + 1])
+        if not all(a > b for a, b in zip([*mids, t_next], [*mids[1:], t_next], strict=False)) or mids[-1] <= t_next:
+            return None  # the stages are not strictly between the step's ends in decreasing order
+        node_t = np.array([*mids, *nodes.t[j + 1 :]], dtype=np.float64)
+        tail = NodeTable.build(self.denoiser, node_t, nodes.clean_end, 1, torch.device("cpu"), torch.float32)
+        solver = _with_orders(self.solver, [1] * len(mids) + self.solver.step_orders(nodes)[j + 1 :])
+        try:
+            points = self._evaluation_points(tail, solver=solver)
+        except (ValueError, IndexError, AssertionError):  # a solver whose plan is not its step orders alone
+            return None
+        if [p.t for p in points] != [p.t for p in plan.points[e:]]:  # the dry run: where the solver really asks
+            return None
+        return _Run(tail, points, e, None, solver=solver)
 
     def _started_at(self, tail: NodeTable, t: float) -> tuple[NodeTable, tuple[float, float]]:
         """The tail with its first node moved to ``t``, the time of its first evaluation (where the pipeline's
@@ -666,7 +741,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         self._noise_of(run, generator, sample)
         dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
         x = self._state(run, sample, dtype)
-        x0, eps = self.denoiser.convert(x, model_output.to(dtype), run.points[i], self.solver.needs_eps)
+        x0, eps = self.denoiser.convert(x, model_output.to(dtype), run.points[i], (run.solver or self.solver).needs_eps)
         self._step_index += 1
         assert run.steps is not None
         try:
@@ -691,7 +766,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         if run.steps is None:
             x = sample.to(dtype)
             x = x.clone() if x is sample else x  # the pipeline's tensor is never written to
-            run.steps = self.solver.solve(x, run.nodes, RunContext(run.nodes, run.noise, sde_window=run.window))
+            solver = run.solver or self.solver
+            run.steps = solver.solve(x, run.nodes, RunContext(run.nodes, run.noise, sde_window=run.window))
             run.request, _ = next(run.steps)
         elif sample is not run.returned:
             assert run.request is not None
@@ -757,6 +833,13 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             return noise - sample
         alpha, sigma = self._coefficients(timesteps, sample)
         return alpha * noise - sigma * sample
+
+
+def _with_orders(solver: Solver, orders: list[int]) -> Solver:
+    """A copy of ``solver`` whose plan is the given step orders (the evaluations a singlestep step spends)."""
+    planned = copy.copy(solver)
+    planned.step_orders = lambda nodes: list(orders)  # type: ignore[method-assign]  # shadows the class's plan
+    return planned
 
 
 def _is_flow_config(cfg: dict[str, Any]) -> bool:

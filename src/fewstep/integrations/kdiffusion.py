@@ -28,6 +28,13 @@ does. The seed reaches the model only when its signature names a ``seed`` parame
 The callback gets k-diffusion's keys: ``x`` (the state the step's data estimate was taken at), ``i``, ``sigma``
 and ``sigma_hat`` (0-dim tensors of ``sigmas``' dtype and device) and ``denoised``.
 
+ComfyUI's rectified-flow models (SD3, Flux, ...: a ``model_sampling`` of ComfyUI's ``CONST`` type, found where
+ComfyUI's samplers look for it, see :func:`model_sampling`) have ``x = (1 - sigma) x0 + sigma eps`` with sigma in
+(0, 1]: on them every function integrates on fewstep's :class:`~fewstep.Flow` schedule (time t = sigma), so the
+lambda-based and stochastic samplers use the flow's ``lambda = log((1 - sigma) / sigma)`` and marginals, as ComfyUI's
+half-log-SNR samplers do; ``sample_euler_ancestral`` takes ComfyUI's flow rule, ``s_noise`` is multiplied by the
+model sampling's ``noise_scale``, and EDM's churn (``s_churn > 0``) is a ValueError.
+
 :func:`wrap` goes the other way: it turns a fewstep :class:`~fewstep.Denoiser` (any schedule and prediction)
 into a k-diffusion denoiser ``D(x_hat, sigma_hat)`` on the scaled state ``x_hat = x / alpha`` with
 ``sigma_hat = sigma / alpha``, so k-diffusion's own samplers can run on it.
@@ -52,13 +59,15 @@ from ..noise.levels import brownian_level_sampler
 from ..options import real_option
 from ..predictions import conversion
 from ..sampling import sample
-from ..schedules import EDM
+from ..schedules import EDM, Flow, NoiseSchedule
 from ..solvers import Solver, available
 from ..solvers.frame import FrameMultistep, frame_orders
 from ..solvers.ode.lms import LMS
 from ..solvers.ode.pndm import IPNDM, IPNDMVariable
+from ..solvers.sde.ancestral_dpm import DPM2Churn, DPMFastAncestral
 from ..solvers.sde.edm_sde import EDMStochastic
 from ..spacing import model_times
+from ..tune.tuned import TunedSampler
 
 KSampler = Callable[..., Tensor]
 Model = Callable[..., Tensor]
@@ -98,9 +107,35 @@ class _Grid:
         lo, hi = float(self.levels.min()), float(self.levels.max()) * headroom
         return EDM(sigma_min=lo, sigma_max=hi if hi > lo else lo * (1 + 1e-12))
 
+    def flow(self) -> Flow:
+        """Flow over the grid's levels (a rectified-flow model's sigma is Flow's time t, ``alpha = 1 - sigma``)."""
+        lo, hi = float(self.levels.min()), float(self.levels.max())
+        if hi > 1.0:
+            raise ValueError(f"sigmas: a rectified-flow model's noise levels lie in (0, 1], got sigma = {hi}")
+        return Flow(t_min=lo, t_max=hi if hi > lo else min(lo * (1 + 1e-12), 1.0))
+
     def index(self, level: float) -> int:
         """The grid index of a noise level of the run."""
         return int(torch.argmin((self.levels - float(level)).abs()))
+
+
+def model_sampling(model: Model) -> Any:
+    """ComfyUI's ``model_sampling`` object behind a sampler's ``model`` argument (the attributes ComfyUI's own
+    samplers read: ``model.inner_model.inner_model.model_sampling``, else
+    ``model.inner_model.model_patcher.get_model_object("model_sampling")``), or None for a plain k-diffusion model."""
+    inner = getattr(model, "inner_model", None)
+    sampling = getattr(getattr(inner, "inner_model", None), "model_sampling", None)
+    if sampling is None:
+        patcher = getattr(inner, "model_patcher", None)
+        get = getattr(patcher, "get_model_object", None)
+        sampling = get("model_sampling") if callable(get) else None
+    return sampling
+
+
+def is_rectified_flow(sampling: Any) -> bool:
+    """Whether a ComfyUI ``model_sampling`` is rectified flow: its class is, or derives from, ComfyUI's ``CONST``
+    (SD3, Flux, ...: ``x = (1 - sigma) x0 + sigma eps``, sigma in [0, 1])."""
+    return sampling is not None and any(cls.__name__ == "CONST" for cls in type(sampling).__mro__)
 
 
 def _takes_seed(model: Model) -> bool:
@@ -140,7 +175,7 @@ def comfy_noise_sampler(x: Tensor, seed: int) -> NoiseSampler:
 
 
 def _noise_options(
-    kind: str, x: Tensor, seed: int | None, noise_sampler: NoiseSampler | None, schedule: EDM
+    kind: str, x: Tensor, seed: int | None, noise_sampler: NoiseSampler | None, schedule: NoiseSchedule
 ) -> dict[str, Any]:
     """fewstep.sample's noise option: the caller's noise sampler, else one from the seed by the reference's rule
     (``kind``: "comfy", "brownian", or "global" for torch's global generator whatever the seed)."""
@@ -211,17 +246,26 @@ def _run(
     denoise_end: bool = False,
     **options: Any,
 ) -> Tensor:
-    """fewstep's ``solver`` on the grid (EDM, the model predicting x0 from sigma). ``denoise_end``: the step to
-    sigma = 0 returns the data estimate at the last level (``x = denoised``), as ComfyUI's multistep samplers do."""
+    """fewstep's ``solver`` on the grid (EDM, the model predicting x0 from sigma; Flow for ComfyUI's rectified-flow
+    models, whose ``noise_scale`` multiplies ``s_noise`` as in ComfyUI). ``denoise_end``: the step to sigma = 0
+    returns the data estimate at the last level (``x = denoised``), as ComfyUI's multistep samplers do."""
     kwargs, seed = _split_seed(model, extra_args)
     calls = _Model(model, kwargs, record=callback is not None)
     report = None if callback is None else _reporter(callback, grid, calls, sigma_hat)
-    schedule = grid.schedule(headroom)
+    sampling = model_sampling(model)
+    schedule: NoiseSchedule
+    if is_rectified_flow(sampling):
+        schedule = grid.flow()
+        if "s_noise" in options:
+            noise_scale = float(getattr(sampling, "noise_scale", 1.0))  # ComfyUI's s_noise * noise_scale on flows
+            options["s_noise"] = real_option("s_noise", options["s_noise"]) * noise_scale
+    else:
+        schedule = grid.schedule(headroom)
     last = denoise_end and grid.clean_end
     if not last or len(grid.levels) > 1:
         x = sample(
             calls, x, schedule, solver,
-            spacing=grid.levels, prediction="sample", time_input="sigma",
+            spacing=grid.levels, prediction="sample", time_input="t" if isinstance(schedule, Flow) else "sigma",
             final="t_min" if last or not grid.clean_end else "zero",
             callback=report, progress=None if disable is None else not disable,
             **_noise_options(noise, x, seed, noise_sampler, schedule), **options,
@@ -257,6 +301,39 @@ def make_sampler(solver: str, **solver_defaults: Any) -> KSampler:
 
     sampler.__name__ = sampler.__qualname__ = f"sample_{solver}"
     sampler.__doc__ = f"fewstep's {solver!r} solver with k-diffusion's sampler signature."
+    return sampler
+
+
+def tuned_sampler(tuned: TunedSampler) -> KSampler:
+    """A k-diffusion-signature sampler that runs the whole :class:`fewstep.tune.TunedSampler`: its solver, options
+    (per-step choices included) and noise levels ``tuned.sigmas()``. ``sigmas`` may be left out; given, they must be
+    the tuned ones (ValueError otherwise). For a k-diffusion sampler of your choice on the tuned levels, pass
+    ``tuned.sigmas()`` to it instead."""
+    if not isinstance(tuned, TunedSampler):
+        raise TypeError(f"tuned: must be a fewstep.tune.TunedSampler, got {type(tuned).__name__}")
+    levels = tuned.sigmas(warn=False)
+
+    def sampler(
+        model: Model,
+        x: Tensor,
+        sigmas: Tensor | None = None,
+        extra_args: dict[str, Any] | None = None,
+        callback: KCallback | None = None,
+        disable: bool | None = None,
+    ) -> Tensor:
+        grid = levels.to(device=x.device, dtype=x.dtype if x.dtype.is_floating_point else torch.float64)
+        if sigmas is not None:
+            given = torch.as_tensor(sigmas).detach().to("cpu", torch.float64)
+            if given.shape != levels.shape or not torch.allclose(given, levels, rtol=1e-5, atol=0.0):
+                raise ValueError(
+                    "sigmas: differ from the TunedSampler's levels (leave sigmas out, or pass tuned.sigmas())"
+                )
+        return _run(model, x, _Grid.of(grid), extra_args, callback, disable, tuned.solver, **tuned.solver_options)
+
+    sampler.__name__ = sampler.__qualname__ = f"sample_tuned_{tuned.solver}"
+    sampler.__doc__ = (
+        f"fewstep's tuned {tuned.solver!r} sampler ({tuned.nfe} evaluations) with k-diffusion's signature."
+    )
     return sampler
 
 
@@ -303,7 +380,11 @@ def _churned(
     inside = [s_tmin <= float(s) <= s_tmax for s in grid.levels]
     if gamma == 0 or not any(inside):  # no step churns: the ODE solver
         return _run(model, x, grid, extra_args, callback, disable, method, noise="global")
-    solver = (EDMStochastic if method == "heun" else _EulerChurn)(s_churn, s_tmin, s_tmax, s_noise)
+    if is_rectified_flow(model_sampling(model)):
+        raise ValueError("s_churn: EDM's churn raises sigma above the grid, outside a rectified-flow model's [0, 1]; "
+                         "use s_churn=0 (or an ancestral / SDE sampler) with flow models")  # fmt: skip
+    churned = {"heun": EDMStochastic, "euler": _EulerChurn, "dpm_solver_2": DPM2Churn}[method]
+    solver = churned(s_churn, s_tmin, s_tmax, s_noise)
 
     def sigma_hat(i: int) -> Tensor:
         return grid.sigmas[i] * ((gamma if inside[i] else 0.0) + 1.0)
@@ -337,10 +418,103 @@ def sample_euler_ancestral(
     callback: KCallback | None = None, disable: bool | None = None,
     eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
 ) -> Tensor:  # fmt: skip
-    """k-diffusion's ``sample_euler_ancestral``: an Euler step down to ``sigma_down``, then ``sigma_up`` of noise."""
+    """k-diffusion's ``sample_euler_ancestral``: an Euler step down to ``sigma_down``, then ``sigma_up`` of noise;
+    on ComfyUI's rectified-flow models ComfyUI's flow rule (``downstep="flow"`` of fewstep's euler_ancestral)."""
+    flow = is_rectified_flow(model_sampling(model))
     return _run(
         model, x, _Grid.of(sigmas), extra_args, callback, disable, "euler_ancestral",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise, downstep="flow" if flow else "scaled",
+    )  # fmt: skip
+
+
+def sample_dpm_2(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_dpm_2``: DPM-Solver-2 (``dpm_solver_2``: the midpoint rule in sigma with the midpoint at
+    the geometric mean), Euler to sigma = 0; ``s_churn > 0`` adds EDM's churn before each step."""
+    return _churned(model, x, sigmas, extra_args, callback, disable, "dpm_solver_2", (s_churn, s_tmin, s_tmax, s_noise))
+
+
+def sample_dpm_2_ancestral(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_dpm_2_ancestral``: a DPM-Solver-2 step down to ``sigma_down``, then ``sigma_up`` of
+    noise (``dpm_2_ancestral``)."""
+    return _run(
+        model, x, _Grid.of(sigmas), extra_args, callback, disable, "dpm_2_ancestral",
         noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+    )  # fmt: skip
+
+
+def sample_dpmpp_2s_ancestral(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_dpmpp_2s_ancestral``: a DPM-Solver++(2S) step down to ``sigma_down``, then ``sigma_up``
+    of noise (``dpmpp_2s_ancestral``)."""
+    return _run(
+        model, x, _Grid.of(sigmas), extra_args, callback, disable, "dpmpp_2s_ancestral",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+    )  # fmt: skip
+
+
+def sample_dpmpp_sde(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, r: float = 1 / 2,
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_dpmpp_sde`` (``dpmpp_sde``): DPM-Solver++(2S) with the stage at ``r h``, ancestral noise
+    after the stage and after the step. Its two draws per step are over overlapping level intervals; without a
+    ``noise_sampler`` they are increments of fewstep's Brownian path (as the reference's Brownian tree), seeded by
+    ``extra_args["seed"]`` or else by a seed drawn from torch's global generator."""
+    grid = _Grid.of(sigmas)
+    if noise_sampler is None and (extra_args or {}).get("seed") is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # the reference's tree takes a random seed the same way
+        noise_sampler = brownian_level_sampler(grid.schedule(), x, seed)
+    return _run(
+        model, x, grid, extra_args, callback, disable, "dpmpp_sde", noise="brownian",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise, r=r,
+    )  # fmt: skip
+
+
+def sample_dpm_fast(
+    model: Model, x: Tensor, sigma_min: float, sigma_max: float, n: int, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 0.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """k-diffusion's ``sample_dpm_fast``: DPM-Solver-fast (Lu et al. 2022, Sec. 3.4) spending exactly ``n`` model
+    evaluations from ``sigma_max`` to ``sigma_min`` (no step to 0): ``floor(n/3) + 1`` steps uniform in log sigma with
+    orders ``[3, ..., 3, 2, 1]``, ``[3, ..., 3, 1]`` or ``[3, ..., 3, 2]`` (``dpm_solver_3`` with an NFE budget);
+    ``eta > 0``: ancestral steps (:class:`~fewstep.solvers.sde.ancestral_dpm.DPMFastAncestral`). The callback also gets
+    the reference's ``t`` and ``t_up`` (``-log sigma``)."""
+    lo, hi = real_option("sigma_min", sigma_min), real_option("sigma_max", sigma_max)
+    if lo <= 0 or hi <= lo:
+        raise ValueError(f"sigma_min, sigma_max: need 0 < sigma_min < sigma_max, got {sigma_min!r}, {sigma_max!r}")
+    nfe = _integer("n", n, 1)
+    eta = real_option("eta", eta)
+    solver: str | Solver = "dpm_solver_3" if eta == 0 else DPMFastAncestral(eta, s_noise)
+    real_option("s_noise", s_noise)  # eta = 0 adds no noise for it to scale
+    kwargs, seed = _split_seed(model, extra_args)
+    calls = _Model(model, kwargs, record=callback is not None)
+    schedule = EDM(sigma_min=lo, sigma_max=hi)
+
+    def kcallback(info: dict[str, Any]) -> None:
+        assert callback is not None
+        sig = torch.tensor(info["t"], dtype=torch.get_default_dtype())  # EDM: the schedule time is sigma
+        t, x_i = -sig.log(), calls.take()  # the state the step's data estimate was taken at
+        callback({"x": info["x"] if x_i is None else x_i, "i": info["i"], "sigma": sig, "sigma_hat": sig, "t": t,
+                  "t_up": t, "denoised": info["denoised"]})  # fmt: skip
+
+    return sample(
+        calls, x, schedule, solver,
+        nfe=nfe, spacing="logsnr", prediction="sample", time_input="sigma", final="t_min",
+        callback=None if callback is None else kcallback, progress=None if disable is None else not disable,
+        **_noise_options("comfy", x, seed, noise_sampler, schedule),
     )  # fmt: skip
 
 
@@ -454,17 +628,18 @@ def sample_dpm_adaptive(
             sig = torch.tensor(info["t"], dtype=torch.get_default_dtype())  # EDM: the schedule time is sigma
             callback({"x": info["x"], "i": info["i"], "sigma": sig, "sigma_hat": sig, "denoised": info["denoised"]})
 
+    flow = is_rectified_flow(model_sampling(model))
     out = sample_adaptive(
         lambda x_, sigma_: model(x_, sigma_, **kwargs),
         x,
-        EDM(sigma_min=float(sigma_min), sigma_max=float(sigma_max)),
+        (Flow if flow else EDM)(float(sigma_min), float(sigma_max)),
         f"dpm_solver_{order - 1}{order}",
         prediction="sample",
         controller=pid,
         final="t_min",
         stats=stats,
         callback=kcallback if callback is not None else None,
-        time_input="sigma",
+        time_input="t" if flow else "sigma",  # a flow model's sigma is Flow's t
     )
     if not return_info:
         return out
@@ -603,15 +778,34 @@ def sample_seeds_2(
     eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
     r: float = 0.5, solver_type: str = "phi_1",
 ) -> Tensor:  # fmt: skip
-    """ComfyUI's ``sample_seeds_2``: SEEDS-2 (stage at ``r = 1/2`` in lambda, the ``phi_1`` update). Other ``r`` and
-    ``solver_type="phi_2"`` are not available: ValueError."""
-    if solver_type not in ("phi_1", "phi_2"):
-        raise ValueError(f"solver_type: choose 'phi_1' or 'phi_2', got {solver_type!r}")
-    _unsupported("solver_type", solver_type, "phi_1", "fewstep's seeds_2 has the phi_1 update only; use 'phi_1'")
-    _unsupported("r", real_option("r", r), 0.5, "fewstep's seeds_2 has its stage at r = 0.5 only; use r=0.5")
+    """ComfyUI's ``sample_seeds_2``: SEEDS-2 with its stage at ``lambda_s + r h`` (``0 < r <= 1``) and the final
+    update ``solver_type``: ``"phi_1"`` (DPM-Solver++(2S) weights) or ``"phi_2"`` (the data estimate linear in
+    lambda through both stages)."""
     return _run(
         model, x, _Grid.of(sigmas), extra_args, callback, disable, "seeds_2",
-        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise, r=r, solver_type=solver_type,
+    )  # fmt: skip
+
+
+def sample_exp_heun_2_x0(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None, solver_type: str = "phi_2",
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_exp_heun_2_x0``: the exponential Heun method on x0 in lambda (``sample_seeds_2`` with
+    ``eta = 0``, ``r = 1``), ``x = denoised`` on the step to sigma = 0."""
+    return _run(model, x, _Grid.of(sigmas), extra_args, callback, disable, "exp_heun_2_x0", solver_type=solver_type)
+
+
+def sample_exp_heun_2_x0_sde(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, solver_type: str = "phi_2",
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_exp_heun_2_x0_sde``: ``sample_seeds_2`` with ``r = 1``. The step's end reuses the stage's
+    normal, so one normal is drawn per step (ComfyUI draws a second one, which enters with weight 0)."""
+    return _run(
+        model, x, _Grid.of(sigmas), extra_args, callback, disable, "exp_heun_2_x0_sde",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise, solver_type=solver_type,
     )  # fmt: skip
 
 
@@ -621,13 +815,11 @@ def sample_seeds_3(
     eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
     r_1: float = 1.0 / 3, r_2: float = 2.0 / 3,
 ) -> Tensor:  # fmt: skip
-    """ComfyUI's ``sample_seeds_3``: SEEDS-3 (stages at ``r_1 = 1/3``, ``r_2 = 2/3`` in lambda; other fractions are
-    not available: ValueError)."""
-    _unsupported("r_1", real_option("r_1", r_1), 1.0 / 3, "fewstep's seeds_3 has its stages at 1/3 and 2/3 only")
-    _unsupported("r_2", real_option("r_2", r_2), 2.0 / 3, "fewstep's seeds_3 has its stages at 1/3 and 2/3 only")
+    """ComfyUI's ``sample_seeds_3``: SEEDS-3 with its stages at ``lambda_s + r_1 h`` and ``lambda_s + r_2 h``
+    (``0 < r_1 < r_2 <= 1``; third order at ``r_2 = 2/3``, second order otherwise)."""
     return _run(
         model, x, _Grid.of(sigmas), extra_args, callback, disable, "seeds_3",
-        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise, r_1=r_1, r_2=r_2,
     )  # fmt: skip
 
 
@@ -639,9 +831,8 @@ def sample_sa_solver(
 ) -> Tensor:  # fmt: skip
     """ComfyUI's ``sample_sa_solver``: SA-Solver's stochastic Adams predictor-corrector. ``tau_func(sigma_next)``
     gives tau on each step (None: tau = 1 on the steps starting in the middle [0.2, 0.8] of the grid's range);
-    ``simple_order_2``: ``phi_2 -> 1/2`` in the order-2 weights. ``use_pece=True`` is not available: ValueError."""
-    _unsupported("use_pece", use_pece, False, "fewstep's SA-Solver has no PECE mode (a second evaluation of each "
-                 "corrected state); use use_pece=False")  # fmt: skip
+    ``simple_order_2``: ``phi_2 -> 1/2`` in the order-2 weights; ``use_pece``: evaluate each corrected state again
+    (one more evaluation per corrected step)."""
     if not isinstance(simple_order_2, bool):
         raise TypeError(f"simple_order_2: must be a bool, got {simple_order_2!r}")
     grid = _Grid.of(sigmas)
@@ -653,8 +844,61 @@ def sample_sa_solver(
     return _run(
         model, x, grid, extra_args, callback, disable, "sa_solver", noise_sampler=noise_sampler, s_noise=s_noise,
         predictor_order=predictor_order, corrector_order=corrector_order,
-        second_order="reference" if simple_order_2 else "exact", **tau,
+        second_order="reference" if simple_order_2 else "exact", use_pece=use_pece, **tau,
     )  # fmt: skip
+
+
+def sample_sa_solver_pece(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = False, tau_func: Callable[[Tensor], float] | None = None,
+    s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None, predictor_order: int = 3,
+    corrector_order: int = 4, simple_order_2: bool = False,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_sa_solver_pece``: ``sample_sa_solver`` with ``use_pece=True``."""
+    return sample_sa_solver(
+        model, x, sigmas, extra_args, callback, disable, tau_func, s_noise, noise_sampler, predictor_order,
+        corrector_order, True, simple_order_2,
+    )  # fmt: skip
+
+
+def sample_res_multistep_ancestral(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_res_multistep_ancestral``: the RES multistep step down to k-diffusion's ``sigma_down``, then
+    ``sigma_up`` of fresh noise (``eta``, ``s_noise``); ``x = denoised`` on the step to sigma = 0."""
+    return _run(
+        model, x, _Grid.of(sigmas), extra_args, callback, disable, "res_multistep_ancestral",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+    )  # fmt: skip
+
+
+def sample_lcm(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None, noise_sampler: NoiseSampler | None = None,
+    s_noise: float = 1.0, s_noise_end: float | None = None, noise_clip_std: float = 0.0,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_lcm``: ``x = denoised``, re-noised to the next level ``x + sigma_next s_i z`` (``s_i``:
+    ``s_noise`` to ``s_noise_end`` linearly over the steps; ``noise_clip_std > 0`` clamps ``z`` to that many of its
+    standard deviations); ``x = denoised`` on the step to sigma = 0."""
+    return _run(
+        model, x, _Grid.of(sigmas), extra_args, callback, disable, "lcm", noise_sampler=noise_sampler,
+        s_noise=s_noise, s_noise_end=s_noise_end, noise_clip_std=noise_clip_std,
+    )  # fmt: skip
+
+
+def sample_heunpp2(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_heunpp2``: Heun++ on all steps but the last two, a weighted Heun step, then Euler.
+    ``s_churn > 0`` (EDM's churn before each step) is not available: ValueError."""
+    _unsupported("s_churn", real_option("s_churn", s_churn), 0.0, "fewstep's heunpp2 has no churn; use s_churn=0 "
+                 "(or sample_heun for Heun with churn)")  # fmt: skip
+    real_option("s_tmin", s_tmin), real_option("s_tmax", s_tmax, allow_inf=True), real_option("s_noise", s_noise)
+    return _run(model, x, _Grid.of(sigmas), extra_args, callback, disable, "heunpp2")
 
 
 #: Every k-diffusion / ComfyUI sampler name with a fewstep counterpart, as a function with the reference's signature.
@@ -665,6 +909,9 @@ KSAMPLERS: dict[str, Callable[..., Any]] = {
         sample_dpmpp_2m_sde, sample_dpmpp_2m_sde_heun, sample_dpmpp_2m_sde_gpu, sample_dpmpp_2m_sde_heun_gpu,
         sample_dpmpp_3m_sde, sample_dpmpp_3m_sde_gpu, sample_ddpm, sample_ipndm, sample_ipndm_v, sample_res_multistep,
         sample_gradient_estimation, sample_er_sde, sample_seeds_2, sample_seeds_3, sample_sa_solver,
+        sample_dpm_2, sample_dpm_2_ancestral, sample_dpm_fast, sample_dpmpp_2s_ancestral, sample_dpmpp_sde,
+        sample_heunpp2, sample_exp_heun_2_x0, sample_exp_heun_2_x0_sde, sample_lcm, sample_res_multistep_ancestral,
+        sample_sa_solver_pece,
     )
 }  # fmt: skip
 

@@ -56,6 +56,10 @@ class Solver:
     #: Capability: every draw of its noise enters a Gaussian transition it records (``RunContext.transition`` or
     #: ``draw`` + ``record``), so a :class:`~fewstep.trajectory.Trajectory` can record the run.
     records_transitions: ClassVar[bool] = False
+    #: Whether its samples approach the diffusion's (the ODE's, for a deterministic solver) as the steps grow; False
+    #: for a sampler built for another kind of model (``lcm``: consistency models), whose error with an ordinary
+    #: denoiser does not vanish with the step count.
+    converges: ClassVar[bool] = True
 
     @property
     def corrects_requests(self) -> bool:
@@ -178,6 +182,7 @@ SOLVER_ALIASES = {
     "dpm++_2m_sde": "dpmpp_2m_sde",
     "dpm++_3m_sde": "dpmpp_3m_sde",
     "dpm_2": "dpm_solver_2",
+    "dpm_fast": "dpm_solver_3",
     "sa-solver": "sa_solver",
 }
 

@@ -1,6 +1,7 @@
 """Exact targets: data distributions with closed-form denoisers, and reference PF-ODE solutions."""
 
 from .digits import digits_target
+from .digits_unet import DigitsUNetConfig, DigitsUNetTarget, digits_unet_target
 from .learned import LearnedTarget, TrainConfig, learned_reference, learned_target
 from .mixture import GaussianMixture, MixtureModel, mixture_2d
 from .presets import mixture_image, mixture_nd
@@ -13,6 +14,9 @@ __all__ = [
     "mixture_nd",
     "mixture_image",
     "digits_target",
+    "DigitsUNetConfig",
+    "DigitsUNetTarget",
+    "digits_unet_target",
     "reference_solution",
     "reference_solution_from_time",
     "LearnedTarget",

@@ -8,7 +8,10 @@ with ``h = lambda_t - lambda_s`` and the k-diffusion levels ``s = sigma_s/alpha_
   ``sigma_up = min(s', eta s' sqrt(1 - s'^2/s^2))``, ``sigma_down = sqrt(s'^2 - sigma_up^2)``, an Euler step of
   ``dy/ds = eps_hat`` from ``s`` down to ``sigma_down``, then ``sigma_up`` of fresh noise:
   ``y_t = y_s + (sigma_down - s) eps_hat + s_noise sigma_up z``, i.e.
-  ``x_t = alpha_t x0_hat + alpha_t sigma_down eps_hat + alpha_t s_noise sigma_up z``.
+  ``x_t = alpha_t x0_hat + alpha_t sigma_down eps_hat + alpha_t s_noise sigma_up z``. With ``downstep="flow"``
+  (rectified flow, ComfyUI's rule for its flow models): ``sigma_d = sigma_t (1 + (sigma_t/sigma_s - 1) eta)`` in the
+  schedule's sigma, ``x_t = alpha_t x0_hat + (alpha_t sigma_d / alpha_d) eps_hat + s_noise c z`` with
+  ``alpha_d = 1 - sigma_d`` and ``c^2 = sigma_t^2 - (alpha_t sigma_d / alpha_d)^2``.
 - DDPM / DDIM(eta) (DDIM eq. 12, 16): ``c = eta sigma_t sqrt(1 - e^{-2h})`` and
   ``x_t = alpha_t x0_hat + sqrt(sigma_t^2 - c^2) eps_hat + c z``. At eta = 1, ``c^2`` is the variance of the
   posterior ``q(x_t | x_s, x0)`` (DDPM's "fixed_small" variance, Ho et al. eq. 7) and the mean
@@ -51,15 +54,15 @@ class _Ancestral(Solver):
         """The coefficients of a step of finite lambda-size (``eta``: the solver's, 0 outside the SDE window)."""
         raise NotImplementedError
 
+    def plan(self, nodes: NodeTable, i: int, eta: float) -> Coefficients:
+        """The coefficients of step ``i``; a step of infinite lambda-size is deterministic."""
+        if nodes.finite(i):
+            return self.coefficients(nodes, i, eta)
+        return Coefficients(float(nodes.alpha[i + 1]), float(nodes.sigma[i + 1]), 0.0)
+
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
-        a, s = nodes.alpha, nodes.sigma
         level = noise_levels(nodes)
-        coef = [
-            self.coefficients(nodes, i, self.eta if ctx.stochastic_step(i) else 0.0)
-            if nodes.finite(i)
-            else Coefficients(float(a[i + 1]), float(s[i + 1]), 0.0)
-            for i in range(nodes.steps)
-        ]
+        coef = [self.plan(nodes, i, self.eta if ctx.stochastic_step(i) else 0.0) for i in range(nodes.steps)]
         for i in ctx.loop():
             x0, eps = yield x, nodes.node(i)
             step = coef[i]
@@ -79,6 +82,40 @@ class EulerAncestral(EtaNoiseOptions, _Ancestral):
     summary = "Euler ancestral: Euler step down to sigma_down, then sigma_up of fresh noise (sigma/alpha frame)"
     paper = "Karras et al. 2022 (EDM); Crowson's k-diffusion (ancestral sampling of Ho et al. 2020)"
     peers = "k-diffusion sample_euler_ancestral; diffusers EulerAncestralDiscreteScheduler"
+
+    #: the choices of ``downstep``
+    DOWNSTEPS = ("scaled", "flow")
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0, downstep: str = "scaled"):
+        super().__init__(eta, s_noise)
+        if downstep not in self.DOWNSTEPS:
+            raise ValueError(f"downstep: choose one of {', '.join(map(repr, self.DOWNSTEPS))}, got {downstep!r}")
+        #: "scaled": k-diffusion's ``get_ancestral_step`` on ``s = sigma/alpha``; "flow": ComfyUI's rectified-flow
+        #: rule on the schedule's sigma (needs ``alpha + sigma = 1``, the Flow schedule)
+        self.downstep = downstep
+
+    def plan(self, nodes: NodeTable, i: int, eta: float) -> Coefficients:
+        if self.downstep == "flow":
+            return self.flow_coefficients(nodes, i, eta)
+        return super().plan(nodes, i, eta)
+
+    def flow_coefficients(self, nodes: NodeTable, i: int, eta: float) -> Coefficients:
+        """ComfyUI's ancestral step for rectified flow (``alpha = 1 - sigma``), defined from alpha_s = 0 on:
+        ``sigma_d = sigma_t (1 + (sigma_t / sigma_s - 1) eta)``, the exact x0-step to ``sigma_d``
+        ``x_d = (sigma_d / sigma_s) x + (1 - sigma_d / sigma_s) x0_hat``, then the rescale to ``alpha_t`` with
+        fresh noise keeping the marginal: ``x_t = (alpha_t / alpha_d) x_d + s_noise c z``,
+        ``c^2 = sigma_t^2 - (alpha_t sigma_d / alpha_d)^2``. In (x0_hat, eps_hat):
+        ``x_t = alpha_t x0_hat + (alpha_t sigma_d / alpha_d) eps_hat + s_noise c z``."""
+        s_s, s_t, a_t = float(nodes.sigma[i]), float(nodes.sigma[i + 1]), float(nodes.alpha[i + 1])
+        a_s = float(nodes.alpha[i])
+        if abs(a_s + s_s - 1.0) > 1e-9 or abs(a_t + s_t - 1.0) > 1e-9:
+            raise ValueError("downstep: 'flow' needs a rectified-flow schedule (alpha + sigma = 1, fewstep.Flow)")
+        if s_t == 0.0:  # the step to the clean end: x = x0_hat
+            return Coefficients(a_t, 0.0, 0.0)
+        sigma_down = s_t * (1.0 + (s_t / s_s - 1.0) * eta)  # sigma_d = sigma_t (1 + (sigma_t/sigma_s - 1) eta)
+        c_eps = a_t * sigma_down / (1.0 - sigma_down)  # alpha_t sigma_d / alpha_d
+        c_z = math.sqrt(max(s_t**2 - c_eps**2, 0.0))  # keeps Var = sigma_t^2
+        return Coefficients(a_t, c_eps, c_z * self.s_noise)
 
     def coefficients(self, nodes: NodeTable, i: int, eta: float) -> Coefficients:
         a_t, s_to = float(nodes.alpha[i + 1]), float(nodes.sigma[i + 1] / nodes.alpha[i + 1])

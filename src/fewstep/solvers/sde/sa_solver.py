@@ -37,6 +37,12 @@ is Gaussian given the run so far; the corrected state ``x_{i+1} = x~_{i+1} + sum
 :attr:`~fewstep.trajectory.Trajectory.log_prob` is the log-density of the predicted states given the start.
 Without corrector ``x~_{i+1} = x_{i+1}``.
 
+PECE (``use_pece=True``, ComfyUI's ``sample_sa_solver_pece``): predict, evaluate, correct, evaluate. After the
+corrector of step i - 1 the model is evaluated again at the corrected state ``x_i``, and that estimate replaces
+``D(x~_i)`` as ``D_i`` in the next predictor and correctors (Xue et al. 2023, Sec. 5, the PECE mode of Adams
+predictor-corrector methods). It costs one evaluation per corrected step: ``N + #corrected`` for ``N`` steps
+(``2N - 1`` with a corrector on every step but the last), so only every other NFE can be spent.
+
 tau: a float, or a callable of the noise level at the step's start (``schedule.level``) returning a float; it
 applies on the steps starting inside ``tau_window`` (fractions of the schedule's time range, default the paper's
 and diffusers' middle ``[0.2, 0.8]``; None: every step) and is 0 elsewhere (and outside ``sde_window``).
@@ -138,6 +144,7 @@ class SASolver(Solver):
         s_noise: float = 1.0,
         lower_order_final: bool = True,
         second_order: str = "exact",
+        use_pece: bool = False,
     ):
         self.predictor_order = _order_option("predictor_order", predictor_order, 1)
         self.corrector_order = _order_option("corrector_order", corrector_order, 0)
@@ -148,6 +155,30 @@ class SASolver(Solver):
         if second_order not in SECOND_ORDER:
             raise ValueError(f"second_order: choose 'exact' or 'reference', got {second_order!r}")
         self.second_order = second_order
+        self.use_pece = bool_option("use_pece", use_pece)
+
+    def pece_evaluations(self, nodes: NodeTable) -> int:
+        """The extra evaluations of PECE mode: one per corrected step."""
+        if not self.use_pece:
+            return 0
+        return sum(
+            c > 0 for c in sa_orders(nodes, self.predictor_order, self.corrector_order, self.lower_order_final)[1]
+        )
+
+    def nfe(self, nodes: NodeTable) -> int:
+        return super().nfe(nodes) + self.pece_evaluations(nodes)
+
+    def steps_for_nfe(self, nfe: int, first_infinite: bool, clean_end: bool) -> int:
+        if not self.use_pece or self.corrector_order == 0:
+            return super().steps_for_nfe(nfe, first_infinite, clean_end)
+        # every finite step but the last is corrected: N + (N - 1 - [first step infinite]) evaluations
+        for steps in range(1, nfe + 1):
+            if steps + max(0, steps - 1 - int(first_infinite)) == nfe:
+                return steps
+        raise ValueError(
+            f"nfe: {self.name!r} with use_pece=True spends 2N - 1 evaluations on N steps ({'2N - 2' if first_infinite else '2N - 1'}"
+            f" here), so nfe={nfe} cannot be spent exactly; use nfe={nfe + 1}"
+        )
 
     def step_orders(self, nodes: NodeTable) -> list[int]:
         return sa_orders(nodes, self.predictor_order, self.corrector_order, self.lower_order_final)[0]
@@ -193,6 +224,9 @@ class SASolver(Solver):
             last = plan[i - 1] if i > 0 else None
             if last is not None and last.corrector:  # SA-Corrector of step i - 1, with D_i = D(x^p_i)
                 x = _combine(x_prev, last.ratio, last.corrector, history, last.std, z_prev)
+                if self.use_pece:  # evaluate the corrected state: D(x_i) replaces D(x~_i) as D_i
+                    x0, _ = yield x, nodes.node(i)
+                    history[0] = x0
             step = plan[i]
             x_prev = x
             x = _combine(x, step.ratio, step.predictor, history, 0.0, None)

@@ -1,0 +1,205 @@
+"""Measure ``fewstep.tune`` against the best fixed configuration, and write the table of docs/tuning.md.
+
+For each target (the default 2-D mixture, the 64-D mixture ``mixture_nd``, the digits mixture, the learned MLP and,
+where this fewstep has it, the learned digits UNet) on its VP schedule, and each NFE of 5, 6, 8 and 10:
+
+- the held-out noise: 256 samples of ``sigma(t_max) N(0, I)`` from seed 1 (the tuning draws its own calibration
+  and held-out batches from seed 0), and its reference: the exact probability-flow ODE solution for the mixtures,
+  the network's own tight solve (``reference``) for the learned targets;
+- the best fixed configuration: the lowest RMSE against the reference of every deterministic fewstep solver on
+  every continuous spacing (at the largest NFE <= asked the solver can spend, as benchmarks/defaults.py does);
+- each tuning method (``auto``, ``gits``, ``dmn``, ``ld3``) with a calibration batch of 64 and a budget of 2,000
+  network calls (teacher included): its RMSE on the held-out noise, the ratio to the best fixed one, its network
+  calls and seconds.
+
+The measurements go to ``benchmarks/results/tuning.json`` (resumed from: ``--fresh`` starts over) and the table into
+docs/tuning.md between its markers. Usage: ``python benchmarks/tuning.py [--fresh] [--targets default,nd64]
+[--methods auto,gits] [--no-write]``. One CPU thread; about 30-60 minutes in all (the digits UNet's first use trains
+it, a few minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fewstep
+from fewstep.bench.compare import _feasible_nfe, deterministic_solvers
+from fewstep.bench.metrics import rmse
+from fewstep.bench.targets import digits_target, learned_target, mixture_2d, mixture_nd, reference_solution_from_time
+from fewstep.spacing import DISCRETE_SPACINGS, SPACINGS
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "tuning.json"
+DOC = ROOT / "docs" / "tuning.md"
+NFES = (5, 6, 8, 10)
+METHODS = ("auto", "gits", "dmn", "ld3")
+TARGETS = ("default", "nd64", "digits", "learned", "digits_unet")
+HELD_OUT = 256
+CALIBRATION = 64
+BUDGET = 2000
+
+
+def make_case(name: str) -> dict[str, Any] | None:
+    """``{model, schedule, prediction, dim, reference(noise)}`` of a target (None: not in this fewstep)."""
+    schedule = fewstep.VP()
+    if name in ("default", "nd64", "digits"):
+        target = {"default": mixture_2d, "nd64": lambda: mixture_nd(64), "digits": digits_target}[name]()
+
+        def exact(noise: torch.Tensor) -> torch.Tensor:
+            return reference_solution_from_time(target, noise, schedule, schedule.t_max)
+
+        return {"model": target.model(schedule, "epsilon"), "schedule": schedule, "prediction": "epsilon",
+                "dim": target.dim, "reference": exact}  # fmt: skip
+    if name == "learned":
+        learned = learned_target()
+    elif name == "digits_unet":
+        try:
+            from fewstep.bench.targets.digits_unet import digits_unet_target
+        except ImportError:
+            return None
+        learned = digits_unet_target()
+    else:
+        raise ValueError(f"--targets: choose from {', '.join(TARGETS)}, got {name!r}")
+    return {"model": learned.model, "schedule": learned.schedule, "prediction": learned.prediction,
+            "dim": learned.dim, "reference": learned.reference}  # fmt: skip
+
+
+def fixed_errors(case: dict[str, Any], noise: torch.Tensor, reference: torch.Tensor, nfe: int) -> dict[str, float]:
+    """RMSE of every deterministic solver x continuous spacing at ``nfe`` (or the largest NFE below it)."""
+    out: dict[str, float] = {}
+    schedule = case["schedule"]
+    for solver in deterministic_solvers():
+        spent = _feasible_nfe(solver, nfe, schedule, True)
+        if spent is None:
+            continue
+        for spacing in (s for s in SPACINGS if s not in DISCRETE_SPACINGS):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    x = fewstep.sample(
+                        case["model"], noise, schedule, solver, nfe=spent, spacing=spacing,
+                        prediction=case["prediction"], progress=False,
+                    )  # fmt: skip
+            except ValueError:
+                continue
+            value = rmse(x, reference)
+            out[f"{solver}|{spacing}"] = value if math.isfinite(value) else math.inf
+    return out
+
+
+def measure(name: str, methods: list[str]) -> dict[str, Any] | None:
+    case = make_case(name)
+    if case is None:
+        return None
+    schedule = case["schedule"]
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randn(HELD_OUT, case["dim"], generator=gen, dtype=torch.float64) * float(
+        schedule.sigma(schedule.t_max)
+    )
+    reference = case["reference"](noise)
+    cells: dict[str, Any] = {}
+    for nfe in NFES:
+        fixed = fixed_errors(case, noise, reference, nfe)
+        best = min(fixed, key=fixed.__getitem__)
+        cell: dict[str, Any] = {"best_fixed": best, "best_fixed_rmse": fixed[best], "methods": {}}
+        for method in methods:
+            start = time.perf_counter()
+            tuned = fewstep.tune(
+                case["model"], schedule, nfe=nfe, calibration=CALIBRATION, shape=(case["dim"],), method=method,
+                budget=BUDGET, prediction=case["prediction"], seed=0,
+            )  # fmt: skip
+            seconds = time.perf_counter() - start
+            x = fewstep.sample(case["model"], noise, schedule, solver=tuned, prediction=case["prediction"])
+            value = rmse(x, reference)
+            cell["methods"][method] = {
+                "rmse": value, "ratio": value / fixed[best], "calls": tuned.calls, "seconds": seconds,
+                "solver": tuned.solver, "start": tuned.start, "times": tuned.times, "errors": tuned.errors,
+            }  # fmt: skip
+            print(f"{name} NFE {nfe} {method}: ratio {value / fixed[best]:.3f} ({tuned.calls} calls, {seconds:.0f} s)",
+                  flush=True)  # fmt: skip
+        cells[str(nfe)] = cell
+    return cells
+
+
+def table(results: dict[str, Any]) -> str:
+    methods = [m for m in METHODS if any(m in c["methods"] for r in results.values() for c in r.values())]
+    head = (
+        "| target | NFE | best fixed (solver, spacing) | RMSE | tuned (auto) RMSE | "
+        + " | ".join(f"{m} / best" for m in methods)
+        + " | auto calls | auto seconds |"
+    )
+    out = [head, "|" + " --- |" * (7 + len(methods))]
+    ratios: list[float] = []
+    for name in TARGETS:
+        for nfe in NFES:
+            cell = results.get(name, {}).get(str(nfe))
+            if cell is None:
+                continue
+            runs = cell["methods"]
+            auto = runs.get("auto", {})
+            if auto:
+                ratios.append(auto["ratio"])
+            out.append(
+                f"| {name} | {nfe} | {cell['best_fixed'].replace('|', ', ')} | {cell['best_fixed_rmse']:.4g} | "
+                f"{auto.get('rmse', math.nan):.4g} | "
+                + " | ".join(f"{runs[m]['ratio']:.2f}" if m in runs else "-" for m in methods)
+                + f" | {auto.get('calls', '-')} | {auto.get('seconds', math.nan):.0f} |"
+            )
+    if ratios:
+        out += [
+            "",
+            f"Over {len(ratios)} cells, the tuned (auto) sampler's RMSE over the best fixed configuration's: median "
+            f"{statistics.median(ratios):.2f}, worst {max(ratios):.2f}, best {min(ratios):.2f} (acceptance target: "
+            "median <= 0.5, every cell <= 0.7).",
+        ]
+    return "\n".join(out)
+
+
+def write_doc(text: str) -> None:
+    page = DOC.read_text()
+    start, end = "<!-- tuning:start -->\n", "<!-- tuning:end -->"
+    a, b = page.index(start) + len(start), page.index(end)
+    DOC.write_text(page[:a] + text + "\n" + page[b:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="ignore earlier measurements")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--no-write", action="store_true", help="print only; do not rewrite docs/tuning.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results: dict[str, Any] = {}
+    if RESULTS.exists() and not args.fresh:
+        results = json.loads(RESULTS.read_text())
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    methods = args.methods.split(",")
+    for name in args.targets.split(","):
+        if name in results:
+            continue
+        cells = measure(name, methods)
+        if cells is None:
+            print(f"{name}: not in this fewstep, skipped")
+            continue
+        results[name] = cells
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+        if not args.no_write:  # the table so far, after each target
+            write_doc(table(results))
+    text = table(results)
+    print(text)
+    if not args.no_write:
+        write_doc(text)
+
+
+if __name__ == "__main__":
+    main()

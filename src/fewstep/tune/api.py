@@ -1,0 +1,318 @@
+"""``fewstep.tune``: fit a sampler's times (and solver) to one model and schedule within a network-call budget.
+
+Steps: draw the calibration and held-out noise; solve both with the teacher in one batch
+(:mod:`~fewstep.tune.teacher`); score a few fixed (solver, spacing) configurations on the calibration batch and keep
+the best as the start; run the method; measure the result and the start on the held-out batch. Every network call
+(teacher, scoring, optimisation, held-out measurement) is counted against ``budget``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..defaults import default_solver_and_spacing
+from ..model import Denoiser
+from ..prepare import as_denoiser
+from ..schedules import NoiseSchedule
+from ..solvers import available, get_solver
+from ..spacing import DISCRETE_SPACINGS, SPACINGS, model_times
+from .budget import Budget, BudgetExhausted, Objective
+from .dmn import nelder_mead
+from .gits import gits_times
+from .ld3 import adam_spsa
+from .params import LogSNRIncrements
+from .teacher import Teacher, solve_teacher
+from .tuned import TunedSampler, model_fingerprint, schedule_description
+
+if TYPE_CHECKING:
+    from ..guidance import Guidance
+
+#: The loss the optimisers minimise (:data:`fewstep.tune.budget.LOSSES`); the reported errors are RMSEs.
+LOSS = "mean_distance"
+
+#: What ``method="auto"`` runs after GITS, from the better of GITS's times and the best fixed spacing (measured in
+#: docs/tuning.md).
+AUTO_REFINE = "dmn"
+
+#: The methods of :func:`tune`.
+METHODS = ("auto", "gits", "dmn", "ld3", "search")
+
+#: The solvers scored on every continuous spacing as starts when ``solver=None`` (besides the measured default for
+#: the schedule and NFE).
+CANDIDATE_SOLVERS = ("dpmpp_3m", "unipc_bh2", "ipndm", "gradient_estimation")
+
+#: The spacings every deterministic solver is scored on as starts, when the budget allows.
+COMMON_SPACINGS = ("logsnr", "time_quadratic")
+
+#: The share of the budget the scoring of starts may take: with ``solver=None``, :data:`CANDIDATE_SOLVERS` on every
+#: continuous spacing and, when that fits too, every other deterministic solver (but DPM-Solver-v3, which needs its
+#: statistics, and the per-step solver, which needs its choices) on :data:`COMMON_SPACINGS`.
+START_SHARE = 0.4
+
+
+def _positive_int(name: str, value: object, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _noise(given: Tensor | int, name: str, shape: tuple[int, ...] | None, scale: float, gen: torch.Generator) -> Tensor:
+    """The calibration / held-out noise: the given tensor, or ``given`` samples of ``scale * N(0, I)``."""
+    if isinstance(given, Tensor):
+        if given.ndim < 2 or given.shape[0] < 1 or not given.dtype.is_floating_point:
+            raise ValueError(f"{name}: need a floating-point batch (B, ...), got shape {tuple(given.shape)}")
+        return given.detach()
+    count = _positive_int(name, given)
+    if shape is None:
+        raise ValueError(f"shape: give one sample's shape (e.g. shape=(2,)) when {name} is a number of samples")
+    return scale * torch.randn(count, *shape, generator=gen, dtype=torch.float64)
+
+
+def _spends(solver: str, nfe: int, denoiser: Denoiser, **options: Any) -> int | None:
+    """The number of times ``solver`` steps through on ``nfe`` evaluations ending at sigma = 0, None if it cannot
+    spend exactly ``nfe``."""
+    schedule = denoiser.schedule
+    try:
+        slv = get_solver(solver, **options)
+        return slv.steps_for_nfe(nfe, float(schedule.alpha(schedule.t_max)) == 0.0, True)
+    except ValueError:
+        return None
+
+
+def _starts(denoiser: Denoiser, nfe: int, solver: str | None, budget: int) -> list[tuple[str, str, np.ndarray]]:
+    """The fixed (solver, spacing, times) configurations scored as starts (:data:`START_SHARE`)."""
+    default_solver, _ = default_solver_and_spacing(denoiser.schedule, nfe)
+    continuous = [s for s in SPACINGS if s not in DISCRETE_SPACINGS]
+    names = [solver] if solver else [default_solver, *CANDIDATE_SOLVERS]
+    every = [i.name for i in available() if not i.stochastic and i.name not in ("dpm_solver_v3", "per_step")]
+    tiers = [  # from the widest scoring to the narrowest, the first that fits the share of the budget
+        [(n, sp) for n in names for sp in continuous] + [(n, sp) for n in every for sp in COMMON_SPACINGS],
+        [(n, sp) for n in names for sp in continuous],
+        [(n, sp) for n in names for sp in COMMON_SPACINGS],
+        [(names[0], sp) for sp in COMMON_SPACINGS],
+    ]
+    if solver is not None:
+        tiers = tiers[1:]
+    pairs = next((t for t in tiers if len(dict.fromkeys(t)) * nfe <= START_SHARE * budget), tiers[-1])
+    out = []
+    for name, spacing in dict.fromkeys(pairs):
+        n_times = _spends(name, nfe, denoiser)
+        if n_times is None:
+            if solver is not None:
+                raise ValueError(f"solver: {solver!r} cannot spend exactly nfe={nfe} evaluations")
+            continue
+        try:
+            times = model_times(denoiser.schedule, n_times, spacing).numpy()
+        except ValueError:  # a spacing this schedule does not have
+            continue
+        out.append((name, spacing, times))
+    return out
+
+
+def _reporter(progress: bool, started: float) -> Callable[[str], None]:
+    """A printer of tuning phases to standard error (a no-op without ``progress``)."""
+    if not progress:
+        return lambda _message: None
+
+    def report(message: str) -> None:
+        print(f"fewstep tune [{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _has_search() -> bool:
+    """Whether this fewstep has the per-step solver search (``fewstep.tune.search``)."""
+    return importlib.util.find_spec(f"{__package__}.search") is not None
+
+
+def _search(
+    denoiser: Denoiser, nfe: int, noise: Tensor, teacher: Teacher, times: np.ndarray, budget: Budget, seed: int
+) -> tuple[str, dict[str, Any], np.ndarray]:
+    """The per-step solver search of ``fewstep.tune.search`` (ValueError when this fewstep has none)."""
+    if not _has_search():
+        raise ValueError("method: 'search' needs fewstep.tune.search, which this installation does not have")
+    module = importlib.import_module(f"{__package__}.search")
+    solver, options, found = module.search_choices(
+        denoiser, denoiser.schedule, nfe, noise, teacher, times, budget, seed
+    )
+    return str(solver), dict(options), np.asarray(found, dtype=np.float64)
+
+
+def tune(
+    model: Callable[..., Tensor] | Denoiser,
+    schedule: NoiseSchedule | None = None,
+    *,
+    nfe: int,
+    calibration: Tensor | int = 64,
+    holdout: Tensor | int = 64,
+    shape: tuple[int, ...] | None = None,
+    method: str = "auto",
+    budget: int = 2000,
+    solver: str | None = None,
+    prediction: str = "auto",
+    time_input: str | Callable[[Tensor], Tensor] = "auto",
+    model_kwargs: Mapping[str, Any] | None = None,
+    guidance_scale: float = 1.0,
+    uncond_kwargs: Mapping[str, Any] | None = None,
+    guidance_rescale: float = 0.0,
+    guidance: Guidance | None = None,
+    seed: int = 0,
+    grid: int = 100,
+    progress: bool = False,
+) -> TunedSampler:
+    """Tune the model-evaluation times (and, with ``solver=None``, the solver) of an ``nfe``-evaluation sampler for
+    ``model`` so that its samples match a high-NFE teacher's from the same noise.
+
+    Args:
+        model, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs, guidance_rescale,
+            guidance: as for :func:`fewstep.sample`.
+        nfe: the network evaluations the tuned sampler spends.
+        calibration: the calibration noise (the start states at ``t_max``, a (B, ...) tensor) or a number of samples
+            of ``sigma(t_max) N(0, I)`` of one-sample ``shape``, drawn from ``seed``.
+        holdout: the held-out noise (or a number of samples, drawn after the calibration noise) on which the result
+            and its start are measured.
+        method: ``"gits"`` (the cheapest path through a fine grid on the teacher trajectory), ``"dmn"`` (Nelder-Mead
+            on the final error), ``"ld3"`` (Adam with simultaneous-perturbation gradients on the final error),
+            ``"search"`` (the per-step solver search of ``fewstep.tune.search``), or ``"auto"``: with
+            ``solver=None`` the search where this fewstep has it, else GITS, then :data:`AUTO_REFINE` from the
+            better of GITS and the best fixed spacing (docs/tuning.md has the measurements).
+        budget: the most network calls the tuning spends, teacher included (a batched call is one call; a backward
+            pass is one call).
+        solver: the solver name to tune the times of; None: the best on the calibration batch of the measured
+            default and :data:`CANDIDATE_SOLVERS`.
+        seed: the seed of the drawn noise and of the optimisers' randomness; the result is deterministic given it.
+        grid: the teacher's number of logSNR-uniform times (``3 grid`` calls), also GITS's grid.
+        progress: print each phase (teacher, starts, method, held-out check) with the network calls spent so far to
+            standard error.
+
+    Returns:
+        A :class:`TunedSampler`; run it with ``fewstep.sample(model, noise, schedule, solver=tuned)``.
+    """
+    started = time.perf_counter()
+    report = _reporter(progress, started)
+    if method not in METHODS:
+        raise ValueError(f"method: choose one of {', '.join(METHODS)}, got {method!r}")
+    nfe = _positive_int("nfe", nfe)
+    limit = _positive_int("budget", budget)
+    seed = _positive_int("seed", seed, 0)
+    grid = _positive_int("grid", grid, 2)
+    if solver is not None and not isinstance(solver, str):
+        raise TypeError(f"solver: must be a solver name or None, got {type(solver).__name__}")
+    denoiser = as_denoiser(
+        model, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs, guidance_rescale,
+        None, guidance,
+    )  # fmt: skip
+    sched = denoiser.schedule
+    gen = torch.Generator().manual_seed(seed)
+    scale = float(sched.sigma(sched.t_max))
+    calib = _noise(calibration, "calibration", shape, scale, gen)
+    held = _noise(holdout, "holdout", tuple(calib.shape[1:]), scale, gen)
+    if held.shape[1:] != calib.shape[1:]:
+        raise ValueError(f"holdout: samples of shape {tuple(held.shape[1:])}, calibration {tuple(calib.shape[1:])}")
+    held = held.to(calib.dtype)
+    starts = _starts(denoiser, nfe, solver, limit)
+    if not starts:
+        raise ValueError(f"nfe: none of the candidate solvers spends exactly {nfe} evaluations")
+    need = 3 * grid + len(starts) * nfe + 4 * nfe + 1
+    if need > limit:
+        raise ValueError(f"budget: {limit} calls do not cover the teacher, the starts and the held-out check ({need})")
+
+    accounts = Budget(limit)
+    both = solve_teacher(denoiser, torch.cat([calib, held]), accounts, grid)
+    b = calib.shape[0]
+    teacher = Teacher(both.final[:b], both.grid, both.states[:, :b], both.calls)
+    report(f"teacher: {accounts.spent} network calls")
+    work = Budget(limit - 4 * nfe - 1, accounts.calls)  # keep four runs and the fingerprint's probe call
+
+    # the start: the best fixed configuration on the calibration batch
+    scored = []
+    for name, spacing, times in starts:
+        objective = Objective(denoiser, name, {}, nfe, calib, teacher.final, work, loss=LOSS)
+        try:
+            scored.append((objective.error(times), name, spacing, times, objective.best_rmse))
+        except ValueError:  # a solver whose plan on these times spends another NFE (checked before any call)
+            continue
+    start_loss, start_solver, start_spacing, start_times, start_error = min(scored, key=lambda s: s[0])
+    report(f"{len(scored)} fixed starts scored, best {start_solver} on {start_spacing}: {accounts.spent} calls")
+    solver_name = start_solver
+    objective = Objective(denoiser, solver_name, {}, nfe, calib, teacher.final, work, loss=LOSS)
+    objective.best, objective.best_rmse = (start_loss, start_times), start_error
+    options: dict[str, Any] = {}
+    chosen = method
+    if method == "auto" and solver is None and _has_search():  # measured best where it exists (docs/tuning.md)
+        method, chosen = "search", "auto (search)"
+    if method == "search":
+        search_start = start_times if len(start_times) == nfe else model_times(sched, nfe, start_spacing).numpy()
+        solver_name, options, times = _search(denoiser, nfe, calib, teacher, search_start, work, seed)
+    else:
+        if method in ("gits", "auto"):
+            try:
+                objective.error(gits_times(denoiser, teacher, len(start_times), work))
+            except BudgetExhausted:
+                pass
+        params = LogSNRIncrements(sched, len(start_times))
+        z0 = params.logits(objective.best[1])  # type: ignore[arg-type]
+        refine = AUTO_REFINE if method == "auto" else method
+        if refine == "dmn":
+            nelder_mead(lambda z: objective.error(params.times(z)), z0)
+        elif refine == "ld3":
+            adam_spsa(lambda z: objective.error(params.times(z)), z0, seed)
+        times = objective.best[1]  # type: ignore[assignment]
+        chosen = f"gits+{AUTO_REFINE}" if method == "auto" else method
+
+    report(f"{chosen}: {accounts.spent} calls")
+    # the held-out measurement of the result, its start and the default (the search's also on the calibration batch)
+    calib_error = (
+        Objective(denoiser, solver_name, options, nfe, calib, teacher.final, accounts).error(times)
+        if method == "search"
+        else float(objective.best_rmse)
+    )
+    errors = {
+        "calibration": calib_error,
+        "holdout": Objective(denoiser, solver_name, options, nfe, held, both.final[b:], accounts).error(times),
+        "start_calibration": float(start_error),
+        "start_holdout": Objective(denoiser, start_solver, {}, nfe, held, both.final[b:], accounts).error(start_times),
+    }
+    default_solver, default_spacing = default_solver_and_spacing(sched, nfe)
+    default_steps = _spends(default_solver, nfe, denoiser)
+    if default_steps is not None:
+        default_times = model_times(sched, default_steps, default_spacing).numpy()
+        default_run = Objective(denoiser, default_solver, {}, nfe, held, both.final[b:], accounts)
+        errors["default_holdout"] = default_run.error(default_times)
+    report(f"held-out check: {accounts.spent} calls")
+    if errors["holdout"] > errors["start_holdout"]:  # the optimum over-fitted the calibration batch: keep the start
+        solver_name, options, times, chosen = start_solver, {}, start_times, f"{chosen} (start kept)"
+        errors["calibration"], errors["holdout"] = errors["start_calibration"], errors["start_holdout"]
+    fingerprint = model_fingerprint(denoiser, sched, tuple(calib.shape[1:]), accounts.calls)
+    levels = torch.exp(-sched.lambda_(torch.from_numpy(np.asarray(times, dtype=np.float64)))).tolist()
+    return TunedSampler(
+        times=[float(t) for t in times],
+        solver=solver_name,
+        solver_options=options,
+        nfe=nfe,
+        method=chosen,
+        schedule=schedule_description(sched),
+        fingerprint=fingerprint,
+        levels=[float(v) for v in levels],
+        prediction=denoiser.prediction,
+        time_input=denoiser.time_input if isinstance(denoiser.time_input, str) else "callable",
+        teacher=teacher.describe(),
+        calls=accounts.spent,
+        seconds=time.perf_counter() - started,
+        errors=errors,
+        start={
+            "solver": start_solver,
+            "spacing": start_spacing,
+            "default_solver": default_solver,
+            "default_spacing": default_spacing,
+        },
+        seed=seed,
+    )

@@ -1,0 +1,104 @@
+"""The network-call budget of a tuning run and the error it minimises.
+
+Every network call made while tuning is counted in one :class:`~fewstep.model.CallCount` (a batched call on the
+calibration batch is one call; a backward pass through the network counts as one). :class:`Objective` runs the
+solver with given times on the calibration noise and measures the RMSE against the teacher's answer; it refuses
+(:class:`BudgetExhausted`) a run that would take the count past the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..model import CallCount, Denoiser
+
+
+class BudgetExhausted(Exception):
+    """The next run would spend more network calls than the tuning budget allows."""
+
+
+@dataclass
+class Budget:
+    """``limit`` network calls in all; ``calls`` counts those spent."""
+
+    limit: int
+    calls: CallCount = field(default_factory=CallCount)
+
+    @property
+    def spent(self) -> int:
+        return self.calls.nfe
+
+    @property
+    def left(self) -> int:
+        return self.limit - self.spent
+
+    def reserve(self, n: int) -> None:
+        """Raise :class:`BudgetExhausted` unless ``n`` more calls fit."""
+        if self.spent + n > self.limit:
+            raise BudgetExhausted(f"{n} more calls would exceed the budget of {self.limit} ({self.spent} spent)")
+
+
+def rmse(x: Tensor, y: Tensor) -> float:
+    """Root mean square difference over every entry."""
+    return float(torch.sqrt(torch.mean((x.to(torch.float64) - y.to(torch.float64)) ** 2)))
+
+
+def mean_distance(x: Tensor, y: Tensor) -> float:
+    """The mean over samples of the root mean square difference of each sample's entries: less swayed than
+    :func:`rmse` by the few samples that land in another mode, which a handful of times cannot fix for every
+    noise."""
+    diff = (x.to(torch.float64) - y.to(torch.float64)).reshape(x.shape[0], -1)
+    return float(torch.sqrt(torch.mean(diff**2, dim=1)).mean())
+
+
+LOSSES = {"rmse": rmse, "mean_distance": mean_distance}
+
+
+@dataclass
+class Objective:
+    """``error(times)``: the ``loss`` (a name of :data:`LOSSES`) of ``solver`` at ``times`` on ``noise`` against
+    ``target`` (the teacher's answer), each run ``nfe`` calls from ``budget``. ``best`` keeps the lowest loss seen and
+    its times, ``best_rmse`` that run's RMSE."""
+
+    denoiser: Denoiser
+    solver: str
+    options: dict[str, Any]
+    nfe: int
+    noise: Tensor
+    target: Tensor
+    budget: Budget
+    best: tuple[float, np.ndarray | None] = (math.inf, None)
+    runs: int = 0
+    loss: str = "rmse"
+    best_rmse: float = math.inf
+
+    def run(self, times: np.ndarray, noise: Tensor | None = None) -> Tensor:
+        """The solver's sample from ``noise`` (default: the calibration noise) at ``times``."""
+        from ..sampling import sample  # sampling imports this package lazily for solver=TunedSampler
+
+        self.budget.reserve(self.nfe)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a diverging trial is scored, not reported
+            return sample(
+                self.denoiser, self.noise if noise is None else noise, solver=self.solver, nfe=self.nfe,
+                spacing=torch.from_numpy(np.ascontiguousarray(times)), calls=self.budget.calls, progress=False,
+                **self.options,
+            )  # fmt: skip
+
+    def error(self, times: np.ndarray) -> float:
+        """RMSE against the teacher (inf for a non-finite sample)."""
+        x = self.run(times)
+        value = LOSSES[self.loss](x, self.target)
+        value = value if math.isfinite(value) else math.inf
+        self.runs += 1
+        if value < self.best[0]:
+            self.best = (value, np.array(times, dtype=np.float64))
+            self.best_rmse = rmse(x, self.target)
+        return value
