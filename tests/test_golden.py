@@ -15,6 +15,12 @@ from cases import CASES, run_case  # noqa: E402
 
 GOLDEN = torch.load(Path(__file__).resolve().parent / "golden" / "golden.pt")
 RTOL = 1e-12
+#: The adaptive GGF SDE run (2,500 evaluations, rtol 1e-3) amplifies last-bit differences between CPUs' math
+#: libraries through its step-size controller: on a second CPU its times agree to 1e-12 for four steps, differ by
+#: 2e-13 at the fifth and by 5e-5 at the eighth, and the result by 0.35% (16 more evaluations). These keys are
+#: held to what survives that: the result within 2% and the evaluations within 2%.
+CHAOTIC = ("adaptive/ggf_sde/",)
+CHAOTIC_RTOL = 2e-2
 
 
 def test_every_registered_solver_has_golden_cases() -> None:
@@ -32,6 +38,11 @@ def test_golden(key: str) -> None:
         return
     got = run_case(key, want.get("nfe") if key.startswith("solver/") else None)
     assert set(got) == set(want)
+    if key.startswith(CHAOTIC):
+        assert abs(got["nfe"] - want["nfe"]) <= CHAOTIC_RTOL * want["nfe"], (got["nfe"], want["nfe"])
+        err = float((got["x"] - want["x"]).abs().max() / want["x"].abs().max())
+        assert err <= CHAOTIC_RTOL, f"{key} x: relative difference {err:.3g}"
+        return
     for field, value in want.items():
         if isinstance(value, torch.Tensor):
             out = got[field]
