@@ -109,3 +109,33 @@ def test_the_default_is_close_to_the_best_configuration_here(name: str) -> None:
             name,
             nfe,
         )
+
+
+def test_guided_runs_on_discrete_vp_take_the_guided_table() -> None:
+    """A run with a guidance rule on a discrete VP schedule at NFE up to 14 takes ``GUIDED``; others keep the table."""
+    from fewstep.defaults import GUIDED, GUIDED_MAX_NFE
+
+    sd = FAMILIES["discrete_vp"]
+    for nfe in range(1, GUIDED_MAX_NFE + 1):
+        assert default_solver_and_spacing(sd, nfe, guided=True) in GUIDED.values()
+    assert default_solver_and_spacing(sd, 5, guided=True) == GUIDED[5]
+    assert default_solver_and_spacing(sd, 20, guided=True) == default_solver_and_spacing(sd, 20)
+    assert default_solver_and_spacing(FAMILIES["edm"], 8, guided=True) == default_solver_and_spacing(FAMILIES["edm"], 8)
+
+
+@pytest.mark.parametrize("nfe", [5, 8])
+def test_the_guided_default_beats_the_unguided_one_under_cfg(nfe: int) -> None:
+    """At CFG 7.5 on the labelled 2-D mixture (exact guided PF-ODE solution), ``sample`` without a solver (the guided
+    default) is at least twice as accurate as the unguided default would be on the same run."""
+    from fewstep.bench.targets.conditional import labelled_mixture_2d
+
+    sd, target = FAMILIES["discrete_vp"], labelled_mixture_2d()
+    y = torch.arange(64) % target.num_classes
+    kw = {"model_kwargs": {"y": y}, "uncond_kwargs": {"y": torch.full_like(y, -1)}, "guidance_scale": 7.5}
+    x = start(sd, 64)
+    ref = reference_solution_from_time(target.guided(y, 7.5), x, sd, sd.t_max)
+    model = target.model(sd, "epsilon")
+    guided = fewstep.sample(model, x, sd, nfe=nfe, **kw)
+    solver, spacing = default_solver_and_spacing(sd, nfe)
+    unguided_choice = fewstep.sample(model, x, sd, solver, nfe=nfe, spacing=spacing, **kw)
+    assert rmse(guided, ref) * 2 <= rmse(unguided_choice, ref), (rmse(guided, ref), rmse(unguided_choice, ref))

@@ -3,7 +3,8 @@
 
 - Signatures: exactly k-diffusion's parameters (names, order, defaults).
 - Agreement (the exact mixture denoiser, Karras sigmas, the same start and the same noise sampler, options included):
-  float64 to 1e-12 relative; float32 to 1e-6 on 12-step grids. ``dpm_fast``: k-diffusion builds its log-sigma grid in
+  float64 to 1e-12 relative; float32 to 4e-6 on 12-step grids (about 30 float32 ulps: the rounding of
+  float32 transcendental functions differs between CPUs, and dpm_2 with churn reached 1.5e-6 on one). ``dpm_fast``: k-diffusion builds its log-sigma grid in
   torch's default dtype, so it is compared with the default dtype set to float64.
 - ``dpmpp_sde`` with k-diffusion's own ``BrownianTreeNoiseSampler`` passed to both (its two draws per step are over
   overlapping intervals, correlated through the tree).
@@ -91,7 +92,7 @@ BIG_ETA = [
 PARAMS = [
     pytest.param(name, options, n, dtype, tol, id=f"{name}-{i}-{n}-{tag}")
     for i, (name, options) in enumerate(CASES + BIG_ETA)
-    for n, dtype, tol, tag in [(6, F64, 1e-12, "float64"), (12, F64, 1e-12, "float64"), (12, F32, 1e-6, "float32")]
+    for n, dtype, tol, tag in [(6, F64, 1e-12, "float64"), (12, F64, 1e-12, "float64"), (12, F32, 4e-6, "float32")]
     if tag == "float64" or (name, options) not in BIG_ETA
 ]
 

@@ -6,6 +6,13 @@ with the smallest geometric-mean RMSE ratio to the best configuration of each ca
 table below; docs/benchmarks.md shows the ratios. A run that names its solver but no spacing keeps logSNR steps
 (``FALLBACK``), as before the table; one that names a spacing but no solver gets the table's solver. A run's NFE picks the nearest measured point on a log scale.
 
+A guided run (any guidance rule, e.g. ``guidance_scale=7.5``) on a ``discrete_vp`` schedule at NFE up to 14 takes
+:data:`GUIDED` instead: ``benchmarks/guidance.py`` measures every ODE solver on every spacing under classifier-free
+guidance at scale 7.5 on the class-labelled 2-D and 64-D mixtures (exact guided solutions) at NFE 5, 8 and 10, and
+the unguided choices break there (``ipndm`` on polyexponential or Align-Your-Steps SDXL times: 5 to 20 times the
+best error). :data:`GUIDED` keeps, per NFE, the configuration with the smallest geometric-mean ratio to the best of
+each target, chosen on one batch of noise and checked on another (docs/guidance.md).
+
 Families (:func:`family`): ``discrete_vp`` (DDPM / Stable Diffusion tables), ``vp`` (continuous VP, cosine),
 ``edm`` (sigma schedules without a signal scale: EDM, VE), ``flow`` (flows and interpolants that start from pure
 noise).
@@ -17,7 +24,7 @@ import math
 
 from .schedules import EDM, VE, DiscreteVP, Flow, NoiseSchedule
 
-__all__ = ["FALLBACK", "MEASURED", "NFE_POINTS", "default_solver_and_spacing", "family"]
+__all__ = ["FALLBACK", "GUIDED", "MEASURED", "NFE_POINTS", "default_solver_and_spacing", "family"]
 
 #: The NFE values the tables are measured at.
 NFE_POINTS = (5, 10, 20)
@@ -41,6 +48,17 @@ MEASURED: dict[tuple[str, int], tuple[str, str]] = {
 }
 # --- measured by benchmarks/defaults.py: end ---
 
+#: Guided runs on ``discrete_vp`` schedules, per NFE (module docstring): measured by ``benchmarks/guidance.py``
+#: (``python benchmarks/guidance.py`` prints the choice last), the geometric-mean ratio to the best of each
+#: target on the checking batch in the comment.
+GUIDED: dict[int, tuple[str, str]] = {
+    5: ("deis_rho_3", "beta"),  # 1.18
+    8: ("ipndm_v", "ays_sd15"),  # 1.35
+    10: ("ipndm_v", "ays_sd15"),  # 1.28
+}
+#: The largest NFE a guided run takes :data:`GUIDED` at (nearest measured point 10 on a log scale, up to 20).
+GUIDED_MAX_NFE = 14
+
 
 def family(schedule: NoiseSchedule) -> str:
     """The family whose measurements serve ``schedule`` (module docstring)."""
@@ -58,6 +76,9 @@ def nearest_point(nfe: int) -> int:
     return min(NFE_POINTS, key=lambda p: abs(math.log(p) - math.log(max(nfe, 1))))
 
 
-def default_solver_and_spacing(schedule: NoiseSchedule, nfe: int) -> tuple[str, str]:
-    """The solver and spacing for a run of ``nfe`` evaluations on ``schedule`` that names neither."""
+def default_solver_and_spacing(schedule: NoiseSchedule, nfe: int, guided: bool = False) -> tuple[str, str]:
+    """The solver and spacing for a run of ``nfe`` evaluations on ``schedule`` that names neither (``guided``: the
+    run has a guidance rule)."""
+    if guided and family(schedule) == "discrete_vp" and nfe <= GUIDED_MAX_NFE:
+        return GUIDED[min(GUIDED, key=lambda p: abs(math.log(p) - math.log(max(nfe, 1))))]
     return MEASURED.get((family(schedule), nearest_point(nfe)), FALLBACK)

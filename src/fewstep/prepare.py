@@ -17,13 +17,15 @@ from .context import Callback, RunContext
 from .defaults import FALLBACK, default_solver_and_spacing
 from .finite import all_finite
 from .guard import DivergenceGuard
-from .guidance import Guidance
+from .guidance import GuidanceRule
+from .guidance.cfg_pp import is_cfg_pp
 from .model import CallCount, Denoiser, Threshold
 from .nodes import NodeTable
 from .noise.colored import ColoredNoise
 from .noise.source import NoiseSource
 from .schedules import NoiseSchedule
 from .solvers import Solver
+from .solvers.base import cfg_pp_solvers
 from .spacing import Spacing, SpacingLike, is_named, model_times
 from .trajectory import Trajectory
 from .tune.tuned import TunedSampler
@@ -65,7 +67,7 @@ def as_denoiser(
     uncond_kwargs: Mapping[str, Any] | None,
     guidance_rescale: float,
     threshold: Threshold | None,
-    guidance: Guidance | None = None,
+    guidance: GuidanceRule | None = None,
 ) -> Denoiser:
     """``model`` itself if it is a :class:`Denoiser`, else the Denoiser wrapping it with these options."""
     if isinstance(model, Denoiser):
@@ -121,16 +123,17 @@ def pick_defaults(
     spacing: SpacingLike | None,
     nfe: int | None,
     steps: int | None,
+    guided: bool = False,
 ) -> tuple[str | Solver, SpacingLike]:
     """``solver`` and ``spacing``, the missing ones from :mod:`fewstep.defaults` for the run's NFE (or step count, or
-    number of given times)."""
+    number of given times); ``guided``: the run has a guidance rule."""
     if solver is not None and spacing is not None:
         return solver, spacing
     given = len(spacing) if spacing is not None and not isinstance(spacing, str | Spacing) else None
     count = nfe or steps or given or 10
     if solver is not None:  # a named solver without a spacing: logSNR steps, as before the measured table
         return solver, FALLBACK[1]
-    chosen_solver, chosen_spacing = default_solver_and_spacing(schedule, int(count))
+    chosen_solver, chosen_spacing = default_solver_and_spacing(schedule, int(count), guided)
     return chosen_solver, (chosen_spacing if spacing is None else spacing)
 
 
@@ -177,6 +180,49 @@ def check_nfe(solver: Solver, nodes: NodeTable, nfe: int | None) -> int:
     if nfe is not None and expected != nfe:
         raise ValueError(f"nfe: {solver.name!r} spends {expected} evaluations on these {nodes.steps} steps, not {nfe}")
     return expected
+
+
+def cfg_pp_solver(denoiser: Denoiser, solver: Solver) -> Solver:
+    """The solver a run uses under the denoiser's guidance rule: for a CFG++ rule (:mod:`fewstep.guidance.cfg_pp`)
+    the solver's CFG++ form (a ValueError naming the solvers that have one, or the option that prevents it, and for a
+    threshold), else the solver itself."""
+    if not is_cfg_pp(denoiser.guidance):
+        return solver
+    refuse_threshold_with_cfg_pp(denoiser)
+    refusal = solver.cfg_pp_refusal()
+    if refusal is not None:
+        raise ValueError(f"guidance: {refusal}; {_cfg_pp_hint(denoiser)}")
+    return solver.cfg_pp_form()
+
+
+def refuse_cfg_pp(denoiser: Denoiser, caller: str) -> None:
+    """A ValueError when the denoiser's guidance rule is CFG++ and ``caller`` (a sampler without a CFG++ form, such as
+    ``sample_adaptive``) would run it."""
+    if is_cfg_pp(denoiser.guidance):
+        raise ValueError(f"guidance: {caller} has no CFG++ form; {_cfg_pp_hint(denoiser)}")
+
+
+def check_rule_solver(denoiser: Denoiser, solver: object, sde_window: object = None) -> None:
+    """A guidance rule that holds for some solvers only refuses the others before any model call: it has
+    ``check_solver(solver, sde_window)`` (superposition: reverse-SDE paths with one evaluation per step)."""
+    check = getattr(denoiser.guidance, "check_solver", None)
+    if callable(check):
+        check(solver, sde_window)
+
+
+def refuse_threshold_with_cfg_pp(denoiser: Denoiser) -> None:
+    if denoiser.threshold is not None:
+        raise ValueError(
+            "threshold: CFG++ renoises with the unconditional eps_hat, which thresholding would replace by the one "
+            "its thresholded x0_hat implies; leave threshold out (threshold=None) with a CFG++ rule"
+        )
+
+
+def _cfg_pp_hint(denoiser: Denoiser) -> str:
+    return (
+        f"{type(denoiser.guidance).__name__} needs a solver with a CFG++ form: fewstep.sample with solver= one of "
+        f"{', '.join(cfg_pp_solvers())} (e.g. 'dpmpp_2m'), or ClassifierFreeGuidance for plain CFG"
+    )
 
 
 def check_trajectory(trajectory: object, solver: Solver | None, noise_sampler: object) -> None:

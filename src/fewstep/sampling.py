@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .context import Callback, RunContext
 from .guard import DivergenceGuard
-from .guidance import Guidance
+from .guidance import GuidanceRule
 from .model import CallCount, Denoiser, EvaluationWrapper, ModelStack, Threshold
 from .model.network import CheckFinite
 from .model.time_shift import TimeShift, check_time_shift, shifted_layer
@@ -26,11 +26,13 @@ from .options import bool_option
 from .prepare import (
     Final,
     as_denoiser,
+    cfg_pp_solver,
     check_calls,
     check_counts,
     check_final,
     check_nfe,
     check_noise,
+    check_rule_solver,
     check_sde_window,
     check_seed_promise,
     check_trajectory,
@@ -66,7 +68,7 @@ def sample(
     guidance_scale: float = 1.0,
     uncond_kwargs: Mapping[str, Any] | None = None,
     guidance_rescale: float = 0.0,
-    guidance: Guidance | None = None,
+    guidance: GuidanceRule | None = None,
     threshold: Threshold | None = None,
     rho: float | None = None,
     callback: Callback | None = None,
@@ -167,8 +169,8 @@ def sample(
     )  # fmt: skip
     solver, nfe, spacing, solver_options = unpack_tuned(solver, nfe, steps, spacing, final, shift, solver_options)
     check_counts(nfe, steps, "default" if spacing is None else spacing)
-    solver, spacing = pick_defaults(denoiser.schedule, solver, spacing, nfe, steps)
-    slv = get_solver(solver, **solver_options)
+    solver, spacing = pick_defaults(denoiser.schedule, solver, spacing, nfe, steps, denoiser.guided)
+    slv = cfg_pp_solver(denoiser, get_solver(solver, **solver_options))
     clean_end = check_final(final)
     check_calls(calls)
     dtype = state_dtype(noise)
@@ -176,6 +178,7 @@ def sample(
     check_trajectory(trajectory, slv, noise_sampler)
     check_seed_promise(seed, slv)
     window = check_sde_window(sde_window)
+    check_rule_solver(denoiser, slv, window)
     shifter = check_time_shift(time_shift)
 
     # 2. plan: the node table and the solver's requests, known before the run

@@ -11,10 +11,18 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..guidance import Guidance
+from ..guidance import GuidanceRule
 from ..model import CallCount, Denoiser, Threshold
 from ..noise import BrownianPath
-from ..prepare import as_denoiser, check_calls, check_final, check_noise, state_dtype
+from ..prepare import (
+    as_denoiser,
+    check_calls,
+    check_final,
+    check_noise,
+    check_rule_solver,
+    refuse_cfg_pp,
+    state_dtype,
+)
 from ..schedules import NoiseSchedule
 from ..solvers.base import drive
 from .controller import PIDController, StepTo
@@ -62,7 +70,7 @@ def sample_adaptive(
     uncond_kwargs: Mapping[str, Any] | None = None,
     guidance_rescale: float = 0.0,
     threshold: Threshold | None = None,
-    guidance: Guidance | None = None,
+    guidance: GuidanceRule | None = None,
     grad: bool = False,
     calls: CallCount | None = None,
 ) -> Tensor:
@@ -116,6 +124,8 @@ def sample_adaptive(
         model, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs, guidance_rescale,
         threshold, guidance,
     )  # fmt: skip
+    refuse_cfg_pp(denoiser, "sample_adaptive")
+    check_rule_solver(denoiser, pair)
     sched = denoiser.schedule
     times = ctl.checked(sched) if isinstance(ctl, StepTo) else [float(sched.t_max), float(sched.t_min)]
     dtype = state_dtype(noise)

@@ -1,5 +1,5 @@
 """What the command line lists without importing torch: the built-in solvers (name, order, NFE per step,
-stochastic, paper), the spacing names and the prediction types.
+stochastic, paper), the spacing names, the prediction types and the class-labelled targets of ``fewstep compare``.
 
 ``fewstep --help``, ``fewstep compare --help`` and ``fewstep solvers`` read these tables instead of the solver
 registry, whose modules import torch (seconds at start-up). They are a copy of the registry's class attributes,
@@ -15,7 +15,16 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["SolverEntry", "SOLVERS", "SPACINGS", "DISCRETE_SPACINGS", "PREDICTIONS", "from_core", "solver_names"]
+__all__ = [
+    "SolverEntry",
+    "SOLVERS",
+    "CONDITIONAL_TARGETS",
+    "SPACINGS",
+    "DISCRETE_SPACINGS",
+    "PREDICTIONS",
+    "from_core",
+    "solver_names",
+]
 
 
 class SolverEntry(NamedTuple):
@@ -85,6 +94,10 @@ DISCRETE_SPACINGS: tuple[str, ...] = ("linspace", "leading", "trailing")
 PREDICTIONS: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "score", "velocity")
 # fmt: on
 # END generated
+
+
+#: ``fewstep compare``'s class-labelled exact targets (their networks take labels; ``--guidance`` runs them with CFG).
+CONDITIONAL_TARGETS: tuple[str, ...] = ("labelled_2d", "labelled_64d", "labelled_digits")
 
 
 def solver_names() -> list[str]:

@@ -20,6 +20,7 @@ import click
 from .. import __version__
 from ..options import suggestion
 from . import catalog
+from .catalog import CONDITIONAL_TARGETS
 
 
 @contextmanager
@@ -94,14 +95,29 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
     default="default",
     show_default=True,
     type=click.Choice(
-        ["default", "ring", "grid", "wide", "unbalanced", "nd64", "image", "digits", "learned", "digits_unet"]
+        [
+            "default",
+            "ring",
+            "grid",
+            "wide",
+            "unbalanced",
+            "nd64",
+            "image",
+            "digits",
+            "learned",
+            "digits_unet",
+            *CONDITIONAL_TARGETS,
+        ]
     ),
     help="Exact target: embedded 2-D mixtures (default, ring, grid, wide, unbalanced), a 64-D mixture (nd64), "
     "a 3x32x32 image mixture (image), the scikit-learn digits as a mixture of 1,797 narrow Gaussians (digits), "
     "or a small trained network (learned: trained once, about 30 s, then cached; its RMSE reference is a "
     "1,000-step DPM-Solver-3 solve of the network, its distribution metrics compare with the training mixture), "
     "or a tiny UNet trained on the digits (digits_unet: trained once, about 2 minutes, then cached; its reference "
-    "is a 200-step DPM-Solver-3 solve of the network, its distribution metrics compare with the digits).",
+    "is a 200-step DPM-Solver-3 solve of the network, its distribution metrics compare with the digits), or a "
+    "class-labelled exact target whose network takes labels (labelled_2d: the default 2-D mixture in 4 angle "
+    "sectors; labelled_64d: the 64-D mixture in 10 classes; labelled_digits: the digits by digit), run with "
+    "--guidance.",
 )
 @click.option(
     "--schedule",
@@ -166,6 +182,15 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
     "ODE solvers only; 16 samples unless --samples.",
 )
 @click.option(
+    "--guidance",
+    default=None,
+    type=float,
+    metavar="SCALE",
+    help="Classifier-free guidance at this scale on a class-labelled target (labelled_2d, labelled_64d, "
+    "labelled_digits): every sampler, the peers' included, gets the same labels, null label and scale, and the "
+    "RMSE is against the exact solution of the guided probability-flow ODE.  [default: 1, the conditional model]",
+)
+@click.option(
     "--teacher-steps", default=300, show_default=True, type=click.IntRange(10), help="The teacher's steps (--model)."
 )
 @click.option(
@@ -192,6 +217,7 @@ def compare(
     teacher_steps: int,
     resume: bool,
     tuned_files: tuple[str, ...],
+    guidance: float | None,
 ) -> None:
     """Run solvers at several NFEs on an exact target and report their errors.
 
@@ -208,6 +234,14 @@ def compare(
 
     if model_spec is not None and tuned_files:
         raise click.UsageError("--tuned: compares on the embedded targets (--target), not with --model")
+    if model_spec is not None and guidance is not None:
+        raise click.UsageError("--guidance: compares on the class-labelled targets (--target), not with --model")
+    if guidance is not None and target not in CONDITIONAL_TARGETS:
+        raise click.BadParameter(
+            f"classifier-free guidance needs a class-labelled target, not --target {target}; choose one of "
+            f"{', '.join(CONDITIONAL_TARGETS)} (e.g. --target labelled_2d)",
+            param_hint="'--guidance'",
+        )
     if model_spec is not None:
         _compare_model(
             model_spec, nfes, solvers, spacing, samples, seed, quick, out_dir, no_plot, no_report, teacher_steps
@@ -250,9 +284,11 @@ def compare(
             "nfe": nfes,
             "solvers": names,
             "peers": [],  # the peer libraries that ran, filled in below
-            "reference": cmp.reference_name(tgt),
+            "reference": cmp.reference_name(tgt, guidance),
             "tuned": list(tuned_files),
         }
+        if target in CONDITIONAL_TARGETS:
+            settings["guidance"] = 1.0 if guidance is None else guidance
         out = Path(out_dir)
         done = _previous_rows(out, settings) if resume else None
         result = cmp.compare(
@@ -269,6 +305,7 @@ def compare(
             schedule_name=None if learned else schedule,
             done=done,
             tuned=tuned,
+            guidance=guidance,
         )
     except (ValueError, TypeError) as err:
         raise cli_error(err) from err
@@ -294,6 +331,8 @@ def compare(
         return ["samples.png"]
 
     title = f"{target} target, {settings['schedule']} schedule, {spacing} spacing"
+    if "guidance" in settings:
+        title += f", CFG scale {settings['guidance']:g}"
     _write_outputs(out, rows, nfes, settings, title, no_plot, no_report, samples_plot)
 
 
@@ -427,6 +466,7 @@ CORE_OPTIONS = {
     "spacing": "--spacing",
     "prediction": "--prediction",
     "seed": "--seed",
+    "guidance": "--guidance",
 }
 
 

@@ -15,6 +15,14 @@ MMD, and for mixtures the fraction of modes covered; for the digits target also 
 distance between the features of a small digits classifier (:func:`fewstep.bench.metrics.fd_digits`; *not*
 Inception FID, comparable only with other FD-digits values).
 
+The conditional targets (``labelled_2d``, ``labelled_64d``, ``labelled_digits``: class-labelled mixtures,
+:mod:`fewstep.bench.targets.conditional`) run every sampler on the exact class-conditional network with the labels
+``0, 1, ..., C - 1, 0, 1, ...`` over the samples and, with ``guidance=w``, classifier-free guidance at scale ``w``
+(the unconditional branch gets the null label -1; without it, ``w = 1``: the conditional model alone). The RMSE is
+then against the exact solution of the guided probability-flow ODE (:class:`~fewstep.bench.targets.GuidedMixture`)
+from the same noise, and the distribution metrics compare with its exact solutions from independent noise (exact
+samples of the guided sampler's limit, which is not the tilted distribution ``p(x|y)^w p(x)^(1-w)``).
+
 With ``peers=True`` the peer libraries' samplers (diffusers, k-diffusion; :mod:`fewstep.bench.peers`) run on the
 same target, schedule, start noise and NFE budget and get the same metrics, in rows with ``library`` set.
 """
@@ -31,7 +39,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -39,14 +47,24 @@ from torch import Tensor
 from ..sampling import sample
 from ..schedules import EDM, VP, Cosine, DiscreteVP, Flow, NoiseSchedule
 from ..solvers import available, get_solver
+from .catalog import CONDITIONAL_TARGETS
 from .metrics import _kernel_sum, median_bandwidth, mode_coverage, sliced_wasserstein2
 from .output import atomic_write_bytes, atomic_write_text
+from .targets.conditional import NULL_LABEL
+
+if TYPE_CHECKING:
+    from .peers import PeerGuidance
 from .targets import (
     DigitsUNetTarget,
     GaussianMixture,
+    GuidedMixture,
+    LabelledMixture,
     LearnedTarget,
     digits_target,
     digits_unet_target,
+    labelled_digits,
+    labelled_mixture_2d,
+    labelled_mixture_nd,
     learned_target,
     mixture_2d,
     mixture_image,
@@ -63,8 +81,8 @@ SCHEDULES: dict[str, Callable[[], NoiseSchedule]] = {
     "flow": Flow,
 }
 MIXTURES_2D = ("default", "ring", "grid", "wide", "unbalanced")
-TARGETS = (*MIXTURES_2D, "nd64", "image", "digits", "learned", "digits_unet")
-Target = GaussianMixture | LearnedTarget | DigitsUNetTarget
+TARGETS = (*MIXTURES_2D, "nd64", "image", "digits", "learned", "digits_unet", *CONDITIONAL_TARGETS)
+Target = GaussianMixture | LearnedTarget | DigitsUNetTarget | LabelledMixture
 #: The trained networks: they bring their own schedule, prediction and reference (``target.reference(noise)``).
 LEARNED_TARGETS = (LearnedTarget, DigitsUNetTarget)
 
@@ -82,6 +100,12 @@ def make_target(name: str) -> Target:
         return learned_target()
     if name == "digits_unet":
         return digits_unet_target()
+    if name == "labelled_2d":
+        return labelled_mixture_2d()
+    if name == "labelled_64d":
+        return labelled_mixture_nd(64)
+    if name == "labelled_digits":
+        return labelled_digits()
     if name not in MIXTURES_2D:
         raise ValueError(f"target: choose one of {', '.join(TARGETS)}, got {name!r}")
     return mixture_2d(name)
@@ -93,17 +117,68 @@ def make_schedule(name: str) -> NoiseSchedule:
     return SCHEDULES[name]()
 
 
-def reference_name(target: Target) -> str:
+def reference_name(target: Target, guidance: float | None = None) -> str:
     """What a target's RMSE is measured against, in words: the network's own tight solve, or the exact solution."""
     if isinstance(target, LEARNED_TARGETS):
         steps = target.reference_steps if isinstance(target, DigitsUNetTarget) else 1000
         return f"learned_reference ({steps:,}-step DPM-Solver-3)"
+    if isinstance(target, LabelledMixture):
+        return (
+            f"exact guided PF-ODE solution (CFG scale {1.0 if guidance is None else guidance:g}, tight-tolerance solve)"
+        )
     return "exact PF-ODE solution (tight-tolerance solve)"
 
 
 def data_distribution(target: Target) -> GaussianMixture:
-    """The exact data distribution: the mixture itself, or the mixture a learned target was trained on."""
+    """The exact data distribution: the mixture itself (all classes of a labelled one), or the mixture a learned
+    target was trained on."""
+    if isinstance(target, LabelledMixture):
+        return target.mixture
     return target.data if isinstance(target, LEARNED_TARGETS) else target
+
+
+@dataclass(frozen=True)
+class GuidedRun:
+    """A conditional target's run: the labels of the samples (cycling through the classes) and the CFG scale, which
+    every sampler of the comparison is given (fewstep's through ``model_kwargs`` / ``uncond_kwargs`` /
+    ``guidance_scale``, the peers' through :class:`~fewstep.bench.peers.PeerGuidance`)."""
+
+    target: LabelledMixture
+    labels: Tensor
+    scale: float
+
+    @classmethod
+    def of(cls, target: Target, guidance: float | None, samples: int) -> GuidedRun | None:
+        """The run's guidance, or None for an unconditional target (ValueError with ``guidance`` given there)."""
+        if not isinstance(target, LabelledMixture):
+            if guidance is not None:
+                raise ValueError(
+                    f"guidance: needs a conditional target (its network takes class labels), got {target!r}; choose "
+                    f"one of {', '.join(CONDITIONAL_TARGETS)}"
+                )
+            return None
+        scale = 1.0 if guidance is None else guidance
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+            raise ValueError(f"guidance: the CFG scale must be a finite number, got {guidance!r}")
+        return cls(target, torch.arange(samples) % target.num_classes, float(scale))
+
+    @property
+    def null(self) -> Tensor:
+        return torch.full_like(self.labels, NULL_LABEL)
+
+    def sample_kwargs(self) -> dict[str, Any]:
+        """``fewstep.sample``'s conditioning and CFG options for this run."""
+        return {"model_kwargs": {"y": self.labels}, "uncond_kwargs": {"y": self.null}, "guidance_scale": self.scale}
+
+    def exact(self) -> GuidedMixture:
+        """The exact target of the guided probability-flow ODE."""
+        return self.target.guided(self.labels, self.scale)
+
+    def peer(self) -> PeerGuidance:
+        """The same guidance for the peer libraries (:class:`fewstep.bench.peers.PeerGuidance`)."""
+        from .peers import PeerGuidance
+
+        return PeerGuidance(self.labels, self.null, self.scale)
 
 
 @dataclass
@@ -169,6 +244,7 @@ def compare(
     schedule_name: str | None = None,
     done: Mapping[tuple[str, int], Row] | None = None,
     tuned: Mapping[str, Any] | None = None,
+    guidance: float | None = None,
 ) -> Comparison:
     """Run every (solver, NFE): RMSE against the reference from the same float64 noise (ODE solvers), and
     sliced W2 / MMD / mode coverage against ``samples`` exact samples of the data distribution (all solvers;
@@ -186,15 +262,27 @@ def compare(
     NFEs).
 
     ``tuned``: :class:`fewstep.TunedSampler` s by label, each run from the same noise at its own NFE, in a row
-    named ``tuned:<label>`` (ValueError when one was tuned for another schedule)."""
+    named ``tuned:<label>`` (ValueError when one was tuned for another schedule).
+
+    ``guidance``: the CFG scale of a conditional target (:data:`CONDITIONAL_TARGETS`; None: 1, the conditional model
+    alone); a ValueError for any other target. Every sampler, peers included, runs with the same labels and scale,
+    and the reference is the exact guided solution (module docstring)."""
     done = done or {}
+    guided = GuidedRun.of(target, guidance, samples)
+    cond: dict[str, Any] = guided.sample_kwargs() if guided is not None else {}
     if isinstance(target, LEARNED_TARGETS):
         schedule, prediction = target.schedule, target.prediction
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(samples, target.dim, generator=gen, dtype=torch.float64)
     noise = noise * float(schedule.sigma(schedule.t_max))
     data = data_distribution(target)
-    exact = data.sample(samples, generator=torch.Generator().manual_seed(seed + 1))
+    if guided is not None:  # the guided ODE's exact solutions from independent noise
+        g1 = torch.Generator().manual_seed(seed + 1)
+        exact_noise = torch.randn(samples, target.dim, generator=g1, dtype=torch.float64)
+        exact_noise = exact_noise * float(schedule.sigma(schedule.t_max))
+        exact = reference_solution_from_time(guided.exact(), exact_noise, schedule, schedule.t_max)
+    else:
+        exact = data.sample(samples, generator=torch.Generator().manual_seed(seed + 1))
     stochastic = {name: _stochastic(name) for name in solvers}
     mmd_to = _MMD(exact)
     fd_to = _FDDigits(exact) if tuple(getattr(data, "image_shape", None) or ()) == (8, 8) else None
@@ -202,8 +290,10 @@ def compare(
     if peers or not all(stochastic.values()):
         if isinstance(target, LEARNED_TARGETS):
             reference = target.reference(noise)
+        elif guided is not None:
+            reference = reference_solution_from_time(guided.exact(), noise, schedule, schedule.t_max)
         else:
-            reference = reference_solution_from_time(target, noise, schedule, schedule.t_max)
+            reference = reference_solution_from_time(data, noise, schedule, schedule.t_max)
     else:
         reference = torch.full_like(noise, math.nan)
     model: Callable[..., Tensor] = (
@@ -229,8 +319,9 @@ def compare(
             continue
         g = torch.Generator().manual_seed(_run_seed(seed, name, asked)) if stochastic[name] else None
         x = sample(
-            model, noise, schedule, name, nfe=nfe, spacing=spacing, prediction=prediction, generator=g, progress=False
-        )
+            model, noise, schedule, name, nfe=nfe, spacing=spacing, prediction=prediction, generator=g, progress=False,
+            **cond,
+        )  # fmt: skip
         if (name, asked) in done:  # run again only for its samples
             rows.append(done[name, asked])
         else:
@@ -244,7 +335,7 @@ def compare(
     bar.close()
     for label, sampler in (tuned or {}).items():
         sampler.check(schedule=schedule)
-        x = sample(model, noise, schedule, solver=sampler, prediction=prediction, progress=False)
+        x = sample(model, noise, schedule, solver=sampler, prediction=prediction, progress=False, **cond)
         row = Row(f"tuned:{label}", sampler.nfe, sampler.nfe, float(torch.sqrt(torch.mean((x - reference) ** 2))))
         _distribution_metrics(row, x, exact, data, mmd_to, fd_to)
         rows += [row if n == sampler.nfe else Row(row.solver, n, None, math.nan) for n in nfes]  # "-" elsewhere
@@ -253,9 +344,11 @@ def compare(
         if old_peers and {r.library for r in old_peers} == set(_peer_libraries(schedule_name)):
             rows += old_peers
         else:
+            peer_guidance = guided.peer() if guided is not None else None
             rows += _peer_rows(
-                model, schedule, schedule_name, noise, reference, nfes, prediction, exact, data, mmd_to, fd_to
-            )
+                model, schedule, schedule_name, noise, reference, nfes, prediction, exact, data, mmd_to, fd_to,
+                peer_guidance,
+            )  # fmt: skip
     return Comparison(rows, noise, reference, exact, first)
 
 
@@ -301,15 +394,16 @@ def _peer_rows(
     data: GaussianMixture,
     mmd_to: _MMD,
     fd_to: _FDDigits | None,
+    guidance: PeerGuidance | None = None,
 ) -> list[Row]:
     from . import peers as p
 
     libs = _peer_libraries(schedule_name)
     runs: list[p.PeerRun] = []
     if "diffusers" in libs:
-        runs += p.diffusers_runs(model, schedule, noise, reference, nfes, prediction)
+        runs += p.diffusers_runs(model, schedule, noise, reference, nfes, prediction, guidance=guidance)
     if "k-diffusion" in libs:
-        runs += p.kdiffusion_runs(model, schedule, noise, nfes, prediction, reference=reference)
+        runs += p.kdiffusion_runs(model, schedule, noise, nfes, prediction, reference=reference, guidance=guidance)
     rows = []
     for r in runs:
         row = Row(f"{r.library}:{r.label}", r.nfe_asked, r.nfe, math.nan, library=r.library)

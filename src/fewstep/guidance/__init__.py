@@ -1,11 +1,48 @@
-"""Guidance rules: layers of the model-call stack that act on the network's raw output.
+"""Guidance rules: layers of the model-call stack between the solver and the network (docs/guidance.md).
 
-A rule has one method, ``wrap(network) -> output``: given the run's :class:`~fewstep.model.network.Network` it
-returns the callable ``output(x, time, t)`` that the conversion to ``(x0, eps)`` calls instead of the network
-(and which may call the network in a batch of several branches, counted as one call and several branch
-evaluations). A new rule is one module here; pass it as ``sample(..., guidance=rule)`` or ``Denoiser(guidance=)``.
+A rule acts on the network's raw output (:class:`Guidance`, ``wrap(network) -> output``) or on the predictions at a
+point (:class:`PredictionGuidance`, ``wrap_prediction(network, needs_eps) -> evaluation``); see
+:mod:`fewstep.guidance.base`. Branches of one evaluation run as one batched network call where their conditioning
+can be concatenated (:class:`Branches`), counted as one call and several branch evaluations. A new rule is one
+module here; pass it as ``sample(..., guidance=rule)`` or ``Denoiser(guidance=)``.
 """
 
-from .cfg import ClassifierFreeGuidance, Guidance
+from .apg import AdaptiveProjectedGuidance
+from .base import Guidance, GuidanceRule, PredictionGuidance
+from .branches import Branches
+from .cfg import ClassifierFreeGuidance
+from .cfg_pc import CFGPredictorCorrector
+from .cfg_pp import CFGPlusPlus
+from .compose import Composition
+from .event import EventLoss, event_guidance
+from .flow_steering import FlowSteering
+from .gradient import LossGuidance
+from .gradient_free import GradientFreeClassifierGuidance
+from .perturbed import PerturbedGuidance
+from .scale_schedule import ScaleSchedule
+from .scheduled_cfg import ScheduledCFG
+from .superposition import Superposition, SuperpositionStep
+from .terms import Term
 
-__all__ = ["ClassifierFreeGuidance", "Guidance"]
+__all__ = [
+    "AdaptiveProjectedGuidance",
+    "Branches",
+    "CFGPlusPlus",
+    "CFGPredictorCorrector",
+    "ClassifierFreeGuidance",
+    "Composition",
+    "EventLoss",
+    "FlowSteering",
+    "GradientFreeClassifierGuidance",
+    "Guidance",
+    "GuidanceRule",
+    "LossGuidance",
+    "PerturbedGuidance",
+    "PredictionGuidance",
+    "ScaleSchedule",
+    "ScheduledCFG",
+    "Superposition",
+    "SuperpositionStep",
+    "Term",
+    "event_guidance",
+]

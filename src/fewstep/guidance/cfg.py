@@ -6,26 +6,26 @@ Both branches run as one batch of twice the size (one network call, two branch e
     rescaled: out <- phi (std(out_c) / std(out)) out + (1 - phi) out,   std over each sample's elements,
 
 on the network's own output, which is affine in ``(x0, eps)`` (so plain CFG is the same on either; the rescale is
-not, and follows diffusers on the model's output).
+not, and follows diffusers on the model's output). :func:`guided` is that formula, :func:`paired_outputs` the
+batched call; :class:`~fewstep.guidance.scheduled_cfg.ScheduledCFG` reuses both at a scale that depends on the
+noise level.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..model.network import Network
 from ..model.stack import ModelOutput
+from .rule_checks import conditioning, finite_number
 
-
-class Guidance(Protocol):
-    """A guidance rule (see :mod:`fewstep.guidance`)."""
-
-    def wrap(self, network: Network) -> ModelOutput: ...
+#: ``pair(x, time, t) -> (out_u, out_c)``: both branches' outputs from one batched network call.
+PairedOutputs = Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -40,28 +40,48 @@ class ClassifierFreeGuidance:
     def __post_init__(self) -> None:
         if isinstance(self.scale, bool) or not isinstance(self.scale, int | float):
             raise TypeError(f"guidance_scale: must be a number, got {type(self.scale).__name__}")
-        if self.uncond_kwargs is None:
-            raise ValueError(
-                "uncond_kwargs: classifier-free guidance (guidance_scale != 1) needs the unconditional inputs"
-            )
-        if not 0.0 <= self.rescale <= 1.0:
-            raise ValueError(f"guidance_rescale: must be in [0, 1], got {self.rescale}")
+        finite_number("guidance_scale", self.scale)
+        conditioning("uncond_kwargs", self.uncond_kwargs, "classifier-free guidance (guidance_scale != 1)")
+        check_rescale(self.rescale)
 
     def wrap(self, network: Network) -> ModelOutput:
-        kwargs = {k: _cat(self.uncond_kwargs.get(k), v) for k, v in network.kwargs.items()}
+        pair = paired_outputs(network, self.uncond_kwargs)
         scale, phi = self.scale, self.rescale
 
         def guided_output(x: Tensor, time: Tensor, t: float) -> Tensor:
-            out = network(torch.cat([x, x]), torch.cat([time, time]), t, kwargs, branches=2)
-            out_u, out_c = out.chunk(2)
-            guided = out_u + scale * (out_c - out_u)
-            if phi > 0:
-                dims = tuple(range(1, x.ndim))
-                rescaled = guided * (out_c.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
-                guided = phi * rescaled + (1.0 - phi) * guided
-            return guided
+            return guided(*pair(x, time, t), scale, phi)
 
         return guided_output
+
+
+def check_rescale(rescale: object) -> float:
+    """The rescale factor phi of Lin et al. 2024, in [0, 1]."""
+    phi = finite_number("guidance_rescale", rescale)
+    if not 0.0 <= phi <= 1.0:
+        raise ValueError(f"guidance_rescale: must be in [0, 1], got {rescale} (0: no rescale; Lin et al. use 0.7)")
+    return phi
+
+
+def paired_outputs(network: Network, uncond_kwargs: Mapping[str, Any]) -> PairedOutputs:
+    """The unconditional and conditional outputs of ``network`` as one batched call (counted as one call and two
+    branch evaluations); the kwargs are batched once, here."""
+    kwargs = {k: _cat(uncond_kwargs.get(k), v) for k, v in network.kwargs.items()}
+
+    def pair(x: Tensor, time: Tensor, t: float) -> tuple[Tensor, Tensor]:
+        out_u, out_c = network(torch.cat([x, x]), torch.cat([time, time]), t, kwargs, branches=2).chunk(2)
+        return out_u, out_c
+
+    return pair
+
+
+def guided(out_u: Tensor, out_c: Tensor, scale: float, phi: float = 0.0) -> Tensor:
+    """``out_u + scale (out_c - out_u)``, rescaled towards ``out_c``'s per-sample std by ``phi`` (module docstring)."""
+    out = out_u + scale * (out_c - out_u)
+    if phi > 0:
+        dims = tuple(range(1, out.ndim))
+        rescaled = out * (out_c.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True))
+        out = phi * rescaled + (1.0 - phi) * out
+    return out
 
 
 def _cat(uncond: Any, cond: Any) -> Any:

@@ -6,6 +6,10 @@ The node classes follow ComfyUI's custom-sampler conventions (``INPUT_TYPES``, `
 - ``FewstepSampler`` (solver) -> ``SAMPLER``: ComfyUI's ``KSAMPLER`` around the solver's k-diffusion-signature function
   (:data:`fewstep.integrations.kdiffusion.SAMPLERS`: the reference's options for ComfyUI's own names,
   ``extra_args["seed"]`` seeding the noise as ComfyUI does).
+- ``FewstepCFGPPSampler`` (solver) -> ``SAMPLER``: a fewstep solver in its CFG++ form (Chung et al. 2024; the
+  solvers with one, :data:`fewstep.integrations.kdiffusion.CFG_PP_SAMPLERS`): the guider's ``cfg`` is CFG++'s lam
+  (typically in [0, 1]), and the unconditional estimate comes from ComfyUI's post-CFG hook, as for ComfyUI's own
+  ``*_cfg_pp`` samplers.
 - ``FewstepSigmas`` (model, steps, spacing) -> ``SIGMAS``: ``steps`` noise levels from the model's ``sigma_max`` to
   its ``sigma_min`` by a fewstep spacing (in EDM's sigma, as k-diffusion's grids are; in Flow's time t = sigma for
   a rectified-flow model, whose model sampling is ComfyUI's ``CONST``), then 0.
@@ -26,9 +30,10 @@ from torch import Tensor
 from ..schedules import EDM, Flow
 from ..solvers import available
 from ..spacing import DISCRETE_SPACINGS, SPACINGS, Spacing, model_times
-from .kdiffusion import SAMPLERS, is_rectified_flow
+from .kdiffusion import CFG_PP_SAMPLERS, SAMPLERS, is_rectified_flow
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "FewstepSampler", "FewstepSigmas", "sigmas_for"]
+__all__ += ["FewstepCFGPPSampler"]
 
 #: The spacings offered on sigma grids (diffusers' discrete ones need a DDPM table).
 SIGMA_SPACINGS = [s for s in SPACINGS if s not in DISCRETE_SPACINGS]
@@ -81,6 +86,34 @@ class FewstepSampler:
         return (KSAMPLER(self.sampler_function(solver)),)
 
 
+class FewstepCFGPPSampler:
+    """``SAMPLER`` node: a fewstep solver in its CFG++ form (ComfyUI's ``cfg`` is lam)."""
+
+    CATEGORY = "sampling/custom_sampling/samplers"
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 - ComfyUI's name
+        return {"required": {"solver": (sorted(CFG_PP_SAMPLERS), {"default": "dpmpp_2m"})}}
+
+    @staticmethod
+    def sampler_function(solver: str) -> Any:
+        """The solver's CFG++ k-diffusion-signature function (what ComfyUI's ``KSAMPLER`` calls)."""
+        if solver not in CFG_PP_SAMPLERS:
+            raise ValueError(
+                f"solver: {solver!r} has no CFG++ form; choose one of {', '.join(sorted(CFG_PP_SAMPLERS))}"
+            )
+        return CFG_PP_SAMPLERS[solver]
+
+    def get_sampler(self, solver: str) -> tuple[Any]:
+        try:
+            from comfy.samplers import KSAMPLER
+        except ImportError as err:
+            raise ImportError("FewstepCFGPPSampler: runs inside ComfyUI (comfy.samplers is not importable)") from err
+        return (KSAMPLER(self.sampler_function(solver)),)
+
+
 class FewstepSigmas:
     """``SIGMAS`` node: a fewstep spacing of the model's noise levels."""
 
@@ -104,5 +137,13 @@ class FewstepSigmas:
         return (sigmas_for(float(sampling.sigma_min), float(sampling.sigma_max), steps, spacing, flow),)
 
 
-NODE_CLASS_MAPPINGS = {"FewstepSampler": FewstepSampler, "FewstepSigmas": FewstepSigmas}
-NODE_DISPLAY_NAME_MAPPINGS = {"FewstepSampler": "fewstep sampler", "FewstepSigmas": "fewstep sigmas"}
+NODE_CLASS_MAPPINGS = {
+    "FewstepSampler": FewstepSampler,
+    "FewstepCFGPPSampler": FewstepCFGPPSampler,
+    "FewstepSigmas": FewstepSigmas,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FewstepSampler": "fewstep sampler",
+    "FewstepCFGPPSampler": "fewstep CFG++ sampler",
+    "FewstepSigmas": "fewstep sigmas",
+}

@@ -19,6 +19,14 @@ Two sets of functions:
   Taylor-exact ``2 H phi_3(-H)``) and keeps the third order to the end (``lower_order_final=False``).
 - :data:`SAMPLERS`: every fewstep solver by its fewstep name, ``sample_<name>(..., **options)`` with the
   solver's own options (the reference-named ones are the functions of :data:`KSAMPLERS`).
+- CFG++ (Chung et al. 2024; :mod:`fewstep.guidance.cfg_pp`): ComfyUI's ``*_cfg_pp`` samplers with their signatures
+  (:data:`CFG_PP_KSAMPLERS`: ``sample_euler_cfg_pp``, ``sample_dpmpp_2m_cfg_pp``, ...; and
+  ``sample_gradient_estimation(cfg_pp=True)``), and every solver with a CFG++ form by its fewstep name
+  (:data:`CFG_PP_SAMPLERS`). They take ComfyUI's guided model, whose call returns the guided data estimate at
+  ComfyUI's ``cfg`` (CFG++'s lam), and get the unconditional one as ComfyUI's own ``*_cfg_pp`` samplers do: a
+  post-CFG function appended to a copy of ``extra_args["model_options"]`` (``sampler_post_cfg_function``, with
+  ``disable_cfg1_optimization``) receives ``uncond_denoised``. A model that takes no ``model_options`` is a
+  ValueError naming ``cfg_pp``.
 
 ``extra_args["seed"]`` (ComfyUI's noise seed) seeds the step noise as ComfyUI does when no ``noise_sampler`` is
 given: one ``torch.Generator`` on ``x``'s device seeded with ``seed`` (``seed + 1`` on the CPU), one normal like
@@ -47,13 +55,14 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeAlias
 
 import torch
 from torch import Tensor
 
 from ..adaptive import AdaptiveStats, PIDController, sample_adaptive
-from ..model import CallCount, Denoiser
+from ..model import CallCount, Denoiser, Evaluation, Network, Point, Prediction
+from ..model.stack import convert
 from ..nodes import NodeTable
 from ..noise.levels import brownian_level_sampler
 from ..options import real_option
@@ -61,6 +70,7 @@ from ..predictions import conversion
 from ..sampling import sample
 from ..schedules import EDM, Flow, NoiseSchedule
 from ..solvers import Solver, available
+from ..solvers.base import cfg_pp_solvers
 from ..solvers.frame import FrameMultistep, frame_orders
 from ..solvers.ode.lms import LMS
 from ..solvers.ode.pndm import IPNDM, IPNDMVariable
@@ -283,8 +293,14 @@ def _denoised(calls: _Model, x: Tensor, grid: _Grid, report: Callable[[dict[str,
     return denoised
 
 
-def make_sampler(solver: str, **solver_defaults: Any) -> KSampler:
-    """A k-diffusion-signature sampler that runs fewstep's ``solver`` (with its own options) on the given sigmas."""
+Extra: TypeAlias = dict[str, Any] | None
+Callback: TypeAlias = KCallback | None
+Disable: TypeAlias = bool | None
+
+
+def _signature_sampler(name: str, doc: str, run: Callable[..., Tensor], defaults: dict[str, Any]) -> KSampler:
+    """A function ``name`` with k-diffusion's sampler signature that calls ``run(model, x, sigmas, extra_args,
+    callback, disable, **options)`` with ``defaults`` under the caller's options."""
 
     def sampler(
         model: Model,
@@ -295,13 +311,24 @@ def make_sampler(solver: str, **solver_defaults: Any) -> KSampler:
         disable: bool | None = None,
         **options: Any,
     ) -> Tensor:
-        opts = {**solver_defaults, **options}
-        noise = "global" if "generator" in opts or "seed" in opts else "comfy"
-        return _run(model, x, _Grid.of(sigmas), extra_args, callback, disable, solver, noise=noise, **opts)
+        return run(model, x, sigmas, extra_args, callback, disable, **{**defaults, **options})
 
-    sampler.__name__ = sampler.__qualname__ = f"sample_{solver}"
-    sampler.__doc__ = f"fewstep's {solver!r} solver with k-diffusion's sampler signature."
+    sampler.__name__ = sampler.__qualname__ = name
+    sampler.__doc__ = doc
     return sampler
+
+
+def make_sampler(solver: str, **solver_defaults: Any) -> KSampler:
+    """A k-diffusion-signature sampler that runs fewstep's ``solver`` (with its own options) on the given sigmas."""
+
+    def run(
+        model: Model, x: Tensor, sigmas: Tensor, extra: Extra, callback: Callback, disable: Disable, **opts: Any
+    ) -> Tensor:
+        noise = "global" if "generator" in opts or "seed" in opts else "comfy"
+        return _run(model, x, _Grid.of(sigmas), extra, callback, disable, solver, noise=noise, **opts)
+
+    doc = f"fewstep's {solver!r} solver with k-diffusion's sampler signature."
+    return _signature_sampler(f"sample_{solver}", doc, run, solver_defaults)
 
 
 def tuned_sampler(tuned: TunedSampler) -> KSampler:
@@ -740,9 +767,12 @@ def sample_gradient_estimation(
     callback: KCallback | None = None, disable: bool | None = None, ge_gamma: float = 2.0, cfg_pp: bool = False,
 ) -> Tensor:  # fmt: skip
     """ComfyUI's ``sample_gradient_estimation``: Euler with the derivative ``ge_gamma d_i + (1 - ge_gamma) d_{i-1}``,
-    ``x = denoised`` on the step to sigma = 0. ``cfg_pp=True`` is not available: ValueError."""
-    _unsupported("cfg_pp", cfg_pp, False, "CFG++ needs the unconditional data estimate, which a k-diffusion model "
-                 "does not return; use cfg_pp=False (guidance rules are fewstep.sample's guidance=)")  # fmt: skip
+    ``x = denoised`` on the step to sigma = 0; ``cfg_pp=True``: :func:`sample_gradient_estimation_cfg_pp` (a ComfyUI
+    model, which reports its unconditional estimate; ValueError for another)."""
+    if not isinstance(cfg_pp, bool):
+        raise TypeError(f"cfg_pp: must be a bool, got {cfg_pp!r}")
+    if cfg_pp:
+        return sample_gradient_estimation_cfg_pp(model, x, sigmas, extra_args, callback, disable, ge_gamma)
     return _run(
         model,
         x,
@@ -901,6 +931,177 @@ def sample_heunpp2(
     return _run(model, x, _Grid.of(sigmas), extra_args, callback, disable, "heunpp2")
 
 
+# --- CFG++: ComfyUI's *_cfg_pp samplers ----------------------------------------------------------------------
+
+
+class _ReportedUnconditional:
+    """A CFG++ rule (:mod:`fewstep.guidance.cfg_pp`) for a ComfyUI model, which guides inside its call: the model's
+    output is the guided clean sample ``D = D_u + cfg (D_c - D_u)`` (ComfyUI's ``cfg`` is CFG++'s lam), and ComfyUI's
+    post-CFG hook (``model_options["sampler_post_cfg_function"]``, installed by :meth:`install`) reports the
+    unconditional one ``D_u``, whose noise ``eps_hat = (x - alpha D_u) / sigma`` the solver renoises with."""
+
+    cfg_pp: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.uncond: Tensor | None = None
+
+    def hook(self, args: dict[str, Any]) -> Any:
+        """ComfyUI's post-CFG function: keep ``uncond_denoised``, return the guided ``denoised`` unchanged."""
+        self.uncond = args["uncond_denoised"]
+        return args["denoised"]
+
+    def install(self, model: Model, extra_args: dict[str, Any] | None) -> dict[str, Any]:
+        """``extra_args`` with :meth:`hook` appended to a copy of its ``model_options`` and ComfyUI's cfg = 1 shortcut
+        turned off (the unconditional branch must run), as ComfyUI's own ``*_cfg_pp`` samplers do; a ValueError
+        before any model call when ``model`` takes no ``model_options``."""
+        if not _takes(model, "model_options"):
+            raise ValueError(_NO_UNCOND)
+        args = dict(extra_args or {})
+        options = dict(args.get("model_options") or {})
+        options["sampler_post_cfg_function"] = [*options.get("sampler_post_cfg_function", []), self.hook]
+        options["disable_cfg1_optimization"] = True
+        args["model_options"] = options
+        return args
+
+    def wrap_prediction(self, network: Network, needs_eps: bool) -> Evaluation:
+        def evaluate(x: Tensor, p: Point) -> Prediction:
+            self.uncond = None
+            out = network(x, p.model_time, p.t)
+            if self.uncond is None:
+                raise ValueError(_NO_UNCOND)
+            x0, _ = convert(x, out, p, False)
+            return x0, (convert(x, self.uncond.to(x.dtype), p, True)[1] if needs_eps else None)
+
+        return evaluate
+
+
+_NO_UNCOND = (
+    "cfg_pp: CFG++ needs the unconditional data estimate, which ComfyUI's model reports to the post-CFG functions of "
+    "extra_args['model_options'] (sampler_post_cfg_function); this model takes no model_options or never called "
+    "them. Run inside ComfyUI, or use fewstep.sample(..., guidance=fewstep.guidance.CFGPlusPlus(...)) with a "
+    "conditional model"
+)
+
+
+def _takes(model: Model, name: str) -> bool:
+    """Whether ``model`` can be called with the keyword argument ``name`` (a parameter so named, or ``**kwargs``)."""
+    try:
+        params = inspect.signature(model).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature
+        return False
+    return any(
+        p.kind == p.VAR_KEYWORD or (p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        for p in params
+    )
+
+
+def _run_cfg_pp(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None, callback: KCallback | None,
+    disable: bool | None, solver: str, **options: Any,
+) -> Tensor:  # fmt: skip
+    """fewstep's ``solver`` in its CFG++ form on the grid, the unconditional estimate taken from ComfyUI's hook."""
+    grid = _Grid.of(sigmas)
+    rule = _ReportedUnconditional()
+    return _run(model, x, grid, rule.install(model, extra_args), callback, disable, solver, guidance=rule, **options)
+
+
+def sample_euler_cfg_pp(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_euler_cfg_pp``: ``x = alpha_t D + sigma_t eps_u`` (DDIM's CFG++ step, Chung et al. 2024
+    Alg. 1; fewstep's ``euler`` in its CFG++ form), with ComfyUI's ``cfg`` as CFG++'s lam."""
+    return _run_cfg_pp(model, x, sigmas, extra_args, callback, disable, "euler")
+
+
+def sample_euler_ancestral_cfg_pp(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_euler_ancestral_cfg_pp``: ``x = alpha_t (D + sigma_down eps_u + s_noise sigma_up z)`` with
+    k-diffusion's split of the levels ``sigma/alpha`` (fewstep's ``euler_ancestral``, ``downstep="scaled"`` on
+    rectified-flow models too, as the reference)."""
+    return _run_cfg_pp(
+        model, x, sigmas, extra_args, callback, disable, "euler_ancestral",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise, downstep="scaled",
+    )  # fmt: skip
+
+
+def sample_dpmpp_2m_cfg_pp(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_dpmpp_2m_cfg_pp``: ``x = alpha_t D + sigma_t eps_u + alpha_t (1 - e^{-h})/(2r) (D - D_u,prev)``,
+    first order on the first step and to sigma = 0 (fewstep's ``dpmpp_2m``, ``lower_order_final=False``)."""
+    return _run_cfg_pp(model, x, sigmas, extra_args, callback, disable, "dpmpp_2m", lower_order_final=False)
+
+
+def sample_dpmpp_2s_ancestral_cfg_pp(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_dpmpp_2s_ancestral_cfg_pp``: DPM-Solver++(2S) on the unconditional estimates down to
+    ``sigma_down``, ``sigma_up`` of noise, plus the guidance vector ``D - D_u`` (fewstep's ``dpmpp_2s_ancestral``;
+    on rectified-flow models k-diffusion's split of ``sigma/alpha``, not ComfyUI's flow variant)."""
+    return _run_cfg_pp(
+        model, x, sigmas, extra_args, callback, disable, "dpmpp_2s_ancestral",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+    )  # fmt: skip
+
+
+def sample_res_multistep_cfg_pp(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_res_multistep_cfg_pp``: DDIM's CFG++ step on the first step and to sigma = 0, else the RES
+    step on the unconditional estimates from ``x + alpha (D - D_u)`` (eta = 0: ``s_noise`` and ``noise_sampler`` have
+    no effect, as in the reference)."""
+    real_option("s_noise", s_noise)
+    if noise_sampler is not None and not callable(noise_sampler):
+        raise TypeError(f"noise_sampler: must be callable as noise_sampler(sigma, sigma_next), got {noise_sampler!r}")
+    return _run_cfg_pp(model, x, sigmas, extra_args, callback, disable, "res_multistep", lower_order_final=False)
+
+
+def sample_res_multistep_ancestral_cfg_pp(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None,
+    eta: float = 1.0, s_noise: float = 1.0, noise_sampler: NoiseSampler | None = None,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_res_multistep_ancestral_cfg_pp``: ``sample_res_multistep_cfg_pp``'s step down to k-diffusion's
+    ``sigma_down``, then ``sigma_up`` of fresh noise (fewstep's ``res_multistep_ancestral``)."""
+    return _run_cfg_pp(
+        model, x, sigmas, extra_args, callback, disable, "res_multistep_ancestral",
+        noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+    )  # fmt: skip
+
+
+def sample_gradient_estimation_cfg_pp(
+    model: Model, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
+    callback: KCallback | None = None, disable: bool | None = None, ge_gamma: float = 2.0,
+) -> Tensor:  # fmt: skip
+    """ComfyUI's ``sample_gradient_estimation_cfg_pp``: DDIM's CFG++ step plus ``(ge_gamma - 1) (d - d_prev) dt`` on
+    the unconditional derivatives ``d = eps_u``, ``x = D`` on the step to sigma = 0."""
+    return _run_cfg_pp(
+        model, x, sigmas, extra_args, callback, disable, "gradient_estimation", denoise_end=True, gamma=ge_gamma
+    )
+
+
+def cfg_pp_sampler(solver: str, **solver_defaults: Any) -> KSampler:
+    """A k-diffusion-signature sampler that runs fewstep's ``solver`` in its CFG++ form on a ComfyUI model (the
+    unconditional estimate from ComfyUI's post-CFG hook, ComfyUI's ``cfg`` as lam), with the solver's own options."""
+
+    def run(
+        model: Model, x: Tensor, sigmas: Tensor, extra: Extra, callback: Callback, disable: Disable, **opts: Any
+    ) -> Tensor:
+        return _run_cfg_pp(model, x, sigmas, extra, callback, disable, solver, **opts)
+
+    doc = f"fewstep's {solver!r} solver in its CFG++ form with k-diffusion's sampler signature."
+    return _signature_sampler(f"sample_{solver}_cfg_pp", doc, run, solver_defaults)
+
+
 #: Every k-diffusion / ComfyUI sampler name with a fewstep counterpart, as a function with the reference's signature.
 KSAMPLERS: dict[str, Callable[..., Any]] = {
     f.__name__[len("sample_") :]: f
@@ -920,6 +1121,22 @@ KSAMPLERS: dict[str, Callable[..., Any]] = {
 #: Stochastic ones take ``noise_sampler=`` (k-diffusion's convention), ``generator=`` or ``extra_args["seed"]``;
 #: with none of them they draw from torch's global generator.
 SAMPLERS: dict[str, KSampler] = {info.name: KSAMPLERS.get(info.name) or make_sampler(info.name) for info in available()}
+
+
+#: ComfyUI's CFG++ samplers by their ComfyUI names (``euler_cfg_pp``, ...), with ComfyUI's signatures.
+CFG_PP_KSAMPLERS: dict[str, KSampler] = {
+    f.__name__[len("sample_") :]: f
+    for f in (
+        sample_euler_cfg_pp, sample_euler_ancestral_cfg_pp, sample_dpmpp_2m_cfg_pp, sample_dpmpp_2s_ancestral_cfg_pp,
+        sample_res_multistep_cfg_pp, sample_res_multistep_ancestral_cfg_pp, sample_gradient_estimation_cfg_pp,
+    )
+}  # fmt: skip
+
+#: Every fewstep solver with a CFG++ form as a k-diffusion sampler on ComfyUI models, by fewstep name: ComfyUI's
+#: ``*_cfg_pp`` function where ComfyUI has one (:data:`CFG_PP_KSAMPLERS`), else :func:`cfg_pp_sampler`.
+CFG_PP_SAMPLERS: dict[str, KSampler] = {
+    name: CFG_PP_KSAMPLERS.get(f"{name}_cfg_pp") or cfg_pp_sampler(name) for name in cfg_pp_solvers()
+}
 
 
 def __getattr__(name: str) -> KSampler:  # sample_<solver>

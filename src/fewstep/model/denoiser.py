@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..guidance.cfg import ClassifierFreeGuidance, Guidance
+from ..guidance.base import GuidanceRule, is_guidance_rule
+from ..guidance.cfg import ClassifierFreeGuidance
 from ..predictions import check_prediction, conversion, conversions
 from ..schedules import DiscreteVP, Flow, NoiseSchedule
 from .calls import CallCount
@@ -56,7 +57,7 @@ class Denoiser:
     guidance_rescale: float = 0.0
     threshold: Threshold | None = None
     model_dtype: torch.dtype | None = None
-    guidance: Guidance | None = None
+    guidance: GuidanceRule | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.model):
@@ -86,8 +87,11 @@ class Denoiser:
                     "uncond_kwargs: classifier-free guidance (guidance_scale != 1) needs the unconditional inputs"
                 )
             self.guidance = ClassifierFreeGuidance(self.guidance_scale, self.uncond_kwargs, self.guidance_rescale)
-        if self.guidance is not None and not callable(getattr(self.guidance, "wrap", None)):
-            raise TypeError(f"guidance: must be a guidance rule with wrap(network), got {type(self.guidance).__name__}")
+        if self.guidance is not None and not is_guidance_rule(self.guidance):
+            raise TypeError(
+                "guidance: must be a guidance rule with wrap(network) or wrap_prediction(network, needs_eps) "
+                f"(fewstep.guidance), got {type(self.guidance).__name__}"
+            )
         if self.threshold is not None and not isinstance(self.threshold, Threshold):
             raise TypeError(f"threshold: must be a fewstep.Threshold, got {type(self.threshold).__name__}")
         if self.model_dtype is None and isinstance(self.model, torch.nn.Module):
@@ -155,9 +159,19 @@ class Denoiser:
         rule, the conversion (or ``base``, e.g. the time shift), thresholding, then ``wrappers`` (innermost first);
         ``check_finite``: see :mod:`fewstep.model.network`."""
         network = Network(self.model, self.model_kwargs, self.model_dtype, calls, check_finite, label)
-        output: ModelOutput = self.guidance.wrap(network) if self.guidance is not None else network
         inner_eps = needs_eps and self.threshold is None
-        evaluate = base(output, inner_eps) if base is not None else Converted(output, inner_eps)
+        rule = self.guidance
+        evaluate: Evaluation
+        if rule is not None and callable(getattr(rule, "wrap_prediction", None)):
+            if base is not None:
+                raise ValueError(
+                    f"guidance: {type(rule).__name__} acts on the predictions at a point and cannot run under the "
+                    "time shift (time_shift=None), which calls the network at shifted times"
+                )
+            evaluate = rule.wrap_prediction(network, inner_eps)  # type: ignore[union-attr]
+        else:
+            output: ModelOutput = rule.wrap(network) if rule is not None else network  # type: ignore[union-attr]
+            evaluate = base(output, inner_eps) if base is not None else Converted(output, inner_eps)
         if self.threshold is not None:
             evaluate = self.threshold.wrap(evaluate, needs_eps)
         for wrapper in wrappers:

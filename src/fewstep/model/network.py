@@ -77,6 +77,17 @@ class Network:
             return out.to(x.dtype)
         return out.clone() if out.data_ptr() == x.data_ptr() else out
 
+    def sibling(self, model: Callable[..., Tensor], kwargs: Mapping[str, Any] | None = None) -> Network:
+        """Another network of the same run (a perturbed copy, a second model of a composition): counted in the same
+        :class:`CallCount`, checked the same way (deferred checks raised with this one's), called with ``kwargs``
+        (default: this one's conditioning) in its own parameters' dtype."""
+        param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+        dtype = param.dtype if param is not None and param.is_floating_point() else None
+        check: CheckFinite = "each" if self.check_each else "end"
+        other = Network(model, self.kwargs if kwargs is None else kwargs, dtype, self.calls, check, self.label)
+        other._pending = self._pending
+        return other
+
     def _where(self, t: float) -> str:
         return f" (t = {t:.6g}{', solver ' + repr(self.label) if self.label else ''})"
 

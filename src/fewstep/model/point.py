@@ -22,3 +22,17 @@ class Point(NamedTuple):
     dsigma: float
     model_time: Tensor
     affine: Affine
+
+
+class CorrectorPoint(Point):
+    """A :class:`Point` at which a predictor-corrector solver asks for a corrector's evaluation (a Langevin move at the
+    node's noise level) rather than a step of its integration. Its values are the node's own; a layer that treats
+    the two kinds of request differently (CFG as a predictor-corrector, :mod:`fewstep.guidance.cfg_pc`) tests
+    ``isinstance(point, CorrectorPoint)``, and every other layer sees an ordinary point."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, point: Point) -> CorrectorPoint:
+        """The corrector's request at ``point``'s node."""
+        return cls._make(point)

@@ -10,6 +10,7 @@ model-call stack.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable, Generator
@@ -60,6 +61,13 @@ class Solver:
     #: for a sampler built for another kind of model (``lcm``: consistency models), whose error with an ordinary
     #: denoiser does not vanish with the step count.
     converges: ClassVar[bool] = True
+    #: Capability: the solver has a CFG++ form (Chung et al. 2024, :mod:`fewstep.solvers.cfg_pp`): under a CFG++ rule
+    #: (:class:`~fewstep.guidance.CFGPlusPlus`), whose ``eps_hat`` is the unconditional noise prediction, it
+    #: renoises with ``eps_hat`` and keeps the unconditional clean samples in its history, as the published CFG++
+    #: samplers do; its outputs for ordinary evaluations are unchanged.
+    cfg_pp: ClassVar[bool] = False
+    #: Whether this instance runs the CFG++ form (set on the run's copy by :meth:`cfg_pp_form`, never by hand).
+    runs_cfg_pp: bool = False
 
     @property
     def corrects_requests(self) -> bool:
@@ -78,6 +86,21 @@ class Solver:
         if self.records_transitions or not self.stochastic:
             return None
         return f"trajectory: {self.name!r} draws noise that it does not record as Gaussian transitions"
+
+    def cfg_pp_refusal(self) -> str | None:
+        """Why this solver, with these options, has no CFG++ form (None: it has one, see :attr:`cfg_pp`)."""
+        return None if self.cfg_pp else f"{self.name!r} has no CFG++ form"
+
+    def cfg_pp_form(self) -> Solver:
+        """A copy of this solver that runs its CFG++ form: it asks for ``eps_hat`` at every evaluation and reads each
+        answer as a CFG++ pair (guided ``x0_hat``, unconditional ``eps_hat``). ValueError where it has none."""
+        refusal = self.cfg_pp_refusal()
+        if refusal is not None:
+            raise ValueError(refusal)
+        form = copy.copy(self)
+        form.runs_cfg_pp = True
+        form.__dict__["needs_eps"] = True  # the instance's own value: the class's stays as it is
+        return form
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -193,6 +216,11 @@ def register(cls: type[Solver]) -> type[Solver]:
         raise ValueError(f"solver name {cls.name!r} registered twice")
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def cfg_pp_solvers() -> list[str]:
+    """The names of the solvers with a CFG++ form (:attr:`Solver.cfg_pp`)."""
+    return [name for name, cls in _REGISTRY.items() if cls.cfg_pp]
 
 
 def available() -> list[SolverInfo]:

@@ -29,6 +29,7 @@ from torch import Tensor
 from ..context import RunContext
 from ..nodes import NodeTable
 from .base import Solver, Steps
+from .cfg_pp import guided_rows, run_guided_plan
 from .momentum import check_momentum, momentum_combination
 from .phi import hphi
 from .stochastic import noise_levels
@@ -162,6 +163,18 @@ class DataMultistep(Solver):
         """The weights ``w_j`` of step i at the given order (see :func:`multistep_weights`)."""
         return multistep_weights(h, i, order, self.d2_weight)
 
+    def cfg_pp_refusal(self) -> str | None:
+        if self.corrector is not None:
+            return f"{self.name!r} with the UniC corrector has no CFG++ form (leave corrector out)"
+        if self.momentum is not None and self.momentum != 1.0:
+            return f"{self.name!r} with momentum has no CFG++ form (leave momentum out)"
+        return super().cfg_pp_refusal()
+
+    def cfg_pp_guided(self, order: int) -> bool:
+        """In the CFG++ form, whether a step of this order takes the guided ``x0_hat`` as its current data estimate
+        (DPM-Solver++(2M) CFG++) rather than the unconditional one (:mod:`fewstep.solvers.cfg_pp`)."""
+        return True
+
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
         s = nodes.sigma
         ratios = (s[1:] / s[:-1]).tolist()  # sigma > 0 at every model node; 0 at a clean end
@@ -173,6 +186,9 @@ class DataMultistep(Solver):
             for i, k in enumerate(self.step_orders(nodes))
         ]
         plan = list(map(DataStep._make, rows))
+        if self.runs_cfg_pp:
+            guided = guided_rows(plan, nodes, self.cfg_pp_guided)
+            return (yield from run_guided_plan(x, nodes, ctx, guided, self.order))
         if self.corrector is not None:
             corr = unic_plan(nodes, self.step_orders(nodes), CORRECTORS[self.corrector])
             return (yield from predict_correct(x, nodes, ctx, [PlanStep(r, w, ()) for r, w, _ in plan], corr))

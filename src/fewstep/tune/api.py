@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..defaults import default_solver_and_spacing
 from ..model import Denoiser
-from ..prepare import as_denoiser
+from ..prepare import as_denoiser, refuse_cfg_pp
 from ..schedules import NoiseSchedule
 from ..solvers import available, get_solver
 from ..spacing import DISCRETE_SPACINGS, SPACINGS, model_times
@@ -33,7 +33,7 @@ from .teacher import Teacher, solve_teacher
 from .tuned import TunedSampler, model_fingerprint, schedule_description
 
 if TYPE_CHECKING:
-    from ..guidance import Guidance
+    from ..guidance import GuidanceRule
 
 #: The loss the optimisers minimise (:data:`fewstep.tune.budget.LOSSES`); the reported errors are RMSEs.
 LOSS = "mean_distance"
@@ -74,6 +74,17 @@ def _noise(given: Tensor | int, name: str, shape: tuple[int, ...] | None, scale:
     if shape is None:
         raise ValueError(f"shape: give one sample's shape (e.g. shape=(2,)) when {name} is a number of samples")
     return scale * torch.randn(count, *shape, generator=gen, dtype=torch.float64)
+
+
+def _check_rule(denoiser: Denoiser) -> None:
+    """Tuning fits deterministic samplers of the guided probability-flow ODE: a rule that changes the solver's update
+    (CFG++) or holds on reverse-SDE paths only (superposition) is refused before any model call."""
+    refuse_cfg_pp(denoiser, "fewstep.tune")
+    if callable(getattr(denoiser.guidance, "check_solver", None)):
+        raise ValueError(
+            f"guidance: fewstep.tune fits probability-flow ODE samplers, and {type(denoiser.guidance).__name__} holds "
+            "on reverse-SDE paths only; sample with it directly (fewstep.sample) instead"
+        )
 
 
 def _spends(solver: str, nfe: int, denoiser: Denoiser, **options: Any) -> int | None:
@@ -163,7 +174,7 @@ def tune(
     guidance_scale: float = 1.0,
     uncond_kwargs: Mapping[str, Any] | None = None,
     guidance_rescale: float = 0.0,
-    guidance: Guidance | None = None,
+    guidance: GuidanceRule | None = None,
     seed: int = 0,
     grid: int = 100,
     progress: bool = False,
@@ -210,6 +221,7 @@ def tune(
         model, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs, guidance_rescale,
         None, guidance,
     )  # fmt: skip
+    _check_rule(denoiser)
     sched = denoiser.schedule
     gen = torch.Generator().manual_seed(seed)
     scale = float(sched.sigma(sched.t_max))

@@ -1,5 +1,13 @@
 """Exact targets: data distributions with closed-form denoisers, and reference PF-ODE solutions."""
 
+from .conditional import (
+    GuidedMixture,
+    LabelledMixture,
+    LabelledMixtureModel,
+    labelled_digits,
+    labelled_mixture_2d,
+    labelled_mixture_nd,
+)
 from .digits import digits_target
 from .digits_unet import DigitsUNetConfig, DigitsUNetTarget, digits_unet_target
 from .learned import LearnedTarget, TrainConfig, learned_reference, learned_target
@@ -23,4 +31,10 @@ __all__ = [
     "TrainConfig",
     "learned_target",
     "learned_reference",
+    "LabelledMixture",
+    "LabelledMixtureModel",
+    "GuidedMixture",
+    "labelled_mixture_2d",
+    "labelled_mixture_nd",
+    "labelled_digits",
 ]

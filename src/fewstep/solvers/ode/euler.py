@@ -13,23 +13,29 @@ from ...context import RunContext
 from ...nodes import NodeTable
 from ..base import Solver, Steps, register
 from ..frame import heun_step
+from .ddim import renoise_steps
 
 
 @register
 class Euler(Solver):
     """Euler: ``y_{i+1} = y_i + (tau_{i+1} - tau_i) f(y_i, tau_i)``.
 
-    In the diffusion form this is algebraically DDIM (the data and noise estimates are held fixed).
+    In the diffusion form this is algebraically DDIM (the data and noise estimates are held fixed); its CFG++ form
+    (:mod:`fewstep.solvers.cfg_pp`) is DDIM's update ``x_{i+1} = alpha_{i+1} x0_hat + sigma_{i+1} eps_hat``, on flows
+    too (ComfyUI ``sample_euler_cfg_pp``).
     """
 
     name = "euler"
     order = 1
     lambda_based = False
+    cfg_pp = True
     summary = "Euler on the probability-flow ODE in sigma/alpha (or t for flows)"
     paper = "Karras et al. 2022 (EDM), Alg. 1 without the correction"
     peers = "k-diffusion sample_euler; diffusers EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler"
 
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        if self.runs_cfg_pp:
+            return (yield from renoise_steps(x, nodes, ctx))
         tau, c = nodes.ode_frame()
         vel = [nodes.ode_velocity(nodes.node(i)) for i in range(nodes.steps)]
         # x_{i+1} = c_{i+1} (x_i / c_i + dtau f)

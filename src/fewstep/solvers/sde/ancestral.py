@@ -20,6 +20,10 @@ with ``h = lambda_t - lambda_s`` and the k-diffusion levels ``s = sigma_s/alpha_
 The two are the same update: ``alpha_t sigma_up = eta sigma_t sqrt(1 - e^{-2h}) = c`` while eta <= 1 (where
 k-diffusion's clamp ``sigma_up <= s'`` is inactive), and both equal SDE-DPM-Solver++(1) at eta = 1. Steps of
 infinite lambda-size (to sigma = 0, from alpha = 0) are deterministic, see :mod:`fewstep.solvers.stochastic`.
+
+Written in ``(x0_hat, eps_hat)``, each update is its own CFG++ form (:mod:`fewstep.solvers.cfg_pp`): with a CFG++
+rule's pair (guided ``x0_hat``, unconditional ``eps_hat``) Euler ancestral is ComfyUI's
+``sample_euler_ancestral_cfg_pp`` (the ``"scaled"`` downstep).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class _Ancestral(Solver):
     order = 1
     stochastic = True
     records_transitions = True
+    cfg_pp = True  # the update is in (x0_hat, eps_hat) form: with a CFG++ pair it is the CFG++ step
     eta: float
 
     def coefficients(self, nodes: NodeTable, i: int, eta: float) -> Coefficients:

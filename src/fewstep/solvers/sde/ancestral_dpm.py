@@ -28,7 +28,8 @@ A step whose ``sigma_down`` is 0 (``eta > 1`` on a large step) is first order, `
 ``dpm_2_ancestral`` adds no noise, as its reference (which adds the noise in the second-order branch only). A first-order
 step of an NFE budget (DPM-Solver's plan ``[2, ..., 2, 1]``) is DDIM to ``sigma_down``,
 ``x_down = alpha_t (x0_hat + sigma_down eps_hat)``. At eta = 0 the samplers are ``dpm_solver_2``, ``dpmpp_2s`` and
-``dpm_solver_3``. Steps of infinite lambda-size are deterministic (:mod:`fewstep.solvers.stochastic`).
+``dpm_solver_3``. ``dpmpp_2s_ancestral`` has a CFG++ form (ComfyUI ``sample_dpmpp_2s_ancestral_cfg_pp``,
+:func:`fewstep.solvers.ode.dpmpp.run_midpoint_cfg_pp`). Steps of infinite lambda-size are deterministic (:mod:`fewstep.solvers.stochastic`).
 
 Log-probabilities (``trajectory=``): a step is ``x_t ~ N(x_down, (alpha_t s_noise sigma_up)^2 I)`` given ``x_s``,
 with ``x_down`` a deterministic function of ``x_s`` through the model, recorded as step i's transition.
@@ -41,7 +42,7 @@ with ``x_down`` a deterministic function of ``x_s`` through the model, recorded 
 from __future__ import annotations
 
 import math
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, cast
 
 from torch import Tensor
 
@@ -49,7 +50,7 @@ from ...context import RunContext
 from ...nodes import NodeTable
 from ..base import Steps, register
 from ..multistep import PAPER_PP
-from ..ode.dpmpp import MidpointStep
+from ..ode.dpmpp import MidpointStep, run_midpoint_cfg_pp
 from ..singlestep import BudgetOrders, FirstOrder, SinglestepPlan, singlestep_plan, singlestep_update
 from ..stochastic import EtaNoiseOptions, noise_levels
 from .edm_sde import EDMStochastic
@@ -106,9 +107,9 @@ class _AncestralSinglestep(EtaNoiseOptions, BudgetOrders):
         """The deterministic step of order >= 2 from node i to ``(alpha_{i+1}, alpha_{i+1} sigma_down)``."""
         raise NotImplementedError
 
-    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+    def plan(self, nodes: NodeTable, ctx: RunContext) -> list[tuple[FirstOrder | SinglestepPlan | MidpointStep, float]]:
+        """Each step as ``(deterministic step, std)``: the step to ``sigma_down``, then ``std z``."""
         a, s = nodes.alpha, nodes.sigma
-        level = noise_levels(nodes)
         plan: list[tuple[FirstOrder | SinglestepPlan | MidpointStep, float]] = []
         for i, k in enumerate(self.step_orders(nodes)):
             if not nodes.finite(i):  # deterministic: x_t = alpha_t x0_hat + sigma_t eps_hat
@@ -120,6 +121,11 @@ class _AncestralSinglestep(EtaNoiseOptions, BudgetOrders):
             step = FirstOrder(a_t, a_t * lv.down) if k == 1 or lv.down == 0.0 else self.down_step(nodes, i, k, lv)
             noisy = lv.down > 0.0 or self.noise_at_zero_down  # x_t = x_down + alpha_t s_noise sigma_up z
             plan.append((step, a_t * lv.up * self.s_noise if noisy else 0.0))
+        return plan
+
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        level = noise_levels(nodes)
+        plan = self.plan(nodes, ctx)
         for i in ctx.loop():
             x0, eps = yield x, nodes.node(i)
             step, std = plan[i]
@@ -173,6 +179,7 @@ class DPMPP2SAncestral(_AncestralSinglestep):
     name = "dpmpp_2s_ancestral"
     order = 2
     nfe_per_step = 2
+    cfg_pp = True
     summary = "ancestral: DPM-Solver++(2S) (data prediction) down to sigma_down, then sigma_up of fresh noise"
     paper = PAPER_PP + "; Crowson's k-diffusion (ancestral steps)"
     peers = "k-diffusion sample_dpmpp_2s_ancestral"
@@ -184,6 +191,12 @@ class DPMPP2SAncestral(_AncestralSinglestep):
         #                                                                          - alpha_t (e^{-h_down} - 1) D(u)
         u = (p1.sigma / s_s, -p1.alpha * math.expm1(-0.5 * hd))
         return MidpointStep(p1, u, a_t * lv.down / s_s, -a_t * math.expm1(-hd))
+
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        if not self.runs_cfg_pp:
+            return (yield from super().solve(x, nodes, ctx))
+        plan = cast(list[tuple[FirstOrder | MidpointStep, float]], self.plan(nodes, ctx))  # down steps: midpoint
+        return (yield from run_midpoint_cfg_pp(x, nodes, ctx, plan))
 
 
 class DPMFastAncestral(_NoisePredictionAncestral):

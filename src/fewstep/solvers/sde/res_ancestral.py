@@ -20,6 +20,9 @@ estimate is placed one previous down-step behind, not at the previous node). In 
 The first step, a step after one that went down to ``sigma_down = 0`` and a step of infinite lambda-size (to
 sigma = 0: ``x_t = alpha_t D_i``; from alpha = 0) are first order, ``y_t = e^{-h} y_s + (1 - e^{-h}) D_i``; a step
 to sigma = 0 adds no noise.
+
+Its CFG++ form (ComfyUI ``sample_res_multistep_ancestral_cfg_pp``; :mod:`fewstep.solvers.cfg_pp`) is that of
+``res_multistep``, to ``sigma_down``, then the same noise.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from torch import Tensor
 from ...context import RunContext
 from ...nodes import NodeTable
 from ..base import Solver, Steps, register
+from ..cfg_pp import guided_rows, run_guided_plan
 from ..multistep import DataStep, run_data_plan
-from ..ode.res import PAPER_RES, res_weights
+from ..ode.res import PAPER_RES, res_cfg_pp_guided, res_weights
 from ..stochastic import EtaNoiseOptions
 
 
@@ -49,6 +53,7 @@ class ResMultistepAncestral(EtaNoiseOptions, Solver):
     stochastic = True
     records_transitions = True
     needs_eps = False
+    cfg_pp = True
     summary = "RES second-order multistep step down to the ancestral sigma_down, then sigma_up of fresh noise"
     paper = PAPER_RES
     peers = "ComfyUI res_multistep_ancestral"
@@ -76,4 +81,7 @@ class ResMultistepAncestral(EtaNoiseOptions, Solver):
         return plan
 
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        if self.runs_cfg_pp:
+            guided = guided_rows(self.plan(nodes, ctx), nodes, res_cfg_pp_guided)
+            return (yield from run_guided_plan(x, nodes, ctx, guided, 2))
         return (yield from run_data_plan(x, nodes, ctx, self.plan(nodes, ctx), 2))

@@ -1,0 +1,288 @@
+"""Classifier-free guidance at few NFE: fewstep's best configuration against the peers' best, on exact guided targets.
+
+On the class-labelled exact targets of ``fewstep compare`` (``labelled_2d``: the default 2-D mixture in 4 angle
+sectors; ``labelled_64d``: the 64-D mixture in 10 classes), with CFG at scale 7.5 on the ``sd`` schedule (diffusers'
+schedulers need a DiscreteVP schedule), from the same float64 noise and the same labels (the classes in turn): the
+RMSE against the exact solution of the guided probability-flow ODE (:class:`fewstep.bench.targets.GuidedMixture`,
+DOP853 at rtol = atol = 1e-11; its distance to a 1e-8 solve is recorded) of
+
+- every deterministic fewstep solver on every spacing, run with ``guidance_scale=`` / ``uncond_kwargs=``;
+- a sampler fitted to the guided model by ``fewstep.tune`` per NFE (its own calibration noise, seed 1, 6,000 network
+  calls; ``--no-tune`` leaves it out);
+- every deterministic k-diffusion sampler (:data:`fewstep.bench.peers.KDIFFUSION_ODE`) on Karras, exponential and
+  polyexponential sigmas, through a CFG denoiser (``u + w (c - u)`` on the denoised output);
+- every diffusers scheduler of :data:`fewstep.bench.peers.DIFFUSERS` on its default timesteps, linspace / leading /
+  trailing, and the Karras / exponential / beta / Lu-lambda sigmas where it takes them, in a pipeline's CFG loop.
+
+A configuration may spend fewer evaluations than the NFE (the largest it can spend exactly; Heun-type peers 2n - 1).
+Each side's configuration is chosen on a selection batch (256 samples) and measured on another (256 samples, the
+reported RMSE): the errors at scale 7.5 are dominated by the few trajectories that end in another mode, so a choice
+made on the batch it is measured on would favour the side with more configurations. The table gives, per target and
+NFE, both choices, their evaluation RMSE and ratio (the goal: at most 0.7), and the ratio when both are chosen on the
+evaluation batch itself (oracle). Results go to ``benchmarks/results/guidance.json``, which a later run resumes from
+(``--fresh`` starts over).
+
+Usage: ``python benchmarks/guidance.py [--fresh] [--no-tune] [--targets labelled_2d,labelled_64d] [--nfe 5,8,10]``.
+About 7 minutes on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fewstep
+from fewstep.bench.compare import GuidedRun, _feasible_nfe, deterministic_solvers, make_schedule, make_target
+from fewstep.bench.metrics import rmse
+from fewstep.bench.output import atomic_write_text
+from fewstep.bench.peers import (
+    DIFFUSERS,
+    KDIFFUSION_ODE,
+    SIGMA_GRIDS,
+    SPACINGS,
+    available_peers,
+    diffusers_grid,
+    kdiffusion_grid,
+)
+from fewstep.bench.targets import reference_solution_from_time
+from fewstep.bench.targets.conditional import cfg_combine
+from fewstep.spacing import SPACINGS as FEWSTEP_SPACINGS
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "guidance.json"
+SCHEDULE = "sd"
+SCALE = 7.5
+SAMPLES = 256  # per batch: the selection batch, then the evaluation batch
+SEED = 0
+TUNE_SEED = 1  # the tuning's calibration noise is drawn from its own seed, not from the benchmark's
+TUNE_BUDGET = 6000
+TUNE_BATCH = 80  # calibration and held-out samples of the tuning: a multiple of every target's number of classes
+KDIFFUSION_SPACINGS = ("karras", "exponential", "polyexponential")
+DIFFUSERS_SPACINGS: tuple[str | None, ...] = (None, *SPACINGS, *SIGMA_GRIDS)
+GOAL = 0.7
+Row = list[Any]  # [RMSE on the selection batch, RMSE on the evaluation batch, NFE spent]; RMSE None: failed
+
+
+def _errors(x: torch.Tensor | None, reference: torch.Tensor, nfe: int | None) -> Row:
+    """The RMSE against the reference on each batch (None for a run that failed or returned inf / NaN), and the NFE."""
+    if x is None or not bool(torch.all(torch.isfinite(x))):
+        return [None, None, nfe]
+    out: Row = []
+    for half in (slice(0, SAMPLES), slice(SAMPLES, 2 * SAMPLES)):
+        value = rmse(x[half].to(torch.float64), reference[half])
+        out.append(value if math.isfinite(value) else None)
+    return [*out, nfe]
+
+
+def fewstep_rows(case: dict[str, Any], model: Any, noise: torch.Tensor, reference: torch.Tensor, run: GuidedRun,
+                 schedule: fewstep.NoiseSchedule, nfes: list[int], save: Any) -> None:  # fmt: skip
+    """Every deterministic solver x spacing at every NFE, into ``case["fewstep"]`` ("solver|spacing|nfe": Row); saved
+    after each solver."""
+    rows = case.setdefault("fewstep", {})
+    for solver in deterministic_solvers():
+        new = False
+        for spacing in FEWSTEP_SPACINGS:
+            for asked in nfes:
+                key = f"{solver}|{spacing}|{asked}"
+                nfe = _feasible_nfe(solver, asked, schedule, True)
+                if key in rows or nfe is None:
+                    continue
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        x = fewstep.sample(
+                            model, noise, schedule, solver, nfe=nfe, spacing=spacing, progress=False,
+                            **run.sample_kwargs(),
+                        )  # fmt: skip
+                except ValueError:  # a spacing this schedule or solver does not take
+                    continue
+                rows[key], new = _errors(x, reference, nfe), True
+        if new:
+            save()
+
+
+def peer_rows(case: dict[str, Any], model: Any, noise: torch.Tensor, reference: torch.Tensor, run: GuidedRun,
+              schedule: fewstep.NoiseSchedule, nfes: list[int]) -> None:  # fmt: skip
+    """Every k-diffusion sampler x sigma grid and diffusers scheduler x spacing at every NFE, with CFG, into
+    ``case["peers"]`` ("library:label|spacing|nfe": Row)."""
+    rows = case.setdefault("peers", {})
+    libs = available_peers()
+    grids: dict[tuple[str, str | None], list[Any]] = {}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if "k-diffusion" in libs:
+            k = kdiffusion_grid(
+                model, schedule, noise, nfes, "epsilon", KDIFFUSION_ODE, KDIFFUSION_SPACINGS, run.peer()
+            )
+            grids.update({(f"k-diffusion:{label}", sp): runs for (label, sp), runs in k.items()})
+        if "diffusers" in libs:
+            d = diffusers_grid(model, schedule, noise, nfes, "epsilon", DIFFUSERS, DIFFUSERS_SPACINGS, run.peer())
+            grids.update({(f"diffusers:{label}", sp): runs for (label, sp), runs in d.items()})
+    for (label, spacing), runs in grids.items():
+        for r in runs:
+            rows[f"{label}|{spacing or 'default'}|{r.nfe_asked}"] = _errors(r.x, reference, r.nfe)
+
+
+def tuned_rows(case: dict[str, Any], target: Any, noise: torch.Tensor, reference: torch.Tensor, run: GuidedRun,
+               schedule: fewstep.NoiseSchedule, nfes: list[int], save: Any) -> None:  # fmt: skip
+    """A sampler tuned by ``fewstep.tune`` to the guided model at each NFE (on its own noise), run on the benchmark's
+    noise with CFG, into ``case["tuned"]`` ("tuned:solver|method|nfe": Row)."""
+    rows = case.setdefault("tuned", {})
+    cfg = target.model(schedule, "epsilon")
+    classes = target.num_classes
+
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # CFG of the labels 0, 1, ... by batch position
+        labels = torch.arange(x.shape[0]) % classes
+        return cfg_combine(cfg(x, t, torch.full_like(labels, -1)), cfg(x, t, labels), SCALE)
+
+    for asked in nfes:
+        if any(k.endswith(f"|{asked}") for k in rows):
+            continue
+        tuned = fewstep.tune(
+            guided, schedule, nfe=asked, calibration=TUNE_BATCH, holdout=TUNE_BATCH, shape=(target.dim,),
+            budget=TUNE_BUDGET, seed=TUNE_SEED,
+        )  # fmt: skip
+        x = fewstep.sample(cfg, noise, schedule, solver=tuned, progress=False, **run.sample_kwargs())
+        rows[f"tuned:{tuned.solver}|{tuned.method}|{asked}"] = _errors(x, reference, tuned.nfe)
+        save()
+
+
+def measure(name: str, nfes: list[int], results: dict[str, Any], tune: bool, save: Any) -> None:
+    case = results.setdefault("cases", {}).setdefault(name, {})
+    target, schedule = make_target(name), make_schedule(SCHEDULE)
+    gen = torch.Generator().manual_seed(SEED)
+    noise = torch.randn(2 * SAMPLES, target.dim, generator=gen, dtype=torch.float64)
+    noise = noise * float(schedule.sigma(schedule.t_max))
+    run = GuidedRun.of(target, SCALE, 2 * SAMPLES)
+    assert run is not None
+    started = time.perf_counter()
+    reference = reference_solution_from_time(run.exact(), noise, schedule, schedule.t_max)
+    loose = reference_solution_from_time(run.exact(), noise, schedule, schedule.t_max, rtol=1e-8, atol=1e-8)
+    case["reference_check"] = {  # the tight solve against a looser one: an upper bound of its own error
+        "max_abs_difference_rtol_1e-8": float((reference - loose).abs().max()),
+        "rms": float(reference.pow(2).mean().sqrt()),
+    }
+    print(f"{name}: reference in {time.perf_counter() - started:.1f} s", flush=True)
+    model = target.model(schedule, "epsilon")
+    fewstep_rows(case, model, noise, reference, run, schedule, nfes, save)
+    print(f"{name}: fewstep done at {time.perf_counter() - started:.0f} s", flush=True)
+    if any(not any(k.endswith(f"|{n}") for k in case.get("peers", {})) for n in nfes):
+        peer_rows(case, model, noise, reference, run, schedule, nfes)
+        save()
+    print(f"{name}: peers done at {time.perf_counter() - started:.0f} s", flush=True)
+    if tune:
+        tuned_rows(case, target, noise, reference, run, schedule, nfes, save)
+        print(f"{name}: tuned done at {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def best(rows: dict[str, Row], nfe: int, column: int) -> tuple[str, Row]:
+    """The configuration with the smallest RMSE on batch ``column`` (0: selection, 1: evaluation) at ``nfe``."""
+    picks = [(v[column], k.rsplit("|", 1)[0], v) for k, v in rows.items() if k.endswith(f"|{nfe}") and v[column]]
+    _, key, row = min(picks, default=(math.inf, "-", [math.nan, math.nan, None]))
+    return key, row
+
+
+def table(results: dict[str, Any], nfes: list[int]) -> tuple[str, list[dict[str, Any]]]:
+    """Per target and NFE: fewstep's and the peers' configurations chosen on the selection batch, their RMSE on the
+    evaluation batch and its ratio, and the ratio of the best on the evaluation batch itself (oracle)."""
+    head = (
+        f"{'target':<13}{'NFE':>4}  {'fewstep (chosen on the selection batch)':<44}{'RMSE':>8}  "
+        f"{'peer (chosen on the selection batch)':<50}{'RMSE':>8}{'ratio':>7}{'oracle':>8}"
+    )
+    lines = [
+        f"CFG scale {SCALE}, {SCHEDULE} schedule: RMSE against the exact guided PF-ODE solution on {SAMPLES} "
+        "evaluation samples",
+        head,
+        "-" * len(head),
+    ]
+    summary = []
+    for name, case in results.get("cases", {}).items():
+        ours_rows = {**case.get("fewstep", {}), **case.get("tuned", {})}
+        for nfe in nfes:
+            ours, ours_row = best(ours_rows, nfe, 0)
+            theirs, theirs_row = best(case.get("peers", {}), nfe, 0)
+            ratio = ours_row[1] / theirs_row[1]
+            oracle = best(ours_rows, nfe, 1)[1][1] / best(case.get("peers", {}), nfe, 1)[1][1]
+            spent = f" ({theirs_row[2]})" if theirs_row[2] != nfe else ""
+            lines.append(
+                f"{name:<13}{nfe:>4}  {ours:<44}{ours_row[1]:>8.3g}  {theirs + spent:<50}{theirs_row[1]:>8.3g}"
+                f"{ratio:>7.2f}{oracle:>8.2f}"
+            )
+            summary.append(
+                {"target": name, "nfe": nfe, "fewstep": ours, "fewstep_rmse": ours_row[1], "peer": theirs,
+                 "peer_nfe": theirs_row[2], "peer_rmse": theirs_row[1], "ratio": ratio, "oracle_ratio": oracle}
+            )  # fmt: skip
+    lines.append(
+        f"ratio: fewstep / peer on the evaluation batch (goal <= {GOAL}); oracle: the same with both chosen on the "
+        "evaluation batch itself; tuned: a sampler fitted by fewstep.tune to the guided model"
+    )
+    return "\n".join(lines), summary
+
+
+def guided_defaults(results: dict[str, Any], nfes: list[int]) -> str:
+    """Per NFE, the fixed configuration with the smallest geometric-mean ratio to the best of each target, on the
+    selection batch (what ``fewstep.defaults.GUIDED`` holds), with its ratio on the evaluation batch."""
+    cases = results.get("cases", {})
+    lines = ["guided defaults (fewstep.defaults.GUIDED): geometric-mean ratio to the best of each target"]
+    for nfe in nfes:
+        per_target = [
+            {k.rsplit("|", 1)[0]: v for k, v in case.get("fewstep", {}).items() if k.endswith(f"|{nfe}") and v[0]}
+            for case in cases.values()
+        ]
+        common = set.intersection(*(set(rows) for rows in per_target)) if per_target else set()
+
+        def score(key: str, column: int, rows: list[dict[str, Row]] = per_target) -> float:
+            logs = [math.log(r[key][column] / min(v[column] for v in r.values())) for r in rows]
+            return math.exp(sum(logs) / len(logs))
+
+        if common:
+            key = min(sorted(common), key=lambda k: score(k, 0))
+            lines.append(f"  NFE {nfe:>2}: {key:<28} selection {score(key, 0):.2f}, evaluation {score(key, 1):.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming from the JSON")
+    parser.add_argument("--no-tune", action="store_true", help="leave out the tuned samplers (fewstep.tune)")
+    parser.add_argument("--targets", default="labelled_2d,labelled_64d")
+    parser.add_argument("--nfe", default="5,8,10")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    nfes = [int(n) for n in args.nfe.split(",")]
+    settings = {
+        "schedule": SCHEDULE, "scale": SCALE, "samples": SAMPLES, "seed": SEED, "prediction": "epsilon",
+        "tune_budget": TUNE_BUDGET, "tune_seed": TUNE_SEED,
+    }  # fmt: skip
+    results: dict[str, Any] = {}
+    if RESULTS.is_file() and not args.fresh:
+        results = json.loads(RESULTS.read_text())
+        if results.get("settings") != settings:
+            print("settings changed: starting over", flush=True)
+            results = {}
+    results["settings"] = settings
+    started = time.perf_counter()
+
+    def save() -> None:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(RESULTS, json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+    for name in args.targets.split(","):
+        measure(name, nfes, results, not args.no_tune, save)
+    text, summary = table(results, nfes)
+    results["summary"] = summary
+    save()
+    print(text)
+    print(guided_defaults(results, nfes))
+    print(f"{time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
