@@ -113,3 +113,15 @@ def test_tune_refuses_rules_it_cannot_fit_before_any_call(kind: str) -> None:
         fewstep.tune(model, VP, nfe=5, calibration=noise(), holdout=noise(seed=1), model_kwargs={"c": c},
                      guidance=rule, budget=50)  # fmt: skip
     assert model.calls == []
+
+
+def test_options_a_denoiser_carries_are_refused_beside_it() -> None:
+    """A Denoiser carries its guidance, conditioning and prediction: the same options given to ``sample`` beside it
+    would be ignored, so they are an error naming them (before any model call)."""
+    model = Shifted()
+    den = fewstep.Denoiser(model, VP, "epsilon", model_kwargs={"c": torch.ones(6, 1, dtype=F64)})
+    with pytest.raises(ValueError, match="guidance: the model is a Denoiser"):
+        fewstep.sample(den, noise(), VP, "ddim", nfe=3, guidance=MeanOfClean({"c": torch.zeros(6, 1, dtype=F64)}))
+    with pytest.raises(ValueError, match="guidance_scale, uncond_kwargs: the model is a Denoiser"):
+        fewstep.sample(den, noise(), VP, "ddim", nfe=3, guidance_scale=3.0, uncond_kwargs={"c": 0})
+    assert model.calls == []

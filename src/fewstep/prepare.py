@@ -69,8 +69,25 @@ def as_denoiser(
     threshold: Threshold | None,
     guidance: GuidanceRule | None = None,
 ) -> Denoiser:
-    """``model`` itself if it is a :class:`Denoiser`, else the Denoiser wrapping it with these options."""
+    """``model`` itself if it is a :class:`Denoiser` (ValueError when an option the Denoiser carries is given too,
+    which would be ignored), else the Denoiser wrapping it with these options."""
     if isinstance(model, Denoiser):
+        given = {
+            "prediction": prediction != "auto",
+            "time_input": not (isinstance(time_input, str) and time_input == "auto"),
+            "model_kwargs": bool(model_kwargs),
+            "guidance_scale": guidance_scale != 1.0,
+            "uncond_kwargs": uncond_kwargs is not None,
+            "guidance_rescale": guidance_rescale != 0.0,
+            "threshold": threshold is not None,
+            "guidance": guidance is not None,
+        }
+        named = [name for name, set_ in given.items() if set_]
+        if named:
+            raise ValueError(
+                f"{', '.join(named)}: the model is a Denoiser, which carries its own; pass them to the Denoiser "
+                f"(fewstep.Denoiser(network, schedule, ..., {named[0]}=...)) or give sample the network itself"
+            )
         return model
     if schedule is None:
         raise TypeError("schedule: required (the NoiseSchedule the model was trained with)")

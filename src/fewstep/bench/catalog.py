@@ -19,6 +19,7 @@ __all__ = [
     "SolverEntry",
     "SOLVERS",
     "CONDITIONAL_TARGETS",
+    "POSTERIOR_PROBLEMS",
     "SPACINGS",
     "DISCRETE_SPACINGS",
     "PREDICTIONS",
@@ -98,6 +99,8 @@ PREDICTIONS: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "score", "v
 
 #: ``fewstep compare``'s class-labelled exact targets (their networks take labels; ``--guidance`` runs them with CFG).
 CONDITIONAL_TARGETS: tuple[str, ...] = ("labelled_2d", "labelled_64d", "labelled_digits")
+#: The problems of ``fewstep compare --posterior`` (:mod:`fewstep.bench.posterior_compare`).
+POSTERIOR_PROBLEMS: tuple[str, ...] = ("inpaint", "linear", "reward")
 
 
 def solver_names() -> list[str]:

@@ -20,7 +20,7 @@ import click
 from .. import __version__
 from ..options import suggestion
 from . import catalog
-from .catalog import CONDITIONAL_TARGETS
+from .catalog import CONDITIONAL_TARGETS, POSTERIOR_PROBLEMS
 
 
 @contextmanager
@@ -191,6 +191,23 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
     "RMSE is against the exact solution of the guided probability-flow ODE.  [default: 1, the conditional model]",
 )
 @click.option(
+    "--posterior",
+    default=None,
+    type=click.Choice(POSTERIOR_PROBLEMS),
+    help="Compare posterior samplers against the exact posterior instead: inpaint (a mask of half the coordinates, "
+    "noisy), linear (a random Gaussian matrix, m = D/2, noisy) or reward (the tilt by a quadratic reward), on "
+    "--target default (2-D) or nd64; prints component-weight error, sliced W2, MMD and the mean log-likelihood or "
+    "reward of each available method (plain sampling, DPS, and the fewstep.posterior samplers and SMC) next to "
+    "exact samples of the same size. Uses the first --nfe (default 20), --samples (default 256) and --seed.",
+)
+@click.option(
+    "--particles",
+    default="1,4,16",
+    show_default=True,
+    callback=_ints,
+    help="Particles per sample of the particle methods (with --posterior).",
+)
+@click.option(
     "--teacher-steps", default=300, show_default=True, type=click.IntRange(10), help="The teacher's steps (--model)."
 )
 @click.option(
@@ -218,6 +235,8 @@ def compare(
     resume: bool,
     tuned_files: tuple[str, ...],
     guidance: float | None,
+    posterior: str | None,
+    particles: list[int],
 ) -> None:
     """Run solvers at several NFEs on an exact target and report their errors.
 
@@ -232,6 +251,11 @@ def compare(
     from . import compare as cmp
     from .peers import available_peers
 
+    if posterior is not None:
+        if model_spec is not None or tuned_files or guidance is not None:
+            raise click.UsageError("--posterior: runs on the exact mixtures only (no --model, --tuned, --guidance)")
+        _compare_posterior(posterior, target, nfes, samples, seed, particles)
+        return
     if model_spec is not None and tuned_files:
         raise click.UsageError("--tuned: compares on the embedded targets (--target), not with --model")
     if model_spec is not None and guidance is not None:
@@ -334,6 +358,34 @@ def compare(
     if "guidance" in settings:
         title += f", CFG scale {settings['guidance']:g}"
     _write_outputs(out, rows, nfes, settings, title, no_plot, no_report, samples_plot)
+
+
+def _compare_posterior(
+    kind: str, target: str, nfes: list[int] | None, samples: int | None, seed: int, particles: list[int]
+) -> None:
+    """``fewstep compare --posterior``: the posterior samplers against the exact posterior (or tilt)."""
+    from . import posterior_compare as pc
+
+    where = {"default": "2d", "nd64": "64d"}
+    if target not in where:
+        raise click.BadParameter(
+            f"a posterior problem runs on the default 2-D mixture or the 64-D one, not --target {target}; choose "
+            "--target default or --target nd64",
+            param_hint="'--target'",
+        )
+    nfe = (nfes or [20])[0]
+    n = samples or 256
+    try:
+        problem = pc.posterior_problem(kind, where[target], seed)
+        methods = pc.available_methods(kind)
+        click.echo(
+            f"posterior={kind}, target={target} (D={problem.dim}), nfe={nfe} per chain, samples={n}, seed={seed}, "
+            f"methods: {', '.join(methods)}"
+        )
+        rows, exact = pc.compare_posterior(problem, methods, tuple(particles), nfe, n, 1, seed)
+    except (ValueError, TypeError) as err:
+        raise cli_error(err) from err
+    click.echo(pc.format_posterior_table(rows, exact, "reward" if kind == "reward" else "log-lik"))
 
 
 def _load_tuned(paths: tuple[str, ...]) -> dict[str, Any]:

@@ -9,6 +9,9 @@ Samples are tensors (or arrays) of shape (N, ...), flattened to (N, D).
 * :func:`mmd` -- squared maximum mean discrepancy with a (multi-bandwidth) Gaussian kernel.
 * :func:`mode_coverage` -- which components of a :class:`~fewstep.bench.targets.GaussianMixture` the samples
   reach, and with which weights.
+* :func:`component_weight_error` -- the component weights recovered from samples by responsibility against a
+  mixture's (an exact posterior's) weights; :func:`exact_spread` -- a metric between independent exact sample
+  sets, the floor a sampler's value is judged against (:class:`Spread`, :func:`within_spread`).
 * :func:`frechet_distance` -- the Frechet (2-Wasserstein) distance between Gaussians fitted to two
   feature sets; with :class:`DigitsFeatures` this is "FD-digits", a small-scale analogue of FID.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cache import cache_dir, load_cached, save_atomic
-from .targets import GaussianMixture
+from .targets import FullCovarianceMixture, GaussianMixture, as_full_covariance
 from .targets.learned import single_thread
 
 __all__ = [
@@ -37,6 +40,12 @@ __all__ = [
     "ModeCoverage",
     "assign_components",
     "mode_coverage",
+    "ComponentWeightError",
+    "component_weight_error",
+    "Spread",
+    "spread",
+    "exact_spread",
+    "within_spread",
     "gaussian_frechet_distance",
     "frechet_distance",
     "DigitsFeatures",
@@ -252,6 +261,87 @@ def mode_coverage(samples: TensorLike, mixture: GaussianMixture, threshold: floa
     covered = counts >= threshold * n * mixture.weights
     tv = 0.5 * float((weights - mixture.weights).abs().sum())
     return ModeCoverage(float(covered.to(F64).mean()), weights, tv, counts.to(torch.long), covered)
+
+
+# --- component weights and the exact-vs-exact spread --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComponentWeightError:
+    """Result of :func:`component_weight_error`: ``l1 = sum_k |weights_k - w_k|``, ``max = max_k |weights_k - w_k|``
+    and the recovered ``weights`` (K,)."""
+
+    l1: float
+    max: float
+    weights: Tensor
+
+
+def component_weight_error(
+    samples: TensorLike, mixture: GaussianMixture | FullCovarianceMixture
+) -> ComponentWeightError:
+    """The mixture's component weights recovered from ``samples`` by responsibility, against its weights ``w``.
+
+    ``weights_k = (1/N) sum_i p(k | x_i)`` (soft assignment, :meth:`FullCovarianceMixture.responsibilities`).
+    For exact samples of the mixture ``E[p(k | X)] = w_k``, so the estimate is unbiased whatever the overlap of
+    the components, and the error of exact samples is pure sampling noise, of order ``sqrt(w_k / N)``.
+    """
+    full = as_full_covariance(mixture)
+    x = _flat(samples, "samples")
+    if x.shape[1] != full.dim:
+        raise ValueError(f"samples: need {full.dim} values per sample, got {x.shape[1]}")
+    weights = full.responsibilities(x).mean(0)
+    diff = (weights - full.weights).abs()
+    return ComponentWeightError(float(diff.sum()), float(diff.max()), weights)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A metric over replicates: ``mean``, ``stderr`` (the standard error of the mean, ``std / sqrt(n)``, 0 for
+    one replicate) and the ``values``."""
+
+    mean: float
+    stderr: float
+    values: tuple[float, ...]
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """:class:`Spread` of ``values`` (at least one)."""
+    v = torch.as_tensor([float(x) for x in values], dtype=F64)
+    if v.numel() < 1:
+        raise ValueError("values: need at least one value")
+    se = float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else 0.0
+    return Spread(float(v.mean()), se, tuple(float(x) for x in v))
+
+
+def exact_spread(
+    metric: Callable[[Tensor, Tensor], float],
+    target: GaussianMixture | FullCovarianceMixture,
+    n: int,
+    replicates: int = 5,
+    seed: int = 0,
+) -> Spread:
+    """``metric(X, Y)`` between two independent sets of ``n`` exact samples of ``target``, over ``replicates``.
+
+    The value a perfect sampler would get from the same comparison (its own ``n`` samples against ``n`` fresh
+    exact ones): a sampler is "as good as exact" when its value is within a few standard errors of this one
+    (:func:`within_spread`). ``metric`` may ignore ``Y`` (e.g. the component-weight error against the exact
+    weights). Seeded: replicate ``r`` uses a CPU generator seeded with ``seed + r``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: must be a positive integer, got {n!r}")
+    if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
+        raise ValueError(f"replicates: must be a positive integer, got {replicates!r}")
+    values = []
+    for r in range(replicates):
+        gen = torch.Generator().manual_seed(seed + r)
+        values.append(metric(target.sample(n, gen), target.sample(n, gen)))
+    return spread(values)
+
+
+def within_spread(result: Spread, reference: Spread, k: float = 3.0) -> bool:
+    """Whether ``result.mean`` exceeds ``reference.mean`` by at most ``k`` combined standard errors
+    ``sqrt(se_result^2 + se_reference^2)`` (metrics where lower is better)."""
+    return result.mean - reference.mean <= k * math.hypot(result.stderr, reference.stderr)
 
 
 # --- Frechet distance --------------------------------------------------------------------------------------

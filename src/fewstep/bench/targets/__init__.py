@@ -12,6 +12,14 @@ from .digits import digits_target
 from .digits_unet import DigitsUNetConfig, DigitsUNetTarget, digits_unet_target
 from .learned import LearnedTarget, TrainConfig, learned_reference, learned_target
 from .mixture import GaussianMixture, MixtureModel, mixture_2d
+from .posterior import (
+    FullCovarianceMixture,
+    QuadraticReward,
+    as_full_covariance,
+    measurement_matrix,
+    mixture_posterior,
+    reward_tilt,
+)
 from .presets import mixture_image, mixture_nd
 from .reference import reference_solution, reference_solution_from_time
 
@@ -37,4 +45,10 @@ __all__ = [
     "labelled_mixture_2d",
     "labelled_mixture_nd",
     "labelled_digits",
+    "FullCovarianceMixture",
+    "QuadraticReward",
+    "as_full_covariance",
+    "measurement_matrix",
+    "mixture_posterior",
+    "reward_tilt",
 ]

@@ -34,6 +34,7 @@ of Song et al. 2021, in general the noise ``sqrt(eta) g dW``): with ``h = lambda
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -113,11 +114,17 @@ class _MultistepSDE(EtaNoiseOptions, Solver):
         raise NotImplementedError
 
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        plan = self.data_plan(nodes, ctx.stochastic_step)
+        return (yield from run_data_plan(x, nodes, ctx, plan, self.order))
+
+    def data_plan(self, nodes: NodeTable, stochastic_step: Callable[[int], bool]) -> list[DataStep]:
+        """The plan rows ``x_t = ratio x_s + sum_j w_j D_{i-j} + noise z`` of every step (``stochastic_step(i)``:
+        whether step i may add noise); the Gaussian transitions a particle method proposes from."""
         a, s, h = nodes.alpha, nodes.sigma, nodes.h
         plan: list[DataStep] = []
         for i, k in enumerate(self.step_orders(nodes)):
             if nodes.finite(i):
-                eta = self.eta if ctx.stochastic_step(i) else 0.0
+                eta = self.eta if stochastic_step(i) else 0.0
                 big_h = (1.0 + eta) * h  # this step's eta on the whole array: the weights use ratios of its entries
                 eta_h = eta * float(h[i])
                 ratio = float(s[i + 1] / s[i]) * math.exp(-eta_h)
@@ -125,7 +132,7 @@ class _MultistepSDE(EtaNoiseOptions, Solver):
                 plan.append(DataStep(ratio, [float(a[i + 1]) * w for w in self.weights(big_h, i, k)], noise))
             else:  # deterministic first order: x_t = (sigma_t/sigma_s) x_s + alpha_t x0_hat
                 plan.append(DataStep(float(s[i + 1] / s[i]), [float(a[i + 1])], 0.0))
-        return (yield from run_data_plan(x, nodes, ctx, plan, self.order))
+        return plan
 
 
 def _second_order(big_h: np.ndarray, i: int, solver_type: str) -> list[float]:

@@ -1,0 +1,237 @@
+"""``smc``: sequential Monte Carlo over the reverse diffusion, K particles per prompt run as one batch.
+
+Each of the B prompts has K particles, run together as one batch of ``B*K`` rows through the model-call stack
+(:mod:`fewstep.posterior.smc.chain`). At node ``i`` the network gives ``x0_hat_i``, the potential
+(:mod:`fewstep.posterior.smc.potentials`) a log-potential ``log G_i``, and the particle's log-weight grows by
+
+    log w += log G_i + log p(x_i | x_{i-1}) - log q(x_i | x_{i-1})
+
+where ``p`` is the prior's transition ``N(m, c^2 I)`` of a stochastic solver (SDE-DPM-Solver++(2M) or DDPM) and ``q`` the proposal: ``p`` itself, or, for a twisting
+potential (TDS), ``N(m + c^2 grad_x v(x0_hat(x)), c^2 I)`` (Wu et al. 2023, eq. 10). Before every step, a prompt whose
+effective sample size ``ESS / K`` is below ``ess_threshold`` resamples its particles (the Markov proposal needs only
+the current state permuted) and its weights become uniform; the others keep theirs (Doucet & Johansen 2009, "A
+Tutorial on Particle Filtering and Smoothing", §3.5; Del Moral, Doucet & Jasra 2006, "Sequential Monte Carlo
+Samplers"). The weighted particles ``(samples, exp(log_weights))`` estimate the target ``p(x) prod_i G_i``
+(the tilt ``p(x) exp(v(x))`` for the exact potentials), consistently as K grows.
+
+Cost, exactly: the network is called once per node on the whole ``B*K`` batch, so ``calls.network`` = the steps
+(the ``nfe`` asked for, per particle); a twisting potential adds one backward pass per stochastic step
+(``calls.backward`` = steps - 1, the last step to the clean end being deterministic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...model import CallCount, Denoiser
+from ...options import real_option
+from ...schedules import NoiseSchedule
+from ...spacing import SpacingLike
+from ...trajectory import gaussian_log_prob
+from .chain import Chain
+from .potentials import Potential, as_potential
+from .resampling import check_resampler, effective_sample_size, normalise, resample_indices
+
+__all__ = ["SMCResult", "smc"]
+
+
+@dataclass(frozen=True)
+class SMCResult:
+    """The weighted particles of a run.
+
+    ``samples``: ``(B, K, *sample_shape)``; ``log_weights``: ``(B, K)``, normalised per prompt (``logsumexp = 0``);
+    ``ess``: ``(steps + 1, B)``, the effective sample size after each node's reweighting (row 0: the start);
+    ``resampled``: ``(steps, B)`` bools, whether prompt b resampled before step i; ``calls``: the run's
+    :class:`~fewstep.model.CallCount`.
+    """
+
+    samples: Tensor
+    log_weights: Tensor
+    ess: Tensor
+    resampled: Tensor
+    calls: CallCount
+
+    @property
+    def weights(self) -> Tensor:
+        """Normalised weights ``(B, K)``."""
+        return self.log_weights.exp()
+
+    def expectation(self, values: Tensor) -> Tensor:
+        """The weighted mean over particles of per-particle ``values`` ``(B, K, ...)``: shape ``(B, ...)``."""
+        w = self.weights.to(values.dtype).reshape(*self.log_weights.shape, *([1] * (values.ndim - 2)))
+        return (w * values).sum(1)
+
+
+@dataclass
+class _Particles:
+    """Per-particle state between steps, permuted together when resampling (rows prompt-major)."""
+
+    x: Tensor
+    x0: Tensor
+    eps: Tensor
+    #: the data estimate at the previous node (the multistep proposal's history)
+    prev: Tensor
+    grad: Tensor | None
+    acc: Tensor
+    stat: Tensor
+    #: the node's value, until the potential's step consumes it
+    value: Tensor | None = None
+
+    def take(self, rows: Tensor) -> _Particles:
+        g = self.grad[rows] if self.grad is not None else None
+        x, x0, eps, prev = self.x[rows], self.x0[rows], self.eps[rows], self.prev[rows]
+        return _Particles(x, x0, eps, prev, g, self.acc[rows], self.stat[rows])
+
+
+def check_threshold(ess_threshold: object) -> float:
+    """``ess_threshold`` in [0, 1] (0: never resample, 1: every step)."""
+    try:
+        return real_option("ess_threshold", ess_threshold, high=1.0)
+    except ValueError as err:
+        raise ValueError(f"{err} (a fraction of K: 0 never resamples, 1 every step; 0.5 is usual)") from None
+
+
+def smc(
+    model: Callable[..., Tensor] | Denoiser,
+    noise: Tensor,
+    schedule: NoiseSchedule | None = None,
+    potential: Potential | Callable[[Tensor, float], Tensor] | None = None,
+    nfe: int | None = None,
+    spacing: SpacingLike | None = None,
+    prediction: str = "auto",
+    generator: torch.Generator | None = None,
+    *,
+    particles: int | None = None,
+    steps: int | None = None,
+    proposal: str = "dpmpp_2m_sde",
+    resample: str = "systematic",
+    ess_threshold: float = 0.5,
+    model_kwargs: Mapping[str, Any] | None = None,
+    calls: CallCount | None = None,
+) -> SMCResult:
+    """Sequential Monte Carlo with K particles per prompt (module docstring), the arguments as :func:`fewstep.sample`.
+
+    Args:
+        model: the network ``model(x, time, **model_kwargs)`` or a :class:`~fewstep.Denoiser`.
+        noise: the particles' start states, shape ``(B, K, *sample_shape)`` (e.g. ``torch.randn(B, K, D)`` for VP).
+        schedule: the model's :class:`~fewstep.NoiseSchedule` (ignored for a Denoiser).
+        potential: :class:`~fewstep.posterior.smc.TDS`, :class:`~fewstep.posterior.smc.FKSteering`,
+            :class:`~fewstep.posterior.smc.Value` or a callable ``fn(x0_hat, sigma) -> (B*K,)`` (difference form).
+        nfe: network calls per particle (= steps); or ``steps``. ``spacing``: as in :func:`fewstep.sample`
+            (default ``"logsnr"``).
+        generator: the proposal noise and resampling draws.
+        particles: K, checked against ``noise.shape[1]`` when given.
+        proposal: the Gaussian transition proposed from (:mod:`fewstep.posterior.smc.chain`): ``"dpmpp_2m_sde"``
+            (default, second order) or ``"ddpm"``.
+        resample: ``"systematic"`` (default), ``"multinomial"`` or ``"residual"``.
+        ess_threshold: resample a prompt when its ``ESS / K`` falls below this (in [0, 1]).
+        model_kwargs: conditioning; tensors with B rows are repeated for each prompt's K particles.
+        calls: a :class:`~fewstep.model.CallCount` to add the run's counts to.
+    """
+    scheme = check_resampler(resample)
+    threshold = check_threshold(ess_threshold)
+    if potential is None:
+        raise TypeError("potential: required (TDS(measurement), FKSteering(reward), Value(fn) or a callable)")
+    pot = as_potential(potential)
+    chain = Chain.build(
+        model, noise, schedule, nfe, steps, spacing, prediction, generator, model_kwargs, calls, particles, proposal
+    )
+    b, k = chain.prompts, chain.particles
+    start = noise.reshape(b * k, *noise.shape[2:]).to(chain.dtype).clone()
+    pot = pot.bind(b, k, start)
+    n = b * k
+    nan = torch.full((n,), float("nan"), dtype=chain.dtype, device=start.device)
+    state = _Particles(start, start, start, start, None, torch.zeros_like(nan), nan)
+    log_w = torch.zeros(b, k, dtype=torch.float64, device=start.device)
+    ess, flags = [], []
+    try:
+        state = _evaluate(chain, pot, state, start, 0)
+        state, log_w = _reweight(pot, state, log_w, None, False)
+        ess.append(effective_sample_size(log_w))
+        for i in range(chain.steps):
+            low = ess[-1] < threshold * k
+            flags.append(low)
+            if threshold > 0.0 and bool(low.any()):  # one host read per step; no draw when none resamples
+                state, log_w = _resample(state, log_w, low, scheme, generator)
+            mean = chain.mean(i, state.x, state.x0, state.eps, state.prev)
+            c = chain.std(i)
+            ratio = None
+            if c > 0.0:
+                shifted = mean + c * c * state.grad if state.grad is not None else mean
+                x = shifted + c * chain.draw(i, mean)
+                if state.grad is not None:
+                    ratio = gaussian_log_prob(x, mean, c) - gaussian_log_prob(x, shifted, c)
+            else:
+                x = mean
+            final = i == chain.steps - 1
+            if final:
+                state = _final(pot, state, x)
+            else:
+                state = _evaluate(chain, pot, state, x, i + 1)
+            state, log_w = _reweight(pot, state, log_w, ratio, final)
+            ess.append(effective_sample_size(log_w))
+    finally:
+        chain.finish(state.x, calls)
+    samples = state.x.reshape(noise.shape).to(noise.dtype)
+    return SMCResult(samples, normalise(log_w), torch.stack(ess), torch.stack(flags), chain.calls)
+
+
+def _evaluate(chain: Chain, pot: Potential, state: _Particles, x: Tensor, i: int) -> _Particles:
+    """Node ``i``'s evaluation at ``x``: ``x0_hat``, ``eps_hat``, the value and (twisting, stochastic step next) its
+    gradient through the network (one backward pass, counted)."""
+    alpha, sigma = chain.alpha_sigma(i)
+    if pot.twist and chain.std(i) > 0.0:
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            x0, eps = chain.evaluate(leaf, i)
+            value = pot.value(x0, alpha, sigma)
+            if not value.requires_grad:
+                raise TypeError(
+                    "potential: the twisted proposal needs the value's gradient through the network, but the value "
+                    "carries no autograd graph (a model or potential that detaches); use twist=False"
+                )
+            (grad,) = torch.autograd.grad(value.sum(), leaf)
+        chain.calls.backward += 1
+        x0, eps = x0.detach(), eps.detach()
+        return _Particles(x, x0, eps, state.x0, grad, state.acc, state.stat, value.detach())
+    with torch.no_grad():
+        x0, eps = chain.evaluate(x, i)
+        value = pot.value(x0, alpha, sigma)
+    return _Particles(x, x0, eps, state.x0, None, state.acc, state.stat, value)
+
+
+def _final(pot: Potential, state: _Particles, x: Tensor) -> _Particles:
+    """The clean end: the sample is ``x`` itself and its value the potential's at ``sigma = 0``."""
+    with torch.no_grad():
+        value = pot.value(x, 1.0, 0.0)
+    return _Particles(x, x, state.eps, state.x0, None, state.acc, state.stat, value)
+
+
+def _reweight(
+    pot: Potential, state: _Particles, log_w: Tensor, ratio: Tensor | None, final: bool
+) -> tuple[_Particles, Tensor]:
+    """Apply the node's potential (and the proposal's density ratio) to the weights."""
+    assert state.value is not None
+    step = pot.step(state.value.to(state.acc.dtype), state.acc, state.stat, final)
+    inc = step.log_g if ratio is None else step.log_g + ratio
+    b, k = log_w.shape
+    log_w = log_w + inc.to(log_w.dtype).reshape(b, k)
+    new = _Particles(state.x, state.x0, state.eps, state.prev, state.grad, state.acc + step.log_g, step.stat)
+    return new, log_w
+
+
+def _resample(
+    state: _Particles, log_w: Tensor, low: Tensor, scheme: str, generator: torch.Generator | None
+) -> tuple[_Particles, Tensor]:
+    """Resample the prompts flagged ``low`` (their weights become uniform); the others keep their particles."""
+    b, k = log_w.shape
+    idx = resample_indices(log_w, scheme, generator)
+    keep = torch.arange(k, device=log_w.device).expand(b, k)
+    idx = torch.where(low[:, None], idx, keep)
+    rows = (idx + k * torch.arange(b, device=log_w.device)[:, None]).reshape(-1)
+    return state.take(rows), torch.where(low[:, None], torch.zeros_like(log_w), log_w)
