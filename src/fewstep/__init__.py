@@ -11,11 +11,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from . import adaptive, guard, guidance, integrations, model, noise, schedules, solvers, spacing
+    from . import (
+        adaptive,
+        guard,
+        guidance,
+        integrations,
+        inversion,
+        model,
+        noise,
+        posterior,
+        schedules,
+        solvers,
+        spacing,
+    )
     from .adaptive import sample_adaptive
     from .bench.generation import generate
     from .calibrate import compute_ems
     from .guard import DivergenceError, DivergenceWarning
+    from .inversion import invert
     from .model import CallCount, Denoiser, NonFiniteModelOutput, Threshold, TimeShift
     from .predictions import PREDICTIONS
     from .resume import Checkpoint, SamplingState
@@ -32,8 +45,10 @@ _SUBMODULES = (
     "guard",
     "guidance",
     "integrations",
+    "inversion",
     "model",
     "noise",
+    "posterior",
     "schedules",
     "solvers",
     "spacing",
@@ -47,6 +62,7 @@ _NAMES = {
     "generate": "bench.generation",
     "DivergenceError": "guard",
     "DivergenceWarning": "guard",
+    "invert": "inversion",
     "CallCount": "model",
     "Denoiser": "model",
     "NonFiniteModelOutput": "model",
@@ -72,6 +88,7 @@ _NAMES = {
 __all__ = [
     "sample",
     "sample_adaptive",
+    "invert",
     "compute_ems",
     "generate",
     "adaptive",
@@ -98,8 +115,10 @@ __all__ = [
     "guard",
     "guidance",
     "integrations",
+    "inversion",
     "model",
     "noise",
+    "posterior",
     "schedules",
     "solvers",
     "spacing",

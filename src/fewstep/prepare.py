@@ -33,16 +33,17 @@ from .tune.tuned import TunedSampler
 Final = Literal["zero", "t_min"]
 
 
-def check_noise(noise: object) -> None:
-    """``noise`` must be a floating-point tensor with a batch dimension first (TypeError/ValueError)."""
+def check_noise(noise: object, name: str = "noise") -> None:
+    """``noise`` (the argument ``name``) must be a floating-point tensor with a batch dimension first
+    (TypeError/ValueError)."""
     if not isinstance(noise, Tensor):
-        raise TypeError(f"noise: must be a torch.Tensor, got {type(noise).__name__}")
+        raise TypeError(f"{name}: must be a torch.Tensor, got {type(noise).__name__}")
     if noise.ndim < 1 or noise.shape[0] < 1:
-        raise ValueError(f"noise: need a batch dimension first, got shape {tuple(noise.shape)}")
+        raise ValueError(f"{name}: need a batch dimension first, got shape {tuple(noise.shape)}")
     if not noise.dtype.is_floating_point:
-        raise TypeError(f"noise: must be a floating-point tensor, got {noise.dtype}")
+        raise TypeError(f"{name}: must be a floating-point tensor, got {noise.dtype}")
     if not all_finite(noise):
-        raise ValueError("noise: contains NaN or inf (the start state must be finite)")
+        raise ValueError(f"{name}: contains NaN or inf (the start state must be finite)")
 
 
 def state_dtype(noise: Tensor) -> torch.dtype:
