@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, get_args
 
 import numpy as np
 import torch
@@ -50,24 +50,7 @@ SpacingName = Literal[
     "leading",
     "trailing",
 ]
-SPACINGS: tuple[str, ...] = (
-    "uniform",
-    "logsnr",
-    "time_quadratic",
-    "karras",
-    "exponential",
-    "beta",
-    "linear_quadratic",
-    "kl_optimal",
-    "polyexponential",
-    "sgm_uniform",
-    "ays_sd15",
-    "ays_sdxl",
-    "ays_svd",
-    "linspace",
-    "leading",
-    "trailing",
-)
+SPACINGS: tuple[str, ...] = get_args(SpacingName)
 #: Other names users try for a spacing.
 SPACING_ALIASES = {
     "lambda": "logsnr",

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from ...cache import cache_dir, load_cached, save_atomic
 from ...schedules import VP, NoiseSchedule
 from .digits import digits_target
-from .learned import learned_reference, single_thread
+from .learned import fit_eps, learned_reference, single_thread
 from .mixture import GaussianMixture
 
 __all__ = [
@@ -248,30 +248,18 @@ def train_digits_unet(
     with single_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(2**62, (), generator=gen)))  # the layers' init draws globally
         net = DigitsUNet(config.channels, config.groups, config.time_features, config.embedding, schedule)
-        opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-        decay = torch.optim.lr_scheduler.LambdaLR(
-            opt,
-            lambda i: 0.5 * (1.0 + math.cos(math.pi * i / config.iterations)),  # cosine decay to 0
-        )
         t_lo, t_hi = float(schedule.t_min), float(schedule.t_max)
-        tail, tail_n = 0.0, 0
-        for it in range(config.iterations):
+
+        def batch(_: int) -> tuple[Tensor, Tensor, Tensor]:
             x0 = images[torch.randint(images.shape[0], (config.batch,), generator=gen)]
             t = t_lo + (t_hi - t_lo) * torch.rand(config.batch, generator=gen, dtype=torch.float64)
             eps = torch.randn(config.batch, images.shape[1], generator=gen)
             alpha, sigma = schedule.alpha(t).float()[:, None], schedule.sigma(t).float()[:, None]
-            xt = alpha * x0 + sigma * eps  # x_t = alpha_t x0 + sigma_t eps
-            loss = torch.mean((net(xt, t) - eps) ** 2)  # the denoising loss L
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            decay.step()
-            if it >= config.iterations - max(1, config.iterations // 10):
-                tail, tail_n = tail + float(loss.detach()), tail_n + 1
-            if callback is not None and (it + 1) % 250 == 0:
-                callback(it + 1, float(loss.detach()))
+            return alpha * x0 + sigma * eps, t, eps  # x_t = alpha_t x0 + sigma_t eps
+
+        final_loss = fit_eps(net, batch, config.iterations, config.lr, callback, every=250)
     net.eval().requires_grad_(False)
-    return net, time.perf_counter() - start, tail / tail_n
+    return net, time.perf_counter() - start, final_loss
 
 
 def digits_unet_target(

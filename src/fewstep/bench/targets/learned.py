@@ -188,28 +188,46 @@ def train_denoiser(
     with single_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(2**62, (), generator=gen)))  # nn.Linear's init draws globally
         net = EpsMLP(data.dim, config.width, config.depth, config.time_features, schedule)
-        opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / config.iterations))
-        )
         t_lo, t_hi = float(schedule.t_min), float(schedule.t_max)
-        tail, tail_n = 0.0, 0
-        for it in range(config.iterations):
+
+        def batch(_: int) -> tuple[Tensor, Tensor, Tensor]:
             x0 = data.sample(config.batch, generator=gen)
             t = t_lo + (t_hi - t_lo) * torch.rand(config.batch, generator=gen, dtype=torch.float64)
             eps = torch.randn(config.batch, data.dim, generator=gen, dtype=torch.float64)
             xt = schedule.alpha(t)[:, None] * x0 + schedule.sigma(t)[:, None] * eps
-            loss = torch.mean((net(xt.float(), t) - eps.float()) ** 2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if it >= config.iterations - max(1, config.iterations // 10):
-                tail, tail_n = tail + float(loss.detach()), tail_n + 1
-            if callback is not None and (it + 1) % 500 == 0:
-                callback(it + 1, float(loss.detach()))
+            return xt.float(), t, eps.float()
+
+        final_loss = fit_eps(net, batch, config.iterations, config.lr, callback, every=500)
     net.eval().requires_grad_(False)
-    return net, time.perf_counter() - start, tail / tail_n
+    return net, time.perf_counter() - start, final_loss
+
+
+def fit_eps(
+    net: nn.Module,
+    batch: Callable[[int], tuple[Tensor, Tensor, Tensor]],
+    iterations: int,
+    lr: float,
+    callback: Callable[[int, float], None] | None,
+    every: int,
+) -> float:
+    """Fit a noise-prediction network with the denoising loss ``L = mean |eps_theta(x_t, t) - eps|^2`` on the
+    batches ``batch(iteration) -> (x_t, t, eps)``: Adam at ``lr`` with a cosine decay to 0 over ``iterations``;
+    ``callback(iteration, loss)`` every ``every`` iterations. Returns the mean loss over the last 10%."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / iterations)))
+    tail, tail_n = 0.0, 0
+    for it in range(iterations):
+        xt, t, eps = batch(it)
+        loss = torch.mean((net(xt, t) - eps) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        decay.step()
+        if it >= iterations - max(1, iterations // 10):
+            tail, tail_n = tail + float(loss.detach()), tail_n + 1
+        if callback is not None and (it + 1) % every == 0:
+            callback(it + 1, float(loss.detach()))
+    return tail / tail_n
 
 
 def learned_target(

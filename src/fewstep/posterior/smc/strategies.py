@@ -50,12 +50,8 @@ def svdd(
     """Soft value-based decoding (module docstring) of the particles ``noise`` ``(B, K, *sample_shape)`` with
     ``reward(x0) -> (rows,)``, ``candidates`` (M >= 1) per particle and step, and ``temperature >= 0``. Returns an
     :class:`~fewstep.posterior.smc.SMCResult` with equal weights (``ess`` = K, nothing resampled)."""
-    if not callable(reward):
-        raise TypeError(f"reward: must be callable as reward(x0) -> (rows,), got {type(reward).__name__}")
-    if isinstance(candidates, bool) or not isinstance(candidates, int | np.integer) or candidates < 1:
-        raise ValueError(f"candidates: must be an integer M >= 1, got {candidates!r}")
+    reward, m = _checked(reward, candidates)
     temp = real_option("temperature", temperature)
-    m = int(candidates)
     chain = Chain.build(
         model, noise, schedule, nfe, steps, spacing, prediction, generator, model_kwargs, calls, None, proposal, m
     )
@@ -102,6 +98,15 @@ def _select(values: Tensor, temperature: float, generator: torch.Generator | Non
     return draws[:, 0].to(values.device)
 
 
+def _checked(reward: object, candidates: object) -> tuple[Callable[[Tensor], Tensor], int]:
+    """``reward`` (TypeError unless callable) and the number of candidates M (ValueError unless an integer >= 1)."""
+    if not callable(reward):
+        raise TypeError(f"reward: must be callable as reward(x0) -> (rows,), got {type(reward).__name__}")
+    if isinstance(candidates, bool) or not isinstance(candidates, int | np.integer) or candidates < 1:
+        raise ValueError(f"candidates: must be an integer M >= 1, got {candidates!r}")
+    return reward, int(candidates)  # type: ignore[return-value]
+
+
 def rollover(
     model: Callable[..., Tensor] | Denoiser,
     noise: Tensor,
@@ -127,11 +132,7 @@ def rollover(
     rounds: the particles' rounds do not align, so there are more calls than any one particle's evaluations, on
     smaller batches). Per-row conditioning is not supported (the batch shrinks by rounds).
     Equal weights, as :func:`svdd`."""
-    if not callable(reward):
-        raise TypeError(f"reward: must be callable as reward(x0) -> (rows,), got {type(reward).__name__}")
-    if isinstance(candidates, bool) or not isinstance(candidates, int | np.integer) or candidates < 1:
-        raise ValueError(f"candidates: must be an integer M >= 1, got {candidates!r}")
-    m = int(candidates)
+    reward, m = _checked(reward, candidates)
     chain = Chain.build(model, noise, schedule, nfe, steps, spacing, prediction, generator, None, calls, None, proposal)
     b, k = chain.prompts, chain.particles
     n = b * k
