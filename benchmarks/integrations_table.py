@@ -31,6 +31,8 @@ import torch
 import fewstep
 from fewstep.bench.targets import mixture_2d
 from fewstep.integrations import kdiffusion as fk
+from fewstep.integrations.kdiffusion import run as fk_run
+from fewstep.integrations.kdiffusion import samplers as fk_samplers
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "integrations.md"
@@ -84,10 +86,12 @@ def pipeline_table(solvers: list[str]) -> str:
 
 
 class _SolverSpy:
-    """Stands in for ``fewstep.sample`` inside the k-diffusion module and records the solver each function runs."""
+    """Stands in for ``fewstep.sample`` inside the k-diffusion modules and records the solver each function runs."""
+
+    MODULES = (fk_run, fk_samplers)  # the modules of the k-diffusion package that call fewstep.sample
 
     def __init__(self) -> None:
-        self.real = fk.sample
+        self.real = fk_run.sample
         self.solvers: list[str] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -128,12 +132,14 @@ def sampler_table() -> str:
         if "noise_sampler" in params:
             options["noise_sampler"] = noise
         spy = _SolverSpy()
-        fk.sample = spy
+        for module in spy.MODULES:
+            module.sample = spy  # type: ignore[attr-defined]
         try:
             torch.manual_seed(1)
             ours = function(model, x, *grid, **options)
         finally:
-            fk.sample = spy.real
+            for module in spy.MODULES:
+                module.sample = spy.real  # type: ignore[attr-defined]
         solver = ", ".join(f"`{s}`" for s in dict.fromkeys(spy.solvers)) or "adaptive (`fewstep.sample_adaptive`)"
         reference = getattr(ks, f"sample_{name}", None) if ks is not None else None
         if reference is None:

@@ -43,7 +43,7 @@ def table(kind: str, target: str, args: argparse.Namespace) -> None:
         problem, methods, args.particles, args.nfe, args.samples, args.replicates, args.seed
     )
     seconds = time.perf_counter() - start
-    reward = "mean r" if kind == "reward" else "mean log-lik"
+    reward = f"mean {problem.score_name}"
     print(f"\n### {kind}, {target} (D = {problem.dim}), NFE {args.nfe} per chain, {args.replicates} x {args.samples}")
     print(f"\nmethods: {', '.join(methods)}; {seconds:.0f} s\n")
     print(f"| method | K | NFE | weight L1 | sliced W2 | MMD^2 | {reward} | 3 SE |")

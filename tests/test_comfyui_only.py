@@ -207,8 +207,47 @@ def test_heunpp2_by_hand() -> None:
 
     close(kd.sample_heunpp2(model, x, torch.tensor(sig, dtype=torch.float64)), want)
     assert calls == pytest.approx([6.0, 3.0, 1.0, 3.0, 1.0, 1.0], rel=1e-12)
-    with pytest.raises(ValueError, match="s_churn"):
-        kd.sample_heunpp2(model, x, torch.tensor(sig, dtype=torch.float64), s_churn=1.0)
+
+
+def heunpp2_churned(x: torch.Tensor, sig: list[float], s_churn: float, s_noise: float) -> torch.Tensor:
+    """ComfyUI's ``sample_heunpp2`` with churn on every step (``s_tmin = 0``, ``s_tmax = inf``): a normal from the
+    global generator, ``sigma_hat = (1 + gamma) sigma_i``, the slopes from ``sigma_hat``, the weights from
+    ``sigmas[0]``."""
+    gamma = min(s_churn / (len(sig) - 1), 2**0.5 - 1)
+
+    def d(y, s):
+        return (y - D(y, s)) / s
+
+    for i in range(len(sig) - 1):
+        eps = torch.randn_like(x) * s_noise
+        s_hat = sig[i] * (gamma + 1)
+        x = x + eps * (s_hat**2 - sig[i] ** 2) ** 0.5
+        d1, dt = d(x, s_hat), sig[i + 1] - s_hat
+        if i == len(sig) - 2:
+            x = x + d1 * dt
+        elif i == len(sig) - 3:
+            d2 = d(x + d1 * dt, sig[i + 1])
+            w2 = sig[i + 1] / (2 * sig[0])
+            x = x + ((1 - w2) * d1 + w2 * d2) * dt
+        else:
+            x2 = x + d1 * dt
+            d2 = d(x2, sig[i + 1])
+            d3 = d(x2 + d2 * (sig[i + 2] - sig[i + 1]), sig[i + 2])
+            w2, w3 = sig[i + 1] / (3 * sig[0]), sig[i + 2] / (3 * sig[0])
+            x = x + ((1 - w2 - w3) * d1 + w2 * d2 + w3 * d3) * dt
+    return x
+
+
+@pytest.mark.parametrize(("s_churn", "s_noise"), [(1.0, 1.0), (40.0, 0.8)])
+def test_heunpp2_with_churn_by_hand(s_churn: float, s_noise: float) -> None:
+    x, _ = start(4)
+    sig = [6.0, 3.0, 1.6, 1.0, 0.4]
+    torch.manual_seed(11)
+    want = heunpp2_churned(x, sig, s_churn, s_noise)
+    torch.manual_seed(11)
+    got = kd.sample_heunpp2(gaussian_denoiser, x, torch.tensor(sig, dtype=torch.float64), s_churn=s_churn,
+                            s_noise=s_noise)  # fmt: skip
+    close(got, want)
 
 
 def ancestral(s: float, s_next: float, eta: float) -> tuple[float, float]:

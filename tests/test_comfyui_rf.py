@@ -4,7 +4,8 @@
   ``model.inner_model.model_patcher.get_model_object``) and a model sampling class named ``CONST``.
 - Every function equals ``fewstep.sample`` on the Flow schedule with the same noise and levels.
 - The samplers whose ComfyUI formula changes under rectified flow, step by step from that published formula:
-  Euler ancestral's flow rule and DPM-Solver++(2M) SDE in the flow's half-log-SNR ``log((1 - sigma) / sigma)``.
+  Euler ancestral's, DPM-2 ancestral's and DPM-Solver++(2S) ancestral's flow rule, and DPM-Solver++(2M) SDE in the
+  flow's half-log-SNR ``log((1 - sigma) / sigma)``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ KSAMPLER_SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpmpp_2m": ("dpmpp_2m", {"lower_order_final": False}),
     "ddpm": ("ddpm", {"noise_sampler": level_noise}),
     "euler_ancestral": ("euler_ancestral", {"noise_sampler": level_noise, "downstep": "flow"}),
+    "dpm_2_ancestral": ("dpm_2_ancestral", {"noise_sampler": level_noise, "downstep": "flow"}),
+    "dpmpp_2s_ancestral": ("dpmpp_2s_ancestral", {"noise_sampler": level_noise, "downstep": "flow"}),
     "dpmpp_2m_sde": ("dpmpp_2m_sde", {"noise_sampler": level_noise, "lower_order_final": False}),
     "dpmpp_3m_sde": (
         "dpmpp_3m_sde", {"noise_sampler": level_noise, "lower_order_final": False, "d2_weight": "reference"}
@@ -158,6 +161,51 @@ def euler_ancestral_rf(x: Tensor, sigmas: list[float], eta: float, s_noise: floa
     return x
 
 
+def flow_split(s: float, s1: float, eta: float) -> tuple[float, float]:
+    """ComfyUI's RF ancestral split: ``sigma_down`` and the renoise coefficient."""
+    down = s1 * (1 + (s1 / s - 1) * eta)
+    return down, math.sqrt(s1**2 - down**2 * (1 - s1) ** 2 / (1 - down) ** 2)
+
+
+def dpm_2_ancestral_rf(x: Tensor, sigmas: list[float], eta: float, s_noise: float) -> Tensor:
+    """ComfyUI's ``sample_dpm_2_ancestral_RF``: DPM-2 in the flow's ``(x, sigma)`` (``d = (x - D) / sigma``, the
+    midpoint at the geometric mean) down to ``sigma_down``, rescale and renoise; Euler where ``sigma_down`` is 0."""
+    for s, s1 in zip(sigmas[:-1], sigmas[1:], strict=True):
+        den = denoise(x, s)
+        down, renoise = flow_split(s, s1, eta) if s1 else (0.0, 0.0)
+        d = (x - den) / s
+        if down == 0:
+            x = x + d * (down - s)
+            continue
+        mid = math.exp(math.log(s) + 0.5 * (math.log(down) - math.log(s)))  # torch.lerp(log s, log down, 0.5)
+        x2 = x + d * (mid - s)
+        d2 = (x2 - denoise(x2, mid)) / mid
+        x = x + d2 * (down - s)
+        x = (1 - s1) / (1 - down) * x + level_noise(s, s1) * s_noise * renoise
+    return x
+
+
+def dpmpp_2s_ancestral_rf(x: Tensor, sigmas: list[float], eta: float, s_noise: float) -> Tensor:
+    """ComfyUI's ``sample_dpmpp_2s_ancestral_RF``: DPM-Solver++(2S) with the midpoint in ``log((1 - s) / s)`` (0.9999
+    from sigma = 1) down to ``sigma_down``, rescale and renoise; Euler to sigma = 0."""
+    for s, s1 in zip(sigmas[:-1], sigmas[1:], strict=True):
+        den = denoise(x, s)
+        if s1 == 0:
+            x = den
+            continue
+        down, renoise = flow_split(s, s1, eta)
+        if s == 1.0:
+            mid = 0.9999
+        else:
+            lam = 0.5 * (math.log((1 - s) / s) + math.log((1 - down) / down))
+            mid = 1 / (math.exp(lam) + 1)
+        u = (mid / s) * x + (1 - mid / s) * den
+        x = (down / s) * x + (1 - down / s) * denoise(u, mid)
+        if eta > 0:
+            x = (1 - s1) / (1 - down) * x + level_noise(s, s1) * s_noise * renoise
+    return x
+
+
 def dpmpp_2m_sde_rf(x: Tensor, sigmas: list[float], eta: float) -> Tensor:
     """ComfyUI's ``sample_dpmpp_2m_sde`` (midpoint) with the flow's half-log-SNR ``lambda = log((1 - s) / s)``."""
     old, h_last = None, 0.0
@@ -185,6 +233,34 @@ def test_euler_ancestral_is_comfyuis_rf_formula(
     grid = torch.tensor(sigmas, dtype=F64)
     got = fk.sample_euler_ancestral(model, start(), grid, eta=eta, s_noise=s_noise, noise_sampler=level_noise)
     assert rel(got, euler_ancestral_rf(start(), sigmas, eta, s_noise * noise_scale)) < 1e-12
+
+
+@pytest.mark.parametrize("sigmas", [[0.8, 0.5, 0.3, 0.0], [1.0, 0.6, 0.25, 0.1, 0.0]])
+@pytest.mark.parametrize(("eta", "s_noise", "noise_scale"), [(1.0, 1.0, 1.0), (0.6, 0.7, 1.3), (0.0, 1.0, 1.0)])
+@pytest.mark.parametrize("name", ["dpm_2_ancestral", "dpmpp_2s_ancestral"])
+def test_singlestep_ancestral_is_comfyuis_rf_formula(
+    name: str, sigmas: list[float], eta: float, s_noise: float, noise_scale: float
+) -> None:
+    reference = {"dpm_2_ancestral": dpm_2_ancestral_rf, "dpmpp_2s_ancestral": dpmpp_2s_ancestral_rf}[name]
+    calls = fewstep.CallCount()
+    model = comfy_model(CONST(noise_scale))
+    got = fk.KSAMPLERS[name](model, start(), torch.tensor(sigmas, dtype=F64), eta=eta, s_noise=s_noise,
+                             noise_sampler=level_noise)  # fmt: skip
+    # at eta = 0 ComfyUI's renoise coefficient is rounding (sqrt(sigma'^2 - sigma'^2 (1 - sigma')^2 / (1 - sigma')^2)
+    # evaluated left to right, about 1e-9); fewstep's is exactly 0
+    assert rel(got, reference(start(), sigmas, eta, s_noise * noise_scale)) < (1e-12 if eta else 1e-8)
+    direct = flow_sample(name, torch.tensor(sigmas, dtype=F64), noise_sampler=level_noise, downstep="flow",
+                         eta=eta, s_noise=s_noise * noise_scale, calls=calls)  # fmt: skip
+    assert rel(direct, got) < 1e-12
+    assert calls.network == 2 * (len(sigmas) - 2) + 1  # second order to every sigma_down > 0, Euler to 0
+
+
+def test_flow_downstep_needs_a_flow_schedule() -> None:
+    noise = start()
+    with pytest.raises(ValueError, match="downstep"):
+        fewstep.sample(NETWORK, noise, fewstep.VP(), "dpm_2_ancestral", nfe=6, downstep="flow")
+    with pytest.raises(ValueError, match="downstep"):
+        fewstep.solvers.get_solver("dpmpp_2s_ancestral", downstep="edm")
 
 
 @pytest.mark.parametrize("eta", [1.0, 0.5])

@@ -332,7 +332,7 @@ def test_callback_reports_tensors(name: str) -> None:
         ("seeds_3", {"r_1": 0.0}, ValueError, "r_1"),
         ("seeds_3", {"r_1": 0.7, "r_2": 0.5}, ValueError, "r_2"),
         ("sa_solver", {"use_pece": 1}, TypeError, "use_pece"),
-        ("heunpp2", {"s_churn": 1.0}, ValueError, "s_churn"),
+        ("heunpp2", {"s_churn": -1.0}, ValueError, "s_churn"),
         ("lcm", {"noise_clip_std": -1.0}, ValueError, "noise_clip_std"),
         ("exp_heun_2_x0", {"solver_type": "phi_3"}, ValueError, "solver_type"),
         ("sa_solver", {"predictor_order": 5}, ValueError, "predictor_order"),

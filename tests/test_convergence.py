@@ -114,6 +114,8 @@ def step_counts(info: fewstep.solvers.SolverInfo) -> list[int]:
         return [40, 80, 160, 320]  # term with a tiny constant; the order shows asymptotically
     if info.name == "gradient_estimation":  # its error factor (e^h - 1/2) on logSNR grids shrinks with the step
         return [40, 80, 160, 320]  # count: slope 0.61-0.67 over 10..80, 0.91 over 40..320, 0.98 over 160..1280
+    if info.name == "conjugate_ddim":  # its lam-term error has the opposite sign of DDIM's and cancels part of it
+        return [80, 160, 320, 640]  # below ~80 steps (slope 0.7 over 10..80 on VP/wide); 0.90-0.96 over 80..640
     if info.name == "evodiff":  # its data-dependent mix is pre-asymptotic below ~40 steps (errors below 2M's there):
         return [40, 80, 160, 320]  # slope 1.55-1.6 over 20..160, 1.80-1.84 over 40..320, 1.97 over 160..1280
     return [10, 20, 40, 80] if info.order != 2 else [20, 40, 80, 160]

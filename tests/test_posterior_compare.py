@@ -56,11 +56,11 @@ def test_problems_keep_two_components(kind):
     top = problem.exact.weights.sort(descending=True).values
     assert float(top[1]) > 0.05  # a multimodal posterior: the component weights are a real test
     x = problem.exact.sample(16, torch.Generator().manual_seed(0))
-    assert problem.log_potential(x).shape == (16,)
+    assert problem.score(x).shape == (16,)
 
 
 def test_problem_errors():
-    with pytest.raises(ValueError, match="posterior: choose one of inpaint, linear, reward"):
+    with pytest.raises(ValueError, match="posterior: choose one of inpaint, inpaint_noiseless, linear, reward"):
         pc.posterior_problem("deblur")
     with pytest.raises(ValueError, match="target"):
         pc.posterior_problem("inpaint", "3d")
@@ -79,6 +79,17 @@ def test_compare_rows_and_costs():
     assert by["prior"].reward.mean < exact.reward.mean
     table = pc.format_posterior_table(rows, exact, "reward")
     assert "weight L1" in table and "exact" in table
+
+
+def test_noiseless_inpainting_projection_reproduces_the_observation():
+    problem = pc.posterior_problem("inpaint_noiseless", "2d")
+    assert "projection" in pc.available_methods("inpaint_noiseless")
+    assert "dps" not in pc.available_methods("inpaint_noiseless")  # no Gaussian likelihood at noise 0
+    rows, exact = pc.compare_posterior(problem, ["prior", "projection"], nfe=6, n=48)
+    by = {r.method: r for r in rows}
+    assert by["projection"].reward.mean == 0.0  # max |A x - y|: the observed coordinates exactly
+    assert by["prior"].reward.mean > 0.1
+    assert exact.reward.mean < 1e-12 and problem.score_name == "max |Ax-y|"
 
 
 def test_cli_posterior():

@@ -13,13 +13,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from . import (
         adaptive,
+        adjoint,
         guard,
         guidance,
         integrations,
         inversion,
+        langevin,
         model,
         noise,
         posterior,
+        reducers,
         schedules,
         solvers,
         spacing,
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from .adaptive import sample_adaptive
     from .bench.generation import generate
     from .calibrate import compute_ems
+    from .calibrate_dc import compute_dc_ratios
     from .guard import DivergenceError, DivergenceWarning
     from .inversion import invert
     from .model import CallCount, Denoiser, NonFiniteModelOutput, Threshold, TimeShift
@@ -42,13 +46,16 @@ __version__ = "0.1.0"
 #: The submodules that are public names of the package.
 _SUBMODULES = (
     "adaptive",
+    "adjoint",
     "guard",
     "guidance",
     "integrations",
     "inversion",
+    "langevin",
     "model",
     "noise",
     "posterior",
+    "reducers",
     "schedules",
     "solvers",
     "spacing",
@@ -59,6 +66,7 @@ _SUBMODULES = (
 _NAMES = {
     "sample_adaptive": "adaptive",
     "compute_ems": "calibrate",
+    "compute_dc_ratios": "calibrate_dc",
     "generate": "bench.generation",
     "DivergenceError": "guard",
     "DivergenceWarning": "guard",
@@ -90,6 +98,7 @@ __all__ = [
     "sample_adaptive",
     "invert",
     "compute_ems",
+    "compute_dc_ratios",
     "generate",
     "adaptive",
     "sample_with_logprob",
@@ -112,13 +121,16 @@ __all__ = [
     "EDM",
     "Flow",
     "Interpolant",
+    "adjoint",
     "guard",
     "guidance",
     "integrations",
     "inversion",
+    "langevin",
     "model",
     "noise",
     "posterior",
+    "reducers",
     "schedules",
     "solvers",
     "spacing",

@@ -7,6 +7,7 @@ update rule with it (see docs/architecture.md).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .adjoint import AdjointODE, GradMode, check_grad, drive_adjoint
 from .context import Callback, RunContext
 from .guard import DivergenceGuard
 from .guidance import GuidanceRule
@@ -73,7 +75,7 @@ def sample(
     rho: float | None = None,
     callback: Callback | None = None,
     progress: bool | None = None,
-    grad: bool = False,
+    grad: bool | str | AdjointODE = False,
     noise_sampler: Callable[[float, float], Tensor] | None = None,
     shift: float = 1.0,
     seed: int | Sequence[int] | Tensor | None = None,
@@ -116,7 +118,13 @@ def sample(
             (where ``denoised`` was estimated) and the time ``t_next`` of the state ``x`` after it (None at the clean
             end, where ``x`` is the data).
         progress: show a tqdm bar (default: when the run spends 100 or more evaluations).
-        grad: record the autograd graph through the run (off by default, as in diffusers pipelines).
+        grad: record the autograd graph through the run (off by default, as in diffusers pipelines): ``True``, plain
+            autograd (memory grows with every evaluation's activations); ``"adjoint"``, the discrete adjoint of the
+            solver's steps (the same gradient; each network call is recomputed in the backward pass, so memory holds
+            one state per evaluation plus one network's activations); ``"adjoint_ode"`` or
+            :class:`fewstep.adjoint.AdjointODE`, the continuous adjoint of the probability-flow ODE (AdjointDPM;
+            memory independent of the steps; deterministic solvers). Gradients reach the noise, tensors of
+            ``model_kwargs`` and the model's parameters and closed-over tensors (:mod:`fewstep.adjoint`).
         noise_sampler: instead of ``generator``, the per-step noise of a stochastic solver:
             ``noise_sampler(level_s, level_t)`` returns a standard normal tensor shaped like ``noise`` for the step
             between the two noise levels (k-diffusion's convention; levels are ``schedule.level``: sigma/alpha,
@@ -180,6 +188,7 @@ def sample(
     window = check_sde_window(sde_window)
     check_rule_solver(denoiser, slv, window)
     shifter = check_time_shift(time_shift)
+    grad_mode = check_grad(grad, slv, checkpoint, resume)
 
     # 2. plan: the node table and the solver's requests, known before the run
     times = node_times(denoiser.schedule, slv, nfe, steps, spacing, clean_end, rho, shift)
@@ -202,7 +211,8 @@ def sample(
     if resumption is not None:
         stack = replace(stack, outer=resumption.wrap(stack.outer))
     try:
-        x = integrate(slv, start, nodes, ctx, stack, grad)
+        backward = functools.partial(denoiser.stack, CallCount(), True, base, wrappers, check_finite, slv.name)
+        x = integrate(slv, start, nodes, ctx, stack, grad_mode, backward)
     except StopRun as stop:  # the checkpoint's step is done
         assert resumption is not None
         guard.check()
@@ -219,12 +229,25 @@ def sample(
     return out
 
 
-def integrate(solver: Solver, x: Tensor, nodes: NodeTable, ctx: RunContext, stack: ModelStack, grad: bool) -> Tensor:
-    """Drive the solver's update rule from ``x`` over ``nodes``, answering its requests with the model-call stack."""
-    with torch.set_grad_enabled(grad):
+def integrate(
+    solver: Solver,
+    x: Tensor,
+    nodes: NodeTable,
+    ctx: RunContext,
+    stack: ModelStack,
+    grad: GradMode,
+    backward_stack: Callable[[], ModelStack] | None = None,
+) -> Tensor:
+    """Drive the solver's update rule from ``x`` over ``nodes``, answering its requests with the model-call stack
+    (under an adjoint, :func:`fewstep.adjoint.drive_adjoint`, whose continuous form calls ``backward_stack``)."""
+    with torch.set_grad_enabled(grad is not False):
         if ctx.trajectory is not None:
             ctx.trajectory.start(x)
-        x, requests = drive_counted(solver.solve(x, nodes, ctx), stack.outer)
+        if isinstance(grad, bool):
+            x, requests = drive_counted(solver.solve(x, nodes, ctx), stack.outer)
+        else:
+            assert backward_stack is not None
+            x, requests = drive_adjoint(grad, solver.solve(x, nodes, ctx), x, nodes, stack, backward_stack)
     stack.network.calls.requests += requests
     stack.finish(x)
     return x

@@ -159,6 +159,12 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
 @click.option("--no-plot", is_flag=True, help="Do not write the PNG plots.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html.")
 @click.option(
+    "--wall-clock",
+    is_flag=True,
+    help="Time every run: wall-clock seconds, split into model and solver time, in the tables and files, and the "
+    "cost-vs-error plot compare_cost.png (the files are then no longer reproducible byte for byte).",
+)
+@click.option(
     "--tuned",
     "tuned_files",
     multiple=True,
@@ -195,7 +201,7 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
     default=None,
     type=click.Choice(POSTERIOR_PROBLEMS),
     help="Compare posterior samplers against the exact posterior instead: inpaint (a mask of half the coordinates, "
-    "noisy), linear (a random Gaussian matrix, m = D/2, noisy) or reward (the tilt by a quadratic reward), on "
+    "noisy), inpaint_noiseless (the same mask, observed exactly; the last column is max |Ax-y|), linear (a random Gaussian matrix, m = D/2, noisy) or reward (the tilt by a quadratic reward), on "
     "--target default (2-D) or nd64; prints component-weight error, sliced W2, MMD and the mean log-likelihood or "
     "reward of each available method (plain sampling, DPS, and the fewstep.posterior samplers and SMC) next to "
     "exact samples of the same size. Uses the first --nfe (default 20), --samples (default 256) and --seed.",
@@ -229,6 +235,7 @@ def compare(
     out_dir: str,
     no_plot: bool,
     no_report: bool,
+    wall_clock: bool,
     peers: bool | None,
     model_spec: str | None,
     teacher_steps: int,
@@ -313,6 +320,8 @@ def compare(
         }
         if target in CONDITIONAL_TARGETS:
             settings["guidance"] = 1.0 if guidance is None else guidance
+        if wall_clock:  # timed rows are not reused by an untimed --resume, nor the other way
+            settings["wall_clock"] = True
         out = Path(out_dir)
         done = _previous_rows(out, settings) if resume else None
         result = cmp.compare(
@@ -330,6 +339,7 @@ def compare(
             done=done,
             tuned=tuned,
             guidance=guidance,
+            timing=wall_clock,
         )
     except (ValueError, TypeError) as err:
         raise cli_error(err) from err
@@ -346,6 +356,10 @@ def compare(
     if any(not math.isnan(r.fd_digits) for r in rows):
         click.echo()
         click.echo(cmp.format_table(rows, nfes, "fd_digits"))
+    if wall_clock:
+        for metric in ("seconds", "model_seconds", "solver_seconds"):
+            click.echo()
+            click.echo(cmp.format_table(rows, nfes, metric))
 
     def samples_plot(stage: Path) -> list[str]:
         shape: tuple[int, ...] | None = getattr(cmp.data_distribution(tgt), "image_shape", None)
@@ -385,7 +399,7 @@ def _compare_posterior(
         rows, exact = pc.compare_posterior(problem, methods, tuple(particles), nfe, n, 1, seed)
     except (ValueError, TypeError) as err:
         raise cli_error(err) from err
-    click.echo(pc.format_posterior_table(rows, exact, "reward" if kind == "reward" else "log-lik"))
+    click.echo(pc.format_posterior_table(rows, exact, problem.score_name))
 
 
 def _load_tuned(paths: tuple[str, ...]) -> dict[str, Any]:
@@ -426,6 +440,8 @@ def _write_outputs(
         if not no_plot:
             cmp.plot_errors(rows, stage / "compare.png", title)
             images.append("compare.png")
+            if cmp.plot_cost(rows, stage / "compare_cost.png", f"{title}: error against wall-clock"):
+                images.append("compare_cost.png")
             if more_plots is not None:
                 images += more_plots(stage)
         if not no_report:
@@ -570,7 +586,9 @@ def _previous_rows(out: Path, settings: dict[str, Any]) -> dict[tuple[str, int],
 
 
 from .generate_cli import generate  # noqa: E402  (the commands' modules import no torch)
+from .mcmc_cli import mcmc  # noqa: E402
 from .tune_cli import tune  # noqa: E402
 
 main.add_command(generate)
 main.add_command(tune)
+main.add_command(mcmc)

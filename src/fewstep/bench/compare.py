@@ -34,6 +34,7 @@ import io
 import json
 import math
 import sys
+import time
 import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -194,10 +195,40 @@ class Row:
     fd_digits: float = math.nan  # FD-digits against the exact samples (digits target only)
     library: str = "fewstep"  # fewstep, diffusers or k-diffusion
     nonfinite: bool = False  # the run raised or returned inf / NaN
-    seconds: float = math.nan  # the run's wall-clock time (fewstep compare --model)
+    seconds: float = math.nan  # the run's wall-clock time
+    model_seconds: float = math.nan  # of which inside the model-call stack (network, guidance, conversion)
+    solver_seconds: float = math.nan  # the rest: the solver's own work
 
 
-METRICS = ("rmse", "sw2", "mmd", "coverage", "fd_digits", "seconds")
+METRICS = ("rmse", "sw2", "mmd", "coverage", "fd_digits", "seconds", "model_seconds", "solver_seconds")
+
+
+class ModelClock:
+    """An evaluation layer that adds the wall-clock time spent below it (the model-call stack) to ``seconds``. On an
+    accelerator the times are only meaningful with synchronised calls (as on the CPU, where the targets run)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, inner: Callable[..., Any], needs_eps: bool) -> Callable[..., Any]:
+        def evaluate(x: Tensor, p: Any) -> Any:
+            start = time.perf_counter()
+            out = inner(x, p)
+            self.seconds += time.perf_counter() - start
+            return out
+
+        return evaluate
+
+
+def timed(row: Row, run: Callable[[list[Any]], Tensor]) -> Tensor:
+    """``run([clock])`` (a sample call given its wrappers), its wall-clock split into the row's ``seconds``,
+    ``model_seconds`` and ``solver_seconds``."""
+    clock = ModelClock()
+    start = time.perf_counter()
+    x = run([clock])
+    row.seconds = time.perf_counter() - start
+    row.model_seconds, row.solver_seconds = clock.seconds, row.seconds - clock.seconds
+    return x
 
 
 @dataclass
@@ -245,6 +276,7 @@ def compare(
     done: Mapping[tuple[str, int], Row] | None = None,
     tuned: Mapping[str, Any] | None = None,
     guidance: float | None = None,
+    timing: bool = False,
 ) -> Comparison:
     """Run every (solver, NFE): RMSE against the reference from the same float64 noise (ODE solvers), and
     sliced W2 / MMD / mode coverage against ``samples`` exact samples of the data distribution (all solvers;
@@ -266,7 +298,11 @@ def compare(
 
     ``guidance``: the CFG scale of a conditional target (:data:`CONDITIONAL_TARGETS`; None: 1, the conditional model
     alone); a ValueError for any other target. Every sampler, peers included, runs with the same labels and scale,
-    and the reference is the exact guided solution (module docstring)."""
+    and the reference is the exact guided solution (module docstring).
+
+    ``timing``: record each fewstep run's wall-clock in its row (``seconds``, split into ``model_seconds`` inside the
+    model-call stack and ``solver_seconds``); off by default, so that a seeded comparison's files are reproducible
+    byte for byte."""
     done = done or {}
     guided = GuidedRun.of(target, guidance, samples)
     cond: dict[str, Any] = guided.sample_kwargs() if guided is not None else {}
@@ -318,15 +354,19 @@ def compare(
             bar.update(1)
             continue
         g = torch.Generator().manual_seed(_run_seed(seed, name, asked)) if stochastic[name] else None
-        x = sample(
-            model, noise, schedule, name, nfe=nfe, spacing=spacing, prediction=prediction, generator=g, progress=False,
-            **cond,
-        )  # fmt: skip
+        row = Row(name, asked, nfe, math.nan, stochastic[name])
+
+        def run(wrappers: list[Any], name: str = name, nfe: int = nfe, g: torch.Generator | None = g) -> Tensor:
+            return sample(
+                model, noise, schedule, name, nfe=nfe, spacing=spacing, prediction=prediction, generator=g,
+                progress=False, wrappers=wrappers, **cond,
+            )  # fmt: skip
+
+        x = timed(row, run) if timing else run([])
         if (name, asked) in done:  # run again only for its samples
             rows.append(done[name, asked])
         else:
-            rmse = math.nan if stochastic[name] else float(torch.sqrt(torch.mean((x - reference) ** 2)))
-            row = Row(name, asked, nfe, rmse, stochastic[name])
+            row.rmse = math.nan if stochastic[name] else float(torch.sqrt(torch.mean((x - reference) ** 2)))
             _distribution_metrics(row, x, exact, data, mmd_to, fd_to)
             rows.append(row)
         if asked == smallest and (not done or name in shown):
@@ -473,6 +513,8 @@ LABELS = {
     "coverage": "fraction of mixture modes covered",
     "fd_digits": "FD-digits (Frechet distance of digits-classifier features; not Inception FID) against exact samples",
     "seconds": "wall-clock seconds of the run",
+    "model_seconds": "wall-clock seconds of the run inside the model-call stack",
+    "solver_seconds": "wall-clock seconds of the run outside the model-call stack (the solver's own work)",
 }
 
 
@@ -626,6 +668,39 @@ def plot_errors(rows: Sequence[Row], path: Path, title: str) -> None:
         _savefig(fig, path)
     finally:
         plt.close(fig)
+
+
+def plot_cost(rows: Sequence[Row], path: Path, title: str) -> bool:
+    """RMSE against wall-clock seconds, log-log, one line per deterministic solver over its NFEs (the
+    :data:`TOP_K` best at the largest NFE in colour, the rest faint). False (nothing written) when no row was
+    timed."""
+    timed_rows = [r for r in rows if r.nfe is not None and r.seconds > 0 and r.rmse > 0 and not r.stochastic]
+    if not timed_rows:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    top = _top(timed_rows, "rmse", TOP_K)
+    for k, s in enumerate(dict.fromkeys(r.solver for r in timed_rows)):
+        pts = sorted((r.seconds, r.rmse) for r in timed_rows if r.solver == s)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        if s in top:
+            ax.plot(xs, ys, marker="osd^vP<>ph"[k % 10], lw=2, label=s, zorder=3)
+        else:
+            ax.plot(xs, ys, color="0.75", lw=0.8, alpha=0.6, zorder=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("wall-clock seconds of the run (model and solver)")
+    ax.set_ylabel("RMSE vs reference")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=f"best {TOP_K}", frameon=False)
+    fig.tight_layout()
+    try:
+        _savefig(fig, path)
+    finally:
+        plt.close(fig)
+    return True
 
 
 def sample_panels(names: Sequence[str], k: int = 5) -> list[str]:

@@ -4,6 +4,8 @@ A problem (:func:`posterior_problem`) is a Gaussian-mixture prior (the default 2
 fixed measurement or reward and its exact answer (:mod:`fewstep.bench.targets.posterior`), all made from a seed:
 
 - ``inpaint``: a mask of half the coordinates (a random half), noise std 0.1 (2-D) / 0.2 (64-D);
+- ``inpaint_noiseless``: the same mask, noiseless (``y`` is observed exactly); its last column is the largest
+  observed-coordinate error ``max |A x - y|`` (0 for a method that reproduces the observation);
 - ``linear``: a Gaussian matrix ``A`` (``m = D/2`` rows, entries ``N(0, 1/D)``), noise std 0.2 (2-D) / 0.5 (64-D);
 - ``reward``: ``r(x) = -q/2 |x - c|^2`` (``Q = q I``, ``b = q c``), q = 1 (2-D) / 0.1 (64-D), scale 1.
 
@@ -60,12 +62,13 @@ __all__ = [
     "format_posterior_table",
 ]
 
-PROBLEMS = ("inpaint", "linear", "reward")
+PROBLEMS = ("inpaint", "inpaint_noiseless", "linear", "reward")
 PROBLEM_TARGETS = ("2d", "64d")
 SOLVER = "ddpm"
 SPACING = "logsnr"  # the SMC engine's default: the one-chain and the particle methods share their 20-step chain
 F64 = torch.float64
 NOISE = {("inpaint", 2): 0.1, ("inpaint", 64): 0.2, ("linear", 2): 0.2, ("linear", 64): 0.5}
+NOISE |= {("inpaint_noiseless", 2): 0.0, ("inpaint_noiseless", 64): 0.0}
 REWARD_Q = {2: 1.0, 64: 0.1}
 
 
@@ -90,6 +93,24 @@ class PosteriorProblem:
             return self.measurement.log_likelihood(x0)
         assert self.reward is not None
         return self.reward.scale * self.reward(x0)
+
+    def score(self, x: Tensor) -> Tensor:
+        """The table's last column per sample: the reward, the log-likelihood, or for a noiseless measurement the
+        largest observed error ``max |A x - y|``."""
+        if self.reward is not None:
+            return self.reward(x)
+        assert self.measurement is not None
+        if self.measurement.noiseless:
+            return self.measurement.residual(x).flatten(1).abs().amax(1)
+        return self.measurement.log_likelihood(x)
+
+    @property
+    def score_name(self) -> str:
+        """The name of :meth:`score` in the table."""
+        if self.reward is not None:
+            return "reward"
+        assert self.measurement is not None
+        return "max |Ax-y|" if self.measurement.noiseless else "log-lik"
 
 
 def _closest_pair_midpoint(prior: GaussianMixture, a: Tensor) -> Tensor:
@@ -118,7 +139,7 @@ def posterior_problem(kind: str, target: str = "2d", seed: int = 0) -> Posterior
         return PosteriorProblem(kind, target, prior, reward.tilt(prior), reward=reward)
     noise = NOISE[(kind, d)]
     measurement: Measurement
-    if kind == "inpaint":
+    if kind.startswith("inpaint"):
         mask = torch.zeros(d, dtype=F64)
         mask[torch.randperm(d, generator=gen)[: max(1, d // 2)]] = 1.0
         x_star = _closest_pair_midpoint(prior, torch.eye(d, dtype=F64)[mask.bool()])
@@ -212,6 +233,12 @@ def _smc(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int,
     return MethodRun(x, calls.network, calls.backward)
 
 
+def _run_projection(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
+    rule = _posterior_attr("", "Projection")
+    assert callable(rule)
+    return _chain(problem, n, nfe, seed, wrappers=[rule(problem.measurement)])
+
+
 def _run_tds(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
     tds = _posterior_attr(".smc", "TDS")
     assert callable(tds)
@@ -236,8 +263,9 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "prior": Method(_run_prior, PROBLEMS),
-    "dps": Method(_run_dps, PROBLEMS),
-    "pigdm": Method(_run_pigdm, ("inpaint", "linear"), needs=(("", "PiGDM"),)),
+    "dps": Method(_run_dps, ("inpaint", "linear", "reward")),
+    "pigdm": Method(_run_pigdm, ("inpaint", "inpaint_noiseless", "linear"), needs=(("", "PiGDM"),)),
+    "projection": Method(_run_projection, ("inpaint_noiseless",), needs=(("", "Projection"),)),
     "tds": Method(_run_tds, ("inpaint", "linear"), particles=True, needs=((".smc", "smc"), (".smc", "TDS"))),
     "fk_steering": Method(_run_fk, ("reward",), particles=True, needs=((".smc", "smc"), (".smc", "FKSteering"))),
 }
@@ -283,7 +311,7 @@ class PosteriorRow:
 
 def _metrics(problem: PosteriorProblem, x: Tensor, seed: int) -> tuple[float, float, float, float]:
     ref = problem.exact.sample(x.shape[0], torch.Generator().manual_seed(10_000 + seed))
-    pot = problem.reward(x) if problem.reward is not None else problem.log_potential(x)
+    pot = problem.score(x)
     return (
         component_weight_error(x, problem.exact).l1,
         sliced_wasserstein2(x, ref),
@@ -325,7 +353,7 @@ def _exact_row(problem: PosteriorProblem, n: int, replicates: int, seed: int) ->
     target = problem.exact
 
     def pot(x: Tensor, _y: Tensor) -> float:
-        return float((problem.reward(x) if problem.reward is not None else problem.log_potential(x)).mean())
+        return float(problem.score(x).mean())
 
     return PosteriorRow(
         "exact",

@@ -49,6 +49,7 @@ from ..sampling import integrate
 from ..schedules import NoiseSchedule
 from ..solvers import Solver, get_solver
 from ..spacing import SpacingLike, is_named
+from .fixed_point import FixedPoint, FixedPointReport, check_refine, refined_inversion
 
 #: The deterministic solvers whose update rule, run on increasing times, integrates the ODE backwards at its order
 #: (measured on the 2-D mixture under VP, EDM and Flow: plain inversion's round-trip error falls at the solver's
@@ -94,6 +95,8 @@ def invert(
     calls: CallCount | None = None,
     check_finite: CheckFinite = "end",
     wrappers: Sequence[EvaluationWrapper] = (),
+    refine: FixedPoint | None = None,
+    report: FixedPointReport | None = None,
     **solver_options: Any,
 ) -> Tensor:
     """Solve the probability-flow ODE from ``x0`` (the state at the smallest time) up to ``t_max``: the latent.
@@ -110,6 +113,12 @@ def invert(
         solver: a deterministic solver of :data:`INVERTIBLE` (a name or an instance); default ``"ddim"``.
         nfe, steps: the model evaluations (or steps) to spend, as in :func:`fewstep.sample`.
         spacing: a spacing name (default ``"logsnr"``) or the times themselves, strictly increasing.
+        refine: a :class:`~fewstep.inversion.FixedPoint` to solve every step of a one-step solver (``ddim``,
+            ``euler``, ``heun``) for the state the sampling step maps onto the previous one, by fixed-point
+            iteration (:mod:`fewstep.inversion.fixed_point`); each correction costs one more step of calls, and
+            reporting the residual one more per step.
+        report: a :class:`~fewstep.inversion.FixedPointReport` that a refined inversion fills with each step's
+            residual.
 
     Returns:
         The latent at ``t_max`` (the last time), with the shape, dtype and device of ``x0``.
@@ -123,6 +132,7 @@ def invert(
     check_counts(nfe, steps, spacing)
     check_calls(calls)
     check_rule_solver(denoiser, slv)
+    fixed_point = check_refine(refine, report, slv)
     times = increasing_times(denoiser.schedule, slv, nfe, steps, spacing, rho, shift)
     dtype = state_dtype(x0)
     budget = int(nfe) if nfe is not None and is_named(spacing) else None
@@ -134,6 +144,10 @@ def invert(
     run_calls = CallCount()
     stack = denoiser.stack(run_calls, slv.needs_eps, None, wrappers, check_finite, slv.name)
     try:
+        if fixed_point is not None:
+            latent = refined_inversion(slv, start, times, denoiser, stack, fixed_point, report, grad)
+            stack.finish(latent)
+            return latent.to(x0.dtype)
         latent = integrate(slv, start, nodes, RunContext(nodes), stack, grad)
     finally:
         if calls is not None:

@@ -2,6 +2,7 @@
 
 from .base import NoiseSchedule
 from .flow import Flow, Interpolant
+from .mean_reverting import MeanReverting
 from .ve import EDM, VE
 from .vp import VP, Cosine, DiscreteVP, zero_terminal_snr
 
@@ -14,5 +15,6 @@ __all__ = [
     "EDM",
     "Flow",
     "Interpolant",
+    "MeanReverting",
     "zero_terminal_snr",
 ]

@@ -150,14 +150,52 @@ def unic_plan(
     return plan
 
 
+def correct_state(x_prev: Tensor, x0: Tensor, hist: Sequence[Tensor], step: CorrectorStep) -> Tensor:
+    """The UniC correction ``ratio x_prev + new x0 + sum_j old[j] hist[j]`` of a predicted state (a new tensor)."""
+    x = x_prev * step.ratio  # a new tensor: the states already passed on are never changed
+    x.add_(x0, alpha=step.new)
+    for w, d in zip(step.old, hist, strict=False):
+        x.add_(d, alpha=w)
+    return x
+
+
+def predict_state(x: Tensor, hist: Sequence[Tensor], hist_eps: Sequence[Tensor], step: PlanStep) -> Tensor:
+    """The predictor step ``ratio x + sum_j data[j] hist[j] + sum_j noise[j] hist_eps[j]`` (a new tensor)."""
+    out = x * step.ratio
+    for w, d in zip(step.data, hist, strict=False):
+        out.add_(d, alpha=w)
+    for w, d in zip(step.noise, hist_eps, strict=False):
+        out.add_(d, alpha=w)
+    return out
+
+
+def compensate(x0: Tensor, hist: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """``weights[0] x0 + sum_j weights[j + 1] hist[j]``: a data estimate replaced by a combination of it and the
+    previous ones (DC-Solver's dynamic compensation, :mod:`fewstep.solvers.ode.dc_solver`); a new tensor."""
+    out = x0 * weights[0]
+    for w, d in zip(weights[1:], hist, strict=False):
+        out.add_(d, alpha=w)
+    return out
+
+
 def predict_correct(
-    x: Tensor, nodes: NodeTable, ctx: RunContext, plan: Sequence[PlanStep], corrector: Sequence[CorrectorStep | None]
+    x: Tensor,
+    nodes: NodeTable,
+    ctx: RunContext,
+    plan: Sequence[PlanStep],
+    corrector: Sequence[CorrectorStep | None],
+    compensation: Sequence[Sequence[float] | None] | None = None,
 ) -> Steps:
     """The predictor-corrector loop (a solver's ``solve``): at each node the model is evaluated once, at the
     predicted state; its estimate first corrects that state (UniC, when ``corrector[i - 1]`` is set), then
     the next prediction starts from the corrected state. The history holds the estimates at the predicted states,
-    and the callback sees the predicted state of each step (the one the model is evaluated at next)."""
+    and the callback sees the predicted state of each step (the one the model is evaluated at next).
+
+    ``compensation[i]`` (when given and not None): after the correction, the estimate of node i enters the
+    history (and the predictor) as :func:`compensate` of it and the history (DC-Solver)."""
     depth = max([len(p.data) for p in plan] + [len(c.old) for c in corrector if c is not None] + [1])
+    if compensation is not None:
+        depth = max([depth] + [len(w) - 1 for w in compensation if w is not None])
     depth_eps = max([len(p.noise) for p in plan] + [0])
     hist: list[Tensor] = []
     hist_eps: list[Tensor] = []
@@ -166,21 +204,14 @@ def predict_correct(
         x0, eps = yield x, nodes.node(i)
         c = corrector[i - 1] if i > 0 else None
         if c is not None:
-            x = x_prev * c.ratio  # a new tensor: the states already passed on are never changed
-            x.add_(x0, alpha=c.new)
-            for w, d in zip(c.old, hist, strict=False):
-                x.add_(d, alpha=w)
-        hist = [x0, *hist[: depth - 1]]
+            x = correct_state(x_prev, x0, hist, c)
+        comp = compensation[i] if compensation is not None else None
+        hist = [x0 if comp is None else compensate(x0, hist, comp), *hist[: depth - 1]]
         if depth_eps:
             if eps is None:
                 raise RuntimeError("predict_correct: a noise-prediction plan needs a solver with needs_eps = True")
             hist_eps = [eps, *hist_eps[: depth_eps - 1]]
-        step = plan[i]
         x_prev = x
-        x = x * step.ratio
-        for w, d in zip(step.data, hist, strict=False):
-            x.add_(d, alpha=w)
-        for w, d in zip(step.noise, hist_eps, strict=False):
-            x.add_(d, alpha=w)
+        x = predict_state(x, hist, hist_eps, plan[i])
         ctx.emit(i, x, x0)
     return x

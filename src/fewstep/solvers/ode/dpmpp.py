@@ -65,12 +65,15 @@ class DPMSolverPP3M(DataMultistep):
 
 
 class MidpointStep(NamedTuple):
-    """A planned 2S step: the intermediate ``point``, ``u = (u_x, u_d)`` of the state there, and ``c_x``, ``c_d``."""
+    """A planned 2S step ``x_t = c_x x_s + c_d D(u) (+ c_s D_s)``: the intermediate ``point``, ``u = (u_x, u_d)`` of
+    the state there (``u = u_x x_s + u_d D_s``), ``c_x``, ``c_d``, and ``c_s`` (0 but in ComfyUI's rectified-flow
+    DPM-Solver-2, :mod:`fewstep.solvers.sde.ancestral_dpm`)."""
 
     point: Point
     u: tuple[float, float]
     c_x: float
     c_d: float
+    c_s: float = 0.0
 
 
 @register

@@ -31,6 +31,7 @@ from torch import Tensor
 from ...context import RunContext
 from ...nodes import NodeTable
 from ..base import Solver, Steps, register
+from ..stochastic import Churn, ChurnOptions, noise_levels
 
 PAPER_HEUNPP = "Carzit, sd-webui-samplers-scheduler (Heun++ 2); Karras et al. 2022 (EDM), Alg. 1"
 
@@ -78,29 +79,59 @@ class HeunPP2(Solver):
             raise ValueError(f"nfe: {self.name!r} needs at least 1 evaluation, got {nfe}")
         return len(heunpp_budget(nfe))
 
+    def churn(self, nodes: NodeTable, ctx: RunContext, i: int) -> Churn | None:
+        """Step i's churn before its first evaluation (none here; :class:`HeunPP2Churn`)."""
+        return None
+
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
         tau, c = nodes.ode_frame()
         taus = [float(v) for v in tau]
+        level = noise_levels(nodes)
         orders = self.step_orders(nodes)
         vel = [nodes.ode_velocity(p) if p is not None else (0.0, 0.0) for p in nodes.points]
         # the Euler step from node j: x_{j+1} = cx x_j + cf f_j  (y_{j+1} = y_j + dtau f_j in y = x / c)
         coef = [(float(c[j + 1] / c[j]), float(c[j + 1] * (tau[j + 1] - tau[j]))) for j in range(nodes.steps)]
+        churns = [self.churn(nodes, ctx, i) for i in range(nodes.steps)]
+        starts = [nodes.node(i) if ch is None else ch.point for i, ch in enumerate(churns)]
+        start_vel = [vel[i] if ch is None else nodes.ode_velocity(ch.point) for i, ch in enumerate(churns)]
+        first = list(coef)  # the Euler step from the step's start: from (tau_hat, c_hat) after a churn
+        for i, ch in enumerate(churns):
+            if ch is not None:
+                tau_hat, c_hat = nodes.frame_at(ch.point)
+                first[i] = (float(c[i + 1]) / c_hat, float(c[i + 1]) * (float(tau[i + 1]) - tau_hat))
         weights = [heunpp_weights(taus, i, k) for i, k in enumerate(orders)]
         for i in ctx.loop():
-            x0, eps = yield x, nodes.node(i)
-            a, b = vel[i]
+            ch = churns[i]
+            if ch is not None:  # x_hat ~ N(scale x_i, std^2 I), recorded as step i's transition
+                x = ctx.transition(i, ch.scale * x, level[i], level[i + 1], ch.std)[0]
+            x0, eps = yield x, starts[i]
+            a, b = start_vel[i]
             slopes = [a * x0 + b * eps]  # f_1
             x_j = x
             for j in range(1, orders[i]):  # Euler to node i + j, then the slope there
-                cx, cf = coef[i + j - 1]
+                cx, cf = first[i] if j == 1 else coef[i + j - 1]
                 x_j = cx * x_j + cf * slopes[-1]
                 x0_j, eps_j = yield x_j, nodes.node(i + j)
                 a_j, b_j = vel[i + j]
                 slopes.append(a_j * x0_j + b_j * eps_j)
-            cx, cf = coef[i]
+            cx, cf = first[i]
             x = cx * x  # y_{i+1} = y_i + dtau sum_j w_j f_j
             for w, f in zip(weights[i], slopes, strict=True):
                 if w:
                     x.add_(f, alpha=cf * w)
             ctx.emit(i, x, x0)
         return x
+
+
+class HeunPP2Churn(ChurnOptions, HeunPP2):
+    """ComfyUI's ``sample_heunpp2`` with ``s_churn > 0``: EDM's churn to ``s_hat = (1 + gamma) s_i`` before each step
+    (:class:`~fewstep.solvers.stochastic.ChurnOptions`), then the step from ``s_hat``: the first slope at the churned
+    point, ``dtau = tau_{i+1} - tau_hat`` in the Euler predictor and the weighted update, the look-ahead and the
+    weights as without churn (the weights use the grid's first level ``tau_0``)."""
+
+    stochastic = True
+    records_transitions = True
+    peers = "ComfyUI sample_heunpp2(s_churn, s_tmin, s_tmax, s_noise)"
+
+    def __init__(self, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0):
+        ChurnOptions.__init__(self, s_churn, s_tmin, s_tmax, s_noise)

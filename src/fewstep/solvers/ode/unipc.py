@@ -86,7 +86,8 @@ class _UniPC(Solver):
     def step_orders(self, nodes: NodeTable) -> list[int]:
         return unipc_orders(nodes, self.solver_order, self.lower_order_final)
 
-    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+    def plan(self, nodes: NodeTable) -> tuple[list[PlanStep], list[CorrectorStep | None]]:
+        """The predictor row of each step and the corrector row of its end node (None: no correction)."""
         a, s, lam = nodes.alpha, nodes.sigma, nodes.lam
         orders = self.step_orders(nodes)
         plan: list[PlanStep] = []
@@ -97,6 +98,10 @@ class _UniPC(Solver):
         corr: list[CorrectorStep | None] = [None] * nodes.steps
         if self.corrector:
             corr = unic_plan(nodes, orders, self.variant, self.disable_corrector)
+        return plan, corr
+
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        plan, corr = self.plan(nodes)
         return (yield from predict_correct(x, nodes, ctx, plan, corr))
 
 

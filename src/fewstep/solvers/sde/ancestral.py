@@ -37,7 +37,7 @@ from ...context import RunContext
 from ...nodes import NodeTable
 from ...options import real_option
 from ..base import Solver, Steps, register
-from ..stochastic import EtaNoiseOptions, noise_levels
+from ..stochastic import EtaNoiseOptions, flow_downstep, noise_levels
 
 
 class Coefficients(NamedTuple):
@@ -105,22 +105,13 @@ class EulerAncestral(EtaNoiseOptions, _Ancestral):
         return super().plan(nodes, i, eta)
 
     def flow_coefficients(self, nodes: NodeTable, i: int, eta: float) -> Coefficients:
-        """ComfyUI's ancestral step for rectified flow (``alpha = 1 - sigma``), defined from alpha_s = 0 on:
-        ``sigma_d = sigma_t (1 + (sigma_t / sigma_s - 1) eta)``, the exact x0-step to ``sigma_d``
-        ``x_d = (sigma_d / sigma_s) x + (1 - sigma_d / sigma_s) x0_hat``, then the rescale to ``alpha_t`` with
-        fresh noise keeping the marginal: ``x_t = (alpha_t / alpha_d) x_d + s_noise c z``,
-        ``c^2 = sigma_t^2 - (alpha_t sigma_d / alpha_d)^2``. In (x0_hat, eps_hat):
-        ``x_t = alpha_t x0_hat + (alpha_t sigma_d / alpha_d) eps_hat + s_noise c z``."""
-        s_s, s_t, a_t = float(nodes.sigma[i]), float(nodes.sigma[i + 1]), float(nodes.alpha[i + 1])
-        a_s = float(nodes.alpha[i])
-        if abs(a_s + s_s - 1.0) > 1e-9 or abs(a_t + s_t - 1.0) > 1e-9:
-            raise ValueError("downstep: 'flow' needs a rectified-flow schedule (alpha + sigma = 1, fewstep.Flow)")
-        if s_t == 0.0:  # the step to the clean end: x = x0_hat
-            return Coefficients(a_t, 0.0, 0.0)
-        sigma_down = s_t * (1.0 + (s_t / s_s - 1.0) * eta)  # sigma_d = sigma_t (1 + (sigma_t/sigma_s - 1) eta)
-        c_eps = a_t * sigma_down / (1.0 - sigma_down)  # alpha_t sigma_d / alpha_d
-        c_z = math.sqrt(max(s_t**2 - c_eps**2, 0.0))  # keeps Var = sigma_t^2
-        return Coefficients(a_t, c_eps, c_z * self.s_noise)
+        """ComfyUI's ancestral step for rectified flow (``alpha = 1 - sigma``, :func:`~fewstep.solvers.stochastic.
+        flow_downstep`), defined from alpha_s = 0 on: the exact x0-step to ``sigma_d``
+        ``x_d = (sigma_d / sigma_s) x + (1 - sigma_d / sigma_s) x0_hat``, then ``x_t = (alpha_t / alpha_d) x_d +
+        s_noise std z``. In (x0_hat, eps_hat): ``x_t = alpha_t x0_hat + (alpha_t sigma_d / alpha_d) eps_hat +
+        s_noise std z``."""
+        split = flow_downstep(nodes, i, eta)
+        return Coefficients(float(nodes.alpha[i + 1]), split.scale * split.sigma_down, split.std * self.s_noise)
 
     def coefficients(self, nodes: NodeTable, i: int, eta: float) -> Coefficients:
         a_t, s_to = float(nodes.alpha[i + 1]), float(nodes.sigma[i + 1] / nodes.alpha[i + 1])

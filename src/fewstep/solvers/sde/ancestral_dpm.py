@@ -47,15 +47,23 @@ from typing import ClassVar, NamedTuple, cast
 from torch import Tensor
 
 from ...context import RunContext
+from ...model import Point
 from ...nodes import NodeTable
 from ..base import Steps, register
 from ..multistep import PAPER_PP
 from ..ode.dpmpp import MidpointStep, run_midpoint_cfg_pp
 from ..singlestep import BudgetOrders, FirstOrder, SinglestepPlan, singlestep_plan, singlestep_update
-from ..stochastic import EtaNoiseOptions, noise_levels
+from ..stochastic import EtaNoiseOptions, FlowDownstep, flow_downstep, noise_levels
 from .edm_sde import EDMStochastic
 
 PAPER_DPM = "Lu et al. 2022, DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling"
+#: ComfyUI's midpoint level of a rectified-flow DPM-Solver++(2S) step from sigma = 1 (lambda = -inf there)
+FLOW_START_MIDPOINT = 0.9999
+
+
+def flow_point(nodes: NodeTable, sigma: float) -> Point:
+    """The point of a rectified-flow schedule at noise level ``sigma`` (``lambda = log((1 - sigma) / sigma)``)."""
+    return nodes.point_at_lambda(math.log((1.0 - sigma) / sigma))
 
 
 class AncestralLevels(NamedTuple):
@@ -82,14 +90,24 @@ def ancestral_levels(s_to: float, h: float, eta: float, floor: float = 0.0) -> A
 
 
 class _AncestralSinglestep(EtaNoiseOptions, BudgetOrders):
-    """The step loop of the ancestral singlestep samplers (module docstring); subclasses give the deterministic step."""
+    """The step loop of the ancestral singlestep samplers (module docstring); subclasses give the deterministic step
+    (and, with ``downstep="flow"``, its rectified-flow form)."""
 
+    #: the choices of ``downstep``: "scaled" (k-diffusion's ``get_ancestral_step`` on ``sigma/alpha``) or "flow"
+    #: (ComfyUI's rectified-flow rule on the schedule's sigma, :func:`~fewstep.solvers.stochastic.flow_downstep`)
+    DOWNSTEPS: ClassVar[tuple[str, ...]] = ("scaled",)
     stochastic = True
     records_transitions = True
     #: Whether a step whose sigma_down is 0 still adds its sigma_up of noise (k-diffusion's dpm_2_ancestral: no).
     noise_at_zero_down: ClassVar[bool] = True
     #: Whether sigma_down is kept at or above the grid's last level (k-diffusion's dpm_solver_fast).
     clamp_down: ClassVar[bool] = False
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0, downstep: str = "scaled"):
+        super().__init__(eta, s_noise)
+        if downstep not in self.DOWNSTEPS:
+            raise ValueError(f"downstep: choose one of {', '.join(map(repr, self.DOWNSTEPS))}, got {downstep!r}")
+        self.downstep = downstep
 
     def levels(self, nodes: NodeTable, i: int, eta: float) -> AncestralLevels:
         """The ancestral split of finite step i at the given eta."""
@@ -99,6 +117,12 @@ class _AncestralSinglestep(EtaNoiseOptions, BudgetOrders):
 
     def step_orders(self, nodes: NodeTable) -> list[int]:
         orders = super().step_orders(nodes)
+        if self.downstep == "flow":  # every step to sigma_down > 0 at the solver's order, from alpha = 0 too
+            plain = nodes.nfe_budget is None
+            return [
+                1 if flow_downstep(nodes, i, self.eta).sigma_down == 0.0 else self.order if plain else k
+                for i, k in enumerate(orders)
+            ]
         return [
             1 if nodes.finite(i) and self.levels(nodes, i, self.eta).down == 0.0 else k for i, k in enumerate(orders)
         ]
@@ -107,8 +131,27 @@ class _AncestralSinglestep(EtaNoiseOptions, BudgetOrders):
         """The deterministic step of order >= 2 from node i to ``(alpha_{i+1}, alpha_{i+1} sigma_down)``."""
         raise NotImplementedError
 
+    def flow_step(self, nodes: NodeTable, i: int, split: FlowDownstep) -> MidpointStep:
+        """The rectified-flow step of order 2 from node i to ``sigma_down``, rescaled by ``split.scale``."""
+        raise ValueError(f"downstep: {self.name!r} has no rectified-flow form")
+
+    def flow_plan(self, nodes: NodeTable, ctx: RunContext) -> list[tuple[FirstOrder | MidpointStep, float]]:
+        """The plan with ``downstep="flow"``: ``x_t = scale x_down + s_noise std z`` (ComfyUI's ``*_RF`` samplers)."""
+        plan: list[tuple[FirstOrder | MidpointStep, float]] = []
+        for i, k in enumerate(self.step_orders(nodes)):
+            split = flow_downstep(nodes, i, self.eta if ctx.stochastic_step(i) else 0.0)
+            # first order: scale x_down = scale (alpha_down x0_hat + sigma_down eps_hat), alpha_t = scale alpha_down
+            first = FirstOrder(float(nodes.alpha[i + 1]), split.scale * split.sigma_down)
+            noisy = split.sigma_down > 0.0 or self.noise_at_zero_down
+            plan.append(
+                (first if k == 1 else self.flow_step(nodes, i, split), split.std * self.s_noise if noisy else 0.0)
+            )
+        return plan
+
     def plan(self, nodes: NodeTable, ctx: RunContext) -> list[tuple[FirstOrder | SinglestepPlan | MidpointStep, float]]:
         """Each step as ``(deterministic step, std)``: the step to ``sigma_down``, then ``std z``."""
+        if self.downstep == "flow":
+            return list(self.flow_plan(nodes, ctx))
         a, s = nodes.alpha, nodes.sigma
         plan: list[tuple[FirstOrder | SinglestepPlan | MidpointStep, float]] = []
         for i, k in enumerate(self.step_orders(nodes)):
@@ -135,6 +178,8 @@ class _AncestralSinglestep(EtaNoiseOptions, BudgetOrders):
                 ux, ud = step.u
                 x0_mid, _ = yield ux * x + ud * x0, step.point
                 x = step.c_x * x + step.c_d * x0_mid
+                if step.c_s:
+                    x = x + step.c_s * x0
             elif step.order == 2:  # x_down = cx x_s + ce eps_s + cd (eps(u) - eps_s), with ce = cd at r = 1/2
                 _, eps1 = yield step.first[0][0] * x + step.first[0][1] * eps, step.points[0]
                 x = step.cx * x + step.cd * eps1
@@ -166,9 +211,23 @@ class DPM2Ancestral(_NoisePredictionAncestral):
     order = 2
     nfe_per_step = 2
     noise_at_zero_down = False
+    DOWNSTEPS = ("scaled", "flow")
     summary = "ancestral: DPM-Solver-2 (noise prediction) down to sigma_down, then sigma_up of fresh noise"
     paper = PAPER_DPM + "; Crowson's k-diffusion (ancestral steps)"
-    peers = "k-diffusion sample_dpm_2_ancestral"
+    peers = "k-diffusion sample_dpm_2_ancestral; ComfyUI sample_dpm_2_ancestral_RF (downstep='flow')"
+
+    def flow_step(self, nodes: NodeTable, i: int, split: FlowDownstep) -> MidpointStep:
+        """ComfyUI's rectified-flow DPM-2: the midpoint rule in the flow's own ``(x, sigma)``, whose velocity is
+        ``d = (x - D) / sigma``, with the midpoint at the geometric mean ``sigma_m = sqrt(sigma_s sigma_down)``:
+        ``u = x + d_s (sigma_m - sigma_s)``, ``x_down = x + d(u) (sigma_down - sigma_s)``. With
+        ``u = (sigma_m / sigma_s) x + (1 - sigma_m / sigma_s) D_s`` and ``k = (sigma_down - sigma_s) / sigma_m``:
+        ``x_down = (1 + k u_x) x + k u_d D_s - k D(u)``."""
+        s_s, down = float(nodes.sigma[i]), split.sigma_down
+        s_m = math.exp(math.log(s_s) + 0.5 * (math.log(down) - math.log(s_s)))  # ComfyUI's lerp of log-sigmas
+        u = (s_m / s_s, 1.0 - s_m / s_s)
+        k = (down - s_s) / s_m
+        r = split.scale
+        return MidpointStep(flow_point(nodes, s_m), u, r * (1.0 + k * u[0]), -r * k, r * k * u[1])
 
 
 @register
@@ -180,9 +239,25 @@ class DPMPP2SAncestral(_AncestralSinglestep):
     order = 2
     nfe_per_step = 2
     cfg_pp = True
+    DOWNSTEPS = ("scaled", "flow")
     summary = "ancestral: DPM-Solver++(2S) (data prediction) down to sigma_down, then sigma_up of fresh noise"
     paper = PAPER_PP + "; Crowson's k-diffusion (ancestral steps)"
-    peers = "k-diffusion sample_dpmpp_2s_ancestral"
+    peers = "k-diffusion sample_dpmpp_2s_ancestral; ComfyUI sample_dpmpp_2s_ancestral_RF (downstep='flow')"
+
+    def flow_step(self, nodes: NodeTable, i: int, split: FlowDownstep) -> MidpointStep:
+        """ComfyUI's rectified-flow DPM-Solver++(2S): the midpoint ``sigma_m`` at the half-log-SNR midpoint of
+        ``[lambda_s, lambda_down]`` (``lambda = log((1 - sigma) / sigma)``; ComfyUI's 0.9999 from sigma_s = 1, where
+        lambda_s is infinite), the x0-steps ``u = (sigma_m / sigma_s) x + (1 - sigma_m / sigma_s) D_s`` and
+        ``x_down = (sigma_down / sigma_s) x + (1 - sigma_down / sigma_s) D(u)``."""
+        s_s, down = float(nodes.sigma[i]), split.sigma_down
+        if float(nodes.alpha[i]) == 0.0:
+            s_m = FLOW_START_MIDPOINT
+        else:  # lambda_m = (lambda_s + lambda_down) / 2
+            s_m = 1.0 / (1.0 + math.sqrt((1.0 - s_s) / s_s * (1.0 - down) / down))
+        r = split.scale
+        return MidpointStep(
+            flow_point(nodes, s_m), (s_m / s_s, 1.0 - s_m / s_s), r * down / s_s, r * (1.0 - down / s_s)
+        )
 
     def down_step(self, nodes: NodeTable, i: int, order: int, lv: AncestralLevels) -> SinglestepPlan | MidpointStep:
         a_t, s_s, hd = float(nodes.alpha[i + 1]), float(nodes.sigma[i]), lv.h_down
@@ -195,6 +270,8 @@ class DPMPP2SAncestral(_AncestralSinglestep):
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
         if not self.runs_cfg_pp:
             return (yield from super().solve(x, nodes, ctx))
+        if self.downstep == "flow":
+            raise ValueError("downstep: the CFG++ form of 'dpmpp_2s_ancestral' takes the 'scaled' downstep")
         plan = cast(list[tuple[FirstOrder | MidpointStep, float]], self.plan(nodes, ctx))  # down steps: midpoint
         return (yield from run_midpoint_cfg_pp(x, nodes, ctx, plan))
 
@@ -234,13 +311,10 @@ class DPM2Churn(EDMStochastic):
         orders = self.step_orders(nodes)
         plan = []
         for i in range(nodes.steps):
-            p = self.churn_point(nodes, ctx, i)
-            churn = None
-            if p is None:
-                p = nodes.node(i)
-            else:  # x_hat = (alpha_hat/alpha_i) x_i + alpha_hat sqrt(s_hat^2 - s_i^2) s_noise z
-                s_i, s_hat = s[i] / a[i], p.sigma / p.alpha
-                churn = (p.alpha / a[i], p.alpha * math.sqrt(max(s_hat**2 - s_i**2, 0.0)) * self.s_noise)
+            churn = self.churn(
+                nodes, ctx, i
+            )  # x_hat = (alpha_hat/alpha_i) x_i + alpha_hat sqrt(s_hat^2 - s_i^2) s_noise z
+            p = nodes.node(i) if churn is None else churn.point
             if orders[i] == 1:  # x_{i+1} = alpha_{i+1} x0_hat + sigma_{i+1} eps_hat
                 step: FirstOrder | SinglestepPlan = FirstOrder(float(a[i + 1]), float(s[i + 1]))
             else:  # DPM-Solver-2 from lambda_hat to lambda_{i+1}
@@ -250,7 +324,7 @@ class DPM2Churn(EDMStochastic):
         for i in ctx.loop():
             p, churn, step = plan[i]
             if churn is not None:  # x_hat ~ N((alpha_hat/alpha_i) x_i, std^2 I), recorded as step i's transition
-                x = ctx.transition(i, churn[0] * x, level[i], level[i + 1], churn[1])[0]
+                x = ctx.transition(i, churn.scale * x, level[i], level[i + 1], churn.std)[0]
             x0, eps = yield x, p
             if isinstance(step, FirstOrder):
                 x = step.alpha_t * x0 + step.sigma_t * eps

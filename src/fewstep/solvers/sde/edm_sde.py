@@ -26,21 +26,17 @@ recorded log-probabilities are that chain's (with ``grad=True`` their means keep
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
 
 from ...context import RunContext
-from ...model import Point
 from ...nodes import NodeTable
-from ...options import real_option
 from ..base import Solver, Steps, register
 from ..frame import heun_step
-from ..stochastic import noise_levels
+from ..stochastic import ChurnOptions, noise_levels
 
 
 @register
-class EDMStochastic(Solver):
+class EDMStochastic(ChurnOptions, Solver):
     """EDM Alg. 2. Defaults: the paper's ImageNet-64 settings (``s_churn=40``, ``s_tmin=0.05``, ``s_tmax=50``)
     with ``s_noise=1`` (the paper's 1.003 compensates a trained network's loss of detail; pass it explicitly)."""
 
@@ -54,25 +50,6 @@ class EDMStochastic(Solver):
     paper = "Karras et al. 2022 (EDM), Alg. 2"
     peers = "k-diffusion sample_heun(s_churn, s_tmin, s_tmax, s_noise)"
 
-    def __init__(self, s_churn: float = 40.0, s_tmin: float = 0.05, s_tmax: float = 50.0, s_noise: float = 1.0):
-        self.s_churn = real_option("s_churn", s_churn)
-        self.s_tmin = real_option("s_tmin", s_tmin)
-        self.s_tmax = real_option("s_tmax", s_tmax, allow_inf=True)
-        if self.s_tmax < self.s_tmin:
-            raise ValueError(f"s_tmax: must be >= s_tmin = {self.s_tmin}, got {s_tmax!r}")
-        self.s_noise = real_option("s_noise", s_noise)
-
-    def churn_point(self, nodes: NodeTable, ctx: RunContext, i: int) -> Point | None:
-        """Where step i evaluates the model after the churn (None: no churn, at node i)."""
-        alpha, sigma, lam = float(nodes.alpha[i]), float(nodes.sigma[i]), float(nodes.lam[i])
-        s = sigma / alpha if alpha > 0 else math.inf
-        if not (self.s_churn > 0 and alpha > 0 and self.s_tmin <= s <= self.s_tmax and ctx.stochastic_step(i)):
-            return None
-        gamma = min(self.s_churn / nodes.steps, math.sqrt(2.0) - 1.0)
-        sched = nodes.schedule
-        t_hat = min(float(sched.t_of_lambda(lam - math.log1p(gamma))), sched.t_max)  # s_hat = (1 + gamma) s
-        return nodes.point(t_hat) if t_hat > nodes.t[i] else None
-
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
         tau, c = nodes.ode_frame()
         level = noise_levels(nodes)
@@ -80,14 +57,12 @@ class EDMStochastic(Solver):
         vel = [nodes.ode_velocity(p) if p is not None else (0.0, 0.0) for p in nodes.points]
         plan = []
         for i in range(nodes.steps):
-            p = self.churn_point(nodes, ctx, i)
-            if p is None:
-                p, churn = nodes.node(i), None
+            churn = self.churn(nodes, ctx, i)
+            if churn is None:
+                p = nodes.node(i)
                 tau_hat, c_hat = float(tau[i]), float(c[i])
             else:
-                s_i, s_hat = nodes.sigma[i] / nodes.alpha[i], p.sigma / p.alpha
-                # x_hat = (alpha_hat/alpha_i) x_i + alpha_hat sqrt(s_hat^2 - s_i^2) s_noise z
-                churn = (p.alpha / nodes.alpha[i], p.alpha * math.sqrt(max(s_hat**2 - s_i**2, 0.0)) * self.s_noise)
+                p = churn.point
                 tau_hat, c_hat = nodes.frame_at(p)
             # Heun in the ODE frame: x_{i+1} = c_{i+1} (x_hat / c_hat + (tau_{i+1} - tau_hat) (f_hat + f_{i+1}) / 2)
             step = (float(c[i + 1]) / c_hat, float(c[i + 1]) * (float(tau[i + 1]) - tau_hat))
@@ -95,7 +70,7 @@ class EDMStochastic(Solver):
         for i in ctx.loop():
             p, churn, velocity, step = plan[i]
             if churn is not None:  # x_hat ~ N((alpha_hat/alpha_i) x_i, std^2 I), recorded as step i's transition
-                x = ctx.transition(i, churn[0] * x, level[i], level[i + 1], churn[1])[0]
+                x = ctx.transition(i, churn.scale * x, level[i], level[i + 1], churn.std)[0]
             x, x0 = yield from heun_step(x, p, velocity, step, (nodes.points[i + 1], vel[i + 1]), orders[i])
             ctx.emit(i, x, x0)
         return x

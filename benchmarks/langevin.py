@@ -1,0 +1,107 @@
+"""fewstep's Langevin samplers against blackjax's NUTS and MALA on targets with known answers, on the same gradient
+budget: ESS (bulk, tail) per gradient evaluation, split R-hat, acceptance, moment errors, sliced W2 and MMD to exact
+samples. The goal measured: kinetic Langevin with the randomized midpoint method against NUTS's ESS per gradient
+evaluation on the Gaussians and the logistic regression.
+
+    python benchmarks/langevin.py                      # every target; writes benchmarks/results/langevin.json
+    python benchmarks/langevin.py --targets banana --draws 500 --warmup 300
+    python benchmarks/langevin.py --report             # print the stored tables
+
+blackjax runs NUTS first; each fewstep sampler then gets as many gradient evaluations per chain as NUTS spent
+(warm-up included), so ESS per gradient compares like for like (fewstep.bench.mcmc_compare). The logistic
+regression's moments come from benchmarks/results/langevin_logistic_reference.json
+(python benchmarks/langevin_reference.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from fewstep.bench.mcmc_compare import McmcRow, compare_samplers, markdown_table
+from fewstep.bench.mcmc_peers import PEER_SAMPLERS, blackjax_available
+from fewstep.bench.targets.densities import LogisticRegression, density_target
+
+RESULTS = Path(__file__).parent / "results"
+REFERENCE = RESULTS / "langevin_logistic_reference.json"
+SAMPLERS = ["mala", "baoab", "obabo", "randomized_midpoint"]
+#: (target name, dimension or None for its default)
+TARGETS = [
+    ("gaussian", 100),
+    ("gaussian_diag", 1000),
+    ("logistic_regression", None),
+    ("banana", None),
+    ("funnel", 10),
+    ("mixture", None),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", nargs="*", default=[t for t, _ in TARGETS], help="names among the defaults")
+    parser.add_argument("--samplers", nargs="*", default=SAMPLERS)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--draws", type=int, default=1000, help="NUTS's kept draws per chain")
+    parser.add_argument("--warmup", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "langevin.json")
+    parser.add_argument("--report", action="store_true", help="only print the tables stored in --out")
+    args = parser.parse_args()
+    if args.report:
+        report(args.out)
+        return
+    torch.set_num_threads(1)  # batches of a few chains: one thread is fastest
+    names = list(args.samplers) + (list(PEER_SAMPLERS) if blackjax_available() else [])
+    results: dict[str, object] = {}
+    if args.out.is_file():
+        results = json.loads(args.out.read_text(encoding="utf-8")).get("targets", {})
+    dims = dict(TARGETS)
+    for name in args.targets:
+        target = density_target(name, dims.get(name))
+        if isinstance(target, LogisticRegression):
+            target.with_reference(REFERENCE)
+        start = time.perf_counter()
+        rows = compare_samplers(
+            target,
+            names,
+            chains=args.chains,
+            draws=args.draws,
+            warmup=args.warmup,
+            seed=args.seed,
+            match_budget="blackjax_nuts" in names,
+        )
+        print(
+            f"\n{target.name} (d = {target.dim}), {args.chains} chains, warm-up {args.warmup} "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
+        print(markdown_table(rows))
+        results[name] = {"name": target.name, "dim": target.dim, "rows": [r.as_dict() for r in rows]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "targets")}
+        meta = {
+            "command": "python benchmarks/langevin.py",
+            "settings": settings,
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+        }
+        args.out.write_text(json.dumps({"meta": meta, "targets": results}, indent=1) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.out}")
+
+
+def report(path: Path) -> None:
+    """Print the Markdown tables of a results file (what docs/langevin.md shows)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    settings = data["meta"]["settings"]
+    for entry in data["targets"].values():
+        rows = [McmcRow(**row) for row in entry["rows"]]
+        print(f"\n{entry['name']} (d = {entry['dim']}), {settings['chains']} chains, warm-up {settings['warmup']}\n")
+        print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Langevin samplers side by side on a target with known answers (``fewstep mcmc``, ``benchmarks/langevin.py``).
+
+Every sampler starts from the same points and is measured the same way: ESS (bulk and tail, the smallest over the
+coordinates, all chains together) per gradient evaluation (of one chain: the ESS over chains x gradient evaluations
+per chain, warm-up included), the largest split R-hat, the acceptance, the
+error of the mean and variance in units of the exact (or reference) moments, and, where exact samples exist, the
+sliced W2 distance and the MMD to as many exact samples (:mod:`fewstep.bench.metrics`). blackjax's NUTS and MALA
+(:mod:`fewstep.bench.mcmc_peers`) run in the same comparison when it is installed.
+
+With ``match_budget`` the fewstep samplers get NUTS's gradient budget: their number of draws is chosen (from the
+cost per warm-up iteration and per draw, measured on two short pilot runs) so that the whole run, warm-up
+included, spends as many gradient evaluations per chain as NUTS did.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ..langevin import SAMPLERS, Chains, sample
+from ..langevin.diagnostics import summary
+from ..options import suggestion
+from .metrics import mmd, sliced_wasserstein2
+from .targets.densities import DensityTarget
+
+__all__ = ["McmcRow", "compare_samplers", "markdown_table", "measure"]
+
+MAX_METRIC_POINTS = 2000  # draws (thinned evenly) and exact samples compared by sliced W2 and MMD
+PILOT = 10  # warm-up iterations and draws of the pilot runs that measure a sampler's cost
+
+
+@dataclass(frozen=True)
+class McmcRow:
+    """One sampler's run on one target (module docstring); the ``*_error`` fields are None without reference
+    moments, ``sliced_w2`` and ``mmd`` None without exact samples; ``diverged_chains``: chains with a non-finite
+    draw."""
+
+    target: str
+    sampler: str
+    chains: int
+    draws: int
+    warmup: int
+    gradient_evaluations: int
+    acceptance: float | None
+    ess_bulk: float
+    ess_tail: float
+    ess_bulk_per_gradient: float
+    ess_tail_per_gradient: float
+    split_rhat: float
+    diverged_chains: int
+    mean_error: float | None
+    variance_error: float | None
+    sliced_w2: float | None
+    mmd: float | None
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure(target: DensityTarget, chains: Chains, seconds: float, seed: int = 0) -> McmcRow:
+    """The row of :class:`McmcRow` for ``chains`` drawn from ``target``."""
+    s = summary(chains.draws)
+    grads = max(int(chains.gradient_evaluations), 1)
+    mean_error = variance_error = w2 = discrepancy = None
+    moments = target.moments()
+    if moments is not None:
+        sd = moments.variance.sqrt()
+        mean_error = float(((s.mean - moments.mean).abs() / sd).max())
+        variance_error = float((s.sd.square() / moments.variance - 1.0).abs().max())
+    if target.has_exact_samples:
+        pooled = chains.draws.reshape(-1, chains.dims).double().cpu()
+        thin = max(1, math.ceil(pooled.shape[0] / MAX_METRIC_POINTS))
+        points = pooled[thin - 1 :: thin]
+        if bool(torch.isfinite(points).all()):
+            exact = target.sample(points.shape[0], torch.Generator().manual_seed(seed + 7919))
+            w2, discrepancy = sliced_wasserstein2(points, exact), mmd(points, exact)
+        else:  # a diverged chain
+            w2 = discrepancy = math.inf
+    acceptance = None if chains.acceptance is None else float(chains.acceptance.double().mean())
+    return McmcRow(
+        target=target.name,
+        sampler=chains.sampler,
+        chains=chains.num_chains,
+        draws=chains.num_draws,
+        warmup=chains.warmup,
+        gradient_evaluations=grads,
+        acceptance=acceptance,
+        ess_bulk=s.min_ess_bulk,
+        ess_tail=s.min_ess_tail,
+        ess_bulk_per_gradient=s.min_ess_bulk / (grads * chains.num_chains),
+        ess_tail_per_gradient=s.min_ess_tail / (grads * chains.num_chains),
+        split_rhat=s.max_rhat,
+        diverged_chains=int((~torch.isfinite(chains.draws).flatten(1).all(dim=1)).sum()),
+        mean_error=mean_error,
+        variance_error=variance_error,
+        sliced_w2=w2,
+        mmd=discrepancy,
+        seconds=seconds,
+    )
+
+
+def _run(target: DensityTarget, name: str, x0: torch.Tensor, draws: int, warmup: int, seed: int) -> Chains:
+    return sample(target.target(), name, x0, draws=draws, warmup=warmup, generator=torch.Generator().manual_seed(seed))
+
+
+def _draws_for_budget(target: DensityTarget, name: str, x0: torch.Tensor, warmup: int, budget: int, seed: int) -> int:
+    """Draws that make ``name``'s run (``warmup`` included) spend ``budget`` gradient evaluations per chain."""
+    base = _run(target, name, x0, PILOT, PILOT, seed).gradient_evaluations
+    per_warm = (_run(target, name, x0, PILOT, 2 * PILOT, seed).gradient_evaluations - base) / PILOT
+    per_draw = (_run(target, name, x0, 2 * PILOT, PILOT, seed).gradient_evaluations - base) / PILOT
+    fixed = base - PILOT * (per_warm + per_draw)
+    return max(PILOT, int((budget - fixed - warmup * per_warm) / max(per_draw, 1e-12)))
+
+
+def check_samplers(samplers: Sequence[str]) -> list[str]:
+    """The names, checked against ``fewstep.langevin.SAMPLERS`` and the blackjax peers."""
+    from .mcmc_peers import PEER_SAMPLERS
+
+    known = [*SAMPLERS, *PEER_SAMPLERS]
+    for name in samplers:
+        if name not in known:
+            raise ValueError(
+                f"samplers: unknown sampler {name!r}{suggestion(name, known)}; choose among {', '.join(known)}"
+            )
+    return list(samplers)
+
+
+def compare_samplers(
+    target: DensityTarget,
+    samplers: Sequence[str],
+    *,
+    chains: int = 4,
+    draws: int = 1000,
+    warmup: int = 500,
+    seed: int = 0,
+    match_budget: bool = True,
+) -> list[McmcRow]:
+    """Run each of ``samplers`` (names of ``fewstep.langevin.SAMPLERS``, or ``"blackjax_nuts"`` /
+    ``"blackjax_mala"``) on ``target`` from the same ``chains`` starting points; one :class:`McmcRow` each.
+
+    blackjax's NUTS runs first; with ``match_budget`` the fewstep samplers then get its gradient budget per chain
+    (module docstring), blackjax's MALA as many draws as fewstep's MALA (else ``draws``)."""
+    from .mcmc_peers import PEER_SAMPLERS, run_blackjax
+
+    names = check_samplers(samplers)
+    x0 = target.initial(chains, torch.Generator().manual_seed(seed))
+    order = sorted(names, key=lambda n: n != "blackjax_nuts")
+    rows: dict[str, McmcRow] = {}
+    budget: int | None = None
+    per_sampler_draws: dict[str, int] = {}
+    for name in order:
+        if name in PEER_SAMPLERS:
+            n = per_sampler_draws.get("mala", draws) if name == "blackjax_mala" and match_budget else draws
+            peer = run_blackjax(target, name, x0, draws=n, warmup=warmup, seed=seed)
+            rows[name] = measure(target, peer.chains, peer.seconds, seed)
+            if name == "blackjax_nuts":
+                budget = peer.chains.gradient_evaluations
+            continue
+        n = draws
+        if match_budget and budget is not None:
+            n = _draws_for_budget(target, name, x0, warmup, budget, seed)
+        per_sampler_draws[name] = n
+        start = time.perf_counter()
+        result = _run(target, name, x0, n, warmup, seed)
+        rows[name] = measure(target, result, time.perf_counter() - start, seed)
+    return [rows[name] for name in names]
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def markdown_table(rows: Sequence[McmcRow]) -> str:
+    """The rows as a Markdown table (one per sampler)."""
+    head = (
+        "| sampler | grad evals / chain | draws | acceptance | ESS bulk | ESS tail | ESS bulk / grad | "
+        "ESS tail / grad | max R-hat | diverged | mean err (sd) | var err | sliced W2 | MMD² | time (s) |"
+    )
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in rows:
+        lines.append(
+            f"| {r.sampler} | {r.gradient_evaluations} | {r.draws} | {_cell(r.acceptance, '.2f')} | "
+            f"{r.ess_bulk:.0f} | {r.ess_tail:.0f} | {r.ess_bulk_per_gradient:.4f} | {r.ess_tail_per_gradient:.4f} | "
+            f"{r.split_rhat:.3f} | {r.diverged_chains} | {_cell(r.mean_error, '.3f')} | {_cell(r.variance_error, '.3f')} | "
+            f"{_cell(r.sliced_w2, '.4f')} | {_cell(r.mmd, '.2e')} | {r.seconds:.1f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""Warm-up adaptation shared by the samplers: the step size by dual averaging to a target acceptance, and a
+diagonal inverse mass matrix from windowed variance estimates, on Stan's schedule (as NUTS has).
+
+* Dual averaging (Nesterov 2009; Hoffman & Gelman 2014, "The No-U-Turn Sampler", Algorithm 5): after iteration
+  ``t`` with acceptance statistic ``alpha_t``,
+
+      Hbar_t = (1 - 1/(t + t0)) Hbar_{t-1} + (delta - alpha_t) / (t + t0)
+      log eps_t = mu - sqrt(t) / gamma * Hbar_t
+      log epsbar_t = t^{-kappa} log eps_t + (1 - t^{-kappa}) log epsbar_{t-1}
+
+  with ``mu = log(10 eps_0)``, ``gamma = 0.05``, ``t0 = 10``, ``kappa = 0.75``; after warm-up ``epsbar`` is used.
+  Each chain adapts its own step size (vectorised over chains, no host synchronisation).
+* Windowed variance (Stan's warm-up): an initial fast buffer (75 iterations), slow windows of 25, 50, 100, ...
+  iterations in which the draws' variance is accumulated (Welford), and a terminal fast buffer (50). At the end of
+  each slow window the inverse mass becomes the regularised variance ``n/(n+5) var + 1e-3 * 5/(n+5)`` and the
+  step-size adaptation restarts. Short warm-ups scale the buffers to 15% / 75% / 10% as Stan does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["DualAveraging", "WelfordVariance", "Warmup", "mass_windows"]
+
+
+class DualAveraging:
+    """Per-chain dual-averaging step-size adaptation to the target acceptance ``delta`` (see the module)."""
+
+    def __init__(
+        self,
+        step_size: Tensor,
+        target: float,
+        *,
+        gamma: float = 0.05,
+        t0: float = 10.0,
+        kappa: float = 0.75,
+    ) -> None:
+        if not 0.0 < target < 1.0:
+            raise ValueError(f"target_accept must be in (0, 1), got {target!r}; 0.574 (MALA) or 0.8 are usual")
+        self.target = target
+        self.gamma = gamma
+        self.t0 = t0
+        self.kappa = kappa
+        self.restart(step_size)
+
+    def restart(self, step_size: Tensor) -> None:
+        """Start again from ``step_size`` (``[chains]``), centred on ``log(10 step_size)``."""
+        self.mu = torch.log(10.0 * step_size)
+        self.h_bar = torch.zeros_like(step_size)
+        self.log_eps_bar = torch.zeros_like(step_size)
+        self.log_eps = torch.log(step_size)
+        self.t = 0
+
+    def update(self, accept: Tensor) -> Tensor:
+        """Record the acceptance statistic of one iteration (``[chains]``, in [0, 1]); return the next step size."""
+        self.t += 1
+        t = self.t
+        eta = 1.0 / (t + self.t0)
+        alpha = torch.nan_to_num(accept, nan=0.0).clamp(0.0, 1.0)
+        self.h_bar = (1.0 - eta) * self.h_bar + eta * (self.target - alpha)
+        self.log_eps = self.mu - (math.sqrt(t) / self.gamma) * self.h_bar
+        w = t ** (-self.kappa)
+        self.log_eps_bar = w * self.log_eps + (1.0 - w) * self.log_eps_bar
+        return self.log_eps.exp()
+
+    def final(self) -> Tensor:
+        """The averaged step size ``epsbar`` (``[chains]``), used after warm-up."""
+        return self.log_eps_bar.exp() if self.t > 0 else self.log_eps.exp()
+
+
+@dataclass
+class WelfordVariance:
+    """Running per-chain, per-dimension variance of draws ``[chains, d]`` (Welford's algorithm)."""
+
+    count: int
+    mean: Tensor
+    m2: Tensor
+
+    @classmethod
+    def like(cls, x: Tensor) -> WelfordVariance:
+        return cls(count=0, mean=torch.zeros_like(x), m2=torch.zeros_like(x))
+
+    def add(self, x: Tensor) -> None:
+        self.count += 1
+        delta = x - self.mean
+        self.mean = self.mean + delta / self.count
+        self.m2 = self.m2 + delta * (x - self.mean)
+
+    def regularised(self, pooled: bool = False) -> Tensor:
+        """Stan's shrunk estimate ``n/(n+5) var + 1e-3 * 5/(n+5)``: per chain (``[chains, d]``), or with
+        ``pooled`` of all the chains' draws together (``[d]``; ``n`` the total count, the spread between the
+        chains' means included)."""
+        n = self.count
+        if pooled:
+            chains = self.mean.shape[0]
+            grand = self.mean.mean(0)
+            spread = self.m2.sum(0) + n * ((self.mean - grand) ** 2).sum(0)
+            n = n * chains
+            var = spread / max(n - 1, 1)
+        else:
+            var = self.m2 / max(n - 1, 1)
+        return (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
+
+
+def mass_windows(warmup: int, *, init_buffer: int = 75, term_buffer: int = 50, base_window: int = 25) -> list[range]:
+    """Stan's slow adaptation windows of a warm-up of ``warmup`` iterations (0-based iteration ranges).
+
+    ``warmup < 20`` has no window (no mass adaptation); a warm-up shorter than the three default buffers is split
+    15% / 75% / 10%. A window that would leave less than twice its size before the terminal buffer absorbs the rest.
+    """
+    if warmup < 20:
+        return []
+    if init_buffer + term_buffer + base_window > warmup:
+        init_buffer = int(0.15 * warmup)
+        term_buffer = int(0.1 * warmup)
+        base_window = warmup - init_buffer - term_buffer
+    windows: list[range] = []
+    start, size, last = init_buffer, base_window, warmup - term_buffer
+    while start < last:
+        end = start + size
+        if end + 2 * size > last:
+            end = last
+        windows.append(range(start, end))
+        start, size = end, 2 * size
+    return windows
+
+
+class Warmup:
+    """The warm-up of one run: per-chain step sizes by :class:`DualAveraging` and, when ``adapt_mass``, a diagonal
+    inverse mass ``[chains, d]`` from :class:`WelfordVariance` over :func:`mass_windows`.
+
+    With ``pooled_mass`` the variance is that of all the chains' draws together (``[d]``, one mass for every
+    chain: a far better estimate for slowly mixing directions than one chain's window, as in cross-chain
+    adaptation, e.g. Hoffman & Sountsov 2022); the chains interact only during warm-up, after which each is an
+    ordinary Markov chain with a fixed kernel.
+
+    Call :meth:`observe` after every warm-up iteration with its draw and acceptance statistic; read
+    :attr:`step_size` (``[chains, 1]``, for broadcasting) and :attr:`inverse_mass` for the next iteration.
+    """
+
+    def __init__(
+        self,
+        x0: Tensor,
+        warmup: int,
+        *,
+        step_size: float,
+        target_accept: float,
+        adapt_step: bool,
+        adapt_mass: bool,
+        pooled_mass: bool = True,
+    ) -> None:
+        chains = x0.shape[0]
+        self.pooled_mass = pooled_mass
+        self.warmup = warmup
+        self.adapt_step = adapt_step and warmup > 0
+        self.step = torch.full((chains,), float(step_size), dtype=x0.dtype, device=x0.device)
+        self.dual = DualAveraging(self.step, target_accept) if self.adapt_step else None
+        self.windows = mass_windows(warmup) if adapt_mass else []
+        self._ends = {w[-1]: w for w in self.windows if len(w)}
+        self._starts = {w[0] for w in self.windows if len(w)}
+        self._in_window = False
+        self.welford = WelfordVariance.like(x0)
+        self.inverse_mass: Tensor | None = None
+        if adapt_mass:
+            self.inverse_mass = torch.ones_like(x0[0]) if pooled_mass else torch.ones_like(x0)
+
+    @property
+    def step_size(self) -> Tensor:
+        """The current step size per chain, ``[chains, 1]``."""
+        return self.step[:, None]
+
+    def observe(self, i: int, x: Tensor, accept: Tensor | None) -> None:
+        """Record warm-up iteration ``i`` (0-based): its draw ``[chains, d]`` and acceptance statistic ``[chains]``."""
+        if self.dual is not None and accept is not None:
+            self.step = self.dual.update(accept)
+        if i in self._starts:
+            self._in_window = True
+            self.welford = WelfordVariance.like(x)
+        if self._in_window:
+            self.welford.add(x)
+        if i in self._ends:
+            self._in_window = False
+            self.inverse_mass = self.welford.regularised(self.pooled_mass)
+            if self.dual is not None:
+                self.dual.restart(self.step)
+        if i == self.warmup - 1 and self.dual is not None:
+            self.step = self.dual.final()
