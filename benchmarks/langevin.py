@@ -9,7 +9,7 @@ evaluation on the Gaussians and the logistic regression.
 
 blackjax runs NUTS first; each fewstep sampler then gets as many gradient evaluations per chain as NUTS spent
 (warm-up included), so ESS per gradient compares like for like (fewstep.bench.mcmc_compare). The logistic
-regression's moments come from benchmarks/results/langevin_logistic_reference.json
+regression's moments come from src/fewstep/bench/data/langevin_logistic_reference.json
 (python benchmarks/langevin_reference.py).
 """
 
@@ -25,10 +25,10 @@ import torch
 
 from fewstep.bench.mcmc_compare import McmcRow, compare_samplers, markdown_table
 from fewstep.bench.mcmc_peers import PEER_SAMPLERS, blackjax_available
-from fewstep.bench.targets.densities import LogisticRegression, density_target
+from fewstep.bench.targets.densities import BREAST_CANCER_REFERENCE, LogisticRegression, density_target
 
 RESULTS = Path(__file__).parent / "results"
-REFERENCE = RESULTS / "langevin_logistic_reference.json"
+REFERENCE = BREAST_CANCER_REFERENCE
 SAMPLERS = ["mala", "baoab", "obabo", "randomized_midpoint"]
 #: (target name, dimension or None for its default)
 TARGETS = [

@@ -4,7 +4,7 @@ Long, well-mixed chains independent of the samplers under test: Hamiltonian Mont
 number of jittered leapfrog steps, in coordinates whitened by the Laplace approximation (``x = mode + L u``,
 ``L L^T`` the inverse Hessian of -log p at the mode, found by Newton's method), where the posterior is close to
 N(0, I). The script reports acceptance, ESS and split R-hat, and writes the mean, variance and the mean's Monte
-Carlo standard error to ``benchmarks/results/langevin_logistic_reference.json``.
+Carlo standard error to ``src/fewstep/bench/data/langevin_logistic_reference.json`` (shipped with the package).
 
     python benchmarks/langevin_reference.py [--chains 8] [--draws 50000] [--seed 0]
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from fewstep.bench.targets.densities import LogisticRegression
+from fewstep.bench.targets.densities import BREAST_CANCER_REFERENCE, LogisticRegression
 from fewstep.langevin import diagnostics
 
-OUT = Path(__file__).parent / "results" / "langevin_logistic_reference.json"
+OUT = BREAST_CANCER_REFERENCE  # shipped with the package (fewstep/bench/data)
 STEP, LEAPFROG = 0.5, 8  # leapfrog step and steps per iteration in the whitened coordinates
 
 

@@ -5,10 +5,12 @@ biased, and ULA's bias falls at first order in the step."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 
+import fewstep
 import fewstep.langevin as L
 from fewstep.langevin.adaptation import DualAveraging, mass_windows
 from fewstep.langevin.noise import ou_integrals
@@ -258,3 +260,13 @@ def test_kinetic_samplers_recover_a_gaussian() -> None:
         var = run.draws.reshape(-1, 2).var(0) / scales**2
         assert float((var - 1).abs().max()) < tol, (name, var)
         assert run.inverse_mass is not None
+
+
+def test_a_diverged_chain_is_reported() -> None:
+    """ULA with a step far above 2 / L on N(0, 0.1^2 I) overflows: the run warns, naming the sampler and the step."""
+    t = L.Target.from_log_prob(lambda x: -0.5 * x.square().sum(-1) / 0.01)
+    with pytest.warns(fewstep.DivergenceWarning, match=r"sampler 'ula': 2 of 2 chains diverged.*step size 0\.5"):
+        L.sample(t, "ula", torch.ones(2, 2, dtype=torch.float64), draws=400, step_size=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        L.sample(t, "ula", torch.ones(2, 2, dtype=torch.float64), draws=50, step_size=0.005)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from torch import distributions as D
 
 from fewstep.bench.targets import mixture_2d
 from fewstep.bench.targets.densities import (
+    BREAST_CANCER_REFERENCE,
     DENSITY_TARGETS,
     Banana,
     LogisticRegression,
@@ -26,7 +26,7 @@ from fewstep.bench.targets.densities import (
 )
 from fewstep.langevin import Target
 
-REFERENCE = Path(__file__).parents[1] / "benchmarks" / "results" / "langevin_logistic_reference.json"
+REFERENCE = BREAST_CANCER_REFERENCE
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -119,8 +119,9 @@ def test_logistic_reference_is_stored_and_mixed() -> None:
     data = json.loads(REFERENCE.read_text())
     assert data["dim"] == 31 and data["max_split_rhat"] < 1.01 and data["min_ess_bulk"] > 1000
     ref = load_reference(REFERENCE)
-    target = LogisticRegression.breast_cancer().with_reference(REFERENCE)
-    assert target.moments() is ref or torch.equal(target.moments().mean, ref.mean)  # type: ignore[union-attr]
+    target = LogisticRegression.breast_cancer()  # the stored reference is attached at its prior scale
+    assert torch.equal(target.moments().mean, ref.mean)  # type: ignore[union-attr]
+    assert LogisticRegression.breast_cancer(prior_scale=2.0).moments() is None  # another posterior: no reference
     assert ref.mean_error is not None and bool((ref.mean_error < 0.05 * ref.variance.sqrt()).all())
     # the posterior mean is near the mode (the Laplace approximation) and the score averages to zero there
     assert float((ref.mean - torch.tensor(data["laplace_mode"])).abs().max()) < 0.5

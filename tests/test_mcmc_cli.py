@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from fewstep.bench.cli import main
 from fewstep.bench.mcmc_cli import MCMC_TARGETS
 from fewstep.bench.mcmc_compare import _draws_for_budget, compare_samplers, markdown_table, measure
-from fewstep.bench.targets.densities import DENSITY_TARGETS, GaussianDensity, density_target
+from fewstep.bench.targets.densities import BREAST_CANCER_REFERENCE, DENSITY_TARGETS, GaussianDensity, density_target
 from fewstep.langevin import Chains
 
 TARGET = GaussianDensity(torch.tensor([1.0, -1.0]), torch.tensor([1.0, 4.0]), name="g2")
@@ -77,7 +77,7 @@ def test_cli_errors() -> None:
     assert r.exit_code == 2 and "unknown sampler 'mal'" in r.output and "mala" in r.output
     r = run("--target", "funel")
     assert r.exit_code == 2 and "funnel" in r.output
-    ref = Path(__file__).parents[1] / "benchmarks" / "results" / "langevin_logistic_reference.json"
+    ref = BREAST_CANCER_REFERENCE
     r = run("--target", "banana", "--no-peers", "--reference", str(ref))
     assert r.exit_code == 2 and "only the logistic_regression target" in r.output
     assert density_target("gaussian", 3).dim == 3

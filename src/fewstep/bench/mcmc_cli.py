@@ -48,7 +48,8 @@ DEFAULT_SAMPLERS = "mala,baoab,randomized_midpoint"
     "--reference",
     default=None,
     type=click.Path(exists=True, dir_okay=False),
-    help="JSON reference moments for logistic_regression (benchmarks/results/langevin_logistic_reference.json).",
+    help="JSON reference moments for logistic_regression (default: the ones shipped with fewstep, from "
+    "benchmarks/langevin_reference.py).",
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of starts and noise.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the rows as JSON here.")

@@ -6,12 +6,14 @@ Chains`` registered with :func:`register`; ``x0`` is ``[chains, d]``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from ..guard import DivergenceWarning
 from ..options import suggestion
 from .chains import Chains
 from .target import Target
@@ -94,6 +96,28 @@ def sample(
         raise ValueError(
             f"unknown Langevin sampler {sampler!r}{suggestion(sampler, list(SAMPLERS))}; the samplers are: {names}"
         )
-    return SAMPLERS[sampler](
+    chains = SAMPLERS[sampler](
         target, x0, draws=draws, warmup=warmup, step_size=step_size, generator=generator, **options
+    )
+    check_finite_draws(chains)
+    return chains
+
+
+def check_finite_draws(chains: Chains) -> None:
+    """Warn (:class:`fewstep.DivergenceWarning`) when a chain's draws are not finite: an unadjusted sampler whose
+    step is too large for the target's tails diverges; say which chains, from which draw, and what usually helps.
+    One reduction over the draws, after the run."""
+    bad = ~torch.isfinite(chains.draws).flatten(2).all(-1)  # [chains, draws]
+    if not bool(bad.any()):
+        return
+    rows = bad.any(-1).nonzero().flatten().tolist()
+    first = int(bad.float().argmax(-1)[rows[0]])
+    h = chains.step_size
+    step = f"{float(h.min()):.3g} to {float(h.max()):.3g}" if isinstance(h, Tensor) else f"{h:.3g}"
+    warnings.warn(
+        f"sampler {chains.sampler!r}: {len(rows)} of {chains.num_chains} chains diverged (non-finite draws; chain "
+        f"{rows[0]} from kept draw {first}, step size {step}); a smaller step_size, more warm-up or a "
+        "Metropolis-adjusted sampler (mala) usually fixes it",
+        DivergenceWarning,
+        stacklevel=3,
     )

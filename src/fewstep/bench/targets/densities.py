@@ -50,6 +50,11 @@ __all__ = [
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+#: The breast-cancer regression's reference moments (8 x 20,000 draws of Laplace-whitened HMC, shipped with the
+#: package; ``python benchmarks/langevin_reference.py`` writes them again).
+BREAST_CANCER_REFERENCE = Path(__file__).parents[1] / "data" / "langevin_logistic_reference.json"
+
+
 @dataclass(frozen=True)
 class Moments:
     """Reference moments of a target: ``mean`` and per-coordinate ``variance`` (float64, shape (d,)), with the Monte
@@ -358,7 +363,8 @@ class LogisticRegression(DensityTarget):
     """Bayesian logistic regression: ``log p(beta) = sum_i (y_i z_i - softplus(z_i)) - |beta|^2 / (2 prior_scale^2)``
     with ``z = X beta``; ``X`` (n, p) the standardised features with a leading column of ones, ``y`` in {0, 1}.
 
-    The moments are those of ``reference`` (:func:`load_reference`), or unknown (None)."""
+    The moments are those of ``reference`` (:func:`load_reference`), or unknown (None); :meth:`breast_cancer` at the
+    default prior carries the stored reference (:data:`BREAST_CANCER_REFERENCE`)."""
 
     def __init__(
         self, features: np.ndarray, labels: np.ndarray, prior_scale: float = 1.0, name: str = "logistic_regression"
@@ -381,7 +387,10 @@ class LogisticRegression(DensityTarget):
 
         x, y = load_breast_cancer(return_X_y=True)
         x = (x - x.mean(axis=0)) / x.std(axis=0)
-        return cls(np.hstack([np.ones((x.shape[0], 1)), x]), y, prior_scale, name="logistic_breast_cancer")
+        target = cls(np.hstack([np.ones((x.shape[0], 1)), x]), y, prior_scale, name="logistic_breast_cancer")
+        if prior_scale == json.loads(BREAST_CANCER_REFERENCE.read_text(encoding="utf-8"))["prior_scale"]:
+            target.with_reference(BREAST_CANCER_REFERENCE)  # the stored long run at this prior
+        return target
 
     def _params(self) -> dict[str, Tensor]:
         return {"features": self.features, "labels": self.labels}
