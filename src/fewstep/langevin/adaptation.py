@@ -129,6 +129,22 @@ def mass_windows(warmup: int, *, init_buffer: int = 75, term_buffer: int = 50, b
     return windows
 
 
+def check_inverse_mass(inverse_mass: object, x0: Tensor) -> Tensor | None:
+    """``inverse_mass`` (a diagonal preconditioner ``[d]`` or ``[chains, d]``, positive) on ``x0``'s device."""
+    if inverse_mass is None:
+        return None
+    if not isinstance(inverse_mass, Tensor):
+        raise TypeError(f"inverse_mass must be a Tensor of shape [d] or [chains, d], got {type(inverse_mass).__name__}")
+    if inverse_mass.shape not in (x0.shape[1:], x0.shape):
+        raise ValueError(
+            f"inverse_mass must have shape [d] = {tuple(x0.shape[1:])} or [chains, d] = {tuple(x0.shape)}, "
+            f"got {tuple(inverse_mass.shape)}"
+        )
+    if not bool((inverse_mass > 0).all()):
+        raise ValueError("inverse_mass must be positive (a diagonal inverse mass matrix)")
+    return inverse_mass.to(dtype=x0.dtype, device=x0.device)
+
+
 class Warmup:
     """The warm-up of one run: per-chain step sizes by :class:`DualAveraging` and, when ``adapt_mass``, a diagonal
     inverse mass ``[chains, d]`` from :class:`WelfordVariance` over :func:`mass_windows`.
@@ -152,6 +168,7 @@ class Warmup:
         adapt_step: bool,
         adapt_mass: bool,
         pooled_mass: bool = True,
+        inverse_mass: Tensor | None = None,
     ) -> None:
         chains = x0.shape[0]
         self.pooled_mass = pooled_mass
@@ -167,6 +184,43 @@ class Warmup:
         self.inverse_mass: Tensor | None = None
         if adapt_mass:
             self.inverse_mass = torch.ones_like(x0[0]) if pooled_mass else torch.ones_like(x0)
+        if inverse_mass is not None:  # the start of the adaptation, or (without it) a fixed preconditioner
+            self.inverse_mass = inverse_mass.clone()
+
+    @classmethod
+    def of_run(
+        cls,
+        sampler: str,
+        x0: Tensor,
+        warmup: int,
+        *,
+        step_size: float | None,
+        initial_step_size: float,
+        target_accept: float,
+        adapt_mass: bool,
+        pooled_mass: bool,
+        inverse_mass: object,
+    ) -> Warmup:
+        """The warm-up of a ``sampler`` run with the user's options, checked: ``step_size=None`` adapts the step
+        from ``initial_step_size`` (which needs ``warmup > 0``), ``inverse_mass`` (:func:`check_inverse_mass`)
+        starts the mass adaptation or is a fixed preconditioner."""
+        if not (isinstance(initial_step_size, int | float) and initial_step_size > 0):
+            raise ValueError(f"initial_step_size must be a positive float, got {initial_step_size!r}")
+        m0 = check_inverse_mass(inverse_mass, x0)
+        if step_size is None and warmup == 0:
+            raise ValueError(
+                f"{sampler} with step_size=None adapts the step in warm-up: give warmup > 0 or a step_size"
+            )
+        return cls(
+            x0,
+            warmup,
+            step_size=float(step_size if step_size is not None else initial_step_size),
+            target_accept=target_accept,
+            adapt_step=step_size is None,
+            adapt_mass=adapt_mass,
+            pooled_mass=pooled_mass,
+            inverse_mass=m0,
+        )
 
     @property
     def step_size(self) -> Tensor:

@@ -51,7 +51,6 @@ from .chains import Chains
 from .noise import OUCoefficients, StepNoise
 from .registry import check_run, register
 from .target import Target
-from .ula import check_inverse_mass
 
 __all__ = ["SCHEMES", "KineticState", "baoab", "kinetic", "obabo", "randomized_midpoint"]
 
@@ -263,30 +262,17 @@ def kinetic(
     target, x = check_run(target, x0, draws, warmup, step_size, scheme)
     if isinstance(friction, bool) or not isinstance(friction, int | float) or not friction > 0:
         raise ValueError(f"friction must be a positive float (gamma), got {friction!r}")
-    if not (isinstance(initial_step_size, int | float) and initial_step_size > 0):
-        raise ValueError(f"initial_step_size must be a positive float, got {initial_step_size!r}")
-    adapt_step = step_size is None
-    if adapt_step and not target.has_log_prob:
+    if step_size is None and not target.has_log_prob:
         raise ValueError(
             f"{scheme} adapts its step size from the energy error, which needs the log-density; target "
             f"{target.name!r} has only a score: give step_size"
         )
-    if adapt_step and warmup == 0:
-        raise ValueError(f"{scheme} with step_size=None adapts the step in warm-up: give warmup > 0 or a step_size")
     if brownian is not None and warmup > 0 and adapt_mass:
         raise ValueError("brownian drives fixed-step runs: give step_size, and adapt_mass=False or warmup=0")
-    m0 = check_inverse_mass(inverse_mass, x)
-    warm = Warmup(
-        x,
-        warmup,
-        step_size=float(step_size if step_size is not None else initial_step_size),
-        target_accept=target_accept,
-        adapt_step=adapt_step,
-        adapt_mass=adapt_mass,
-        pooled_mass=pooled_mass,
-    )
-    if m0 is not None:
-        warm.inverse_mass = m0.clone()
+    warm = Warmup.of_run(
+        scheme, x, warmup, step_size=step_size, initial_step_size=initial_step_size, target_accept=target_accept,
+        adapt_mass=adapt_mass, pooled_mass=pooled_mass, inverse_mass=inverse_mass,
+    )  # fmt: skip
     one = torch.ones((), dtype=x.dtype, device=x.device)
     noise = StepNoise(x, generator=generator, path=brownian, step_size=step_size)
     m = warm.inverse_mass if warm.inverse_mass is not None else one
@@ -328,7 +314,7 @@ def kinetic(
         draws=out,
         acceptance=accept_sum / draws if has_energy else None,
         gradient_evaluations=target.gradient_evaluations - start,
-        step_size=warm.step.clone() if adapt_step else float(step_size),  # type: ignore[arg-type]
+        step_size=warm.step.clone() if step_size is None else float(step_size),
         inverse_mass=warm.inverse_mass,
         warmup=warmup,
         sampler=scheme,

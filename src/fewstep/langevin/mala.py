@@ -25,7 +25,6 @@ from .chains import Chains
 from .noise import StepNoise
 from .registry import check_run, register
 from .target import Target
-from .ula import check_inverse_mass
 
 __all__ = ["mala"]
 
@@ -62,23 +61,10 @@ def mala(
         )
     target, x = check_run(target, x0, draws, warmup, step_size, "mala")
     target.require_log_prob("mala")
-    if not (isinstance(initial_step_size, int | float) and initial_step_size > 0):
-        raise ValueError(f"initial_step_size must be a positive float, got {initial_step_size!r}")
-    m0 = check_inverse_mass(inverse_mass, x)
-    adapt_step = step_size is None
-    if adapt_step and warmup == 0:
-        raise ValueError("mala with step_size=None adapts the step in warm-up: give warmup > 0 or a step_size")
-    warm = Warmup(
-        x,
-        warmup,
-        step_size=float(step_size if step_size is not None else initial_step_size),
-        target_accept=target_accept,
-        adapt_step=adapt_step,
-        adapt_mass=adapt_mass,
-        pooled_mass=pooled_mass,
-    )
-    if m0 is not None:
-        warm.inverse_mass = m0.clone()
+    warm = Warmup.of_run(
+        "mala", x, warmup, step_size=step_size, initial_step_size=initial_step_size, target_accept=target_accept,
+        adapt_mass=adapt_mass, pooled_mass=pooled_mass, inverse_mass=inverse_mass,
+    )  # fmt: skip
     noise = StepNoise(x, generator=generator, path=brownian, step_size=1.0)
     chains = x.shape[0]
     out = x.new_empty((chains, draws, x.shape[1]))

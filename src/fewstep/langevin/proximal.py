@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .adaptation import check_inverse_mass
 from .chains import Chains
 from .noise import StepNoise
 from .registry import check_run, register
 from .sampler_options import parse_options, positive_float
 from .sgld import required_step
 from .target import Target
-from .ula import check_inverse_mass
 
 NAME = "myula"
 

@@ -18,28 +18,13 @@ from torch import Tensor
 
 from fewstep.noise.brownian import BrownianPath
 
+from .adaptation import check_inverse_mass
 from .chains import Chains
 from .noise import StepNoise
 from .registry import check_run, register
 from .target import Target
 
-__all__ = ["check_inverse_mass", "ula"]
-
-
-def check_inverse_mass(inverse_mass: object, x0: Tensor) -> Tensor | None:
-    """``inverse_mass`` (a diagonal preconditioner ``[d]`` or ``[chains, d]``, positive) on ``x0``'s device."""
-    if inverse_mass is None:
-        return None
-    if not isinstance(inverse_mass, Tensor):
-        raise TypeError(f"inverse_mass must be a Tensor of shape [d] or [chains, d], got {type(inverse_mass).__name__}")
-    if inverse_mass.shape not in (x0.shape[1:], x0.shape):
-        raise ValueError(
-            f"inverse_mass must have shape [d] = {tuple(x0.shape[1:])} or [chains, d] = {tuple(x0.shape)}, "
-            f"got {tuple(inverse_mass.shape)}"
-        )
-    if not bool((inverse_mass > 0).all()):
-        raise ValueError("inverse_mass must be positive (a diagonal inverse mass matrix)")
-    return inverse_mass.to(dtype=x0.dtype, device=x0.device)
+__all__ = ["ula"]
 
 
 @register("ula")

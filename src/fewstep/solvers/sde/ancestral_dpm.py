@@ -135,9 +135,11 @@ class _AncestralSinglestep(EtaNoiseOptions, BudgetOrders):
         """The rectified-flow step of order 2 from node i to ``sigma_down``, rescaled by ``split.scale``."""
         raise ValueError(f"downstep: {self.name!r} has no rectified-flow form")
 
-    def flow_plan(self, nodes: NodeTable, ctx: RunContext) -> list[tuple[FirstOrder | MidpointStep, float]]:
+    def flow_plan(
+        self, nodes: NodeTable, ctx: RunContext
+    ) -> list[tuple[FirstOrder | SinglestepPlan | MidpointStep, float]]:
         """The plan with ``downstep="flow"``: ``x_t = scale x_down + s_noise std z`` (ComfyUI's ``*_RF`` samplers)."""
-        plan: list[tuple[FirstOrder | MidpointStep, float]] = []
+        plan: list[tuple[FirstOrder | SinglestepPlan | MidpointStep, float]] = []
         for i, k in enumerate(self.step_orders(nodes)):
             split = flow_downstep(nodes, i, self.eta if ctx.stochastic_step(i) else 0.0)
             # first order: scale x_down = scale (alpha_down x0_hat + sigma_down eps_hat), alpha_t = scale alpha_down
@@ -151,7 +153,7 @@ class _AncestralSinglestep(EtaNoiseOptions, BudgetOrders):
     def plan(self, nodes: NodeTable, ctx: RunContext) -> list[tuple[FirstOrder | SinglestepPlan | MidpointStep, float]]:
         """Each step as ``(deterministic step, std)``: the step to ``sigma_down``, then ``std z``."""
         if self.downstep == "flow":
-            return list(self.flow_plan(nodes, ctx))
+            return self.flow_plan(nodes, ctx)
         a, s = nodes.alpha, nodes.sigma
         plan: list[tuple[FirstOrder | SinglestepPlan | MidpointStep, float]] = []
         for i, k in enumerate(self.step_orders(nodes)):
