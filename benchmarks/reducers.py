@@ -132,8 +132,6 @@ def measure(case: Case, method: str, solver: str, nfe: int, repeats: int, **how:
     def run(calls: fewstep.CallCount) -> torch.Tensor:
         if teleport is not None:
             return teleport.sample(case.denoiser, case.noise, solver=solver, nfe=nfe, calls=calls, progress=False)
-        if layer is not None:
-            layer.calls = calls
         wrappers = [] if layer is None else [layer]
         return fewstep.sample(
             case.denoiser, case.noise, solver=solver, nfe=nfe, calls=calls, wrappers=wrappers, progress=False

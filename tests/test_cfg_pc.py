@@ -62,7 +62,7 @@ class Probe:
         self.t, self.state, self.corrector = t, None, 0
         self.marked: list[Point] = []
 
-    def wrap(self, inner: Evaluation, needs_eps: bool) -> Evaluation:
+    def wrap(self, inner: Evaluation, needs_eps: bool, calls: fewstep.CallCount) -> Evaluation:
         def evaluate(x: Tensor, p: Point) -> Any:
             if isinstance(p, CorrectorPoint):
                 self.corrector += 1

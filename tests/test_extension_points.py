@@ -110,16 +110,13 @@ class ReuseEveryOther:
     """A layer that answers every second request with the previous prediction (a stand-in for an output cache):
     a substituted evaluation, counted apart from the network calls."""
 
-    def __init__(self, calls: fewstep.CallCount):
-        self.calls = calls
-
-    def wrap(self, inner: Evaluation, needs_eps: bool) -> Evaluation:
+    def wrap(self, inner: Evaluation, needs_eps: bool, calls: fewstep.CallCount) -> Evaluation:
         state: dict[str, Any] = {"n": 0, "last": None}
 
         def evaluate(x: Tensor, p: Point) -> Prediction:
             state["n"] += 1
             if state["n"] % 2 == 0 and state["last"] is not None:
-                self.calls.substituted += 1
+                calls.substituted += 1
                 return state["last"]
             state["last"] = inner(x, p)
             return state["last"]
@@ -132,7 +129,7 @@ def test_an_evaluation_layer_wraps_the_stack_and_substitutes_calls() -> None:
     is counted as substituted, not as NFE, and the solver's plan of requests still holds."""
     counting = Counting(TARGET.model(VP, "epsilon"))
     calls = fewstep.CallCount()
-    out = fewstep.sample(counting, noise(), VP, "dpmpp_2m", nfe=10, wrappers=[ReuseEveryOther(calls)], calls=calls)
+    out = fewstep.sample(counting, noise(), VP, "dpmpp_2m", nfe=10, wrappers=[ReuseEveryOther()], calls=calls)
     assert calls == fewstep.CallCount(network=5, branches=5, substituted=5, requests=10) and counting.calls == 5
     assert calls.nfe == 5 and bool(torch.isfinite(out).all())
     with pytest.raises(TypeError, match="wrappers: each must have wrap"):

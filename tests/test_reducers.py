@@ -120,8 +120,6 @@ def _run(layer, solver="dpmpp_2m", nfe=10, target=None, schedule=VP):
     model = Counting(target.model(schedule, "epsilon"))
     noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     calls = fewstep.CallCount()
-    if layer is not None:
-        layer.calls = calls
     out = fewstep.sample(
         model, noise, schedule, solver, nfe=nfe, prediction="epsilon", calls=calls, generator=torch.Generator().manual_seed(1),
         wrappers=[] if layer is None else [layer],
@@ -202,8 +200,6 @@ def test_options_are_checked_before_any_call() -> None:
         SkipCache(threshold=-1.0)
     with pytest.raises(TypeError, match="small"):
         TStitch(lambda x, t: x, 0.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="calls"):
-        ABCache(calls=3)  # type: ignore[arg-type]
     fit = GaussianFit(torch.zeros(2), torch.eye(2))
     with pytest.raises(ValueError, match="t_skip"):
         Teleport(fit, math.nan)

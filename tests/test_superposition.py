@@ -75,7 +75,7 @@ class Recorder:
     def __init__(self) -> None:
         self.seen: list[tuple[Tensor, Point]] = []
 
-    def wrap(self, inner: Evaluation, needs_eps: bool) -> Evaluation:
+    def wrap(self, inner: Evaluation, needs_eps: bool, calls: fewstep.CallCount) -> Evaluation:
         def evaluate(x: Tensor, p: Point) -> tuple[Tensor, Tensor | None]:
             self.seen.append((x.clone(), p))
             return inner(x, p)

@@ -148,7 +148,7 @@ def sample(
         calls: a :class:`fewstep.model.CallCount` to which the run adds its model calls (network calls, branch
             evaluations, substituted evaluations, backward passes).
         wrappers: layers of the model-call stack on ``(x0_hat, eps_hat)``, innermost first
-            (:class:`fewstep.model.EvaluationWrapper`: ``wrap(inner, needs_eps) -> evaluation``), e.g. a cache that
+            (:class:`fewstep.model.EvaluationWrapper`: ``wrap(inner, needs_eps, calls) -> evaluation``), e.g. a cache that
             answers some requests without the network (counted in ``calls.substituted``).
         check_finite: ``"end"`` checks the result once for NaN/inf (NonFiniteModelOutput); ``"each"`` checks every
             model output and names the first non-finite evaluation and its time (at once on the CPU, after the run

@@ -210,7 +210,7 @@ class ModelClock:
     def __init__(self) -> None:
         self.seconds = 0.0
 
-    def wrap(self, inner: Callable[..., Any], needs_eps: bool) -> Callable[..., Any]:
+    def wrap(self, inner: Callable[..., Any], needs_eps: bool, calls: Any) -> Callable[..., Any]:
         def evaluate(x: Tensor, p: Any) -> Any:
             start = time.perf_counter()
             out = inner(x, p)

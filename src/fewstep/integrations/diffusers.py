@@ -179,6 +179,7 @@ class _Run:
     offset: int
     window: tuple[float, float] | None = None  # the steps that may add noise (RunContext.sde_window)
     solver: Solver | None = None  # the solver of this run where it is not the scheduler's (a step entered part-way)
+    idle: int | None = None  # the evaluation (from the offset) whose output is not used: a stage at the step's end
     steps: Steps | None = None
     request: Tensor | None = None  # the state the solver asked about last (and continues from)
     returned: Tensor | None = None  # the tensor handed back to the pipeline last
@@ -627,16 +628,20 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         """A run from evaluation ``e`` inside a step of a singlestep solver (image-to-image with ``begin_index =
         k * order`` where the first step, from alpha = 0, spends fewer evaluations than ``order``): the entered step's
         evaluations left, at its stage times ``t_e > ... > t_{e+m-1}``, become first-order steps between them and down
-        to the step's end node, after which the plan continues unchanged. The evaluations are the plan's ``e:``, so
-        the pipeline's ``timesteps[e:]`` are where the model is called, and their number is what diffusers' loop
-        spends."""
+        to the step's end node, after which the plan continues unchanged. A last stage at the step's end node (a
+        solver with r = 1, as exp_heun_2_x0) is that node's evaluation a step early: its output is not used and the
+        sample is handed back as it is. The evaluations are the plan's ``e:``, so the pipeline's ``timesteps[e:]``
+        are where the model is called, and their number is what diffusers' loop spends."""
         nodes = plan.nodes
         starts = [next(i for i, p in enumerate(plan.points) if p is q) for q in nodes.points[: nodes.steps]]
         j = max(k for k, start in enumerate(starts) if start <= e)
         end = starts[j + 1] if j + 1 < len(starts) else len(plan.points)
         mids = [p.t for p in plan.points[e:end]]
         t_next = float(nodes.t[j + 1])
-        if not all(a > b for a, b in zip([*mids, t_next], [*mids[1:], t_next], strict=False)) or mids[-1] <= t_next:
+        idle = None
+        if math.isclose(mids[-1], t_next, rel_tol=1e-12):  # the last stage sits at the step's end node (r = 1)
+            mids, idle = mids[:-1], len(mids) - 1
+        if not all(a > b for a, b in zip(mids, [*mids[1:], t_next], strict=False)):
             return None  # the stages are not strictly between the step's ends in decreasing order
         node_t = np.array([*mids, *nodes.t[j + 1 :]], dtype=np.float64)
         tail = NodeTable.build(self.denoiser, node_t, nodes.clean_end, 1, torch.device("cpu"), torch.float32)
@@ -645,9 +650,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
             points = self._evaluation_points(tail, solver=solver)
         except (ValueError, IndexError, AssertionError):  # a solver whose plan is not its step orders alone
             return None
-        if [p.t for p in points] != [p.t for p in plan.points[e:]]:  # the dry run: where the solver really asks
+        if idle is not None:
+            points = [*points[:idle], plan.points[e + idle], *points[idle:]]  # that node's evaluation, twice
+        asked, planned = [p.t for p in points], [p.t for p in plan.points[e:]]  # the dry run: where the solver asks
+        if len(asked) != len(planned) or not all(
+            math.isclose(a, b, rel_tol=1e-12) for a, b in zip(asked, planned, strict=True)
+        ):
             return None
-        return _Run(tail, points, e, None, solver=solver)
+        return _Run(tail, points, e, None, solver=solver, idle=idle)
 
     def _started_at(self, tail: NodeTable, t: float) -> tuple[NodeTable, tuple[float, float]]:
         """The tail with its first node moved to ``t``, the time of its first evaluation (where the pipeline's
@@ -738,18 +748,24 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         i = self._step_index - run.offset
         if i >= len(run.points):
             raise RuntimeError("step: the planned evaluations are used up; call set_timesteps again")
-        self._noise_of(run, generator, sample)
         dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
-        x = self._state(run, sample, dtype)
-        x0, eps = self.denoiser.convert(x, model_output.to(dtype), run.points[i], (run.solver or self.solver).needs_eps)
-        self._step_index += 1
-        assert run.steps is not None
-        try:
-            run.request, _ = run.steps.send((x0, eps))
-            out = _handed_out(run.request, sample.dtype)
-        except StopIteration as done:
-            out, run.steps, run.request = done.value.to(sample.dtype), None, None
-        run.returned = out
+        if i == run.idle:  # an evaluation at the node the sample is already at, asked for again next: not used
+            self._step_index += 1
+            x0, _ = self.denoiser.convert(sample.to(dtype), model_output.to(dtype), run.points[i], False)
+            out = run.returned = sample.clone()
+        else:
+            self._noise_of(run, generator, sample)
+            x = self._state(run, sample, dtype)
+            needs_eps = (run.solver or self.solver).needs_eps
+            x0, eps = self.denoiser.convert(x, model_output.to(dtype), run.points[i], needs_eps)
+            self._step_index += 1
+            assert run.steps is not None
+            try:
+                run.request, _ = run.steps.send((x0, eps))
+                out = _handed_out(run.request, sample.dtype)
+            except StopIteration as done:
+                out, run.steps, run.request = done.value.to(sample.dtype), None, None
+            run.returned = out
         x0_out = _handed_out(x0, sample.dtype)
         return FewstepSchedulerOutput(prev_sample=out, pred_original_sample=x0_out) if return_dict else (out, x0_out)
 

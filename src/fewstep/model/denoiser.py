@@ -173,11 +173,11 @@ class Denoiser:
             output: ModelOutput = rule.wrap(network) if rule is not None else network  # type: ignore[union-attr]
             evaluate = base(output, inner_eps) if base is not None else Converted(output, inner_eps)
         if self.threshold is not None:
-            evaluate = self.threshold.wrap(evaluate, needs_eps)
+            evaluate = self.threshold.wrap(evaluate, needs_eps, calls)
         for wrapper in wrappers:
             if not callable(getattr(wrapper, "wrap", None)):
-                raise TypeError(f"wrappers: each must have wrap(inner, needs_eps), got {type(wrapper).__name__}")
-            evaluate = wrapper.wrap(evaluate, needs_eps)
+                raise TypeError(f"wrappers: each must have wrap(inner, needs_eps, calls), got {type(wrapper).__name__}")
+            evaluate = wrapper.wrap(evaluate, needs_eps, calls)
         return ModelStack(network, evaluate)
 
     def __call__(self, x: Tensor, p: Point, eps: bool = True) -> Prediction:

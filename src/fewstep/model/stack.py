@@ -22,6 +22,7 @@ from typing import Protocol
 from torch import Tensor
 
 from ..finite import all_finite
+from .calls import CallCount
 from .network import Network, NonFiniteModelOutput
 from .point import Point
 
@@ -34,9 +35,12 @@ ModelOutput = Callable[[Tensor, Tensor, float], Tensor]
 
 
 class EvaluationWrapper(Protocol):
-    """A layer on ``(x0_hat, eps_hat)``: ``wrap(inner, needs_eps)`` returns the evaluation that replaces ``inner``."""
+    """A layer on ``(x0_hat, eps_hat)``: ``wrap(inner, needs_eps, calls)`` returns the evaluation that replaces
+    ``inner`` for one run. ``calls`` is the run's :class:`CallCount`: a layer that answers a request without the
+    network below it (a cache, an extrapolation, another model) adds one to ``calls.substituted``; the run adds the
+    network calls and requests itself."""
 
-    def wrap(self, inner: Evaluation, needs_eps: bool) -> Evaluation: ...
+    def wrap(self, inner: Evaluation, needs_eps: bool, calls: CallCount) -> Evaluation: ...
 
 
 class Converted:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .calls import CallCount
 from .point import Point
 from .stack import Evaluation, Prediction
 
@@ -40,7 +41,7 @@ class Threshold:
         x0 = self(x0)
         return x0, ((x - p.alpha * x0) / p.sigma if needs_eps else None)
 
-    def wrap(self, inner: Evaluation, needs_eps: bool) -> Evaluation:
+    def wrap(self, inner: Evaluation, needs_eps: bool, calls: CallCount | None = None) -> Evaluation:
         """The evaluation ``inner`` (asked for x0 alone) with x0 thresholded and ``eps = (x - alpha x0) / sigma``."""
         return Thresholded(inner, self, needs_eps)
 

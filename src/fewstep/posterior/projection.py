@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..model.calls import CallCount
 from ..model.point import Point
 from ..model.stack import Evaluation, Prediction
 from .checks import checked, require_measurement
@@ -54,7 +55,7 @@ class Projection:
             return torch.where(m.mask.to(device=x.device).bool(), m.y.to(x).expand_as(x), x)
         return x + pseudo_inverse(m, m.residual(x), x)
 
-    def wrap(self, inner: Evaluation, needs_eps: bool) -> Evaluation:
+    def wrap(self, inner: Evaluation, needs_eps: bool, calls: CallCount) -> Evaluation:
         def evaluate(x: Tensor, p: Point) -> Prediction:
             x0, eps = inner(x, p)
             moved = self.project(x0)

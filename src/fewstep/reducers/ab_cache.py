@@ -25,7 +25,6 @@ from .counts import (
     Counter,
     Output,
     ReducerCounts,
-    check_calls,
     check_int,
     check_quantity,
     check_variable,
@@ -46,8 +45,8 @@ class ABCache:
         warmup: the first requests, always real (default ``order``: the history the extrapolation needs).
         variable: ``"lambda"`` (the default) or ``"t"``, the variable the outputs are extrapolated in.
         quantity: ``"x0"`` (the default) or ``"eps"``, the prediction that is extrapolated.
-        calls: the run's :class:`~fewstep.model.CallCount` (as passed to ``sample(calls=...)``), to which the
-            substituted requests are added.
+
+    Its substituted requests are added to the run's ``calls.substituted``.
 
     After a run, ``counts`` holds its :class:`~fewstep.reducers.ReducerCounts`.
     """
@@ -57,7 +56,6 @@ class ABCache:
     warmup: int | None = None
     variable: str = "lambda"
     quantity: str = "x0"
-    calls: CallCount | None = None
     counts: ReducerCounts = field(default_factory=ReducerCounts, init=False)
 
     def __post_init__(self) -> None:
@@ -68,7 +66,6 @@ class ABCache:
         check_int(self.warmup, "warmup", 1)
         check_variable(self.variable)
         check_quantity(self.quantity)
-        check_calls(self.calls)
 
     def is_real(self, i: int) -> bool:
         """Whether request ``i`` (from 0) of a run calls the network."""
@@ -79,8 +76,8 @@ class ABCache:
         """The network calls of a run of ``requests`` requests (known before the run)."""
         return sum(self.is_real(i) for i in range(requests))
 
-    def wrap(self, inner: Evaluation, needs_eps: bool) -> Evaluation:
-        counter = Counter(self.calls)
+    def wrap(self, inner: Evaluation, needs_eps: bool, calls: CallCount) -> Evaluation:
+        counter = Counter(calls)
         self.counts = counter.counts
         history: list[Output] = []
         real = self.is_real

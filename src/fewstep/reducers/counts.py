@@ -2,9 +2,9 @@
 
 Every layer of :mod:`fewstep.reducers` answers each request it sees either by the model below it (a *network*
 request) or by something cheaper (a *substituted* one: an extrapolation, a reused output, another model), so
-``network + substituted == requests`` after every run. A layer given ``calls=`` (the same
-:class:`~fewstep.model.CallCount` passed to ``fewstep.sample(calls=...)``) adds its substituted requests to
-``calls.substituted`` as they happen; the run adds its network calls and requests when it ends.
+``network + substituted == requests`` after every run. A layer adds its substituted requests to the run's
+:class:`~fewstep.model.CallCount` (``calls.substituted``, handed to it by ``wrap``) as they happen; the run adds its
+network calls and requests when it ends.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ class ReducerCounts:
 
 
 class Counter:
-    """The counts of one run of a layer, mirrored into an optional run-wide :class:`~fewstep.model.CallCount`."""
+    """The counts of one run of a layer, mirrored into the run's :class:`~fewstep.model.CallCount`."""
 
-    def __init__(self, calls: CallCount | None):
+    def __init__(self, calls: CallCount):
         self.counts, self.calls = ReducerCounts(), calls
 
     def real(self) -> None:
@@ -44,14 +44,7 @@ class Counter:
     def substituted(self) -> None:
         self.counts.requests += 1
         self.counts.substituted += 1
-        if self.calls is not None:
-            self.calls.substituted += 1
-
-
-def check_calls(calls: object) -> None:
-    """``calls=`` of a layer: None or a CallCount."""
-    if calls is not None and not isinstance(calls, CallCount):
-        raise TypeError(f"calls: must be a fewstep.CallCount or None, got {type(calls).__name__}")
+        self.calls.substituted += 1
 
 
 def check_int(value: object, name: str, low: int) -> int:

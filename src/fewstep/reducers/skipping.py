@@ -30,7 +30,6 @@ from .counts import (
     Counter,
     Output,
     ReducerCounts,
-    check_calls,
     check_int,
     check_quantity,
     check_variable,
@@ -57,7 +56,7 @@ class SkipCache:
         max_skips: the most requests answered in a row without the network.
         order: outputs the substitute is extrapolated through (1 reuses the last output; default 2).
         warmup: the first requests, always real (default ``max(order, 2)``).
-        variable, quantity, calls: as :class:`~fewstep.reducers.ABCache`.
+        variable, quantity: as :class:`~fewstep.reducers.ABCache`.
     """
 
     threshold: float = 0.05
@@ -66,7 +65,6 @@ class SkipCache:
     warmup: int | None = None
     variable: str = "lambda"
     quantity: str = "x0"
-    calls: CallCount | None = None
     counts: ReducerCounts = field(default_factory=ReducerCounts, init=False)
 
     def __post_init__(self) -> None:
@@ -81,7 +79,6 @@ class SkipCache:
         check_int(self.warmup, "warmup", 2)
         check_variable(self.variable)
         check_quantity(self.quantity)
-        check_calls(self.calls)
 
     def max_network(self, requests: int) -> int:
         """The most network calls of a run of ``requests`` requests: all of them (nothing measured skips)."""
@@ -92,8 +89,8 @@ class SkipCache:
         warm = min(int(self.warmup), requests)  # type: ignore[arg-type]
         return warm + (requests - warm) // (self.max_skips + 1)
 
-    def wrap(self, inner: Evaluation, needs_eps: bool) -> Evaluation:
-        counter = Counter(self.calls)
+    def wrap(self, inner: Evaluation, needs_eps: bool, calls: CallCount) -> Evaluation:
+        counter = Counter(calls)
         self.counts = counter.counts
         history: list[Output] = []
         size = max(self.order, 2)

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..model import CallCount, Denoiser
 from ..model.point import Point
 from ..model.stack import Evaluation, Prediction
-from .counts import Counter, ReducerCounts, check_calls
+from .counts import Counter, ReducerCounts
 
 
 @dataclass
@@ -29,13 +29,12 @@ class TStitch:
     Args:
         small: the cheap model as a :class:`~fewstep.Denoiser` on the run's schedule.
         t_switch: requests at schedule times ``t >= t_switch`` go to ``small``.
-        calls: the run's :class:`~fewstep.model.CallCount`, to which the small model's requests are added as
-            substituted.
+
+    The small model's requests are added to the run's ``calls.substituted``.
     """
 
     small: Denoiser
     t_switch: float
-    calls: CallCount | None = None
     counts: ReducerCounts = field(default_factory=ReducerCounts, init=False)
     small_calls: CallCount = field(default_factory=CallCount, init=False)
 
@@ -48,14 +47,13 @@ class TStitch:
             raise TypeError(f"t_switch: must be a schedule time (a number), got {type(self.t_switch).__name__}")
         if not math.isfinite(self.t_switch):
             raise ValueError(f"t_switch: must be finite, got {self.t_switch}")
-        check_calls(self.calls)
 
     def small_requests(self, times: list[float]) -> int:
         """How many of the requests at ``times`` the small model answers (known before the run)."""
         return sum(t >= self.t_switch for t in times)
 
-    def wrap(self, inner: Evaluation, needs_eps: bool) -> Evaluation:
-        counter = Counter(self.calls)
+    def wrap(self, inner: Evaluation, needs_eps: bool, calls: CallCount) -> Evaluation:
+        counter = Counter(calls)
         self.counts = counter.counts
         self.small_calls = CallCount()
         small = self.small.stack(self.small_calls, needs_eps, label="t_stitch small").outer

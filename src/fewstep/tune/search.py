@@ -72,7 +72,7 @@ class ReuseCache:
     limit: int
     entries: list[_Entry] = field(default_factory=list)
 
-    def wrap(self, inner: Evaluation, needs_eps: bool) -> Evaluation:
+    def wrap(self, inner: Evaluation, needs_eps: bool, calls: CallCount) -> Evaluation:
         index = iter(range(1 << 62))
         # the run's own calls join self.calls when the run ends: count them here meanwhile
         before, made = self.calls.nfe, iter(range(1, 1 << 62))
