@@ -668,3 +668,14 @@ def test_fp16_loop_keeps_the_dtype() -> None:
     s.set_timesteps(10)
     x = loop(s, images().half(), s.timesteps)
     assert x.dtype == torch.float16 and torch.isfinite(x).all()
+
+
+def test_node_times_are_the_planned_grid() -> None:
+    scheduler = FewstepScheduler(solver="dpmpp_2m", final="t_min")
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        scheduler.node_times
+    scheduler.set_timesteps(6)
+    times = scheduler.node_times
+    assert len(times) == 7 and np.all(np.diff(times) < 0)
+    # a one-evaluation solver evaluates at every node but the last; DDPM index i is the discrete time (i + 1) / 1000
+    np.testing.assert_allclose(times[:-1] * 1000 - 1, scheduler.timesteps.double().numpy(), rtol=0, atol=1e-3)

@@ -344,6 +344,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
         return self._step_index
 
     @property
+    def node_times(self) -> np.ndarray:
+        """The schedule times of the planned run's grid nodes, decreasing, the last one NaN where the run ends at the
+        clean data (``final="zero"``); RuntimeError before ``set_timesteps``."""
+        if self._plan is None:
+            raise RuntimeError("set_timesteps: call it before reading node_times")
+        return np.array(self._plan.nodes.t, dtype=np.float64)
+
+    @property
     def begin_index(self) -> int | None:
         """The index in ``timesteps`` the run starts at (``set_begin_index``; None when not set)."""
         return self._begin_index

@@ -55,8 +55,7 @@ def invert_latents(
     name = solver if isinstance(solver, str) else solver.name
     scheduler = FewstepScheduler.from_config(pipe.scheduler.config, solver=name, final="t_min", **scheduler_options)
     scheduler.set_timesteps(num_inference_steps)
-    assert scheduler._plan is not None  # set_timesteps plans the run
-    times = scheduler._plan.nodes.t[::-1].copy()
+    times = scheduler.node_times[::-1].copy()
     unet = pipe.unet
 
     def network(x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:

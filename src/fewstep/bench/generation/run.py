@@ -60,6 +60,28 @@ class _Plan:
     guidance_scale: float
 
 
+@dataclass(frozen=True)
+class _Request:
+    """The options of one :func:`generate` call, checked (see its docstring)."""
+
+    n: int
+    out: Path
+    model: str | Callable[[], Any]
+    solver: str | None
+    options: dict[str, Any]
+    tuned: Any
+    nfe: int | None
+    spacing: str | None
+    seed: int
+    batch: int
+    shard_size: int
+    format: str
+    guidance_scale: float
+    dtype: str
+    layout: str
+    progress: bool
+
+
 def _positive(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: must be an integer, got {type(value).__name__}")
@@ -230,54 +252,23 @@ def generate(
         )
     if not math.isfinite(float(guidance_scale)):
         raise ValueError(f"guidance_scale: must be finite, got {guidance_scale}")
-    out_dir = Path(out)
+    request = _Request(
+        n, Path(out), model, solver, dict(solver_options or {}), tuned, nfe, spacing, seed, batch, shard_size,
+        format, float(guidance_scale), dtype, layout, progress,
+    )  # fmt: skip
     group = join(device)
     try:
-        return _run(
-            group,
-            n,
-            out_dir,
-            model,
-            solver,
-            dict(solver_options or {}),
-            tuned,
-            nfe,
-            spacing,
-            seed,
-            batch,
-            shard_size,
-            format,
-            float(guidance_scale),
-            dtype,
-            layout,
-            progress,
-        )
+        return _run(group, request)
     finally:
         group.close()
 
 
-def _prepare(
-    group: Group,
-    n: int,
-    out: Path,
-    model: str | Callable[[], Any],
-    solver: str | None,
-    options: dict[str, Any],
-    tuned: Any,
-    nfe: int | None,
-    spacing: str | None,
-    seed: int,
-    batch: int,
-    shard_size: int,
-    fmt: str,
-    guidance_scale: float,
-    dtype: str,
-) -> tuple[_Plan, dict[str, Any], dict[str, Any] | None]:
+def _prepare(group: Group, r: _Request) -> tuple[_Plan, dict[str, Any], dict[str, Any] | None]:
     """The checks before any sample (module docstring): the plan, the configuration and the previous manifest."""
-    user = resolve_model(model)
-    if fmt == "png":
+    user = resolve_model(r.model)
+    if r.format == "png":
         check_image_shape(tuple(user.shape))
-    instance, nfe_used, times, sampler = _load_solver(solver, options, tuned, nfe, user)
+    instance, nfe_used, times, sampler = _load_solver(r.solver, r.options, r.tuned, r.nfe, user)
     reason = instance.batch_dependence() if instance is not None else None
     if reason is not None:
         raise ValueError(f"solver: generate gives each sample its own noise, but {reason}")
@@ -285,81 +276,48 @@ def _prepare(
         user,
         instance,
         nfe_used,
-        times if times is not None else spacing,
-        seed,
-        DTYPES[dtype],
+        times if times is not None else r.spacing,
+        r.seed,
+        DTYPES[r.dtype],
         group.device,
-        guidance_scale,
+        r.guidance_scale,
     )
     _dry_run(plan)
     v = versions()
     config = {
-        "model": model_name(model),
+        "model": model_name(r.model),
         **sampler,
         "nfe": nfe_used,
-        "spacing": spacing or "default",
-        "n": n,
-        "seed": seed,
-        "batch": batch,
-        "shard_size": shard_size,
-        "format": fmt,
-        "guidance_scale": guidance_scale,
-        "dtype": dtype,
+        "spacing": r.spacing or "default",
+        "n": r.n,
+        "seed": r.seed,
+        "batch": r.batch,
+        "shard_size": r.shard_size,
+        "format": r.format,
+        "guidance_scale": r.guidance_scale,
+        "dtype": r.dtype,
         "device_type": group.device.type,
         "shape": list(user.shape),
         "data_range": list(user.data_range),
         "fewstep": v["fewstep"],
         "torch": v["torch"],
     }
-    previous = check_directory(out, config)
+    previous = check_directory(r.out, config)
     return plan, config, previous
 
 
-def _run(
-    group: Group,
-    n: int,
-    out: Path,
-    model: str | Callable[[], Any],
-    solver: str | None,
-    options: dict[str, Any],
-    tuned: Any,
-    nfe: int | None,
-    spacing: str | None,
-    seed: int,
-    batch: int,
-    shard_size: int,
-    fmt: str,
-    guidance_scale: float,
-    dtype: str,
-    layout: str,
-    progress: bool,
-) -> dict[str, Any]:
+def _run(group: Group, request: _Request) -> dict[str, Any]:
     from ...model import CallCount
 
+    n, out, fmt, layout, progress = request.n, request.out, request.format, request.layout, request.progress
     failure: Exception | None = None
     try:
-        plan, config, previous = _prepare(
-            group,
-            n,
-            out,
-            model,
-            solver,
-            options,
-            tuned,
-            nfe,
-            spacing,
-            seed,
-            batch,
-            shard_size,
-            fmt,
-            guidance_scale,
-            dtype,
-        )
+        plan, config, previous = _prepare(group, request)
     except Exception as err:  # every rank must learn of any rank's failure before the first sample
         failure = err
     if not group.all_true(failure is None):
         raise failure or RuntimeError("another rank failed its checks before generating; see its message")
-    shards = make_shards(n, shard_size)
+    shards = make_shards(n, request.shard_size)
     ranges = {str(r): index_ranges(assign(shards, r, group.world_size, layout)) for r in range(group.world_size)}
     history = list(previous.get("history", [])) if previous else []
     manifest: dict[str, Any] = {
@@ -387,7 +345,7 @@ def _run(
         if progress and why != "not written":
             _say(group, f"shard {shard.number}: {why}; generating it again")
         parts = []
-        for indices in batches(shard, batch):
+        for indices in batches(shard, request.batch):
             before = calls.nfe
             parts.append(_sample_batch(plan, indices, calls).cpu().numpy())
             evaluations += (calls.nfe - before) * len(indices)
