@@ -673,7 +673,7 @@ def test_fp16_loop_keeps_the_dtype() -> None:
 def test_node_times_are_the_planned_grid() -> None:
     scheduler = FewstepScheduler(solver="dpmpp_2m", final="t_min")
     with pytest.raises(RuntimeError, match="set_timesteps"):
-        scheduler.node_times
+        _ = scheduler.node_times
     scheduler.set_timesteps(6)
     times = scheduler.node_times
     assert len(times) == 7 and np.all(np.diff(times) < 0)
