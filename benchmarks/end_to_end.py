@@ -7,6 +7,10 @@ a cheap data-prediction model ``model(x, sigma) = 0.5 x`` (one tensor operation:
 
 - ``fewstep.sample``: ``fewstep.sample(model, x, fewstep.EDM(), "dpmpp_2m", nfe=steps, spacing=levels,
   prediction="sample", time_input="sigma")`` with the grid's nonzero levels (for EDM the schedule time is sigma);
+  a repeated call finds the host side of its plan (node table, node times, solver coefficients) in fewstep's
+  value-keyed caches (:mod:`fewstep.memo`), as a pipeline sampling batch after batch does;
+- ``fewstep.sample, cold``: the same call with those caches emptied before it, untimed (every plan computed
+  afresh, as on a first call);
 - ``fewstep kdiffusion wrapper``: ``fewstep.integrations.kdiffusion.sample_dpmpp_2m(model, x, sigmas)``, the same
   solver behind k-diffusion's sampler signature (it builds the EDM schedule from the sigmas);
 - ``k-diffusion``: ``k_diffusion.sampling.sample_dpmpp_2m(model, x, sigmas, disable=True)``.
@@ -47,6 +51,7 @@ from torch.utils._pytree import tree_flatten
 
 import fewstep
 from fewstep.integrations import kdiffusion as fewstep_kd
+from fewstep.memo import clear_caches
 
 with warnings.catch_warnings():  # k-diffusion's optional imports (clip) warn about deprecated setuptools APIs
     warnings.simplefilter("ignore")
@@ -76,6 +81,8 @@ def _stop_model(x: Tensor, sigma: Tensor) -> Tensor:
 class Impl:
     name: str
     run: Runner
+    #: called before each timed call, untimed (the cold row empties fewstep's caches there)
+    prepare: Callable[[], None] = lambda: None
     times: list[float] = field(default_factory=list)
     setup: list[float] = field(default_factory=list)
 
@@ -98,6 +105,7 @@ def implementations(x: Tensor, sigmas: Tensor) -> list[Impl]:
 
     return [
         Impl("fewstep.sample", fewstep_sample),
+        Impl("fewstep.sample, cold", fewstep_sample, prepare=clear_caches),
         Impl("fewstep kdiffusion wrapper", fewstep_wrapper),
         Impl("k-diffusion", k_diffusion),
     ]
@@ -125,11 +133,13 @@ def time_interleaved(impls: list[Impl], repeat: int, warmup: int) -> None:
     rounds = [impls[r % len(impls) :] + impls[: r % len(impls)] for r in range(warmup + repeat)]
     for r, order in enumerate(rounds):
         for impl in order:
+            impl.prepare()
             t = _timed(lambda: impl.run(model))  # noqa: B023  (called at once)
             if r >= warmup:
                 impl.times.append(t)
     for r, order in enumerate(rounds):
         for impl in order:
+            impl.prepare()
             t = _until_first_call(impl.run)
             if r >= warmup:
                 impl.setup.append(t)
@@ -190,6 +200,8 @@ class OpCounter(TorchDispatchMode):
 
 
 def count_ops(impl: Impl, state_numel: int) -> OpCounter:
+    impl.run(model)  # a repeated call, as timed
+    impl.prepare()
     counter = OpCounter(state_numel)
     wrapped = counter.counted(model)
     with counter:

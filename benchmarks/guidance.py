@@ -9,6 +9,8 @@ DOP853 at rtol = atol = 1e-11; its distance to a 1e-8 solve is recorded) of
 - every deterministic fewstep solver on every spacing, run with ``guidance_scale=`` / ``uncond_kwargs=``;
 - a sampler fitted to the guided model by ``fewstep.tune`` per NFE (its own calibration noise, seed 1, 6,000 network
   calls; ``--no-tune`` leaves it out);
+- the solvers that led that grid (:data:`SPACING_SOLVERS`) on spacings with tuned options (:data:`TUNED_SPACINGS`:
+  Karras and polyexponential ``rho``, beta ``a``, ``b``; ``--no-spacings`` leaves them out);
 - every deterministic k-diffusion sampler (:data:`fewstep.bench.peers.KDIFFUSION_ODE`) on Karras, exponential and
   polyexponential sigmas, through a CFG denoiser (``u + w (c - u)`` on the denoised output);
 - every diffusers scheduler of :data:`fewstep.bench.peers.DIFFUSERS` on its default timesteps, linspace / leading /
@@ -22,8 +24,9 @@ NFE, both choices, their evaluation RMSE and ratio (the goal: at most 0.7), and 
 evaluation batch itself (oracle). Results go to ``benchmarks/results/guidance.json``, which a later run resumes from
 (``--fresh`` starts over).
 
-Usage: ``python benchmarks/guidance.py [--fresh] [--no-tune] [--targets labelled_2d,labelled_64d] [--nfe 5,8,10]``.
-About 7 minutes on a shared 2-core machine.
+Usage: ``python benchmarks/guidance.py [--fresh] [--no-tune] [--no-spacings] [--targets labelled_2d,labelled_64d]
+[--nfe 5,8,10]``.
+The last run took 13 minutes on a shared 2-core machine, resuming the named-spacing rows from the JSON.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from fewstep.bench.peers import (
 from fewstep.bench.targets import reference_solution_from_time
 from fewstep.bench.targets.conditional import cfg_combine
 from fewstep.spacing import SPACINGS as FEWSTEP_SPACINGS
+from fewstep.spacing import Spacing
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "guidance.json"
@@ -67,6 +71,17 @@ TUNE_BATCH = 80  # calibration and held-out samples of the tuning: a multiple of
 KDIFFUSION_SPACINGS = ("karras", "exponential", "polyexponential")
 DIFFUSERS_SPACINGS: tuple[str | None, ...] = (None, *SPACINGS, *SIGMA_GRIDS)
 GOAL = 0.7
+#: Spacings with tuned options, searched for fewstep's side with the solvers that led the named-spacing grid (a
+#: spacing fitted to the guided model: chosen on the selection batch like every other configuration).
+TUNED_SPACINGS: dict[str, str | Spacing] = {
+    **{f"karras(rho={r})": Spacing("karras", rho=r) for r in (2, 3, 4, 5, 10)},
+    **{f"polyexponential(rho={r})": Spacing("polyexponential", rho=r) for r in (0.5, 0.75, 1.5, 2, 3)},
+    **{f"beta(a={a},b={b})": Spacing("beta", a=a, b=b) for a in (0.4, 0.6, 0.8) for b in (0.4, 0.6, 0.8)},
+}
+SPACING_SOLVERS = (
+    "ipndm_v", "lms", "deis_2", "deis_3", "deis_rho_3", "dpm_solver_2", "dpm_solver_3", "unipc_bh1", "unipc_bh2",
+    "dpmpp_2m", "dpmpp_3m",
+)  # fmt: skip
 Row = list[Any]  # [RMSE on the selection batch, RMSE on the evaluation batch, NFE spent]; RMSE None: failed
 
 
@@ -82,15 +97,18 @@ def _errors(x: torch.Tensor | None, reference: torch.Tensor, nfe: int | None) ->
 
 
 def fewstep_rows(case: dict[str, Any], model: Any, noise: torch.Tensor, reference: torch.Tensor, run: GuidedRun,
-                 schedule: fewstep.NoiseSchedule, nfes: list[int], save: Any) -> None:  # fmt: skip
-    """Every deterministic solver x spacing at every NFE, into ``case["fewstep"]`` ("solver|spacing|nfe": Row); saved
-    after each solver."""
-    rows = case.setdefault("fewstep", {})
-    for solver in deterministic_solvers():
+                 schedule: fewstep.NoiseSchedule, nfes: list[int], save: Any, into: str = "fewstep",
+                 solvers: tuple[str, ...] | None = None,
+                 spacings: dict[str, str | Spacing] | None = None) -> None:  # fmt: skip
+    """Every deterministic solver (or ``solvers``) x named spacing (or ``spacings``, by label) at every NFE, into
+    ``case[into]`` ("solver|spacing|nfe": Row); saved after each solver."""
+    rows = case.setdefault(into, {})
+    grid = spacings if spacings is not None else {name: name for name in FEWSTEP_SPACINGS}
+    for solver in solvers if solvers is not None else deterministic_solvers():
         new = False
-        for spacing in FEWSTEP_SPACINGS:
+        for label, spacing in grid.items():
             for asked in nfes:
-                key = f"{solver}|{spacing}|{asked}"
+                key = f"{solver}|{label}|{asked}"
                 nfe = _feasible_nfe(solver, asked, schedule, True)
                 if key in rows or nfe is None:
                     continue
@@ -154,7 +172,7 @@ def tuned_rows(case: dict[str, Any], target: Any, noise: torch.Tensor, reference
         save()
 
 
-def measure(name: str, nfes: list[int], results: dict[str, Any], tune: bool, save: Any) -> None:
+def measure(name: str, nfes: list[int], results: dict[str, Any], tune: bool, spaced: bool, save: Any) -> None:
     case = results.setdefault("cases", {}).setdefault(name, {})
     target, schedule = make_target(name), make_schedule(SCHEDULE)
     gen = torch.Generator().manual_seed(SEED)
@@ -173,6 +191,11 @@ def measure(name: str, nfes: list[int], results: dict[str, Any], tune: bool, sav
     model = target.model(schedule, "epsilon")
     fewstep_rows(case, model, noise, reference, run, schedule, nfes, save)
     print(f"{name}: fewstep done at {time.perf_counter() - started:.0f} s", flush=True)
+    if spaced:
+        fewstep_rows(
+            case, model, noise, reference, run, schedule, nfes, save, "spaced", SPACING_SOLVERS, TUNED_SPACINGS
+        )
+        print(f"{name}: tuned spacings done at {time.perf_counter() - started:.0f} s", flush=True)
     if any(not any(k.endswith(f"|{n}") for k in case.get("peers", {})) for n in nfes):
         peer_rows(case, model, noise, reference, run, schedule, nfes)
         save()
@@ -204,7 +227,7 @@ def table(results: dict[str, Any], nfes: list[int]) -> tuple[str, list[dict[str,
     ]
     summary = []
     for name, case in results.get("cases", {}).items():
-        ours_rows = {**case.get("fewstep", {}), **case.get("tuned", {})}
+        ours_rows = {**case.get("fewstep", {}), **case.get("spaced", {}), **case.get("tuned", {})}
         for nfe in nfes:
             ours, ours_row = best(ours_rows, nfe, 0)
             theirs, theirs_row = best(case.get("peers", {}), nfe, 0)
@@ -252,6 +275,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming from the JSON")
     parser.add_argument("--no-tune", action="store_true", help="leave out the tuned samplers (fewstep.tune)")
+    parser.add_argument("--no-spacings", action="store_true", help="leave out the spacings with tuned options")
     parser.add_argument("--targets", default="labelled_2d,labelled_64d")
     parser.add_argument("--nfe", default="5,8,10")
     args = parser.parse_args()
@@ -275,7 +299,7 @@ def main() -> None:
         atomic_write_text(RESULTS, json.dumps(results, indent=1, sort_keys=True) + "\n")
 
     for name in args.targets.split(","):
-        measure(name, nfes, results, not args.no_tune, save)
+        measure(name, nfes, results, not args.no_tune, not args.no_spacings, save)
     text, summary = table(results, nfes)
     results["summary"] = summary
     save()

@@ -6,6 +6,10 @@ evaluation on the Gaussians and the logistic regression.
     python benchmarks/langevin.py                      # every target; writes benchmarks/results/langevin.json
     python benchmarks/langevin.py --targets banana --draws 500 --warmup 300
     python benchmarks/langevin.py --report             # print the stored tables
+    python benchmarks/langevin.py --targets gaussian --friction 1.0 --out benchmarks/results/langevin_friction1.json
+
+Each target's entry in the results file keeps the settings it ran with (chains, draws, warm-up, friction), so
+targets may be run with different budgets (the 1,000-D Gaussian with a shorter one).
 
 blackjax runs NUTS first; each fewstep sampler then gets as many gradient evaluations per chain as NUTS spent
 (warm-up included), so ESS per gradient compares like for like (fewstep.bench.mcmc_compare). The logistic
@@ -49,6 +53,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000, help="NUTS's kept draws per chain")
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--friction", default="auto", help="the kinetic samplers' friction: 'auto' (adapted in warm-up) or a float"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "langevin.json")
     parser.add_argument("--report", action="store_true", help="only print the tables stored in --out")
     args = parser.parse_args()
@@ -61,6 +68,8 @@ def main() -> None:
     if args.out.is_file():
         results = json.loads(args.out.read_text(encoding="utf-8")).get("targets", {})
     dims = dict(TARGETS)
+    friction = args.friction if args.friction == "auto" else float(args.friction)
+    options = {name: {"friction": friction} for name in ("kinetic", "baoab", "obabo", "randomized_midpoint")}
     for name in args.targets:
         target = density_target(name, dims.get(name))
         if isinstance(target, LogisticRegression):
@@ -74,15 +83,21 @@ def main() -> None:
             warmup=args.warmup,
             seed=args.seed,
             match_budget="blackjax_nuts" in names,
+            options=options,
         )
         print(
             f"\n{target.name} (d = {target.dim}), {args.chains} chains, warm-up {args.warmup} "
             f"({time.perf_counter() - start:.0f} s)"
         )
         print(markdown_table(rows))
-        results[name] = {"name": target.name, "dim": target.dim, "rows": [r.as_dict() for r in rows]}
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "targets", "report")}
+        results[name] = {
+            "name": target.name,
+            "dim": target.dim,
+            "settings": settings,
+            "rows": [r.as_dict() for r in rows],
+        }
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        settings = {k: v for k, v in vars(args).items() if k not in ("out", "targets")}
         meta = {
             "command": "python benchmarks/langevin.py",
             "settings": settings,
@@ -96,10 +111,13 @@ def main() -> None:
 def report(path: Path) -> None:
     """Print the Markdown tables of a results file (what docs/langevin.md shows)."""
     data = json.loads(path.read_text(encoding="utf-8"))
-    settings = data["meta"]["settings"]
     for entry in data["targets"].values():
+        settings = entry.get("settings", data["meta"]["settings"])
         rows = [McmcRow(**row) for row in entry["rows"]]
-        print(f"\n{entry['name']} (d = {entry['dim']}), {settings['chains']} chains, warm-up {settings['warmup']}\n")
+        print(
+            f"\n{entry['name']} (d = {entry['dim']}), {settings['chains']} chains, warm-up {settings['warmup']}, "
+            f"NUTS draws {settings['draws']}, kinetic friction {settings.get('friction', 1.0)}\n"
+        )
         print(markdown_table(rows))
 
 

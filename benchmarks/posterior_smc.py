@@ -1,20 +1,28 @@
 """The SMC engine against exact targets: TDS on linear-Gaussian posteriors and FK steering on a quadratic-reward tilt.
 
-**TDS** (``fewstep.posterior.smc.TDS``) at NFE 20 per particle (DDPM proposal, logSNR spacing), K = 1, 4, 16, 64
-particles per prompt, ``--replicates`` replicates of ``--prompts`` prompts each, on
+**TDS** (``fewstep.posterior.smc.TDS``) at NFE 20 per particle (the default ``dpmpp_2m_sde`` proposal, logSNR
+spacing), K = 1, 4, 16, 64 particles per prompt, ``--replicates`` replicates of ``--prompts`` prompts each, on
 
-- ``2d``: the default 2-D mixture, observing the first coordinate, ``y = 1.4``, noise 0.3; the network is the
-  differentiable exact denoiser (``as_full_covariance(mixture).model``), so the twist's gradient goes through it;
+- ``2d``: the default 2-D mixture, observing the first coordinate, ``y = 1.4``, noise 0.3;
 - ``64d``: the 64-D mixture (200 modes), a random 16 x 64 Gaussian operator (entries N(0, 1/64)), noise 0.3, the
-  observation made from one prior sample; the network is the mixture's own exact denoiser, which detaches its
-  input: the twist's gradient is then the conversion's explicit part (``x0_hat = (x - sigma eps_hat) / alpha``
-  with ``eps_hat`` held), a Jacobian-free twist (the weights stay exact).
+  observation made from one prior sample (its posterior keeps one mode).
 
-The metric is the component-weight error: the total variation between the exact posterior's component weights
-(``fewstep.bench.targets.posterior.mixture_posterior``) and the particles' weighted estimate
-``sum_k w_k r(x_k)`` (``r``: the exact posterior's responsibilities), per prompt. The reference row is the same
-metric for K exact posterior samples, equally weighted. "within 3 SE" compares the K = 64 mean with the reference
-mean, with the standard error of their difference over all prompts of all replicates.
+The network is the differentiable exact denoiser (``as_full_covariance(mixture).model``), so the twist's gradient
+goes through it; ``--jacobian-free`` takes the isotropic mixture's own denoiser, which detaches its input (the
+gradient is then the conversion's explicit part only). ``--data-std`` (a number or ``none``) and
+``--twist-scale`` set the twist's variance ``r_t^2`` (``TDS`` docstring; defaults as ``TDS``).
+
+Metrics against the exact posterior (``fewstep.bench.targets.posterior.mixture_posterior``), each averaged within a
+replicate, then mean ± standard error over the replicates:
+
+- ``weight TV``: the total variation between the exact component weights and a prompt's weighted estimate
+  ``sum_k w_k r(x_k)`` (``r``: the exact posterior's responsibilities), averaged over the prompts;
+- ``sliced W2`` and ``MMD^2`` (``fewstep.bench.metrics``): one particle per prompt drawn by weight, the
+  ``prompts`` draws against as many fresh exact samples.
+
+The ``exact`` row is the same for exact posterior samples (K of them per prompt, equally weighted, for the TV; two
+independent sets for sliced W2 and MMD). "3 SE": whether the K = 64 mean is within 3 combined standard errors of
+the exact row (``fewstep.bench.metrics.within_spread``), per metric.
 
 **FK steering** (``FKSteering(r, 1, kind)``) for ``r(x) = -|x|^2/2 + 2 x_1`` on the 2-D mixture: the mean reward
 (weighted) for K = 1, 2, 4, 8 against plain sampling with the proposal's solver (``dpmpp_2m_sde``) at the same NFE
@@ -22,8 +30,8 @@ per particle and the exact tilt
 ``p(x) exp(r(x))`` (``reward_tilt``, 10^5 exact samples), and the fraction of the gap closed.
 
 Usage: ``python benchmarks/posterior_smc.py [--replicates 5] [--prompts 64] [--targets 2d,64d] [--nfe 20] [--no-fk]
-[--jacobian-free]``.
-About 5 minutes on a shared 2-core machine with the defaults (the 64-D K = 64 row takes 2 of them).
+[--jacobian-free] [--data-std 1|none] [--twist-scale 1] [--out benchmarks/results/posterior_smc.md]``.
+About 5 minutes on 2 cores with the defaults (the 64-D K = 64 row takes most of it; longer on a shared machine).
 """
 
 from __future__ import annotations
@@ -32,73 +40,146 @@ import argparse
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 import fewstep
+from fewstep.bench.metrics import Spread, exact_spread, mmd, sliced_wasserstein2, spread, within_spread
+from fewstep.bench.posterior_compare import REWARD_Q, posterior_problem
 from fewstep.bench.targets import mixture_2d, mixture_nd
-from fewstep.bench.targets.posterior import as_full_covariance, mixture_posterior, reward_tilt
+from fewstep.bench.targets.posterior import FullCovarianceMixture, as_full_covariance, mixture_posterior, reward_tilt
 from fewstep.posterior import Linear
-from fewstep.posterior.smc import TDS, FKSteering, smc
+from fewstep.posterior.smc import TDS, FKSteering, SMCResult, driftlite, smc
 
 F64 = torch.float64
 SCHED = fewstep.VP()
 PARTICLES = (1, 4, 16, 64)
+LINES: list[str] = []
+
+
+def emit(line: str = "") -> None:
+    """Print a line and keep it for the results file."""
+    print(line, flush=True)
+    LINES.append(line)
 
 
 def problem(
     name: str, jacobian_free: bool = False
 ) -> tuple[fewstep.bench.targets.GaussianMixture, Linear, Callable[..., torch.Tensor]]:
-    """The prior, the measurement and the network: the differentiable exact denoiser in 2-D (TDS's gradient through
-    the network), the isotropic mixture's own in 64-D (it detaches its input: the gradient is the conversion's
-    explicit part only, a Jacobian-free twist, for speed; ``jacobian_free`` picks it in 2-D too)."""
+    """The prior, the measurement and the network: the differentiable exact denoiser (TDS's gradient through the
+    network), or with ``jacobian_free`` the isotropic mixture's own, which detaches its input."""
     if name == "2d":
         mix = mixture_2d()
         meas = Linear(y=torch.tensor([[1.4]], dtype=F64), noise_std=0.3, A=torch.tensor([[1.0, 0.0]], dtype=F64))
-        model = mix.model(SCHED, "epsilon") if jacobian_free else as_full_covariance(mix).model(SCHED, "epsilon")
-        return mix, meas, model
-    mix = mixture_nd()
-    g = torch.Generator().manual_seed(7)
-    a = torch.randn(16, mix.dim, generator=g, dtype=F64) / math.sqrt(mix.dim)
-    x = mix.sample(1, generator=g)
-    y = x @ a.T + 0.3 * torch.randn(1, 16, generator=g, dtype=F64)
-    return mix, Linear(y=y, noise_std=0.3, A=a), mix.model(SCHED, "epsilon")
+    else:
+        mix = mixture_nd()
+        g = torch.Generator().manual_seed(7)
+        a = torch.randn(16, mix.dim, generator=g, dtype=F64) / math.sqrt(mix.dim)
+        x = mix.sample(1, generator=g)
+        y = x @ a.T + 0.3 * torch.randn(1, 16, generator=g, dtype=F64)
+        meas = Linear(y=y, noise_std=0.3, A=a)
+    model = mix.model(SCHED, "epsilon") if jacobian_free else as_full_covariance(mix).model(SCHED, "epsilon")
+    return mix, meas, model
 
 
-def tds_table(name: str, replicates: int, prompts: int, nfe: int = 20, jacobian_free: bool = False) -> None:
-    mix, meas, model = problem(name, jacobian_free)
-    post = mixture_posterior(mix, meas)
+def _tv(post: FullCovarianceMixture, x: torch.Tensor, w: torch.Tensor) -> float:
+    """Mean over prompts of the TV between the exact weights and ``sum_k w_k r(x_k)``; ``x`` (B, K, D), ``w`` (B, K)."""
+    b, k = w.shape
+    resp = post.responsibilities(x.reshape(b * k, -1)).reshape(b, k, -1)
     exact = torch.softmax(post.log_weights, 0)
-    print(f"\n### TDS, {name}: component-weight error (TV) at NFE {nfe}, {replicates} x {prompts} prompts\n")
-    print("| K | TDS error (mean ± SE) | exact samples (mean ± SE) | network calls | backward passes | seconds |")
-    print("|---|---|---|---|---|---|")
+    return float(((w[..., None] * resp).sum(1) - exact).abs().sum(1).mean() / 2)
+
+
+def _cell(s: Spread) -> str:
+    return f"{s.mean:.4f} ± {s.stderr:.4f}"
+
+
+Runner = Callable[[torch.Tensor, torch.Generator, fewstep.CallCount], SMCResult]
+
+
+def particle_table(post: FullCovarianceMixture, run: Runner, dim: int, args: argparse.Namespace, ess: bool) -> None:
+    """The rows K = 1 .. 64 of one sampler ``run(noise, generator, calls)`` against the exact ``post``, the exact
+    row and the 3-SE verdict at K = 64 (module docstring); ``ess``: add the mean final ESS / K."""
+    reps, prompts = args.replicates, args.prompts
+    extra = " final ESS / K |" if ess else ""
+    emit(f"| K | weight TV | sliced W2 | MMD^2 |{extra} network calls | backward passes | seconds |")
+    emit("|---|---|---|---|" + ("---|" if ess else "") + "---|---|---|")
+    rows = {}
     for k in PARTICLES:
-        errs, refs = [], []
+        values, fractions = [], []
         calls = fewstep.CallCount()
         start = time.perf_counter()
-        for rep in range(replicates):
+        for rep in range(reps):
             g = torch.Generator().manual_seed(1000 * rep + k)
-            noise = torch.randn(prompts, k, mix.dim, generator=g, dtype=F64)
+            noise = torch.randn(prompts, k, dim, generator=g, dtype=F64)
             rep_calls = fewstep.CallCount()
-            r = smc(model, noise, SCHED, TDS(meas), nfe=nfe, generator=g, calls=rep_calls)
+            r = run(noise, g, rep_calls)
             calls.add(rep_calls)
-            resp = post.responsibilities(r.samples.reshape(prompts * k, -1)).reshape(prompts, k, -1)
-            errs.append(((r.weights[..., None] * resp).sum(1) - exact).abs().sum(1) / 2)
-            xs = post.sample(prompts * k, generator=torch.Generator().manual_seed(5000 + 1000 * rep + k))
-            ref = post.responsibilities(xs).reshape(prompts, k, -1).mean(1)
-            refs.append((ref - exact).abs().sum(1) / 2)
+            pick = torch.multinomial(r.weights, 1, generator=g)[:, 0]
+            x = r.samples[torch.arange(prompts), pick].detach()
+            ref = post.sample(prompts, generator=torch.Generator().manual_seed(5000 + rep))
+            values.append((_tv(post, r.samples.detach(), r.weights), sliced_wasserstein2(x, ref), mmd(x, ref)))
+            fractions.append(float(r.ess[-1].mean()) / k)
         seconds = time.perf_counter() - start
-        e, ref = torch.cat(errs), torch.cat(refs)
-        n = e.numel()
-        se_e, se_r = float(e.std()) / math.sqrt(n), float(ref.std()) / math.sqrt(n)
-        print(
-            f"| {k} | {float(e.mean()):.4f} ± {se_e:.4f} | {float(ref.mean()):.4f} ± {se_r:.4f} | "
-            f"{calls.network // replicates} | {calls.backward // replicates} | {seconds:.1f} |"
-        )
-        if k == PARTICLES[-1]:
-            gap = float(e.mean()) - float(ref.mean())
-            within = gap <= 3 * math.hypot(se_e, se_r)
-            print(f"\nK = {k}: TDS - exact = {gap:+.4f}, 3 SE = {3 * math.hypot(se_e, se_r):.4f}: within = {within}")
+        rows[k] = [spread(v) for v in zip(*values, strict=True)]
+        cells = " | ".join(_cell(s) for s in rows[k])
+        frac = f" {sum(fractions) / len(fractions):.3f} |" if ess else ""
+        emit(f"| {k} | {cells} |{frac} {calls.network // reps} | {calls.backward // reps} | {seconds:.1f} |")
+    k = PARTICLES[-1]
+    floor = _exact_row(post, k, prompts, reps)
+    emit(f"| exact, K = {k} | {' | '.join(_cell(s) for s in floor)} |{' |' if ess else ''} 0 | 0 | |")
+    names = ("weight TV", "sliced W2", "MMD^2")
+    verdict = ", ".join(
+        f"{n} {'yes' if within_spread(a, b) else 'no'}" for n, a, b in zip(names, rows[k], floor, strict=True)
+    )
+    emit(f"\nK = {k} within 3 SE of exact: {verdict}")
+
+
+def tds_table(name: str, args: argparse.Namespace) -> None:
+    mix, meas, model = problem(name, args.jacobian_free)
+    pot = TDS(meas, twist_scale=args.twist_scale, data_std=args.data_std)
+    twist = "Jacobian-free" if args.jacobian_free else "through the network"
+    emit(
+        f"\n### TDS, {name}: NFE {args.nfe} per particle, {args.replicates} x {args.prompts} prompts, twist {twist}, "
+        f"data_std {args.data_std}, twist_scale {args.twist_scale}\n"
+    )
+
+    def run(noise: torch.Tensor, g: torch.Generator, calls: fewstep.CallCount) -> SMCResult:
+        return smc(model, noise, SCHED, pot, nfe=args.nfe, generator=g, calls=calls)
+
+    particle_table(mixture_posterior(mix, meas), run, mix.dim, args, ess=False)
+
+
+def driftlite_table(name: str, drift: str, args: argparse.Namespace) -> None:
+    """DriftLite on ``fewstep compare --posterior reward``'s tilt (``r(x) = -q/2 |x - c|^2``) of the 2-D / 64-D
+    mixture, through the differentiable exact denoiser."""
+    prob = posterior_problem("reward", name)
+    assert prob.reward is not None
+    reward, lam = prob.reward, prob.reward.scale
+    model = as_full_covariance(prob.prior).model(SCHED, "epsilon")
+    emit(
+        f"\n### DriftLite, {name}, reward tilt (q = {REWARD_Q[prob.dim]}), drift {drift!r}: NFE {args.nfe} per "
+        f"particle, {args.replicates} x {args.prompts} prompts\n"
+    )
+
+    def run(noise: torch.Tensor, g: torch.Generator, calls: fewstep.CallCount) -> SMCResult:
+        return driftlite(model, noise, SCHED, reward, nfe=args.nfe, generator=g, lam=lam, drift=drift, calls=calls)
+
+    particle_table(prob.exact, run, prob.dim, args, ess=True)
+
+
+def _exact_row(post: FullCovarianceMixture, k: int, prompts: int, reps: int) -> list[Spread]:
+    """The metrics for exact samples: K equally weighted per prompt (TV); two independent sets (sliced W2, MMD)."""
+    tvs = []
+    for rep in range(reps):
+        xs = post.sample(prompts * k, generator=torch.Generator().manual_seed(9000 + rep))
+        tvs.append(_tv(post, xs.reshape(prompts, k, -1), torch.full((prompts, k), 1.0 / k, dtype=F64)))
+    return [
+        spread(tvs),
+        exact_spread(sliced_wasserstein2, post, prompts, reps, seed=7000),
+        exact_spread(mmd, post, prompts, reps, seed=7000),
+    ]
 
 
 def fk_table(prompts: int) -> None:
@@ -114,12 +195,10 @@ def fk_table(prompts: int) -> None:
     base = torch.randn(prompts * 4, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
     plain_x = fewstep.sample(model, base, SCHED, "dpmpp_2m_sde", nfe=20, generator=torch.Generator().manual_seed(2))
     plain = float(reward(plain_x).mean())
-    print(f"\n### FK steering, 2d, r(x) = -|x|^2/2 + 2 x_1, NFE 20 per particle, {prompts * 4} prompts\n")
-    print(
-        f"plain sampling (dpmpp_2m_sde, the proposal) mean reward {plain:.4f}; exact tilted mean reward {exact:.4f}\n"
-    )
-    print("| potential | K | mean reward | gap closed |")
-    print("|---|---|---|---|")
+    emit(f"\n### FK steering, 2d, r(x) = -|x|^2/2 + 2 x_1, NFE 20 per particle, {prompts * 4} prompts\n")
+    emit(f"plain sampling (dpmpp_2m_sde, the proposal) mean reward {plain:.4f}; exact tilted mean reward {exact:.4f}\n")
+    emit("| potential | K | mean reward | gap closed |")
+    emit("|---|---|---|---|")
     for kind in ("difference", "max", "sum"):
         for k in (1, 2, 4, 8):
             noise = torch.randn(prompts * 4, k, 2, generator=torch.Generator().manual_seed(3 + k), dtype=F64)
@@ -127,7 +206,11 @@ def fk_table(prompts: int) -> None:
                 model, noise, SCHED, FKSteering(reward, 1.0, kind), nfe=20, generator=torch.Generator().manual_seed(k)
             )
             steered = float(r.expectation(reward(r.samples.reshape(-1, 2)).reshape(-1, k)).mean())
-            print(f"| {kind} | {k} | {steered:.4f} | {(steered - plain) / (exact - plain):.3f} |")
+            emit(f"| {kind} | {k} | {steered:.4f} | {(steered - plain) / (exact - plain):.3f} |")
+
+
+def _data_std(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 def main() -> None:
@@ -137,13 +220,24 @@ def main() -> None:
     parser.add_argument("--targets", default="2d,64d")
     parser.add_argument("--nfe", type=int, default=20, help="network calls per particle of the TDS runs")
     parser.add_argument("--no-fk", action="store_true", help="leave the FK steering table out")
-    parser.add_argument("--jacobian-free", action="store_true", help="2d: the mixture's own (detaching) denoiser")
+    parser.add_argument("--jacobian-free", action="store_true", help="the mixture's own (detaching) denoiser")
+    parser.add_argument("--data-std", type=_data_std, default=1.0, help="TDS data_std (a number or none)")
+    parser.add_argument("--twist-scale", type=float, default=1.0, help="TDS twist_scale")
+    parser.add_argument("--driftlite", default="", help="DriftLite tables on these targets (e.g. 2d,64d)")
+    parser.add_argument("--drifts", default="none,guidance,vcg", help="DriftLite's drifts to tabulate")
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables to this file")
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     for name in filter(None, args.targets.split(",")):
-        tds_table(name, args.replicates, args.prompts, args.nfe, args.jacobian_free)
+        tds_table(name, args)
     if not args.no_fk:
         fk_table(args.prompts)
+    for name in filter(None, args.driftlite.split(",")):
+        for drift in filter(None, args.drifts.split(",")):
+            driftlite_table(name, drift, args)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(LINES) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ unipc_bh2 and ipndm):
 - teleport_model: the same with the fit estimated from the network (``GaussianFit.from_model``, one call);
 - ab_cache: ``ABCache(every=2|3, order=2)``;
 - skip: ``SkipCache(threshold, max_skips=1)``;
+- sada: ``SADA(threshold, max_skips=1)`` (the stability criterion: the ODE gradient's second-order difference);
 - t_stitch: the early requests (lambda below the switch) by a cheap model: the Gaussian fit's exact denoiser on the
   mixtures, a smaller network trained on the same data on the learned targets (its calls listed as substituted).
 
@@ -18,6 +19,9 @@ Columns: requests, network calls of the run's model, substituted requests, RMSE,
 ``--repeats`` runs, single thread), then the RMSE of the same solver without the reducer at the same network calls,
 the best plain solver's at the same network calls, and the best plain RMSE reached in at most the same seconds. Writes benchmarks/results/reducers.json and .md.
 Run: python benchmarks/reducers.py [--samples 256] [--targets default,nd64,learned,digits_unet] [--repeats 3]
+[--methods teleport,ab_cache,skip,sada,t_stitch] [--requests 6,8,10,12,16,20] [--plain-nfes 3-20] [--out STEM]
+(the SADA table of docs/reducers.md: --methods sada,skip --targets nd64,learned --requests 20,30,50,100
+--plain-nfes 3-100 --repeats 1 --out benchmarks/results/reducers_sada)
 """
 
 from __future__ import annotations
@@ -42,10 +46,12 @@ from fewstep.bench.targets import (
 )
 from fewstep.bench.targets.digits_unet import DigitsUNetConfig
 from fewstep.bench.targets.learned import TrainConfig
-from fewstep.reducers import ABCache, GaussianFit, SkipCache, Teleport, TStitch
+from fewstep.reducers import SADA, ABCache, GaussianFit, SkipCache, Teleport, TStitch
 
 PLAIN = ("dpmpp_2m", "dpmpp_3m", "unipc_bh2", "ipndm")
 PLAIN_NFES = tuple(range(3, 21))
+SKIP_REQUESTS = (6, 8, 10, 12, 16, 20)
+METHODS = ("teleport", "ab_cache", "skip", "sada", "t_stitch")
 NFES = (4, 5, 6, 8, 10, 12, 16)
 TELEPORT_SOLVERS = ("dpmpp_2m", "unipc_bh2", "ipndm")
 RESULTS = Path(__file__).parent / "results"
@@ -149,40 +155,33 @@ def lambda_switch(schedule: fewstep.NoiseSchedule, fraction: float) -> float:
     return float(schedule.t_of_lambda(torch.tensor(lam[0] + fraction * (lam[1] - lam[0]), dtype=torch.float64)))
 
 
-def run_case(case: Case, repeats: int, tol: float) -> list[Result]:
+def run_case(
+    case: Case,
+    repeats: int,
+    tol: float,
+    methods: set[str],
+    requests: tuple[int, ...] = SKIP_REQUESTS,
+    plain_nfes: tuple[int, ...] = PLAIN_NFES,
+) -> list[Result]:
     rows: list[Result] = []
     for solver in PLAIN:
-        for nfe in PLAIN_NFES:
+        for nfe in plain_nfes:
             try:
                 rows.append(measure(case, "plain", solver, nfe, repeats))
             except ValueError:
                 continue
-    schedule = case.denoiser.schedule
-    gen = torch.Generator().manual_seed(0)
-    dtype = torch.float64
-    teleports = {"teleport": Teleport.auto(case.fit, case.denoiser, case.shape, tol, generator=gen, dtype=dtype)}
-    model_fit = GaussianFit.from_model(case.denoiser, case.shape, generator=gen, dtype=dtype)
-    teleports["teleport_model"] = Teleport.auto(model_fit, case.denoiser, case.shape, tol, generator=gen, dtype=dtype)
-    for label, tp in teleports.items():
-        assert tp.choice is not None
-        note = f"t_skip={tp.t_skip:.3f}, {tp.choice.network_calls} probe calls once"
-        for solver in TELEPORT_SOLVERS:
-            for nfe in NFES:
-                rows.append(measure(case, label, solver, nfe, repeats, teleport=tp, note=note))
-    for every in (2, 3):
-        for nfe in (6, 8, 10, 12, 16, 20):
-            layer = ABCache(every=every, order=2)
-            rows.append(measure(case, f"ab_cache(every={every})", "dpmpp_2m", nfe, repeats, layer=layer))
-    for threshold in (0.05, 0.1):
-        for nfe in (6, 8, 10, 12, 16, 20):
-            layer = SkipCache(threshold, max_skips=1)
-            rows.append(measure(case, f"skip(threshold={threshold})", "dpmpp_2m", nfe, repeats, layer=layer))
-    for fraction in (0.2, 0.35):
-        t_switch = lambda_switch(schedule, fraction)
-        for nfe in NFES:
-            layer = TStitch(case.small, t_switch)
-            note = f"{case.small_label} for lambda < {fraction:.0%} of the span (t >= {t_switch:.3f})"
-            rows.append(measure(case, f"t_stitch({fraction})", "dpmpp_2m", nfe, repeats, layer=layer, note=note))
+    if "sada" in methods:
+        for threshold in (0.05, 0.1, 0.2):
+            for nfe in requests:
+                layer = SADA(threshold, max_skips=1)
+                rows.append(measure(case, f"sada(threshold={threshold})", "dpmpp_2m", nfe, repeats, layer=layer))
+    if "skip" in methods:
+        for threshold in (0.05, 0.1):
+            for nfe in requests:
+                layer = SkipCache(threshold, max_skips=1)
+                rows.append(measure(case, f"skip(threshold={threshold})", "dpmpp_2m", nfe, repeats, layer=layer))
+    if methods & {"teleport", "ab_cache", "t_stitch"}:
+        rows += _others(case, repeats, tol, methods)
     plain = [r for r in rows if r.method == "plain"]
     for r in rows:
         same_calls = [p.rmse for p in plain if p.network == r.network]
@@ -191,6 +190,44 @@ def run_case(case: Case, repeats: int, tol: float) -> list[Result]:
         r.plain_equal_calls = min(same_calls, default=math.nan)
         r.plain_equal_seconds = min((p.rmse for p in plain if p.seconds <= r.seconds), default=math.nan)
     return rows
+
+
+def _others(case: Case, repeats: int, tol: float, methods: set[str]) -> list[Result]:
+    rows: list[Result] = []
+    schedule = case.denoiser.schedule
+    gen = torch.Generator().manual_seed(0)
+    dtype = torch.float64
+    teleports = {}
+    if "teleport" in methods:
+        teleports["teleport"] = Teleport.auto(case.fit, case.denoiser, case.shape, tol, generator=gen, dtype=dtype)
+        model_fit = GaussianFit.from_model(case.denoiser, case.shape, generator=gen, dtype=dtype)
+        teleports["teleport_model"] = Teleport.auto(model_fit, case.denoiser, case.shape, tol, generator=gen,
+                                                    dtype=dtype)  # fmt: skip
+    for label, tp in teleports.items():
+        assert tp.choice is not None
+        note = f"t_skip={tp.t_skip:.3f}, {tp.choice.network_calls} probe calls once"
+        for solver in TELEPORT_SOLVERS:
+            for nfe in NFES:
+                rows.append(measure(case, label, solver, nfe, repeats, teleport=tp, note=note))
+    for every in (2, 3) if "ab_cache" in methods else ():
+        for nfe in (6, 8, 10, 12, 16, 20):
+            layer = ABCache(every=every, order=2)
+            rows.append(measure(case, f"ab_cache(every={every})", "dpmpp_2m", nfe, repeats, layer=layer))
+    for fraction in (0.2, 0.35) if "t_stitch" in methods else ():
+        t_switch = lambda_switch(schedule, fraction)
+        for nfe in NFES:
+            layer = TStitch(case.small, t_switch)
+            note = f"{case.small_label} for lambda < {fraction:.0%} of the span (t >= {t_switch:.3f})"
+            rows.append(measure(case, f"t_stitch({fraction})", "dpmpp_2m", nfe, repeats, layer=layer, note=note))
+    return rows
+
+
+def ints(text: str) -> tuple[int, ...]:
+    """``"a-b"`` (inclusive) or ``"a,b,c"``."""
+    if "-" in text:
+        lo, hi = text.split("-")
+        return tuple(range(int(lo), int(hi) + 1))
+    return tuple(int(v) for v in text.split(","))
 
 
 def markdown(rows: list[Result]) -> str:
@@ -217,19 +254,26 @@ def main() -> None:
     parser.add_argument("--targets", default="default,nd64,learned,digits_unet")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tol", type=float, default=0.01, help="choose_t_skip's tolerance")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"a subset of {','.join(METHODS)}")
+    parser.add_argument("--requests", default=",".join(map(str, SKIP_REQUESTS)), help="requests of skip and sada runs")
+    parser.add_argument("--plain-nfes", default="3-20", help="NFEs of the plain runs: a range a-b or a list")
     parser.add_argument("--out", default=str(RESULTS / "reducers"), help="path stem of the .json and .md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows: list[Result] = []
     for case in cases(args.targets.split(","), args.samples, args.seed):
         start = time.perf_counter()
-        found = run_case(case, args.repeats, args.tol)
+        methods = set(args.methods.split(","))
+        if not methods <= set(METHODS):
+            raise SystemExit(f"--methods: choose from {', '.join(METHODS)}, got {args.methods!r}")
+        found = run_case(case, args.repeats, args.tol, methods, ints(args.requests), ints(args.plain_nfes))
         rows += found
         print(markdown(found), flush=True)
         print(f"{case.name}: {time.perf_counter() - start:.0f} s", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("samples", "seed", "targets", "repeats", "tol")}
+    keys = ("samples", "seed", "targets", "repeats", "tol", "methods", "requests", "plain_nfes")
+    settings = {k: getattr(args, k) for k in keys}
     out.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": [asdict(r) for r in rows]}, indent=1))
     out.with_suffix(".md").write_text(markdown(rows))
 

@@ -3,19 +3,25 @@
 For each target (the default 2-D mixture, the 64-D mixture ``mixture_nd``, the digits mixture, the learned MLP and,
 where this fewstep has it, the learned digits UNet) on its VP schedule, and each NFE of 5, 6, 8 and 10:
 
-- the held-out noise: 256 samples of ``sigma(t_max) N(0, I)`` from seed 1 (the tuning draws its own calibration
-  and held-out batches from seed 0), and its reference: the exact probability-flow ODE solution for the mixtures,
-  the network's own tight solve (``reference``) for the learned targets;
+- the held-out noise: ``--holdout`` samples (default 1,024; 512 on the digits targets, whose reference costs more)
+  of ``sigma(t_max) N(0, I)`` from seed 1 (the tuning draws its own calibration and held-out batches from seed 0),
+  and its reference: the exact probability-flow ODE solution for the mixtures, the network's own tight solve
+  (``reference``) for the learned targets. The RMSE of a few steps on these targets is dominated by the few samples
+  that land in another mode; 256 samples, used before, left the minimum over some 400 fixed configurations
+  biased towards the configuration that happened to move none of them;
 - the best fixed configuration: the lowest RMSE against the reference of every deterministic fewstep solver on
   every continuous spacing (at the largest NFE <= asked the solver can spend, as benchmarks/defaults.py does);
-- each tuning method (``auto``, ``gits``, ``dmn``, ``ld3``) with a calibration batch of 64 and a budget of 2,000
-  network calls (teacher included): its RMSE on the held-out noise, the ratio to the best fixed one, its network
-  calls and seconds.
+- each tuning method (``auto``, ``gits``, ``dmn``, ``ld3``) with a calibration batch and a held-out batch (on which
+  the tuning decides whether to keep its start) of ``--calibration`` samples each (default 256: a batched call counts
+  as one network call, and a larger batch generalises better, and decides better) and a budget of
+  ``--budget`` network calls (default 2,000, teacher and backward passes included): its RMSE on the held-out
+  noise, the ratio to the best fixed one, its network calls and seconds.
 
-The measurements go to ``benchmarks/results/tuning.json`` (resumed from: ``--fresh`` starts over) and the table into
-docs/tuning.md between its markers. Usage: ``python benchmarks/tuning.py [--fresh] [--targets default,nd64]
-[--methods auto,gits] [--no-write]``. One CPU thread; about 30-60 minutes in all (the digits UNet's first use trains
-it, a few minutes).
+The measurements go to ``benchmarks/results/tuning.json`` (or ``--results``; resumed from: ``--fresh`` starts over)
+and the table, with the targets of every other ``benchmarks/results/tuning*.json``, into docs/tuning.md between its
+markers. Usage: ``python benchmarks/tuning.py [--fresh] [--targets default,nd64] [--methods auto,gits]
+[--nfes 5,6,8,10] [--calibration 256] [--holdout 1024] [--budget 2000] [--results PATH] [--no-write]``. One CPU
+thread; about an hour in all on an idle machine (the digits UNet's first use trains it, a few minutes).
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ DOC = ROOT / "docs" / "tuning.md"
 NFES = (5, 6, 8, 10)
 METHODS = ("auto", "gits", "dmn", "ld3")
 TARGETS = ("default", "nd64", "digits", "learned", "digits_unet")
-HELD_OUT = 256
-CALIBRATION = 64
+HELD_OUT = 1024
+#: targets whose reference is costly: at most this many held-out samples
+HELD_OUT_COSTLY = {"digits": 512, "digits_unet": 512}
+CALIBRATION = 256
 BUDGET = 2000
 
 
@@ -96,26 +104,28 @@ def fixed_errors(case: dict[str, Any], noise: torch.Tensor, reference: torch.Ten
     return out
 
 
-def measure(name: str, methods: list[str]) -> dict[str, Any] | None:
+def measure(
+    name: str, methods: list[str], calibration: int, holdout: int, budget: int, nfes: tuple[int, ...] = NFES
+) -> dict[str, Any] | None:
     case = make_case(name)
     if case is None:
         return None
     schedule = case["schedule"]
     gen = torch.Generator().manual_seed(1)
-    noise = torch.randn(HELD_OUT, case["dim"], generator=gen, dtype=torch.float64) * float(
-        schedule.sigma(schedule.t_max)
-    )
+    noise = torch.randn(
+        min(holdout, HELD_OUT_COSTLY.get(name, holdout)), case["dim"], generator=gen, dtype=torch.float64
+    ) * float(schedule.sigma(schedule.t_max))
     reference = case["reference"](noise)
     cells: dict[str, Any] = {}
-    for nfe in NFES:
+    for nfe in nfes:
         fixed = fixed_errors(case, noise, reference, nfe)
         best = min(fixed, key=fixed.__getitem__)
         cell: dict[str, Any] = {"best_fixed": best, "best_fixed_rmse": fixed[best], "methods": {}}
         for method in methods:
             start = time.perf_counter()
             tuned = fewstep.tune(
-                case["model"], schedule, nfe=nfe, calibration=CALIBRATION, shape=(case["dim"],), method=method,
-                budget=BUDGET, prediction=case["prediction"], seed=0,
+                case["model"], schedule, nfe=nfe, calibration=calibration, holdout=calibration, shape=(case["dim"],), method=method,
+                budget=budget, prediction=case["prediction"], seed=0,
             )  # fmt: skip
             seconds = time.perf_counter() - start
             x = fewstep.sample(case["model"], noise, schedule, solver=tuned, prediction=case["prediction"])
@@ -126,6 +136,7 @@ def measure(name: str, methods: list[str]) -> dict[str, Any] | None:
             }  # fmt: skip
             print(f"{name} NFE {nfe} {method}: ratio {value / fixed[best]:.3f} ({tuned.calls} calls, {seconds:.0f} s)",
                   flush=True)  # fmt: skip
+        cell["settings"] = {"calibration": calibration, "holdout": int(noise.shape[0]), "budget": budget}
         cells[str(nfe)] = cell
     return cells
 
@@ -164,6 +175,15 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def merged(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with the targets of the other ``benchmarks/results/tuning*.json`` files it lacks (a target measured
+    apart with ``--results``)."""
+    out: dict[str, Any] = {}
+    for path in sorted(RESULTS.parent.glob("tuning*.json")):
+        out.update(json.loads(path.read_text()))
+    return {**out, **results}
+
+
 def write_doc(text: str) -> None:
     page = DOC.read_text()
     start, end = "<!-- tuning:start -->\n", "<!-- tuning:end -->"
@@ -176,26 +196,33 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="ignore earlier measurements")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--calibration", type=int, default=CALIBRATION, help="calibration samples per tuning")
+    parser.add_argument("--holdout", type=int, default=HELD_OUT, help="held-out samples of the measurement")
+    parser.add_argument("--budget", type=int, default=BUDGET, help="network calls per tuning")
+    parser.add_argument("--nfes", default=",".join(map(str, NFES)), help="the NFEs measured (default 5,6,8,10)")
+    parser.add_argument("--results", default=str(RESULTS), help="the JSON file of the measurements (resumed from)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not rewrite docs/tuning.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
-    if RESULTS.exists() and not args.fresh:
-        results = json.loads(RESULTS.read_text())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    store = Path(args.results)
+    if store.exists() and not args.fresh:
+        results = json.loads(store.read_text())
+    store.parent.mkdir(parents=True, exist_ok=True)
     methods = args.methods.split(",")
     for name in args.targets.split(","):
         if name in results:
             continue
-        cells = measure(name, methods)
+        nfes = tuple(int(v) for v in args.nfes.split(","))
+        cells = measure(name, methods, args.calibration, args.holdout, args.budget, nfes)
         if cells is None:
             print(f"{name}: not in this fewstep, skipped")
             continue
         results[name] = cells
-        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+        store.write_text(json.dumps(results, indent=1, sort_keys=True))
         if not args.no_write:  # the table so far, after each target
-            write_doc(table(results))
-    text = table(results)
+            write_doc(table(merged(results)))
+    text = table(merged(results))
     print(text)
     if not args.no_write:
         write_doc(text)

@@ -267,7 +267,9 @@ def test_potential_errors() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("nfe", [20, 100])
 def test_tds_acceptance_2d(nfe: int) -> None:
-    """K = 1, 4, 16, 64, 5 replicates of 64 prompts: the component-weight error falls with K, and at K = 64 it is
+    """The flat-prior twist (``data_std=None``) with the Jacobian-free network: the configuration that meets the 2-D
+    acceptance at NFE 100 (the default bounded twist does not there: 0.106 against 0.073, docs/posterior.md).
+    K = 1, 4, 16, 64, 5 replicates of 64 prompts: the component-weight error falls with K, and at K = 64 it is
     within 3 standard errors of the same metric for 64 exact posterior samples at NFE 100; at NFE 20 it is not (the
     measured gap, about 0.025 against 3 SE of 0.011, is reported by benchmarks/posterior_smc.py), so there the test
     asserts only the decrease and a bound of 1.6 times the exact samples' error."""
@@ -278,7 +280,7 @@ def test_tds_acceptance_2d(nfe: int) -> None:
         errs, refs = [], []
         for rep in range(5):
             g = torch.Generator().manual_seed(100 * k + rep)
-            r = smc(MODEL, noise(64, k, 200 * k + rep), SCHED, TDS(MEAS), nfe=nfe, generator=g)
+            r = smc(MODEL, noise(64, k, 200 * k + rep), SCHED, TDS(MEAS, data_std=None), nfe=nfe, generator=g)
             errs.append(component_weight_error(r, post, exact))
             xs = post.sample(64 * k, generator=torch.Generator().manual_seed(300 * k + rep)).reshape(64, k, 2)
             resp = post.responsibilities(xs.reshape(-1, 2)).reshape(64, k, -1).mean(1)

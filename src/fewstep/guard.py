@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,7 +54,8 @@ class DivergenceGuard:
     """The per-step scale ratios of one run over ``nodes`` (module docstring)."""
 
     def __init__(self, nodes: NodeTable, start: Tensor, solver: str, strict: bool = False) -> None:
-        self.start = torch.aminmax(start)  # now: the solver may write into the start tensor
+        # now: the solver may write into the start tensor
+        self.start = torch.aminmax(start.detach() if start.requires_grad else start)
         # by default every stride-th step (at most OBSERVED per run) and the last: a divergence persists
         self.stride = 1 if strict else -(-nodes.steps // OBSERVED)
         self.last = nodes.steps - 1
@@ -69,15 +71,15 @@ class DivergenceGuard:
         self.extremes.append(torch.aminmax(x.detach() if x.requires_grad else x))
         if self.strict:  # the start's ratio and this step's, one synchronisation
             start, now = self._ratios([self.start, self.extremes[-1]], [0, i + 1])
-            if bool(now > start * LIMIT):
-                raise DivergenceError(self._message(i, float(now / start)))
+            if now > start * LIMIT:
+                raise DivergenceError(self._message(i, now / start))
 
     def check(self) -> None:
         """After the run: one synchronisation; a :class:`DivergenceWarning` for the first step beyond the bound."""
         if not self.steps:
             return
         nodes = [0, *(i + 1 for i in self.steps)]
-        ratios = self._ratios([self.start, *self.extremes], nodes).tolist()
+        ratios = self._ratios([self.start, *self.extremes], nodes)
         bound = ratios[0] * LIMIT
         over = next((k for k, r in enumerate(ratios[1:]) if r > bound), None)
         if over is not None:
@@ -85,14 +87,15 @@ class DivergenceGuard:
                 self._message(self.steps[over], ratios[over + 1] / ratios[0]), DivergenceWarning, stacklevel=3
             )
 
-    def _ratios(self, extremes: list[tuple[Tensor, Tensor]], nodes: list[int]) -> Tensor:
+    def _ratios(self, extremes: list[tuple[Tensor, Tensor]], nodes: list[int]) -> list[float]:
         """``max(1, r_start)`` and then ``r = max |x| / sqrt(alpha^2 + sigma^2)`` of states with these ``extremes`` at
-        these ``nodes`` (the start's first; float32, on the device)."""
-        lo, hi = (torch.stack(v).float() for v in zip(*extremes, strict=True))
-        scale = (self.nodes.alpha[nodes] ** 2 + self.nodes.sigma[nodes] ** 2) ** 0.5
-        ratios = _peak(lo, hi) / torch.as_tensor(scale, dtype=torch.float32, device=lo.device)
-        ratios[0] = ratios[0].clamp(min=1.0)
-        return ratios
+        these ``nodes`` (the start's first), in float32: the extremes are read back in one copy (one host-device
+        synchronisation) and the few ratios computed on the host."""
+        flat = torch.stack([v for pair in extremes for v in pair]).float().cpu().numpy().reshape(-1, 2)
+        scale = ((self.nodes.alpha[nodes] ** 2 + self.nodes.sigma[nodes] ** 2) ** 0.5).astype(np.float32)
+        ratios = _peak(flat[:, 0], flat[:, 1]) / scale
+        ratios[0] = np.maximum(ratios[0], np.float32(1.0))
+        return ratios.tolist()
 
     def _message(self, i: int, times: float) -> str:
         t_next = float(self.nodes.t[i + 1])
@@ -103,6 +106,6 @@ class DivergenceGuard:
         )
 
 
-def _peak(lo: Tensor, hi: Tensor) -> Tensor:
+def _peak(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """``max |x|`` from ``x``'s extremes (NaN propagates)."""
-    return torch.maximum(hi, lo.neg()).float()
+    return np.maximum(hi, -lo)

@@ -14,22 +14,99 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from .memo import ValueCache, state_key, value_key
 from .model import Denoiser, Point
+from .model.denoiser import PointValues
 from .schedules import NoiseSchedule
 
+T = TypeVar("T")
+
 _NO_CONTEXT = contextlib.nullcontext()
+_OWNER_KEY, _NO_KEY = object(), object()  # NodeTable.memo's entries of the owners' value keys
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
     """``a`` (a new float64 array of this table's own) made read-only."""
     a.flags.writeable = False
     return a
+
+
+@dataclass(frozen=True, eq=False)
+class TableValues:
+    """The host side of a node table: its arrays (fields of :class:`NodeTable`) and, when the model's time input is
+    named, the :class:`~fewstep.model.denoiser.PointValues` of its model nodes. ``plans`` holds the plans solvers
+    derive from it (:meth:`NodeTable.remember`), shared by every run that finds these values in the cache."""
+
+    t: np.ndarray
+    alpha: np.ndarray
+    sigma: np.ndarray
+    lam: np.ndarray
+    h: np.ndarray
+    tau: np.ndarray
+    c: np.ndarray
+    point_values: PointValues | None
+    plans: dict[Hashable, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        schedule: NoiseSchedule,
+        t: np.ndarray,
+        clean_end: bool,
+        model_points: Sequence[Point],
+        point_values: PointValues | None,
+    ) -> TableValues:
+        """The arrays of node times ``t`` (a trailing nan for a clean end) from the model nodes' values."""
+        if point_values is not None:
+            alpha, sigma, lam = list(point_values.alpha), list(point_values.sigma), list(point_values.lam)
+        else:
+            alpha, sigma, lam = (
+                [p.alpha for p in model_points],
+                [p.sigma for p in model_points],
+                [p.lam for p in model_points],
+            )
+        if clean_end:
+            alpha.append(schedule.alpha_clean)
+            sigma.append(0.0)
+            lam.append(math.inf)
+        a, s, la = np.array(alpha, dtype=np.float64), np.array(sigma, dtype=np.float64), np.array(lam, dtype=np.float64)
+        regular = bool(np.isfinite(la[:-1]).all() and (a > 0).all())  # no inf - inf, no x / 0 below
+        with np.errstate(invalid="ignore", divide="ignore") if not regular else _NO_CONTEXT:
+            h = la[1:] - la[:-1]  # inf on a step to the clean end (or from alpha = 0)
+            if schedule.ode_variable == "t":
+                tau, c = np.where(np.isnan(t), 0.0, t), np.ones_like(a)
+            else:
+                tau, c = s / a, a.copy()
+        t = np.array(t, dtype=np.float64)
+        return cls(_frozen(t), _frozen(a), _frozen(s), _frozen(la), _frozen(h), _frozen(tau), _frozen(c), point_values)
+
+
+#: The host side of recent node tables, by value (:mod:`fewstep.memo`).
+TABLES: ValueCache[TableValues] = ValueCache(16)
+
+
+def _table_key(denoiser: Denoiser, t: np.ndarray, clean_end: bool, nfe_budget: int | None) -> Hashable | None:
+    """The value key of a table's host side: the schedule's state, the prediction, the model's time input, the
+    node times and the NFE budget; None when one of them has none (a callable time input, a schedule holding a
+    callable) or the table has a single model node."""
+    if callable(denoiser.time_input) or len(t) - clean_end < 2:
+        return None
+    schedule = state_key(denoiser.schedule, *SCHEDULE_CLASS_STATE)
+    times = value_key(t)
+    if schedule is None or times is None:
+        return None
+    return (schedule, denoiser.prediction, denoiser.time_input, times, clean_end, nfe_budget)
+
+
+#: The class-level attributes of a schedule that its table depends on, besides its instance state.
+SCHEDULE_CLASS_STATE = ("t_min", "t_max", "ode_variable", "alpha_clean", "default_time_input")
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,10 +130,13 @@ class NodeTable:
     clean_end: bool
     nfe_budget: int | None
     make_point: Callable[[float], Point] = field(repr=False)
+    #: plans derived from this table by solvers whose state has a value key, shared with the later runs on the same
+    #: values (:meth:`remember`; a table of its own by default)
+    shared: dict[Hashable, Any] = field(repr=False, default_factory=dict)
     #: whether each step has a finite lambda-size (:meth:`finite`)
     finite_steps: tuple[bool, ...] = field(init=False, repr=False)
-    #: plans derived from this table by a solver (its step orders), computed once per run
-    memo: dict[object, list[int]] = field(init=False, repr=False, default_factory=dict)
+    #: plans derived from this table by other solvers, computed once per run
+    memo: dict[Hashable, Any] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         finite = np.isfinite(self.lam)
@@ -74,41 +154,56 @@ class NodeTable:
         nfe_budget: int | None = None,
     ) -> NodeTable:
         """The table of node times ``t`` (with a trailing nan for a clean end) for states of ``batch`` samples on
-        ``device`` in ``dtype``."""
+        ``device`` in ``dtype``. Its host side comes from the cache when a run with the same values built it
+        (:data:`TABLES`); the Points' tensors are made for this run."""
         sched = denoiser.schedule
-        model_t = t[:-1] if clean_end else t
-        model_points = denoiser.points(model_t, batch, device, dtype)
-        alpha = [p.alpha for p in model_points]
-        sigma = [p.sigma for p in model_points]
-        lam = [p.lam for p in model_points]
+        key = _table_key(denoiser, t, clean_end, nfe_budget)
+        values = TABLES.get(key)
+        if values is not None and values.point_values is not None:
+            model_points = values.point_values.points(batch, device, dtype)
+        else:
+            model_t = t[:-1] if clean_end else t
+            vectorized = not callable(denoiser.time_input) and len(model_t) >= 2
+            point_values = denoiser.point_values(model_t) if vectorized else None
+            if point_values is not None:
+                model_points = point_values.points(batch, device, dtype)
+            else:
+                model_points = denoiser.points(model_t, batch, device, dtype)
+            values = TABLES.put(key, TableValues.of(sched, t, clean_end, model_points, point_values))
         points: list[Point | None] = list(model_points)
         if clean_end:
             points.append(None)
-            alpha.append(sched.alpha_clean)
-            sigma.append(0.0)
-            lam.append(math.inf)
-        a, s, la = np.array(alpha, dtype=np.float64), np.array(sigma, dtype=np.float64), np.array(lam, dtype=np.float64)
-        regular = bool(np.all(np.isfinite(la[:-1]))) and bool(np.all(a > 0))  # no inf - inf, no x / 0 below
-        with np.errstate(invalid="ignore", divide="ignore") if not regular else _NO_CONTEXT:
-            h = np.diff(la)  # inf on a step to the clean end (or from alpha = 0)
-            if sched.ode_variable == "t":
-                tau, c = np.where(np.isnan(t), 0.0, t), np.ones_like(a)
-            else:
-                tau, c = s / a, a.copy()
+        v = values
         return cls(
             sched,
-            _frozen(np.array(t, dtype=np.float64)),
-            _frozen(a),
-            _frozen(s),
-            _frozen(la),
-            _frozen(h),
-            _frozen(tau),
-            _frozen(c),
+            v.t,
+            v.alpha,
+            v.sigma,
+            v.lam,
+            v.h,
+            v.tau,
+            v.c,
             tuple(points),
             clean_end,
             nfe_budget,
             lambda time: denoiser.point(time, batch, device, dtype),
+            v.plans if key is not None else {},
         )
+
+    def remember(self, owner: object, what: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, a plan that ``owner`` (a solver) derives from this table alone, computed once per table.
+        When ``owner``'s state has a value key (:func:`fewstep.memo.state_key`) the plan is kept with the table's
+        values and shared with later runs on the same values; otherwise with this table only."""
+        owner_key = self.memo.get((_OWNER_KEY, owner), _NO_KEY)
+        if owner_key is _NO_KEY:  # the owner's state is read once per table
+            owner_key = self.memo[_OWNER_KEY, owner] = state_key(owner)
+        if owner_key is None:
+            memo, key = self.memo, (owner, what)
+        else:
+            memo, key = self.shared, (owner_key, what)
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]  # type: ignore[no-any-return]
 
     def tail(self, begin: int) -> NodeTable:
         """The table of the nodes from ``begin`` on (a run started part-way), without an NFE budget."""

@@ -85,7 +85,7 @@ def conversions(
 ) -> list[Affine]:
     """:func:`conversion` at many noise levels at once (float64 arrays; the same arithmetic, elementwise)."""
     check_prediction(prediction)
-    scalar = prediction == "velocity" or not (np.all(alpha > 0) and np.all(sigma > 0))
+    scalar = prediction == "velocity" or not ((alpha > 0).all() and (sigma > 0).all())
     if scalar:  # the per-level checks and messages of conversion()
         return [conversion(prediction, *v, check=False) for v in zip(alpha, sigma, dalpha, dsigma, strict=True)]
     n = len(alpha)

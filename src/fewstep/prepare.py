@@ -6,7 +6,7 @@ dtype, the node times of a fixed-step run, the noise source and the run context.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -19,8 +19,9 @@ from .finite import all_finite
 from .guard import DivergenceGuard
 from .guidance import GuidanceRule
 from .guidance.cfg_pp import is_cfg_pp
+from .memo import ValueCache, state_key, value_key
 from .model import CallCount, Denoiser, Threshold
-from .nodes import NodeTable
+from .nodes import SCHEDULE_CLASS_STATE, NodeTable
 from .noise.colored import ColoredNoise
 from .noise.source import NoiseSource
 from .schedules import NoiseSchedule
@@ -166,6 +167,10 @@ def check_counts(nfe: object, steps: object, spacing: object) -> None:
             raise ValueError(f"{name}: must be a positive integer, got {value!r}")
 
 
+#: The node times of recent runs, by value (:mod:`fewstep.memo`): a spacing is computed and checked once.
+TIMES: ValueCache[np.ndarray] = ValueCache(16)
+
+
 def node_times(
     schedule: NoiseSchedule,
     solver: Solver,
@@ -177,19 +182,38 @@ def node_times(
     shift: float = 1.0,
 ) -> np.ndarray:
     """The node times of a fixed-step run (a trailing nan for the clean end): from a spacing name and the NFE (or
-    step count) the solver spends, or the given times."""
-    if is_named(spacing):
+    step count) the solver spends, or the given times (a new array; the model times of earlier runs with the same
+    values come from :data:`TIMES`)."""
+    named = is_named(spacing)
+    count = 1  # model_times' n: ignored for given times
+    if named:
         first_infinite = float(schedule.alpha(schedule.t_max)) == 0.0
         n_steps = steps if steps is not None else solver.steps_for_nfe(int(nfe), first_infinite, clean_end)  # type: ignore[arg-type]
-        times = model_times(schedule, n_steps if clean_end else n_steps + 1, spacing, rho=rho, shift=shift)
-    else:
-        times = model_times(schedule, 1, spacing, shift=shift)
+        count = n_steps if clean_end else n_steps + 1
+    key = _times_key(schedule, spacing, count, rho, shift)
+    times = TIMES.get(key)
+    if times is None:
+        times = model_times(schedule, count, spacing, rho=rho, shift=shift).numpy()
+        times.flags.writeable = False
+        TIMES.put(key, times)
+    if not named:
         n_steps = len(times) if clean_end else len(times) - 1
         if n_steps < 1:
             raise ValueError("spacing: with final='t_min' give at least two times")
         if steps is not None and steps != n_steps:
             raise ValueError(f"steps: {steps} does not match the {len(times)} times given in spacing")
-    return np.concatenate([times.numpy(), [math.nan]]) if clean_end else times.numpy()
+    return np.concatenate([times, [math.nan]]) if clean_end else times.copy()
+
+
+def _times_key(
+    schedule: NoiseSchedule, spacing: SpacingLike, count: int, rho: float | None, shift: float
+) -> Hashable | None:
+    """The value key of :func:`model_times`' arguments (None when the schedule or the spacing has none)."""
+    sched = state_key(schedule, *SCHEDULE_CLASS_STATE)
+    space = value_key(spacing) if not isinstance(spacing, Spacing) else state_key(spacing)
+    if sched is None or space is None:
+        return None
+    return (sched, space, count, value_key(rho), value_key(shift))
 
 
 def check_nfe(solver: Solver, nodes: NodeTable, nfe: int | None) -> int:
@@ -237,6 +261,9 @@ def refuse_threshold_with_cfg_pp(denoiser: Denoiser) -> None:
 
 
 def _cfg_pp_hint(denoiser: Denoiser) -> str:
+    only = getattr(denoiser.guidance, "cfg_pp_solvers", None)  # a rule served by some CFG++ forms only
+    if only:
+        return f"{type(denoiser.guidance).__name__} needs one of the solvers {', '.join(only)} (e.g. {only[0]!r})"
     return (
         f"{type(denoiser.guidance).__name__} needs a solver with a CFG++ form: fewstep.sample with solver= one of "
         f"{', '.join(cfg_pp_solvers())} (e.g. 'dpmpp_2m'), or ClassifierFreeGuidance for plain CFG"

@@ -339,9 +339,9 @@ def check_times(schedule: NoiseSchedule, times: Tensor | np.ndarray | list[float
     t = np.array(times, dtype=np.float64)  # a copy, checked in numpy (cheaper than torch for a few dozen times)
     if t.ndim != 1 or t.size < 1:
         raise ValueError(f"timesteps: need a non-empty 1-D sequence of times, got shape {tuple(t.shape)}")
-    if not np.all(np.isfinite(t)):
+    if not np.isfinite(t).all():
         raise ValueError("timesteps: contain a non-finite value")
-    if t.size > 1 and not np.all(np.diff(t) < 0):
+    if not (t[1:] < t[:-1]).all():
         raise ValueError(f"timesteps: must be strictly decreasing (no duplicates), got {t.tolist()}")
     tol = 1e-9 * max(1.0, abs(schedule.t_max))
     if t[0] > schedule.t_max + tol or t[-1] < schedule.t_min - tol:

@@ -123,8 +123,9 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
     "--schedule",
     default="vp",
     show_default=True,
-    type=click.Choice(["vp", "cosine", "ddpm", "sd", "edm", "flow"]),
-    help="Noise schedule of the (exact) model; the learned target always uses its own (VP).",
+    type=click.Choice(["vp", "cosine", "ddpm", "sd", "edm", "flow", "mean_reverting"]),
+    help="Noise schedule of the (exact) model (mean_reverting: MRS's schedule of the shifted variable x - mu, "
+    "here with mu = 0); the learned target always uses its own (VP).",
 )
 @click.option(
     "--nfe", "nfes", default=None, callback=_ints_or_none, help="Comma-separated NFEs.  [default: 5,10,20,50]"
@@ -500,8 +501,9 @@ def _compare_model(
     }
     click.echo(f"teacher: {settings['reference']}")
     click.echo(cmp.format_table(rows, nfes, "rmse").replace("the exact solution", "the teacher"))
-    click.echo()
-    click.echo(cmp.format_table(rows, nfes, "seconds"))
+    for metric in ("seconds", "model_seconds", "solver_seconds"):
+        click.echo()
+        click.echo(cmp.format_table(rows, nfes, metric))
     title = f"{user.name}: RMSE against the teacher, {spacing} spacing"
     _write_outputs(Path(out_dir), rows, nfes, settings, title, no_plot, no_report)
 

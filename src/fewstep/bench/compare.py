@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from ..sampling import sample
-from ..schedules import EDM, VP, Cosine, DiscreteVP, Flow, NoiseSchedule
+from ..schedules import EDM, VP, Cosine, DiscreteVP, Flow, MeanReverting, NoiseSchedule
 from ..solvers import available, get_solver
 from .catalog import CONDITIONAL_TARGETS
 from .metrics import _kernel_sum, median_bandwidth, mode_coverage, sliced_wasserstein2
@@ -80,6 +80,7 @@ SCHEDULES: dict[str, Callable[[], NoiseSchedule]] = {
     "sd": DiscreteVP.scaled_linear,
     "edm": EDM,
     "flow": Flow,
+    "mean_reverting": MeanReverting,  # on the shifted variable x - mu (mu = 0 here: the exact targets' own data)
 }
 MIXTURES_2D = ("default", "ring", "grid", "wide", "unbalanced")
 TARGETS = (*MIXTURES_2D, "nd64", "image", "digits", "learned", "digits_unet", *CONDITIONAL_TARGETS)

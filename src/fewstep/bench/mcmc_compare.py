@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,7 +38,8 @@ PILOT = 10  # warm-up iterations and draws of the pilot runs that measure a samp
 class McmcRow:
     """One sampler's run on one target (module docstring); the ``*_error`` fields are None without reference
     moments, ``sliced_w2`` and ``mmd`` None without exact samples; ``diverged_chains``: chains with a non-finite
-    draw."""
+    draw; ``rejected_steps``: unadjusted steps the kinetic samplers' guard rejected (all chains; None for the
+    others, :mod:`fewstep.langevin.backoff`)."""
 
     target: str
     sampler: str
@@ -58,6 +59,7 @@ class McmcRow:
     sliced_w2: float | None
     mmd: float | None
     seconds: float
+    rejected_steps: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,18 +104,33 @@ def measure(target: DensityTarget, chains: Chains, seconds: float, seed: int = 0
         sliced_w2=w2,
         mmd=discrepancy,
         seconds=seconds,
+        rejected_steps=None if chains.divergences is None else int(chains.divergences.sum()),
     )
 
 
-def _run(target: DensityTarget, name: str, x0: torch.Tensor, draws: int, warmup: int, seed: int) -> Chains:
-    return sample(target.target(), name, x0, draws=draws, warmup=warmup, generator=torch.Generator().manual_seed(seed))
+Options = Mapping[str, Any]
 
 
-def _draws_for_budget(target: DensityTarget, name: str, x0: torch.Tensor, warmup: int, budget: int, seed: int) -> int:
+def _run(
+    target: DensityTarget, name: str, x0: torch.Tensor, draws: int, warmup: int, seed: int, options: Options | None
+) -> Chains:
+    generator = torch.Generator().manual_seed(seed)
+    return sample(target.target(), name, x0, draws=draws, warmup=warmup, generator=generator, **(options or {}))
+
+
+def _draws_for_budget(
+    target: DensityTarget,
+    name: str,
+    x0: torch.Tensor,
+    warmup: int,
+    budget: int,
+    seed: int,
+    options: Options | None = None,
+) -> int:
     """Draws that make ``name``'s run (``warmup`` included) spend ``budget`` gradient evaluations per chain."""
-    base = _run(target, name, x0, PILOT, PILOT, seed).gradient_evaluations
-    per_warm = (_run(target, name, x0, PILOT, 2 * PILOT, seed).gradient_evaluations - base) / PILOT
-    per_draw = (_run(target, name, x0, 2 * PILOT, PILOT, seed).gradient_evaluations - base) / PILOT
+    base = _run(target, name, x0, PILOT, PILOT, seed, options).gradient_evaluations
+    per_warm = (_run(target, name, x0, PILOT, 2 * PILOT, seed, options).gradient_evaluations - base) / PILOT
+    per_draw = (_run(target, name, x0, 2 * PILOT, PILOT, seed, options).gradient_evaluations - base) / PILOT
     fixed = base - PILOT * (per_warm + per_draw)
     return max(PILOT, int((budget - fixed - warmup * per_warm) / max(per_draw, 1e-12)))
 
@@ -140,12 +157,14 @@ def compare_samplers(
     warmup: int = 500,
     seed: int = 0,
     match_budget: bool = True,
+    options: Mapping[str, Options] | None = None,
 ) -> list[McmcRow]:
     """Run each of ``samplers`` (names of ``fewstep.langevin.SAMPLERS``, or ``"blackjax_nuts"`` /
     ``"blackjax_mala"``) on ``target`` from the same ``chains`` starting points; one :class:`McmcRow` each.
 
     blackjax's NUTS runs first; with ``match_budget`` the fewstep samplers then get its gradient budget per chain
-    (module docstring), blackjax's MALA as many draws as fewstep's MALA (else ``draws``)."""
+    (module docstring), blackjax's MALA as many draws as fewstep's MALA (without it, NUTS's budget). ``options`` maps a
+    fewstep sampler's name to the keyword options of its runs (``{"baoab": {"friction": 1.0}}``)."""
     from .mcmc_peers import PEER_SAMPLERS, run_blackjax
 
     names = check_samplers(samplers)
@@ -156,18 +175,21 @@ def compare_samplers(
     per_sampler_draws: dict[str, int] = {}
     for name in order:
         if name in PEER_SAMPLERS:
-            n = per_sampler_draws.get("mala", draws) if name == "blackjax_mala" and match_budget else draws
+            n = draws
+            if name == "blackjax_mala" and match_budget:  # fewstep MALA's draws, else NUTS's budget
+                n = per_sampler_draws.get("mala", max(budget - warmup - 1, 1) if budget is not None else draws)
             peer = run_blackjax(target, name, x0, draws=n, warmup=warmup, seed=seed)
             rows[name] = measure(target, peer.chains, peer.seconds, seed)
             if name == "blackjax_nuts":
                 budget = peer.chains.gradient_evaluations
             continue
         n = draws
+        opts = (options or {}).get(name, {})
         if match_budget and budget is not None:
-            n = _draws_for_budget(target, name, x0, warmup, budget, seed)
+            n = _draws_for_budget(target, name, x0, warmup, budget, seed, opts)
         per_sampler_draws[name] = n
         start = time.perf_counter()
-        result = _run(target, name, x0, n, warmup, seed)
+        result = _run(target, name, x0, n, warmup, seed, opts)
         rows[name] = measure(target, result, time.perf_counter() - start, seed)
     return [rows[name] for name in names]
 
@@ -180,14 +202,14 @@ def markdown_table(rows: Sequence[McmcRow]) -> str:
     """The rows as a Markdown table (one per sampler)."""
     head = (
         "| sampler | grad evals / chain | draws | acceptance | ESS bulk | ESS tail | ESS bulk / grad | "
-        "ESS tail / grad | max R-hat | diverged | mean err (sd) | var err | sliced W2 | MMD² | time (s) |"
+        "ESS tail / grad | max R-hat | diverged | guard rejections | mean err (sd) | var err | sliced W2 | MMD² | time (s) |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         lines.append(
             f"| {r.sampler} | {r.gradient_evaluations} | {r.draws} | {_cell(r.acceptance, '.2f')} | "
             f"{r.ess_bulk:.0f} | {r.ess_tail:.0f} | {r.ess_bulk_per_gradient:.4f} | {r.ess_tail_per_gradient:.4f} | "
-            f"{r.split_rhat:.3f} | {r.diverged_chains} | {_cell(r.mean_error, '.3f')} | {_cell(r.variance_error, '.3f')} | "
+            f"{r.split_rhat:.3f} | {r.diverged_chains} | {_cell(r.rejected_steps, 'd')} | {_cell(r.mean_error, '.3f')} | {_cell(r.variance_error, '.3f')} | "
             f"{_cell(r.sliced_w2, '.4f')} | {_cell(r.mmd, '.2e')} | {r.seconds:.1f} |"
         )
     return "\n".join(lines)

@@ -16,7 +16,9 @@ Methods (:data:`METHODS`, each run only where it applies; the ``fewstep.posterio
 ``prior`` (unconditioned sampling: the baseline), ``dps`` (:class:`~fewstep.guidance.LossGuidance` with the
 negative log-likelihood, or the negative reward, as loss: DPS, Chung et al. 2023), ``pigdm``, ``projection`` (needs
 a noiseless measurement: not run here), ``tds`` (SMC with the twisted diffusion sampler's potential) and
-``fk_steering`` (SMC with the reward's difference potential). The one-chain methods run the stochastic solver
+``fk_steering`` (SMC with the reward's difference potential) and ``driftlite`` (DriftLite's variance-controlling
+drift, :func:`fewstep.posterior.smc.driftlite`; reward problems only: on the sharp likelihoods of the measurement
+problems its explicit guidance step is unstable, docs/posterior.md). The one-chain methods run the stochastic solver
 ``ddpm`` at ``nfe`` steps on the ``logsnr`` spacing (the SMC engine's chain; guidance through the network adds one backward pass per step); the particle methods run
 ``K`` particles per sample at ``nfe`` steps each, and return one particle per sample, drawn by weight.
 """
@@ -245,6 +247,31 @@ def _run_tds(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: 
     return _smc(problem, n, particles, nfe, seed, tds(problem.measurement))
 
 
+def _run_driftlite(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
+    driftlite = _posterior_attr(".smc", "driftlite")
+    assert callable(driftlite)
+    reward: Callable[[Tensor], Tensor]
+    if problem.reward is not None:
+        reward, lam = problem.reward, problem.reward.scale
+    else:
+        assert problem.measurement is not None
+        reward, lam = problem.measurement.log_likelihood, 1.0
+    calls = CallCount()
+    gen = torch.Generator().manual_seed(seed + 1)
+    out = driftlite(
+        _model(problem, True),
+        _noise(n, (particles, problem.dim), seed),
+        VP(),
+        reward,
+        nfe=nfe,
+        generator=gen,
+        lam=lam,
+        calls=calls,
+    )
+    pick = torch.multinomial(out.weights.to(F64), 1, generator=gen)[:, 0]
+    return MethodRun(out.samples[torch.arange(n), pick].detach(), calls.network, calls.backward)
+
+
 def _run_fk(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
     fk = _posterior_attr(".smc", "FKSteering")
     assert callable(fk) and problem.reward is not None
@@ -268,6 +295,7 @@ METHODS: dict[str, Method] = {
     "projection": Method(_run_projection, ("inpaint_noiseless",), needs=(("", "Projection"),)),
     "tds": Method(_run_tds, ("inpaint", "linear"), particles=True, needs=((".smc", "smc"), (".smc", "TDS"))),
     "fk_steering": Method(_run_fk, ("reward",), particles=True, needs=((".smc", "smc"), (".smc", "FKSteering"))),
+    "driftlite": Method(_run_driftlite, ("reward",), particles=True, needs=((".smc", "driftlite"),)),
 }
 
 

@@ -43,6 +43,14 @@ METHODS = ("auto", "gits", "dmn", "ld3", "search")
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the noise and the search.")
 @click.option(
+    "--loss",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "rmse", "mean_distance"]),
+    help="What the optimisers minimise against the teacher (auto: the RMSE from 256 calibration samples on, else "
+    "the mean per-sample distance).",
+)
+@click.option(
     "--out", default="tuned.json", show_default=True, type=click.Path(dir_okay=False), help="Where to write the JSON."
 )
 def tune(
@@ -54,6 +62,7 @@ def tune(
     holdout: int,
     solver: str | None,
     seed: int,
+    loss: str,
     out: str,
 ) -> None:
     """Tune the times (and solver) of an NFE-evaluation sampler for one model, against a high-NFE teacher.
@@ -90,10 +99,11 @@ def tune(
             time_input=user.time_input,
             seed=seed,
             progress=True,
+            loss=loss,
         )
     except ValueError as err:
         name, _, rest = str(err).partition(": ")
-        hint = f"--{name.replace('_', '-')}" if name in ("nfe", "budget", "solver", "method", "seed") else None
+        hint = f"--{name.replace('_', '-')}" if name in ("nfe", "budget", "solver", "method", "seed", "loss") else None
         raise click.BadParameter(rest if hint else str(err), param_hint=hint) from err
     tuned.save(Path(out))
     click.echo(summary(tuned))

@@ -9,7 +9,8 @@ reads them.
 
 There is no closed form for such a model, so each ODE solver's error is its RMSE against a teacher: the same network
 solved from the same noise with DPM-Solver-3 on ``teacher_steps`` logSNR steps (``3 x teacher_steps`` evaluations;
-its cost is reported). Every row also has its wall-clock time.
+its cost is reported). Every row also has its wall-clock time, split into the time inside the model-call stack and
+the solver's own (as ``fewstep compare --wall-clock`` does for the built-in targets).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from ..schedules import DiscreteVP, NoiseSchedule
 from ..solvers import available
-from .compare import Row, _feasible_nfe
+from .compare import Row, _feasible_nfe, timed
 from .metrics import rmse
 
 __all__ = ["UserModel", "compare_model", "load_model"]
@@ -138,9 +139,13 @@ def compare_model(
             if nfe is None:
                 rows.append(Row(name, asked, None, math.nan))
                 continue
-            start = time.perf_counter()
-            x = sample(denoiser, noise, solver=name, nfe=nfe, spacing=spacing)
-            seconds = time.perf_counter() - start
-            error = rmse(x, teacher)
-            rows.append(Row(name, asked, nfe, error, seconds=seconds, nonfinite=not math.isfinite(error)))
+            row = Row(name, asked, nfe, math.nan)  # its seconds split into model and solver time, as the targets'
+
+            def run(wrappers: list[Any], solver: str = name, n: int = nfe) -> Tensor:
+                return sample(denoiser, noise, solver=solver, nfe=n, spacing=spacing, wrappers=wrappers)
+
+            x = timed(row, run)
+            row.rmse = rmse(x, teacher)
+            row.nonfinite = not math.isfinite(row.rmse)
+            rows.append(row)
     return rows, cost

@@ -9,6 +9,7 @@ module here; pass it as ``sample(..., guidance=rule)`` or ``Denoiser(guidance=)`
 
 from .apg import AdaptiveProjectedGuidance
 from .base import Guidance, GuidanceRule, PredictionGuidance
+from .bidirectional import Bidirectional
 from .branches import Branches
 from .cfg import ClassifierFreeGuidance
 from .cfg_pc import CFGPredictorCorrector
@@ -18,14 +19,18 @@ from .event import EventLoss, event_guidance
 from .flow_steering import FlowSteering
 from .gradient import LossGuidance
 from .gradient_free import GradientFreeClassifierGuidance
+from .one_way import OneWayDiffusion
 from .perturbed import PerturbedGuidance
+from .recurrence import SelfRecurrence
 from .scale_schedule import ScaleSchedule
 from .scheduled_cfg import ScheduledCFG
+from .self_guidance import ObservationLoss, SelfGuidance
 from .superposition import Superposition, SuperpositionStep
 from .terms import Term
 
 __all__ = [
     "AdaptiveProjectedGuidance",
+    "Bidirectional",
     "Branches",
     "CFGPlusPlus",
     "CFGPredictorCorrector",
@@ -37,10 +42,14 @@ __all__ = [
     "Guidance",
     "GuidanceRule",
     "LossGuidance",
+    "ObservationLoss",
+    "OneWayDiffusion",
     "PerturbedGuidance",
     "PredictionGuidance",
     "ScaleSchedule",
     "ScheduledCFG",
+    "SelfGuidance",
+    "SelfRecurrence",
     "Superposition",
     "SuperpositionStep",
     "Term",

@@ -53,11 +53,15 @@ class CFGPlusPlus:
         lam = float(self.scale)
 
         def evaluate(x: Tensor, p: Point) -> Prediction:
-            out_u, out_c = pair(x, p.model_time, p.t)
-            x0, _ = convert(x, guided(out_u, out_c, lam), p, False)  # x0_u + lam (x0_c - x0_u): the map is affine
-            return x0, (convert(x, out_u, p, True)[1] if needs_eps else None)
+            return cfg_pp_pair(x, *pair(x, p.model_time, p.t), lam, p, needs_eps)
 
         return evaluate
+
+
+def cfg_pp_pair(x: Tensor, out_u: Tensor, out_c: Tensor, lam: float, p: Point, needs_eps: bool) -> Prediction:
+    """CFG++'s pair from the two branches' outputs at ``x``: ``(x0_u + lam (x0_c - x0_u), eps_u)``."""
+    x0, _ = convert(x, guided(out_u, out_c, lam), p, False)  # x0_u + lam (x0_c - x0_u): the map is affine
+    return x0, (convert(x, out_u, p, True)[1] if needs_eps else None)
 
 
 def is_cfg_pp(rule: object) -> bool:

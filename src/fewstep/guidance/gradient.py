@@ -27,9 +27,10 @@ prediction is the denoiser of the posterior ``p(x0 | y)``, a Kalman update of ``
 (a^2 C + r^2)``, through the network and, with ``data_std = S``, without it (the tests check both).
 
 Universal guidance's self-recurrence (re-noising the state to the same level and stepping again, k times per step)
-and Steered Diffusion's loop move the solver's state and draw noise; a rule answers evaluations and does neither.
-The same Markov move at one noise level is what ``solver="pc_langevin"`` (Langevin corrector steps with the guided
-score, its draws from the run's noise source and its evaluations in the plan) adds.
+moves the solver's state: it is :class:`~fewstep.guidance.SelfRecurrence` around this rule (for the first-order
+solvers, :mod:`~fewstep.guidance.state_moves`). The same kind of Markov move at one noise level is what
+``solver="pc_langevin"`` (Langevin corrector steps with the guided score, its draws from the run's noise source and
+its evaluations in the plan) adds, with any predictor.
 """
 
 from __future__ import annotations

@@ -29,3 +29,12 @@ from .minibatch import MinibatchTarget  # noqa: E402
 from .proximal import L1, Box  # noqa: E402
 
 __all__ += ["Box", "DiffusionTarget", "L1", "MinibatchTarget"]
+
+from . import (  # noqa: E402  (register multiscale_annealed, dropout_sgmcmc, mirror_langevin)
+    averaging,  # noqa: F401
+    dropout,  # noqa: F401
+    mirror,  # noqa: F401
+)
+from .mirror import EntropicL1  # noqa: E402
+
+__all__ += ["EntropicL1"]

@@ -14,6 +14,13 @@ diagonal inverse mass matrix from windowed variance estimates, on Stan's schedul
   iterations in which the draws' variance is accumulated (Welford), and a terminal fast buffer (50). At the end of
   each slow window the inverse mass becomes the regularised variance ``n/(n+5) var + 1e-3 * 5/(n+5)`` and the
   step-size adaptation restarts. Short warm-ups scale the buffers to 15% / 75% / 10% as Stan does.
+* Friction of kinetic Langevin (as MEADS sets its damping: Hoffman & Sountsov 2022, "Tuning-free generalized
+  Hamiltonian Monte Carlo"): at the end of the last slow window, ``gamma = 1 / sqrt(lambda_max)`` with
+  ``lambda_max`` the largest eigenvalue of the covariance of that window's draws (all chains) whitened by the new
+  inverse mass, i.e. one over the longest standard deviation of the preconditioned target. On a Gaussian the
+  integrated autocorrelation time of a coordinate of standard deviation ``s`` is ``2 gamma s^2`` and that of its
+  energy about ``1 / gamma``: the slowest direction's worse of the two is smallest near ``gamma = 1 / s_max``
+  (a fixed ``gamma = 1`` costs a factor ``s_max`` when the diagonal mass leaves correlations).
 """
 
 from __future__ import annotations
@@ -24,7 +31,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DualAveraging", "WelfordVariance", "Warmup", "mass_windows"]
+__all__ = ["FRICTION_SCALE", "DualAveraging", "WelfordVariance", "Warmup", "largest_whitened_variance", "mass_windows"]
+
+
+#: the adapted friction is ``FRICTION_SCALE / sqrt(lambda_max)`` (MEADS's choice, 1)
+FRICTION_SCALE = 1.0
 
 
 class DualAveraging:
@@ -129,6 +140,20 @@ def mass_windows(warmup: int, *, init_buffer: int = 75, term_buffer: int = 50, b
     return windows
 
 
+def largest_whitened_variance(draws: Tensor, inverse_mass: Tensor, *, iterations: int = 50) -> Tensor:
+    """The largest eigenvalue of the covariance of ``draws`` ``[n, chains, d]`` (all chains' draws together,
+    about their grand mean) whitened by the diagonal ``inverse_mass`` (``[d]`` or ``[chains, d]``): power
+    iteration on ``X^T X / (N - 1)`` through ``X`` (``O(N d)`` memory, no ``d x d`` matrix). A 0-d tensor."""
+    white = (draws - draws.mean(dim=(0, 1))) / inverse_mass.sqrt()
+    flat = white.reshape(-1, white.shape[-1])
+    scale = 1.0 / max(flat.shape[0] - 1, 1)
+    vec = flat.abs().mean(0) + 1e-12  # a start with weight on every direction the draws explore
+    for _ in range(iterations):
+        vec = flat.T @ (flat @ vec)
+        vec = vec / vec.norm()
+    return (flat @ vec).square().sum() * scale
+
+
 def check_inverse_mass(inverse_mass: object, x0: Tensor) -> Tensor | None:
     """``inverse_mass`` (a diagonal preconditioner ``[d]`` or ``[chains, d]``, positive) on ``x0``'s device."""
     if inverse_mass is None:
@@ -147,7 +172,9 @@ def check_inverse_mass(inverse_mass: object, x0: Tensor) -> Tensor | None:
 
 class Warmup:
     """The warm-up of one run: per-chain step sizes by :class:`DualAveraging` and, when ``adapt_mass``, a diagonal
-    inverse mass ``[chains, d]`` from :class:`WelfordVariance` over :func:`mass_windows`.
+    inverse mass ``[chains, d]`` from :class:`WelfordVariance` over :func:`mass_windows`; with ``adapt_friction``
+    (kinetic Langevin) the friction :attr:`friction` from the last window's draws (module docstring), else the
+    given ``friction``.
 
     With ``pooled_mass`` the variance is that of all the chains' draws together (``[d]``, one mass for every
     chain: a far better estimate for slowly mixing directions than one chain's window, as in cross-chain
@@ -169,14 +196,21 @@ class Warmup:
         adapt_mass: bool,
         pooled_mass: bool = True,
         inverse_mass: Tensor | None = None,
+        friction: float = 1.0,
+        adapt_friction: bool = False,
     ) -> None:
         chains = x0.shape[0]
+        self.friction = float(friction)
+        self.adapt_friction = adapt_friction and warmup > 0
         self.pooled_mass = pooled_mass
         self.warmup = warmup
         self.adapt_step = adapt_step and warmup > 0
         self.step = torch.full((chains,), float(step_size), dtype=x0.dtype, device=x0.device)
         self.dual = DualAveraging(self.step, target_accept) if self.adapt_step else None
-        self.windows = mass_windows(warmup) if adapt_mass else []
+        self.adapt_mass = adapt_mass
+        self.windows = mass_windows(warmup) if adapt_mass or self.adapt_friction else []
+        self._last_window = self.windows[-1] if self.windows else range(0)
+        self._window_draws: list[Tensor] = []  # the last window's draws, kept only to tune the friction
         self._ends = {w[-1]: w for w in self.windows if len(w)}
         self._starts = {w[0] for w in self.windows if len(w)}
         self._in_window = False
@@ -200,6 +234,8 @@ class Warmup:
         adapt_mass: bool,
         pooled_mass: bool,
         inverse_mass: object,
+        friction: float = 1.0,
+        adapt_friction: bool = False,
     ) -> Warmup:
         """The warm-up of a ``sampler`` run with the user's options, checked: ``step_size=None`` adapts the step
         from ``initial_step_size`` (which needs ``warmup > 0``), ``inverse_mass`` (:func:`check_inverse_mass`)
@@ -220,6 +256,8 @@ class Warmup:
             adapt_mass=adapt_mass,
             pooled_mass=pooled_mass,
             inverse_mass=m0,
+            friction=friction,
+            adapt_friction=adapt_friction,
         )
 
     @property
@@ -236,9 +274,17 @@ class Warmup:
             self.welford = WelfordVariance.like(x)
         if self._in_window:
             self.welford.add(x)
+            if self.adapt_friction and i in self._last_window:
+                self._window_draws.append(x.detach().clone())
         if i in self._ends:
             self._in_window = False
-            self.inverse_mass = self.welford.regularised(self.pooled_mass)
+            if self.adapt_mass:
+                self.inverse_mass = self.welford.regularised(self.pooled_mass)
+            if self.adapt_friction and i == self._last_window[-1]:
+                m = self.inverse_mass if self.inverse_mass is not None else torch.ones_like(x[0])
+                spread = largest_whitened_variance(torch.stack(self._window_draws), m)
+                self.friction = FRICTION_SCALE * float(spread.clamp_min(1e-12).rsqrt())  # once per warm-up
+                self._window_draws = []
             if self.dual is not None:
                 self.dual.restart(self.step)
         if i == self.warmup - 1 and self.dual is not None:

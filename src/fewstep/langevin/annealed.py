@@ -12,8 +12,8 @@ moves on each smoothed density ``p_s = p_data * N(0, s^2 I)``, whose score is th
 its Tweedie denoising ``E[x0 | y] = y + s_L^2 grad log p_{s_L}(y)`` (read from the next move's evaluation, so only
 the last draw costs one extra evaluation). The same kind of step, a Langevin corrector per noise level, is
 ``solver="pc_langevin"`` inside diffusion sampling; this sampler is the corrector alone, as NCSN samples. The
-multiscale averaging of "Sampling by averaging" (a fast process estimating each level's score) needs no model and
-is not implemented here.
+multiscale averaging of "Sampling by averaging" (a fast process estimating each level's score) needs no model:
+:func:`~fewstep.langevin.averaging.multiscale_annealed`.
 
 Start the chains from ``x0 = s_1 * randn(chains, d)`` (the smoothed density at a large level is nearly
 ``N(0, s_1^2 I)``).

@@ -46,6 +46,10 @@ class Chains:
             ``[chains, dims]``; None when none was used.
         warmup: the number of warm-up iterations run before the kept draws.
         sampler: the registered name of the sampler that produced the draws.
+        divergences: per chain, the unadjusted steps rejected for an energy blow-up or a non-finite state
+            (``[chains]``, :mod:`fewstep.langevin.backoff`); None for samplers without the guard.
+        friction: the kinetic samplers' friction ``gamma`` for the kept draws (given, or adapted in warm-up);
+            None for the others.
     """
 
     draws: Tensor
@@ -55,6 +59,8 @@ class Chains:
     inverse_mass: Tensor | None
     warmup: int
     sampler: str = ""
+    divergences: Tensor | None = None
+    friction: float | None = None
 
     @property
     def num_chains(self) -> int:

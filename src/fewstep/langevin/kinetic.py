@@ -33,6 +33,13 @@ the acceptance probability ``min(1, exp(-dH))`` (``dH`` the energy error of the 
 by Stan's windowed variance. The kept draws then use the chosen scheme, unadjusted; for the splittings the same
 acceptance statistic is reported as ``Chains.acceptance`` (a measure of the discretisation error). A score-only
 target has no energy: give ``step_size``, and warm-up runs unadjusted OBABO (adapting the mass only).
+
+Friction: ``friction="auto"`` warms up at ``gamma = 1`` and, at the end of the last mass window, sets
+``gamma = 1 / sqrt(lambda_max)`` from the whitened covariance of that window's draws (as MEADS sets its damping,
+Hoffman & Sountsov 2022; :mod:`fewstep.langevin.adaptation`): on a Gaussian the autocorrelation time of a direction
+of standard deviation ``s`` is ``2 gamma s^2``, so a fixed friction is slow in the directions a diagonal mass leaves
+long. Unadjusted steps are screened for an energy blow-up (:mod:`fewstep.langevin.backoff`): rejected, with the
+chain's step backed off.
 """
 
 from __future__ import annotations
@@ -47,12 +54,17 @@ from torch import Tensor
 from fewstep.noise.brownian import BrownianPath
 
 from .adaptation import Warmup
+from .backoff import StepBackoff
 from .chains import Chains
 from .noise import OUCoefficients, StepNoise
 from .registry import check_run, register
 from .target import Target
 
 __all__ = ["SCHEMES", "KineticState", "baoab", "kinetic", "obabo", "randomized_midpoint"]
+
+#: the friction of the warm-up before ``friction="auto"`` has its estimate (whitened units): strong enough that
+#: chains started far out shed their energy within a few time units
+WARMUP_FRICTION = 1.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,24 @@ def _evaluate(target: Target, x: Tensor) -> tuple[Tensor | None, Tensor]:
 
 def _kinetic_energy(v: Tensor, m: Tensor) -> Tensor:
     return 0.5 * (v * v / m).sum(-1)
+
+
+def _energy_change(old: KineticState, new: KineticState, m: Tensor) -> Tensor | None:
+    """``H(new) - H(old)`` with ``H = -log p(x) + v^T M v / 2``; None without a density."""
+    if old.lp is None or new.lp is None:
+        return None
+    return (-new.lp + _kinetic_energy(new.v, m)) - (-old.lp + _kinetic_energy(old.v, m))
+
+
+def _reject(old: KineticState, new: KineticState, bad: Tensor) -> KineticState:
+    """``new`` where ``bad`` is False; else ``old`` with its velocity reversed (a rejected proposal)."""
+    col = bad[:, None]
+    return KineticState(
+        x=torch.where(col, old.x, new.x),
+        v=torch.where(col, -old.v, new.v),
+        g=torch.where(col, old.g, new.g),
+        lp=None if old.lp is None or new.lp is None else torch.where(bad, old.lp, new.lp),
+    )
 
 
 def _o_noise(noise: StepNoise, p: StepParams, k: int, half: int | None) -> Tensor:
@@ -227,7 +257,7 @@ def kinetic(
     step_size: float | None = None,
     generator: torch.Generator | None = None,
     scheme: str = "baoab",
-    friction: float = 1.0,
+    friction: float | str = "auto",
     target_accept: float = 0.9,
     adapt_mass: bool = True,
     pooled_mass: bool = True,
@@ -235,13 +265,15 @@ def kinetic(
     initial_step_size: float = 0.1,
     velocity: Tensor | None = None,
     brownian: BrownianPath | None = None,
+    max_energy_error: float = 1000.0,
+    step_backoff: float = 0.5,
     **options: Any,
 ) -> Chains:
     """Run kinetic Langevin with ``scheme`` (``"baoab"``, ``"obabo"`` or ``"randomized_midpoint"``).
 
     Args:
-        friction: ``gamma`` (in units of the inverse mass's time scale; 1 to 2 suits a target whitened by the
-            adapted mass).
+        friction: ``gamma`` (in units of the inverse mass's time scale), or ``"auto"``: adapted in warm-up to one
+            over the longest standard deviation of the preconditioned target (1 without a warm-up).
         step_size: the step ``h``; ``None`` adapts it in warm-up (from ``initial_step_size``) to ``target_accept``
             of the Hamiltonian part's acceptance statistic (needs a log-density).
         adapt_mass: adapt a diagonal inverse mass in warm-up (Stan's windows; from ``inverse_mass`` or the
@@ -251,17 +283,23 @@ def kinetic(
         velocity: the initial velocity ``[chains, d]`` (default ``N(0, M^{-1})`` from ``generator``).
         brownian: a :class:`~fewstep.noise.BrownianPath` (``batch_size=chains``, ``shape=(d,)``) driving the noise,
             step ``k`` over ``[t0 + k h, t0 + (k + 1) h]`` (needs a fixed ``step_size`` and no warm-up).
+        max_energy_error: an unadjusted step whose energy error exceeds it (or whose state is not finite) is
+            rejected, the velocity reversed (:mod:`fewstep.langevin.backoff`); ``math.inf`` rejects only
+            non-finite states.
+        step_backoff: the factor applied to a chain's step size after a rejected step (1: no back-off).
     """
     if options:
         raise TypeError(
             f"kinetic got unexpected options {sorted(options)}; it takes scheme, friction, target_accept, "
-            "adapt_mass, pooled_mass, inverse_mass, initial_step_size, velocity and brownian"
+            "adapt_mass, pooled_mass, inverse_mass, initial_step_size, velocity, brownian, max_energy_error and "
+            "step_backoff"
         )
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
     target, x = check_run(target, x0, draws, warmup, step_size, scheme)
-    if isinstance(friction, bool) or not isinstance(friction, int | float) or not friction > 0:
-        raise ValueError(f"friction must be a positive float (gamma), got {friction!r}")
+    adapt_friction = isinstance(friction, str) and friction == "auto"
+    if not adapt_friction and (isinstance(friction, bool) or not isinstance(friction, int | float) or not friction > 0):
+        raise ValueError(f"friction must be 'auto' or a positive float (gamma), got {friction!r}")
     if step_size is None and not target.has_log_prob:
         raise ValueError(
             f"{scheme} adapts its step size from the energy error, which needs the log-density; target "
@@ -272,7 +310,9 @@ def kinetic(
     warm = Warmup.of_run(
         scheme, x, warmup, step_size=step_size, initial_step_size=initial_step_size, target_accept=target_accept,
         adapt_mass=adapt_mass, pooled_mass=pooled_mass, inverse_mass=inverse_mass,
+        friction=WARMUP_FRICTION if adapt_friction else float(friction), adapt_friction=adapt_friction,
     )  # fmt: skip
+    guard = StepBackoff(x, max_energy_error=max_energy_error, step_backoff=step_backoff)
     one = torch.ones((), dtype=x.dtype, device=x.device)
     noise = StepNoise(x, generator=generator, path=brownian, step_size=step_size)
     m = warm.inverse_mass if warm.inverse_mass is not None else one
@@ -291,15 +331,26 @@ def kinetic(
     has_energy = target.has_log_prob and scheme != "randomized_midpoint"
     warm_step = adjusted_obabo_step if target.has_log_prob else obabo_step
     params: StepParams | None = None
-    made_for: tuple[Tensor, Tensor] | None = None  # the step and mass tensors params were computed for
+    made_for: tuple[Tensor, Tensor, Tensor, float] | None = None  # the step, mass, back-off and friction used
     for k in range(warmup + draws):
         m_now = warm.inverse_mass if warm.inverse_mass is not None else one
-        if made_for is None or made_for[0] is not warm.step or made_for[1] is not m_now:
-            params = StepParams.of(warm.step_size, float(friction), m_now)
-            made_for = (warm.step, m_now)
+        now = (warm.step, m_now, guard.scale, warm.friction)
+        if (
+            made_for is None
+            or any(a is not b for a, b in zip(made_for[:3], now[:3], strict=True))
+            or made_for[3] != now[3]
+        ):
+            params = StepParams.of(warm.step_size * guard.scale, warm.friction, m_now)
+            made_for = now
         assert params is not None
+        adjusted = k < warmup and target.has_log_prob
         step = warm_step if k < warmup else SCHEMES[scheme]
+        old = state
         state, dh = step(target, state, params, noise, k)
+        if not adjusted:  # an unadjusted step: reject an energy blow-up, back off the step
+            error = dh if dh is not None or scheme != "randomized_midpoint" else _energy_change(old, state, m_now)
+            state = _reject(old, state, guard.screen(state.x, state.g, error))
+            guard.apply(k)
         prob = None if dh is None else torch.nan_to_num(-dh, nan=-torch.inf).clamp(max=0.0).exp()
         if k < warmup:
             warm.observe(k, state.x, prob)
@@ -310,14 +361,20 @@ def kinetic(
             out[:, k - warmup] = state.x
             if prob is not None:
                 accept_sum += prob
+    backed_off = bool((guard.scale != 1.0).any())
+    final_step: Tensor | float = float(step_size) if step_size is not None else warm.step.clone()
+    if backed_off:
+        final_step = warm.step * guard.scale[:, 0]
     return Chains(
         draws=out,
         acceptance=accept_sum / draws if has_energy else None,
         gradient_evaluations=target.gradient_evaluations - start,
-        step_size=warm.step.clone() if step_size is None else float(step_size),
+        step_size=final_step,
         inverse_mass=warm.inverse_mass,
         warmup=warmup,
         sampler=scheme,
+        divergences=guard.count,
+        friction=warm.friction,
     )
 
 

@@ -14,7 +14,7 @@ The chain samples ``exp(-f - g^lambda_M)``, a smoothing of the target whose bias
 (``smoothing``, default ``2 h``; ``h <= lambda`` keeps the prox term stable). Built-in proximity operators:
 :class:`L1` (soft-thresholding; a Laplace prior) and :class:`Box` (projection; a uniform prior on a box); any
 ``prox(x, lam) -> Tensor`` (``lam`` the per-coordinate ``lambda m_i``, ``[d]``) works. The paper's mirror-Langevin
-forms with non-quadratic Legendre functions are not implemented.
+forms with non-quadratic Legendre functions (the entropy) are :func:`~fewstep.langevin.mirror.mirror_langevin`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..noise.brownian import BrownianPath
 from .adaptation import check_inverse_mass
 from .chains import Chains
 from .noise import StepNoise
@@ -67,11 +68,13 @@ class Box:
 @dataclass
 class ProximalOptions:
     """``prox``: the proximity operator of the non-smooth term (required); ``smoothing``: lambda (default
-    ``2 step_size``); ``inverse_mass``: the diagonal metric M, ``[d]`` or ``[chains, d]`` (default: identity)."""
+    ``2 step_size``); ``inverse_mass``: the diagonal metric M, ``[d]`` or ``[chains, d]`` (default: identity);
+    ``brownian``: a :class:`~fewstep.noise.BrownianPath` driving the noise instead of the generator."""
 
     prox: Prox | None = None
     smoothing: float | None = None
     inverse_mass: Tensor | None = None
+    brownian: BrownianPath | None = None
 
     def __post_init__(self) -> None:
         if self.prox is None or not callable(self.prox):
@@ -108,10 +111,10 @@ def myula(
     assert prox is not None
     lam_m, drift, pull, noise = lam * mass, h * mass, h / lam, (2.0 * h * mass).sqrt()
     out = x.new_empty(x.shape[0], draws, d)
-    normals = StepNoise(x, generator=generator)
+    normals = StepNoise(x, generator=generator, path=opts.brownian, step_size=h)
     start = target.gradient_evaluations
     for i in range(warmup + draws):
-        x = x + drift * target.score(x) - pull * (x - prox(x, lam_m)) + noise * normals.normal()
+        x = x + drift * target.score(x) - pull * (x - prox(x, lam_m)) + noise * normals.increment(i)
         if i >= warmup:
             out[:, i - warmup] = x
     return Chains(

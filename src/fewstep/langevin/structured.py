@@ -25,12 +25,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from .chains import Chains
+from .history import StateHistory
 from .minibatch import MinibatchTarget, stochastic_score
 from .noise import StepNoise
 from .registry import check_run, register
@@ -47,16 +48,17 @@ class StructuredOptions:
     near-equal size); ``history``: how many earlier states the other groups are drawn from; ``decay``,
     ``decay_offset``: the step-size schedule of :func:`~fewstep.langevin.sgld.sgld`."""
 
+    sampler: ClassVar[str] = NAME  # the name in error messages (a subclass's sampler sets its own)
     groups: int | Sequence[Sequence[int]] | None = None
     history: int = 100
     decay: float = 0.0
     decay_offset: float = 100.0
 
     def __post_init__(self) -> None:
-        self.history = positive_int("history", self.history, NAME)
+        self.history = positive_int("history", self.history, self.sampler)
         if self.groups is None:
             raise TypeError(
-                f"{NAME!r} needs groups=: a partition of the parameters, e.g. groups=[[0, 1], [2]] or groups=2 "
+                f"{self.sampler!r} needs groups=: a partition of the parameters, e.g. groups=[[0, 1], [2]] or groups=2 "
                 "(contiguous halves); one group per parameter is the mean-field approximation"
             )
 
@@ -64,18 +66,20 @@ class StructuredOptions:
         """The group of each parameter, ``[d]`` (checked: every index in exactly one group)."""
         groups = self.groups
         if isinstance(groups, int) and not isinstance(groups, bool):
-            count = positive_int("groups", groups, NAME)
+            count = positive_int("groups", groups, self.sampler)
             if count > d:
-                raise ValueError(f"groups of {NAME!r} must be at most d = {d}, got {count}")
+                raise ValueError(f"groups of {self.sampler!r} must be at most d = {d}, got {count}")
             return torch.arange(d) * count // d
         try:
             lists = [[int(i) for i in g] for g in groups]  # type: ignore[union-attr]
         except (TypeError, ValueError) as err:
-            raise TypeError(f"groups of {NAME!r} must be an int or a list of index lists, got {groups!r}") from err
+            raise TypeError(
+                f"groups of {self.sampler!r} must be an int or a list of index lists, got {groups!r}"
+            ) from err
         flat = sorted(i for g in lists for i in g)
         if flat != list(range(d)) or any(not g for g in lists):
             raise ValueError(
-                f"groups of {NAME!r} must partition the indices 0..{d - 1} (each exactly once, no empty group), "
+                f"groups of {self.sampler!r} must partition the indices 0..{d - 1} (each exactly once, no empty group), "
                 f"got {groups!r}"
             )
         owner = torch.empty(d, dtype=torch.long)
@@ -107,17 +111,12 @@ def structured_sgmcmc(
     steps = step_schedule(h, warmup + draws, opts.decay, opts.decay_offset)
     moves = [(s, math.sqrt(2.0 * s)) for s in steps]
     minibatch = target if isinstance(target, MinibatchTarget) else None
-    ring = theta.new_empty(opts.history, chains, d)
-    ring[0] = theta
-    rows = torch.arange(chains, device=theta.device)
-    draw_device = generator.device if generator is not None else theta.device
+    history = StateHistory(theta, opts.history, generator)
     out = theta.new_empty(chains, draws, d)
     noise = StepNoise(theta, generator=generator)
     start = target.gradient_evaluations
     for i, (s, scale) in enumerate(moves):
-        filled = min(i + 1, opts.history)
-        pick = torch.randint(filled, (g_count, chains), generator=generator, device=draw_device).to(theta.device)
-        others = ring[pick, rows[None, :]]  # [G, chains, d]: an earlier state per group and chain
+        others = history.per_group(g_count)  # [G, chains, d]: an earlier state per group and chain
         mixed = (mine * theta[None] + (1.0 - mine) * others).reshape(g_count * chains, d)
         index = None
         if minibatch is not None:
@@ -125,7 +124,7 @@ def structured_sgmcmc(
         grads = stochastic_score(target, mixed, index, evaluations=g_count).reshape(g_count, chains, d)
         score = (grads * mine).sum(0)  # group g's block from row g
         theta = theta + s * score + scale * noise.normal()
-        ring[(i + 1) % opts.history] = theta
+        history.push(theta)
         if i >= warmup:
             out[:, i - warmup] = theta
     return Chains(

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..guidance.base import GuidanceRule, is_guidance_rule
 from ..guidance.cfg import ClassifierFreeGuidance
-from ..predictions import check_prediction, conversion, conversions
+from ..predictions import Affine, check_prediction, conversion, conversions
 from ..schedules import DiscreteVP, Flow, NoiseSchedule
 from .calls import CallCount
 from .network import CheckFinite, Network
@@ -35,6 +35,32 @@ TIME_INPUTS = ("t", "sigma", "index")
 
 #: ``base(output, needs_eps) -> evaluation``: a replacement for the plain conversion layer (the time shift).
 BaseLayer = Callable[[ModelOutput, bool], Evaluation]
+
+
+@dataclass(frozen=True, eq=False)
+class PointValues:
+    """The host side of the :class:`Point` s at several times, with no tensor of a run: per time its schedule
+    values, the conversion, and the model's time input (float64 on the CPU, never handed out). :meth:`points` makes
+    the run's Points (the model's time copied to the state's device, a new tensor for every run)."""
+
+    t: tuple[float, ...]
+    alpha: tuple[float, ...]
+    sigma: tuple[float, ...]
+    lam: tuple[float, ...]
+    dalpha: tuple[float, ...]
+    dsigma: tuple[float, ...]
+    model_time: Tensor
+    affines: tuple[Affine, ...]
+
+    def points(self, batch: int, device: torch.device, dtype: torch.dtype) -> list[Point]:
+        """The Points of a run on ``batch`` samples on ``device`` in ``dtype``."""
+        time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        model_time = self.model_time.to(device=device, dtype=time_dtype, copy=True)
+        per_node = model_time.unsqueeze(1).expand(len(self.t), batch).unbind(0)  # batch-shaped views, one op
+        rows = zip(
+            self.t, self.alpha, self.sigma, self.lam, self.dalpha, self.dsigma, per_node, self.affines, strict=True
+        )
+        return list(map(Point._make, rows))
 
 
 @dataclass
@@ -132,19 +158,21 @@ class Denoiser:
         time moved to ``device`` in one copy). A callable ``time_input`` is still called once per time."""
         if callable(self.time_input) or len(ts) < 2:
             return [self.point(t, batch, device, dtype) for t in ts]
+        return self.point_values(ts).points(batch, device, dtype)
+
+    def point_values(self, ts: Sequence[float] | np.ndarray) -> PointValues:
+        """The host side of :meth:`points` at two or more times (a ``time_input`` given by name): the schedule
+        evaluated once for all of them."""
         tt = torch.from_numpy(np.array(ts, dtype=np.float64))
         sched = self.schedule
         values = [v.numpy() for v in (sched.alpha(tt), sched.sigma(tt), sched.dalpha(tt), sched.dsigma(tt))]
-        affines = conversions(self.prediction, *values)
-        alpha, sigma, dalpha, dsigma = (v.tolist() for v in values)
+        affines = tuple(conversions(self.prediction, *values))
         lam_t = sched.lambda_(tt)
-        lam = lam_t.tolist()
-        time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         time = torch.exp(-lam_t) if self.time_input == "sigma" else self.time_of(tt)  # time_of, lambda reused
-        model_time = torch.as_tensor(time, dtype=torch.float64).to(device=device, dtype=time_dtype)
-        per_node = model_time.unsqueeze(1).expand(len(ts), batch).unbind(0)  # batch-shaped views, one op
-        rows = zip(tt.tolist(), alpha, sigma, lam, dalpha, dsigma, per_node, affines, strict=True)
-        return list(map(Point._make, rows))
+        with torch.inference_mode(False):  # a plain tensor: it may serve later runs (its copies may need autograd)
+            model_time = torch.as_tensor(time, dtype=torch.float64, device="cpu").clone()
+        alpha, sigma, dalpha, dsigma = (tuple(v.tolist()) for v in values)
+        return PointValues(tuple(tt.tolist()), alpha, sigma, tuple(lam_t.tolist()), dalpha, dsigma, model_time, affines)
 
     def stack(
         self,

@@ -18,6 +18,7 @@ synchronisation); the plan bounds the run from both sides before it (:meth:`Skip
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +39,9 @@ from .counts import (
     keep,
     quantity_of,
 )
+
+#: ``criterion(x, point, answer, kept outputs) -> bool``: after a real call, whether the next requests may be skipped.
+Criterion = Callable[[Tensor, Point, Prediction, list[Output]], bool]
 
 
 def relative_change(new: Tensor, old: Tensor) -> float:
@@ -89,14 +93,25 @@ class SkipCache:
         warm = min(int(self.warmup), requests)  # type: ignore[arg-type]
         return warm + (requests - warm) // (self.max_skips + 1)
 
+    def criterion(self, needs_eps: bool) -> Criterion:
+        """A fresh test for one run, called after each real call with ``(x, point, answer, kept outputs)``: whether
+        the next requests may be substituted (here: the relative change of the kept output is below ``threshold``)."""
+        threshold = self.threshold
+
+        def smooth(x: Tensor, p: Point, answer: Prediction, history: list[Output]) -> bool:
+            return len(history) >= 2 and relative_change(history[-1].value, history[-2].value) < threshold
+
+        return smooth
+
     def wrap(self, inner: Evaluation, needs_eps: bool, calls: CallCount) -> Evaluation:
         counter = Counter(calls)
         self.counts = counter.counts
         history: list[Output] = []
         size = max(self.order, 2)
-        threshold, max_skips, warm = self.threshold, self.max_skips, int(self.warmup)  # type: ignore[arg-type]
+        max_skips, warm = self.max_skips, int(self.warmup)  # type: ignore[arg-type]
         variable, quantity, order = self.variable, self.quantity, self.order
         state = {"skips": 0, "smooth": False}
+        smooth = self.criterion(needs_eps)
 
         def evaluate(x: Tensor, p: Point) -> Prediction:
             if counter.counts.requests >= warm and state["smooth"] and state["skips"] < max_skips:
@@ -107,7 +122,7 @@ class SkipCache:
             answer = inner(x, p)
             keep(history, p, quantity_of(answer, x, p, quantity), size)
             state["skips"] = 0
-            state["smooth"] = len(history) >= 2 and relative_change(history[-1].value, history[-2].value) < threshold
+            state["smooth"] = smooth(x, p, answer, history)
             return answer
 
         return evaluate

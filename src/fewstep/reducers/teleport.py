@@ -42,6 +42,25 @@ from ..spacing import DISCRETE_SPACINGS, SpacingLike, is_named, model_times
 from .gaussian import GaussianFit
 
 
+def restrict(schedule: NoiseSchedule, t_min: float, t_max: float) -> NoiseSchedule:
+    """``schedule`` on ``[t_min, t_max]`` (inside its own span): the same alpha and sigma, a run planned on it
+    spaces that span."""
+    window = copy.copy(schedule)
+    window.t_min, window.t_max = float(t_min), float(t_max)
+    return window
+
+
+def continuous_spacing(spacing: SpacingLike | None, why: str) -> SpacingLike:
+    """``spacing`` (None: ``"logsnr"``) when it is a continuous rule; ValueError otherwise (``why`` says why the run
+    spaces a span of its own)."""
+    spacing = "logsnr" if spacing is None else spacing
+    if not is_named(spacing) or getattr(spacing, "name", spacing) in DISCRETE_SPACINGS:
+        raise ValueError(
+            f"spacing: {why}, so give a continuous spacing name (e.g. 'logsnr') or a Spacing, got {spacing!r}"
+        )
+    return spacing
+
+
 @dataclass(frozen=True)
 class SkipChoice:
     """The probes of :func:`choose_t_skip`: their ``times`` (from ``t_max`` down), the measured ``rates`` ``r(t)`` and
@@ -157,10 +176,7 @@ class Teleport:
 
     def window(self, schedule: NoiseSchedule) -> NoiseSchedule:
         """``schedule`` on ``[t_min, t_skip]``: the same alpha and sigma, with ``t_max = t_skip``."""
-        t_skip = self._span(schedule)
-        window = copy.copy(schedule)
-        window.t_max = t_skip
-        return window
+        return restrict(schedule, schedule.t_min, self._span(schedule))
 
     def sample(
         self,
@@ -183,12 +199,7 @@ class Teleport:
             raise ValueError("schedule: give the model's NoiseSchedule (or pass a fewstep.Denoiser as model)")
         else:
             denoiser = Denoiser(model, schedule, options.pop("prediction", "auto"))
-        spacing = "logsnr" if spacing is None else spacing
-        if not is_named(spacing) or getattr(spacing, "name", spacing) in DISCRETE_SPACINGS:
-            raise ValueError(
-                "spacing: a teleported run spaces its own span [t_min, t_skip], so give a continuous spacing name "
-                f"(e.g. 'logsnr') or a Spacing, got {spacing!r}"
-            )
+        spacing = continuous_spacing(spacing, "a teleported run spaces its own span [t_min, t_skip]")
         start = self.jump(noise, denoiser.schedule).to(noise.dtype)
         window = copy.copy(denoiser)  # the same model, its schedule starting at t_skip: the run plans as on its own
         window.schedule = self.window(denoiser.schedule)

@@ -118,8 +118,8 @@ class Solver:
         return order if self.nfe_per_step > 1 else 1
 
     def nfe(self, nodes: NodeTable) -> int:
-        """The run's model evaluations, from the node table alone."""
-        return sum(map(self.step_nfe, self.step_orders(nodes)))
+        """The run's model evaluations, from the node table alone (remembered with it, as the step orders)."""
+        return nodes.remember(self, Solver.nfe, lambda: sum(map(self.step_nfe, self.step_orders(nodes))))
 
     def steps_for_nfe(self, nfe: int, first_infinite: bool, clean_end: bool) -> int:
         """The number of steps that spends exactly ``nfe`` evaluations (ValueError when impossible).
@@ -161,14 +161,11 @@ class Solver:
 
 
 def _memoized(step_orders: Callable[[Any, NodeTable], list[int]]) -> Callable[[Any, NodeTable], list[int]]:
-    """``step_orders`` remembered in the node table's memo, per solver instance (a copy is returned)."""
+    """``step_orders`` remembered with the node table (:meth:`NodeTable.remember`; a copy is returned)."""
 
     @functools.wraps(step_orders)
     def orders(self: Solver, nodes: NodeTable) -> list[int]:
-        key = (self, step_orders)
-        if key not in nodes.memo:
-            nodes.memo[key] = step_orders(self, nodes)
-        return list(nodes.memo[key])
+        return list(nodes.remember(self, step_orders, lambda: step_orders(self, nodes)))
 
     return orders
 

@@ -17,6 +17,7 @@ order.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from itertools import repeat
 from operator import mul
@@ -104,24 +105,40 @@ def multistep_weights(h: Sequence[float] | np.ndarray, i: int, order: int, d2_we
     return (np.array([w1, 0.0, 0.0]) + w2 * d1 + c2 * d2).tolist()
 
 
-def run_data_plan(x: Tensor, nodes: NodeTable, ctx: RunContext, plan: Sequence[DataStep], history_size: int) -> Steps:
+def ratio_tensors(plan: Sequence[DataStep], dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """The plan's ratios as 0-dim CPU tensors in the state's dtype (the value a Python float is rounded to in the
+    product): torch then multiplies without wrapping a Python float into a new tensor at every step. Plain tensors
+    even under ``torch.inference_mode`` (they may be kept for later runs, :meth:`NodeTable.remember`)."""
+    with torch.inference_mode(False):
+        return torch.tensor([step.ratio for step in plan], dtype=dtype, device="cpu").unbind(0)
+
+
+def run_data_plan(
+    x: Tensor,
+    nodes: NodeTable,
+    ctx: RunContext,
+    plan: Sequence[DataStep],
+    history_size: int,
+    ratios: Sequence[Tensor] | None = None,
+) -> Steps:
     """The step loop of a data-prediction multistep SDE solver from its precomputed plan: step i is
-    ``x_t = ratio_i x_s + sum_j w_ij D_{i-j} + c_i z`` for ``plan[i] = (ratio_i, [w_i0, w_i1, ...], c_i)``."""
+    ``x_t = ratio_i x_s + sum_j w_ij D_{i-j} + c_i z`` for ``plan[i] = (ratio_i, [w_i0, w_i1, ...], c_i)``
+    (``ratios``: :func:`ratio_tensors` of the plan, made here when not given)."""
     level = noise_levels(nodes)
-    # the ratios as 0-dim CPU tensors in the state's dtype (the value a Python float is rounded to in the product):
-    # torch then multiplies without wrapping a Python float into a new tensor at every step
-    ratios = torch.tensor([step.ratio for step in plan], dtype=x.dtype).unbind(0)
-    history: list[Tensor] = []
+    if ratios is None:
+        ratios = ratio_tensors(plan, x.dtype)
+    node, emit = nodes.node, ctx.emit
+    history: deque[Tensor] = deque(maxlen=history_size)  # D_i, D_{i-1}, ...
     for i in ctx.loop():
-        x0, _ = yield x, nodes.node(i)
-        history = [x0, *history[: history_size - 1]]
+        x0, _ = yield x, node(i)
+        history.appendleft(x0)
         step = plan[i]
         x = x * ratios[i]  # a new tensor: the caller's noise and the states already passed on are never changed
         for w, d in zip(step.weights, history, strict=False):
             x.add_(d, alpha=w)
         if step.noise:
             x = ctx.transition(i, x, level[i], level[i + 1], step.noise)[0]
-        ctx.emit(i, x, x0)
+        emit(i, x, x0)
     return x
 
 
@@ -175,26 +192,35 @@ class DataMultistep(Solver):
         (DPM-Solver++(2M) CFG++) rather than the unconditional one (:mod:`fewstep.solvers.cfg_pp`)."""
         return True
 
-    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+    def data_plan(self, nodes: NodeTable) -> list[DataStep]:
+        """Step i as ``x_t = ratio_i x_s + alpha_t sum_j w_j D_{i-j}`` (:class:`DataStep`, weights times alpha_t),
+        computed once per table (:meth:`NodeTable.remember`; the rows are shared: never written to)."""
+        return nodes.remember(self, "data_plan", lambda: self._data_plan(nodes))
+
+    def _data_plan(self, nodes: NodeTable) -> list[DataStep]:
         s = nodes.sigma
         ratios = (s[1:] / s[:-1]).tolist()  # sigma > 0 at every model node; 0 at a clean end
         a, h = nodes.alpha.tolist(), nodes.h.tolist()  # Python floats: the same IEEE arithmetic, faster per step
         weights = self.weights
-        # step i: x_t = ratio_i x_s + alpha_t sum_j w_j D_{i-j}  (map and _make: no Python frame per row)
+        # map and _make: no Python frame per row
         rows = [
             (ratios[i], list(map(mul, repeat(a[i + 1]), weights(h, i, k))), 0.0)
             for i, k in enumerate(self.step_orders(nodes))
         ]
-        plan = list(map(DataStep._make, rows))
+        return list(map(DataStep._make, rows))
+
+    def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
+        # the step loop itself is returned (not delegated to with ``yield from``): one generator per request
+        plan = self.data_plan(nodes)
         if self.runs_cfg_pp:
-            guided = guided_rows(plan, nodes, self.cfg_pp_guided)
-            return (yield from run_guided_plan(x, nodes, ctx, guided, self.order))
+            return run_guided_plan(x, nodes, ctx, guided_rows(plan, nodes, self.cfg_pp_guided), self.order)
         if self.corrector is not None:
             corr = unic_plan(nodes, self.step_orders(nodes), CORRECTORS[self.corrector])
-            return (yield from predict_correct(x, nodes, ctx, [PlanStep(r, w, ()) for r, w, _ in plan], corr))
+            return predict_correct(x, nodes, ctx, [PlanStep(r, w, ()) for r, w, _ in plan], corr)
         if self.momentum is not None and self.momentum != 1.0:  # beta = 1 is the solver itself
-            return (yield from self._solve_momentum(x, nodes, ctx, plan))
-        return (yield from run_data_plan(x, nodes, ctx, plan, self.order))
+            return self._solve_momentum(x, nodes, ctx, plan)
+        ratios = nodes.remember(self, ("ratio tensors", x.dtype), lambda: ratio_tensors(plan, x.dtype))
+        return run_data_plan(x, nodes, ctx, plan, self.order, ratios)
 
     def _solve_momentum(self, x: Tensor, nodes: NodeTable, ctx: RunContext, coef: list[DataStep]) -> Steps:
         """The multistep loop with the combined derivative replaced by a heavy-ball velocity (see momentum.py)."""

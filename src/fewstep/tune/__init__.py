@@ -4,6 +4,7 @@
 - :mod:`~fewstep.tune.teacher`: the high-NFE teacher solve;
 - :mod:`~fewstep.tune.params`: the logSNR-increment parameterisation of the times;
 - :mod:`~fewstep.tune.gits`, :mod:`~fewstep.tune.dmn`, :mod:`~fewstep.tune.ld3`: the optimisers;
+- :mod:`~fewstep.tune.backprop`: a solver run differentiable with respect to its times (LD3's gradient);
 - :mod:`~fewstep.tune.budget`: the network-call budget and the error minimised;
 - :mod:`~fewstep.tune.api`: :func:`tune`.
 

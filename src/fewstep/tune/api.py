@@ -24,10 +24,11 @@ from ..prepare import as_denoiser, refuse_cfg_pp
 from ..schedules import NoiseSchedule
 from ..solvers import available, get_solver
 from ..spacing import DISCRETE_SPACINGS, SPACINGS, model_times
+from .backprop import check_backprop
 from .budget import Budget, BudgetExhausted, Objective
 from .dmn import nelder_mead
 from .gits import gits_times
-from .ld3 import adam_spsa
+from .ld3 import adam_spsa, learn_times
 from .params import LogSNRIncrements
 from .teacher import Teacher, solve_teacher
 from .tuned import TunedSampler, model_fingerprint, schedule_description
@@ -35,8 +36,13 @@ from .tuned import TunedSampler, model_fingerprint, schedule_description
 if TYPE_CHECKING:
     from ..guidance import GuidanceRule
 
-#: The loss the optimisers minimise (:data:`fewstep.tune.budget.LOSSES`); the reported errors are RMSEs.
-LOSS = "mean_distance"
+#: The losses the optimisers may minimise (:data:`fewstep.tune.budget.LOSSES`), and ``"auto"``.
+LOSS_CHOICES = ("auto", "rmse", "mean_distance")
+
+#: With ``loss="auto"``: the RMSE (what the results are measured by) from this many calibration samples on, the
+#: mean per-sample distance below (the RMSE of a small batch is dominated by its few samples that land in another
+#: mode, and the times fitted to them do not carry over to fresh noise; docs/tuning.md).
+RMSE_FROM = 256
 
 #: What ``method="auto"`` runs after GITS, from the better of GITS's times and the best fixed spacing (measured in
 #: docs/tuning.md).
@@ -157,6 +163,17 @@ def _search(
     return str(solver), dict(options), np.asarray(found, dtype=np.float64)
 
 
+def _check_shared_conditioning(kwargs: Mapping[str, Any] | None, name: str) -> None:
+    """Conditioning tensors must serve every batch tune runs (the calibration and held-out noise together and
+    apart): no per-sample batch dimension."""
+    for key, value in (kwargs or {}).items():
+        if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] > 1:
+            raise ValueError(
+                f"{name}[{key!r}]: tune runs the calibration and held-out noise in batches of several sizes, so a "
+                f"conditioning tensor must be shared by every sample (batch dimension 1); got batch {value.shape[0]}"
+            )
+
+
 def tune(
     model: Callable[..., Tensor] | Denoiser,
     schedule: NoiseSchedule | None = None,
@@ -178,6 +195,7 @@ def tune(
     seed: int = 0,
     grid: int = 100,
     progress: bool = False,
+    loss: str = "auto",
 ) -> TunedSampler:
     """Tune the model-evaluation times (and, with ``solver=None``, the solver) of an ``nfe``-evaluation sampler for
     ``model`` so that its samples match a high-NFE teacher's from the same noise.
@@ -191,7 +209,8 @@ def tune(
         holdout: the held-out noise (or a number of samples, drawn after the calibration noise) on which the result
             and its start are measured.
         method: ``"gits"`` (the cheapest path through a fine grid on the teacher trajectory), ``"dmn"`` (Nelder-Mead
-            on the final error), ``"ld3"`` (Adam with simultaneous-perturbation gradients on the final error),
+            on the final error), ``"ld3"`` (gradient descent on the times through the differentiable run, with LD3's
+            soft-teacher slack; simultaneous-perturbation gradients where the run has no time gradient),
             ``"search"`` (the per-step solver search of ``fewstep.tune.search``), or ``"auto"``: with
             ``solver=None`` the search where this fewstep has it, else GITS, then :data:`AUTO_REFINE` from the
             better of GITS and the best fixed spacing (docs/tuning.md has the measurements).
@@ -203,6 +222,9 @@ def tune(
         grid: the teacher's number of logSNR-uniform times (``3 grid`` calls), also GITS's grid.
         progress: print each phase (teacher, starts, method, held-out check) with the network calls spent so far to
             standard error.
+        loss: what the optimisers minimise against the teacher: ``"rmse"``, ``"mean_distance"`` (the mean over
+            samples of each sample's RMS error), or ``"auto"``: the RMSE from :data:`RMSE_FROM` calibration samples
+            on, else the mean distance. The reported errors are RMSEs whatever the loss.
 
     Returns:
         A :class:`TunedSampler`; run it with ``fewstep.sample(model, noise, schedule, solver=tuned)``.
@@ -211,6 +233,8 @@ def tune(
     report = _reporter(progress, started)
     if method not in METHODS:
         raise ValueError(f"method: choose one of {', '.join(METHODS)}, got {method!r}")
+    if loss not in LOSS_CHOICES:
+        raise ValueError(f"loss: choose one of {', '.join(LOSS_CHOICES)}, got {loss!r}")
     nfe = _positive_int("nfe", nfe)
     limit = _positive_int("budget", budget)
     seed = _positive_int("seed", seed, 0)
@@ -222,6 +246,8 @@ def tune(
         None, guidance,
     )  # fmt: skip
     _check_rule(denoiser)
+    _check_shared_conditioning(model_kwargs, "model_kwargs")
+    _check_shared_conditioning(uncond_kwargs, "uncond_kwargs")
     sched = denoiser.schedule
     gen = torch.Generator().manual_seed(seed)
     scale = float(sched.sigma(sched.t_max))
@@ -230,6 +256,8 @@ def tune(
     if held.shape[1:] != calib.shape[1:]:
         raise ValueError(f"holdout: samples of shape {tuple(held.shape[1:])}, calibration {tuple(calib.shape[1:])}")
     held = held.to(calib.dtype)
+    if loss == "auto":
+        loss = "rmse" if calib.shape[0] >= RMSE_FROM else "mean_distance"
     starts = _starts(denoiser, nfe, solver, limit)
     if not starts:
         raise ValueError(f"nfe: none of the candidate solvers spends exactly {nfe} evaluations")
@@ -246,16 +274,19 @@ def tune(
 
     # the start: the best fixed configuration on the calibration batch
     scored = []
+    refused: ValueError | None = None
     for name, spacing, times in starts:
-        objective = Objective(denoiser, name, {}, nfe, calib, teacher.final, work, loss=LOSS)
+        objective = Objective(denoiser, name, {}, nfe, calib, teacher.final, work, loss=loss)
         try:
             scored.append((objective.error(times), name, spacing, times, objective.best_rmse))
-        except ValueError:  # a solver whose plan on these times spends another NFE (checked before any call)
-            continue
+        except ValueError as err:  # a solver whose plan on these times spends another NFE (checked before any call)
+            refused = err
+    if not scored:
+        raise ValueError(f"nfe: no start configuration could run {nfe} evaluations; the last refusal: {refused}")
     start_loss, start_solver, start_spacing, start_times, start_error = min(scored, key=lambda s: s[0])
     report(f"{len(scored)} fixed starts scored, best {start_solver} on {start_spacing}: {accounts.spent} calls")
     solver_name = start_solver
-    objective = Objective(denoiser, solver_name, {}, nfe, calib, teacher.final, work, loss=LOSS)
+    objective = Objective(denoiser, solver_name, {}, nfe, calib, teacher.final, work, loss=loss)
     objective.best, objective.best_rmse = (start_loss, start_times), start_error
     options: dict[str, Any] = {}
     chosen = method
@@ -275,7 +306,9 @@ def tune(
         refine = AUTO_REFINE if method == "auto" else method
         if refine == "dmn":
             nelder_mead(lambda z: objective.error(params.times(z)), z0)
-        elif refine == "ld3":
+        elif refine == "ld3" and check_backprop(denoiser, get_solver(solver_name)) is None:
+            learn_times(objective, params, z0, work)
+        elif refine == "ld3":  # no time gradient for this run: the derivative-free variant
             adam_spsa(lambda z: objective.error(params.times(z)), z0, seed)
         times = objective.best[1]  # type: ignore[assignment]
         chosen = f"gits+{AUTO_REFINE}" if method == "auto" else method

@@ -8,6 +8,10 @@ With ``u = -lambda(t)`` (``lambda = log(alpha / sigma)``) over the schedule's sp
 
 with ``z`` of length ``n``: ``n - 1`` increments and a last slack entry, the part of the span left below the last
 time (so the last time may stay above ``t_min``). Every ``z`` gives strictly decreasing times in the range.
+
+:meth:`LogSNRIncrements.free_times` is the same map in torch, differentiable in ``z``: ``t = t(lambda)`` is taken
+from the schedule's exact inverse and its derivative from ``dt/dlambda = 1 / lambda'(t)``, ``lambda' = alpha'/alpha
+- sigma'/sigma`` (so schedules whose inverse is a table lookup differentiate too).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..schedules import NoiseSchedule
 
@@ -54,6 +59,18 @@ class LogSNRIncrements:
             if times[k] >= times[k - 1]:
                 times[k] = np.nextafter(times[k - 1], -np.inf)
         return times
+
+    def free_times(self, z: Tensor) -> Tensor:
+        """The times ``t_1 .. t_{n-1}`` of logits ``z`` (a float64 tensor), differentiable in ``z`` (module
+        docstring); equal to :meth:`times` ``[1:]`` but for its tie-breaking of rounded times."""
+        if z.shape != (self.n,):
+            raise ValueError(f"z: need {self.n} logits, got shape {tuple(z.shape)}")
+        lo, hi = self.span()
+        u = hi - (hi - lo) * torch.cumsum(torch.softmax(z.to(torch.float64), 0), 0)[: self.n - 1]
+        sched = self.schedule
+        t0 = sched.t_of_lambda(-u.detach()).clamp(sched.t_min, sched.t_max)
+        slope = sched.dalpha(t0) / sched.alpha(t0) - sched.dsigma(t0) / sched.sigma(t0)  # d lambda / dt
+        return t0 + (-u - (-u).detach()) / slope
 
     def logits(self, times: np.ndarray) -> np.ndarray:
         """Logits whose :meth:`times` are (close to) ``times``: each increment and the slack at least

@@ -1,12 +1,15 @@
 """Particle methods over the reverse diffusion (docs/posterior.md): the SMC engine, its potentials (TDS twisting,
-FK steering, user values), resampling, and soft value-based decoding."""
+FK steering, user values), resampling, and soft value-based decoding, DriftLite's controlled drift."""
 
+from .driftlite import BASES, DRIFTS, driftlite, vcg_coefficients
 from .engine import SMCResult, smc
 from .potentials import FK_KINDS, TDS, FKSteering, Potential, PotentialStep, Value
 from .resampling import RESAMPLERS, effective_sample_size, resample_indices
 from .strategies import rollover, svdd
 
 __all__ = [
+    "BASES",
+    "DRIFTS",
     "FK_KINDS",
     "RESAMPLERS",
     "TDS",
@@ -15,9 +18,11 @@ __all__ = [
     "PotentialStep",
     "SMCResult",
     "Value",
+    "driftlite",
     "effective_sample_size",
     "resample_indices",
     "rollover",
     "smc",
     "svdd",
+    "vcg_coefficients",
 ]

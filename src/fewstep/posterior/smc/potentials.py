@@ -33,6 +33,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ...guidance.loss_steps import posterior_variance
+from ...guidance.rule_checks import finite_number
 from ...options import real_option, suggestion
 from ..measurement import Measurement
 
@@ -114,25 +116,39 @@ class TDS:
     Naesseth, Blei & Cunningham 2023, "Practical and Asymptotically Exact Conditional Sampling in Diffusion
     Models", Alg. 1 and §3.3): the twisting function
 
-        log p~_t(y | x_t) = -|y - A x0_hat(x_t)|^2 / (2 (s^2 + r_t^2)),   r_t^2 = twist_scale * sigma_t^2 / alpha_t^2,
+        log p~_t(y | x_t) = -|y - A x0_hat(x_t)|^2 / (2 (s^2 + r_t^2)),
 
     (up to a constant per node, which the per-prompt normalisation removes), the proposal mean shifted by
     ``std_t^2 grad_{x_t} log p~_t(y | x_t)`` (through the network: one backward pass per stochastic step), and the
     incremental weight ``p(x_{t-1} | x_t) p~_{t-1}(y | x_{t-1}) / (q(x_{t-1} | x_t, y) p~_t(y | x_t))``. At the
     clean end the twist is the exact likelihood, so the weighted particles target the posterior ``p(x | y)``
-    asymptotically exactly as the particles grow. ``r_t^2 = sigma_t^2 / alpha_t^2`` is the variance of ``x_t /
-    alpha_t`` about ``x0`` (the error of ``x0_hat`` under a flat prior); any ``twist_scale >= 0`` keeps the limit
-    exact. Needs ``noise_std > 0``. ``twist=False`` keeps the prior proposal (weights only).
+    asymptotically exactly as the particles grow, whatever ``r_t``. Needs ``noise_std > 0``. ``twist=False`` keeps
+    the prior proposal (weights only).
+
+    ``r_t^2`` stands in for the spread of ``x0 | x_t`` about ``x0_hat``: ``twist_scale`` times
+
+    - ``S^2 q / (S^2 + q)``, ``q = sigma_t^2 / alpha_t^2``, with ``S = data_std`` (default 1, for data of unit
+      scale): the exact variance for Gaussian data ``N(m, S^2 I)`` (PiGDM's ``r_t``, Song et al. 2023), bounded by
+      ``S^2`` at high noise;
+    - ``q`` itself with ``data_std=None`` (a flat prior): unbounded as the noise grows, so at high noise, where a
+      multimodal posterior's modes are chosen, the twist is almost flat and the choice is left to the final
+      weights (on the 64-D mixture the particles then miss the posterior's mode: docs/posterior.md);
+    - 0 with ``twist_scale=0``: the paper's plug-in ``p(y | x0_hat(x_t))``, too sharp at high noise for a small
+      ``s`` (the particles collapse early; measured in docs/posterior.md).
 
     The gradient is whatever autograd gives through the model-call stack: for a network that detaches its input
     (e.g. the isotropic mixture's exact denoiser ``GaussianMixture.model``) it is only the conversion's explicit
-    part (``x0_hat = (x - sigma eps_hat) / alpha`` with ``eps_hat`` held), a Jacobian-free twist; the weights account
-    for the proposal actually used, so the limit stays exact either way.
+    part (``x0_hat = (x - sigma eps_hat) / alpha`` with ``eps_hat`` held), a Jacobian-free twist. For Gaussian data
+    its gradient is the true one's times ``1 + q / S^2``: a much stronger pull at high noise. The weights account
+    for the proposal actually used, so the limit stays exact; whether the stronger pull helps depends on the problem
+    (with the plug-in twist it overshoots and the weights collapse; with the bounded one it finds the 64-D
+    mixture's posterior mode with fewer particles: docs/posterior.md).
     """
 
     measurement: Measurement
     twist_scale: float = 1.0
     twist: bool = True
+    data_std: float | None = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.measurement, Measurement):
@@ -146,6 +162,21 @@ class TDS:
                 "give a small noise_std, or use a projection sampler for noiseless problems"
             )
         object.__setattr__(self, "twist_scale", real_option("twist_scale", self.twist_scale))
+        if self.data_std is not None and finite_number("data_std", self.data_std) <= 0:
+            raise ValueError(
+                f"data_std: must be > 0 (the data's scale, 1 for normalised data) or None (a flat prior), "
+                f"got {self.data_std}"
+            )
+
+    def twist_variance(self, alpha: float, sigma: float) -> float:
+        """``r_t^2``: ``twist_scale`` times the variance of ``x0 | x_t`` under the twist's prior (class docstring);
+        0 at the clean end, inf at ``alpha = 0`` for a flat prior."""
+        if sigma == 0.0:
+            return 0.0
+        level = sigma / alpha if alpha > 0 else math.inf
+        if self.data_std is None:
+            return self.twist_scale * level * level
+        return self.twist_scale * posterior_variance(level, float(self.data_std))
 
     def bind(self, prompts: int, particles: int, like: Tensor) -> TDS:
         y = self.measurement.y
@@ -164,8 +195,7 @@ class TDS:
         return replace(self, measurement=bound)
 
     def value(self, x0: Tensor, alpha: float, sigma: float) -> Tensor:
-        r2 = 0.0 if sigma == 0.0 else self.twist_scale * (sigma / alpha) ** 2 if alpha > 0 else math.inf
-        var = self.measurement.noise_std**2 + r2
+        var = self.measurement.noise_std**2 + self.twist_variance(alpha, sigma)
         if math.isinf(var):
             return torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
         return -self.measurement.residual(x0).flatten(1).square().sum(1) / (2.0 * var)
