@@ -52,7 +52,7 @@ from ..noise.brownian import BrownianPath
 from ..options import suggestion
 from .chains import Chains
 from .noise import StepNoise
-from .proximal import Prox
+from .proximal import Prox, smoothing_for
 from .registry import check_run, register
 from .sampler_options import parse_options, positive_float
 from .sgld import required_step
@@ -194,9 +194,7 @@ def mirror_langevin(
     _, x = check_run(target, x0, draws, warmup, step_size, NAME)
     opts = parse_options(MirrorOptions, options, NAME)
     h = required_step(step_size, NAME)
-    lam = 2.0 * h if opts.smoothing is None else opts.smoothing
-    if opts.prox is not None and h > lam:
-        raise ValueError(f"step_size of {NAME!r} must be <= smoothing (lambda = {lam}) for a stable prox term, got {h}")
+    lam = 2.0 * h if opts.prox is None else smoothing_for(h, opts.smoothing, NAME)  # lambda serves the prox term
     assert opts.mirror is not None
     mirror = MIRRORS[opts.mirror]
     mirror.check_start(x)

@@ -86,6 +86,14 @@ class ProximalOptions:
             self.smoothing = positive_float("smoothing", self.smoothing, NAME)
 
 
+def smoothing_for(h: float, smoothing: float | None, name: str) -> float:
+    """The envelope's smoothing ``lambda`` (default ``2 h``), at least the step ``h`` for a stable prox term."""
+    lam = 2.0 * h if smoothing is None else smoothing
+    if h > lam:
+        raise ValueError(f"step_size of {name!r} must be <= smoothing (lambda = {lam}) for a stable prox term, got {h}")
+    return lam
+
+
 @register(NAME)
 def myula(
     target: Target,
@@ -101,9 +109,7 @@ def myula(
     _, x = check_run(target, x0, draws, warmup, step_size, NAME)
     opts = parse_options(ProximalOptions, options, NAME)
     h = required_step(step_size, NAME)
-    lam = 2.0 * h if opts.smoothing is None else opts.smoothing
-    if h > lam:
-        raise ValueError(f"step_size of {NAME!r} must be <= smoothing (lambda = {lam}) for a stable prox term, got {h}")
+    lam = smoothing_for(h, opts.smoothing, NAME)
     d = x.shape[1]
     given = check_inverse_mass(opts.inverse_mass, x)
     mass = torch.ones(d, dtype=x.dtype, device=x.device) if given is None else given
