@@ -141,3 +141,20 @@ def test_float32_and_float64_runs_keep_their_own_ratios() -> None:
     y64 = fewstep.sample(x0_model, noise(torch.float64), edm, "dpmpp_2m", nfe=12, prediction="sample")
     y32 = fewstep.sample(x0_model, noise(torch.float32), edm, "dpmpp_2m", nfe=12, prediction="sample")
     assert x32.dtype == torch.float32 and torch.equal(x32, y32) and torch.equal(x64, y64)
+
+
+def test_unchanged_time_tensors_serve_the_next_run() -> None:
+    """A repeated run on the same device, dtype and batch is handed the same time tensors (no new ones per run) while
+    no model wrote into them; another batch size gets its own."""
+    seen: list[list[torch.Tensor]] = [[], [], []]
+    edm = fewstep.EDM(0.002, 80.0)
+
+    for k, batch in enumerate((1, 1, 2)):
+
+        def keep(x: torch.Tensor, sigma: torch.Tensor, k: int = k) -> torch.Tensor:
+            seen[k].append(sigma)
+            return x0_model(x, sigma)
+
+        fewstep.sample(keep, noise()[:batch], edm, "dpmpp_2m", nfe=8, prediction="sample", time_input="sigma")
+    assert all(a is b for a, b in zip(seen[0], seen[1], strict=True))
+    assert all(a.shape == (1,) and b.shape == (2,) for a, b in zip(seen[1], seen[2], strict=True))

@@ -8,7 +8,9 @@ samples batch after batch) look them up instead of computing them again.
 Keys are made of the values themselves (:func:`value_key`, :func:`state_key`), never of an object's identity: a
 schedule, an option or a time array changed in place makes a new key, so nothing cached can go stale. An object
 whose state is not plain values (a callable, a model, an arbitrary object) has no key and is not cached. Cached
-entries hold host values only: the tensors a run hands to the model are made anew for every run.
+entries hold host values, and the model-time tensors of the last runs on a device
+(:meth:`fewstep.model.denoiser.PointValues.points`): those are handed out again only while no model has written
+into them.
 """
 
 from __future__ import annotations

@@ -155,10 +155,12 @@ class NodeTable:
     ) -> NodeTable:
         """The table of node times ``t`` (with a trailing nan for a clean end) for states of ``batch`` samples on
         ``device`` in ``dtype``. Its host side comes from the cache when a run with the same values built it
-        (:data:`TABLES`); the Points' tensors are made for this run."""
+        (:data:`TABLES`), and so do the Points of the last runs on the same device, dtype and batch while their time
+        tensors are unchanged (:meth:`~fewstep.model.denoiser.PointValues.points`)."""
         sched = denoiser.schedule
         key = _table_key(denoiser, t, clean_end, nfe_budget)
         values = TABLES.get(key)
+        model_points: Sequence[Point]
         if values is not None and values.point_values is not None:
             model_points = values.point_values.points(batch, device, dtype)
         else:

@@ -32,6 +32,8 @@ from .stack import Converted, Evaluation, EvaluationWrapper, ModelOutput, ModelS
 from .threshold import Threshold
 
 TIME_INPUTS = ("t", "sigma", "index")
+#: How many (device, dtype, batch) settings :meth:`PointValues.points` keeps the Points of.
+KEPT_RUNS = 4
 
 #: ``base(output, needs_eps) -> evaluation``: a replacement for the plain conversion layer (the time shift).
 BaseLayer = Callable[[ModelOutput, bool], Evaluation]
@@ -39,9 +41,10 @@ BaseLayer = Callable[[ModelOutput, bool], Evaluation]
 
 @dataclass(frozen=True, eq=False)
 class PointValues:
-    """The host side of the :class:`Point` s at several times, with no tensor of a run: per time its schedule
-    values, the conversion, and the model's time input (float64 on the CPU, never handed out). :meth:`points` makes
-    the run's Points (the model's time copied to the state's device, a new tensor for every run)."""
+    """The host side of the :class:`Point` s at several times: per time its schedule values, the conversion, and the
+    model's time input (float64 on the CPU, never handed out). :meth:`points` makes the Points of a run, with the
+    model's time on the state's device, and keeps them for the next run on the same device, dtype and batch while
+    their time tensors are unchanged."""
 
     t: tuple[float, ...]
     alpha: tuple[float, ...]
@@ -51,16 +54,39 @@ class PointValues:
     dsigma: tuple[float, ...]
     model_time: Tensor
     affines: tuple[Affine, ...]
+    #: the Points of earlier runs by (device, time dtype, batch), with their time tensors' base and its version
+    kept: dict[tuple[torch.device, torch.dtype, int], KeptPoints] = field(default_factory=dict, repr=False)
 
-    def points(self, batch: int, device: torch.device, dtype: torch.dtype) -> list[Point]:
-        """The Points of a run on ``batch`` samples on ``device`` in ``dtype``."""
+    def points(self, batch: int, device: torch.device, dtype: torch.dtype) -> tuple[Point, ...]:
+        """The Points of a run on ``batch`` samples on ``device`` in ``dtype``. Those of an earlier run with the same
+        device, dtype and batch are handed out again unless a model wrote into one of their time tensors (the
+        tensors' shared version counter moved): then, and on a first run, they are made anew, in one copy to the
+        device and one split into batch-shaped views."""
         time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-        model_time = self.model_time.to(device=device, dtype=time_dtype, copy=True)
-        per_node = model_time.unsqueeze(1).expand(len(self.t), batch).unbind(0)  # batch-shaped views, one op
+        key = (device, time_dtype, batch)
+        kept = self.kept.get(key)
+        if kept is not None and kept.time._version == kept.version:
+            return kept.points
+        with torch.inference_mode(False):  # plain tensors: they may serve later runs that record gradients
+            time = self.model_time.to(device=device, dtype=time_dtype, copy=True)
+            per_node = time.unsqueeze(1).expand(len(self.t), batch).unbind(0)  # batch-shaped views, one op
         rows = zip(
             self.t, self.alpha, self.sigma, self.lam, self.dalpha, self.dsigma, per_node, self.affines, strict=True
         )
-        return list(map(Point._make, rows))
+        points = tuple(map(Point._make, rows))
+        if key not in self.kept and len(self.kept) >= KEPT_RUNS:  # the oldest goes
+            self.kept.pop(next(iter(self.kept)), None)
+        self.kept[key] = KeptPoints(time, time._version, points)
+        return points
+
+
+@dataclass(frozen=True)
+class KeptPoints:
+    """The Points of a run (:meth:`PointValues.points`), their time tensors views of ``time`` at ``version``."""
+
+    time: Tensor
+    version: int
+    points: tuple[Point, ...]
 
 
 @dataclass
@@ -158,7 +184,7 @@ class Denoiser:
         time moved to ``device`` in one copy). A callable ``time_input`` is still called once per time."""
         if callable(self.time_input) or len(ts) < 2:
             return [self.point(t, batch, device, dtype) for t in ts]
-        return self.point_values(ts).points(batch, device, dtype)
+        return list(self.point_values(ts).points(batch, device, dtype))
 
     def point_values(self, ts: Sequence[float] | np.ndarray) -> PointValues:
         """The host side of :meth:`points` at two or more times (a ``time_input`` given by name): the schedule

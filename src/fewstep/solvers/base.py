@@ -243,9 +243,19 @@ def get_solver(solver: str | Solver, **options: Any) -> Solver:
     cls = _REGISTRY[solver]
     if not options:
         return cls()
-    params = inspect.signature(cls.__init__).parameters
+    params = option_names(cls)
     unknown = [k for k in options if k not in params]
     if unknown:
-        allowed = [p for p in params if p != "self"]
-        raise TypeError(f"solver {solver!r}: unknown option(s) {unknown}; allowed: {allowed or 'none'}")
+        raise TypeError(f"solver {solver!r}: unknown option(s) {unknown}; allowed: {list(params) or 'none'}")
     return cls(**options)
+
+
+_OPTION_NAMES: dict[type[Solver], tuple[str, ...]] = {}
+
+
+def option_names(cls: type[Solver]) -> tuple[str, ...]:
+    """The options a solver class takes: its constructor's parameters (read once per class)."""
+    names = _OPTION_NAMES.get(cls)
+    if names is None:
+        names = _OPTION_NAMES[cls] = tuple(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+    return names

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -44,11 +45,12 @@ class _Grid:
         s = sig.detach().to("cpu", torch.float64)
         if s.ndim != 1 or len(s) < 2:
             raise ValueError("sigmas: need a decreasing 1-D grid of at least two noise levels")
-        clean_end = bool(s[-1] == 0)
-        levels = s[:-1] if clean_end else s
-        if not bool(torch.all((levels > 0) & torch.isfinite(levels))):
+        values = s.numpy()  # the checks on the host values: no tensor operations
+        clean_end = bool(values[-1] == 0)
+        checked = values[:-1] if clean_end else values
+        if not (np.isfinite(checked).all() and (checked > 0).all()):
             raise ValueError("sigmas: only the last noise level may be 0, and all must be finite")
-        return cls(sig, levels, clean_end)
+        return cls(sig, s[:-1] if clean_end else s, clean_end)
 
     @property
     def steps(self) -> int:
