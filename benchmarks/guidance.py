@@ -7,8 +7,9 @@ RMSE against the exact solution of the guided probability-flow ODE (:class:`fews
 DOP853 at rtol = atol = 1e-11; its distance to a 1e-8 solve is recorded) of
 
 - every deterministic fewstep solver on every spacing, run with ``guidance_scale=`` / ``uncond_kwargs=``;
-- a sampler fitted to the guided model by ``fewstep.tune`` per NFE (its own calibration noise, seed 1, 6,000 network
-  calls; ``--no-tune`` leaves it out);
+- samplers fitted to the guided model by ``fewstep.tune`` per NFE (:data:`TUNE_METHODS`: the per-step search and
+  Nelder-Mead on the times; 6,000 network calls each, calibrated on their own noise of :data:`TUNE_CALIBRATION`
+  samples from seeds 1 and 3, disjoint from the benchmark's batches; ``--no-tune`` leaves them out);
 - the solvers that led that grid (:data:`SPACING_SOLVERS`) on spacings with tuned options (:data:`TUNED_SPACINGS`:
   Karras and polyexponential ``rho``, beta ``a``, ``b``; ``--no-spacings`` leaves them out);
 - every deterministic k-diffusion sampler (:data:`fewstep.bench.peers.KDIFFUSION_ODE`) on Karras, exponential and
@@ -17,16 +18,20 @@ DOP853 at rtol = atol = 1e-11; its distance to a 1e-8 solve is recorded) of
   trailing, and the Karras / exponential / beta / Lu-lambda sigmas where it takes them, in a pipeline's CFG loop.
 
 A configuration may spend fewer evaluations than the NFE (the largest it can spend exactly; Heun-type peers 2n - 1).
-Each side's configuration is chosen on a selection batch (256 samples) and measured on another (256 samples, the
-reported RMSE): the errors at scale 7.5 are dominated by the few trajectories that end in another mode, so a choice
-made on the batch it is measured on would favour the side with more configurations. The table gives, per target and
-NFE, both choices, their evaluation RMSE and ratio (the goal: at most 0.7), and the ratio when both are chosen on the
-evaluation batch itself (oracle). Results go to ``benchmarks/results/guidance.json``, which a later run resumes from
-(``--fresh`` starts over).
+Each side's configuration is chosen on selection noise and measured on another batch (256 samples, the reported
+RMSE): the errors at scale 7.5 are dominated by the few trajectories that end in another mode, so a choice made on
+the batch it is measured on would favour the side with more configurations. The selection is in two stages, the same
+for both sides: every configuration runs on a first selection batch (256 samples); the :data:`SHORTLIST` best there
+are rerun on a second one (:data:`CHECK_SAMPLES`), and the one with the smallest RMSE over both (1,024 samples) is
+chosen. The table gives, per target and NFE, both choices, their evaluation RMSE and ratio (the goal: at most 0.7),
+the ratio with both chosen on the first selection batch alone (first), and with both chosen on the evaluation batch
+itself (oracle). Results go to ``benchmarks/results/guidance.json``, which a later run resumes from (``--fresh``
+starts over; a change of the tuning's settings reruns the tuned samplers only).
 
 Usage: ``python benchmarks/guidance.py [--fresh] [--no-tune] [--no-spacings] [--targets labelled_2d,labelled_64d]
 [--nfe 5,8,10]``.
-The last run took 13 minutes on a shared 2-core machine, resuming the named-spacing rows from the JSON.
+A run that resumes the fixed configurations' rows from the JSON and tunes took 45 minutes on a shared 2-core
+machine.
 """
 
 from __future__ import annotations
@@ -65,12 +70,35 @@ SCHEDULE = "sd"
 SCALE = 7.5
 SAMPLES = 256  # per batch: the selection batch, then the evaluation batch
 SEED = 0
+F64 = torch.float64
 TUNE_SEED = 1  # the tuning's calibration noise is drawn from its own seed, not from the benchmark's
 TUNE_BUDGET = 6000
-TUNE_BATCH = 80  # calibration and held-out samples of the tuning: a multiple of every target's number of classes
+#: The tuning's calibration samples per target (its held-out batch is half as large): several times the selection
+#: batch, so that its RMSE is not decided by the few trajectories near a class boundary (with 80 samples the fitted
+#: times did not carry over to fresh noise); multiples of every target's number of classes, since the guided model
+#: given to ``fewstep.tune`` labels the samples by their position in the batch.
+TUNE_CALIBRATION = {"labelled_2d": 2000, "labelled_64d": 1000}
+#: The tunings run per NFE, as ``fewstep.tune``'s (``method``, ``solver``, ``seed``), all with ``loss="rmse"``: the
+#: per-step solver search and Nelder-Mead on the times of the best fixed start (``solver=None``), each from two draws
+#: of the calibration noise (the fitted times depend on which boundary trajectories a draw holds), and Nelder-Mead on
+#: the times of two solvers that the start's choice on the calibration batch passes over but that tune best on the
+#: 64-D mixture at NFE 5. Each result is a candidate like a fixed configuration, chosen or not by the same two-stage
+#: selection; a spec added later is tuned on a rerun without redoing the others.
+TUNE_METHODS: tuple[tuple[str, str | None, int], ...] = (
+    ("auto", None, TUNE_SEED), ("dmn", None, TUNE_SEED), ("dmn", "dpmpp_3m", TUNE_SEED), ("dmn", "deis_3", TUNE_SEED),
+    ("auto", None, TUNE_SEED + 2), ("dmn", None, TUNE_SEED + 2),
+)  # fmt: skip
 KDIFFUSION_SPACINGS = ("karras", "exponential", "polyexponential")
 DIFFUSERS_SPACINGS: tuple[str | None, ...] = (None, *SPACINGS, *SIGMA_GRIDS)
 GOAL = 0.7
+#: The second held-out selection batch: the :data:`SHORTLIST` configurations of each side with the smallest RMSE on
+#: the selection batch are rerun on ``CHECK_SAMPLES`` further samples (seed ``CHECK_SEED``, labels in turn), and each
+#: side takes the one with the smallest RMSE over both selection batches together (1,024 samples): the selection
+#: batch alone picks, among hundreds of candidates, the one that happens to steer its two or three boundary
+#: trajectories right.
+CHECK_SAMPLES = 768
+CHECK_SEED = 2
+SHORTLIST = 10
 #: Spacings with tuned options, searched for fewstep's side with the solvers that led the named-spacing grid (a
 #: spacing fitted to the guided model: chosen on the selection batch like every other configuration).
 TUNED_SPACINGS: dict[str, str | Spacing] = {
@@ -148,28 +176,103 @@ def peer_rows(case: dict[str, Any], model: Any, noise: torch.Tensor, reference: 
             rows[f"{label}|{spacing or 'default'}|{r.nfe_asked}"] = _errors(r.x, reference, r.nfe)
 
 
-def tuned_rows(case: dict[str, Any], target: Any, noise: torch.Tensor, reference: torch.Tensor, run: GuidedRun,
-               schedule: fewstep.NoiseSchedule, nfes: list[int], save: Any) -> None:  # fmt: skip
-    """A sampler tuned by ``fewstep.tune`` to the guided model at each NFE (on its own noise), run on the benchmark's
-    noise with CFG, into ``case["tuned"]`` ("tuned:solver|method|nfe": Row)."""
-    rows = case.setdefault("tuned", {})
+def tuned_rows(case: dict[str, Any], name: str, target: Any, noise: torch.Tensor, reference: torch.Tensor,
+               run: GuidedRun, schedule: fewstep.NoiseSchedule, nfes: list[int], save: Any) -> None:  # fmt: skip
+    """Samplers tuned by ``fewstep.tune`` to the guided model at each NFE, one per :data:`TUNE_METHODS`, calibrated
+    on their own noise (:data:`TUNE_CALIBRATION` samples from the spec's seed, disjoint from the benchmark's
+    batches), run on the benchmark's noise with CFG, into ``case["tuned"]`` ("tuned[spec]:solver|found|nfe": Row;
+    the tuning's own calibration / held-out RMSE in ``case["tuned_errors"]``, the sampler in
+    ``case["tuned_samplers"]``)."""
+    rows, errors = case.setdefault("tuned", {}), case.setdefault("tuned_errors", {})
     cfg = target.model(schedule, "epsilon")
     classes = target.num_classes
+    count = TUNE_CALIBRATION[name]
+    if count % classes:
+        raise ValueError(f"TUNE_CALIBRATION[{name!r}]: {count} is not a multiple of the {classes} classes")
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # CFG of the labels 0, 1, ... by batch position
         labels = torch.arange(x.shape[0]) % classes
         return cfg_combine(cfg(x, t, torch.full_like(labels, -1)), cfg(x, t, labels), SCALE)
 
     for asked in nfes:
-        if any(k.endswith(f"|{asked}") for k in rows):
-            continue
-        tuned = fewstep.tune(
-            guided, schedule, nfe=asked, calibration=TUNE_BATCH, holdout=TUNE_BATCH, shape=(target.dim,),
-            budget=TUNE_BUDGET, seed=TUNE_SEED,
-        )  # fmt: skip
-        x = fewstep.sample(cfg, noise, schedule, solver=tuned, progress=False, **run.sample_kwargs())
-        rows[f"tuned:{tuned.solver}|{tuned.method}|{asked}"] = _errors(x, reference, tuned.nfe)
-        save()
+        for method, solver, seed in TUNE_METHODS:
+            label = method if solver is None else f"{method} {solver}"
+            label += "" if seed == TUNE_SEED else f" seed {seed}"
+            if any(k.startswith(f"tuned[{label}]:") and k.endswith(f"|{asked}") for k in rows):
+                continue
+            tuned = fewstep.tune(
+                guided, schedule, nfe=asked, calibration=count, holdout=count // 2, shape=(target.dim,),
+                method=method, solver=solver, budget=TUNE_BUDGET, seed=seed, loss="rmse",
+            )  # fmt: skip
+            x = fewstep.sample(cfg, noise, schedule, solver=tuned, progress=False, **run.sample_kwargs())
+            key = f"tuned[{label}]:{tuned.solver}|{tuned.method}|{asked}"
+            rows[key], errors[key] = _errors(x, reference, tuned.nfe), tuned.errors
+            case.setdefault("tuned_samplers", {})[key] = tuned.to_dict()
+            save()
+
+
+def _shortlist(rows: dict[str, Row], nfe: int) -> list[str]:
+    """The :data:`SHORTLIST` keys at ``nfe`` with the smallest RMSE on the selection batch."""
+    ranked = sorted((v[0], k) for k, v in rows.items() if k.endswith(f"|{nfe}") and v[0] is not None and v[1])
+    return [k for _, k in ranked[:SHORTLIST]]
+
+
+def _rerun_fewstep(key: str, case: dict[str, Any], model: Any, noise: torch.Tensor, run: GuidedRun,
+                   schedule: fewstep.NoiseSchedule, spent: int | None) -> torch.Tensor:  # fmt: skip
+    """fewstep's configuration ``key`` (a solver on a spacing, or a tuned sampler) on other noise."""
+    if key.startswith("tuned["):
+        tuned = fewstep.TunedSampler.from_dict(case["tuned_samplers"][key])
+        return fewstep.sample(model, noise, schedule, solver=tuned, progress=False, **run.sample_kwargs())
+    solver, label, _ = key.split("|")
+    spacing = TUNED_SPACINGS.get(label, label)
+    return fewstep.sample(
+        model, noise, schedule, solver, nfe=spent, spacing=spacing, progress=False, **run.sample_kwargs()
+    )
+
+
+def _rerun_peer(key: str, model: Any, noise: torch.Tensor, run: GuidedRun, schedule: fewstep.NoiseSchedule) -> Any:
+    """The peer configuration ``key`` ("library:label|spacing|nfe") on other noise (None when it fails)."""
+    config, spacing, asked = key.split("|")
+    library, label = config.split(":", 1)
+    if library == "k-diffusion":
+        samplers = [s for s in KDIFFUSION_ODE if s[0] == label]
+        grid = kdiffusion_grid(model, schedule, noise, [int(asked)], "epsilon", samplers, (spacing,), run.peer())
+    else:
+        peers = [p for p in DIFFUSERS if p.label == label]
+        sp = None if spacing == "default" else spacing
+        grid = diffusers_grid(model, schedule, noise, [int(asked)], "epsilon", peers, (sp,), run.peer())
+    runs = [r for runs in grid.values() for r in runs]
+    return runs[0].x if runs else None
+
+
+def check_rows(case: dict[str, Any], target: Any, schedule: fewstep.NoiseSchedule, nfes: list[int],
+               save: Any) -> None:  # fmt: skip
+    """Each side's shortlist (:func:`_shortlist`) rerun on the second selection batch (:data:`CHECK_SAMPLES`), its RMSE
+    there into ``case["check"][side][key]`` (None: the run failed)."""
+    noise = torch.randn(CHECK_SAMPLES, target.dim, generator=torch.Generator().manual_seed(CHECK_SEED), dtype=F64)
+    noise = noise * float(schedule.sigma(schedule.t_max))
+    run = GuidedRun.of(target, SCALE, CHECK_SAMPLES)
+    assert run is not None
+    reference: torch.Tensor | None = None
+    model = target.model(schedule, "epsilon")
+    sides = {"fewstep": _ours(case), "peers": case.get("peers", {})}
+    for side, rows in sides.items():
+        done = case.setdefault("check", {}).setdefault(side, {})
+        for nfe in nfes:
+            for key in _shortlist(rows, nfe):
+                if key in done:
+                    continue
+                if reference is None:
+                    reference = reference_solution_from_time(run.exact(), noise, schedule, schedule.t_max)
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if side == "fewstep":
+                        x = _rerun_fewstep(key, case, model, noise, run, schedule, rows[key][2])
+                    else:
+                        x = _rerun_peer(key, model, noise, run, schedule)
+                ok = x is not None and bool(torch.all(torch.isfinite(x)))
+                done[key] = rmse(x.to(F64), reference) if ok else None
+            save()
 
 
 def measure(name: str, nfes: list[int], results: dict[str, Any], tune: bool, spaced: bool, save: Any) -> None:
@@ -201,8 +304,15 @@ def measure(name: str, nfes: list[int], results: dict[str, Any], tune: bool, spa
         save()
     print(f"{name}: peers done at {time.perf_counter() - started:.0f} s", flush=True)
     if tune:
-        tuned_rows(case, target, noise, reference, run, schedule, nfes, save)
+        tuned_rows(case, name, target, noise, reference, run, schedule, nfes, save)
         print(f"{name}: tuned done at {time.perf_counter() - started:.0f} s", flush=True)
+    check_rows(case, target, schedule, nfes, save)
+    print(f"{name}: second selection batch done at {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def _ours(case: dict[str, Any]) -> dict[str, Row]:
+    """fewstep's candidates: the named-spacing grid, the tuned spacings and the tuned samplers."""
+    return {**case.get("fewstep", {}), **case.get("spaced", {}), **case.get("tuned", {})}
 
 
 def best(rows: dict[str, Row], nfe: int, column: int) -> tuple[str, Row]:
@@ -212,12 +322,28 @@ def best(rows: dict[str, Row], nfe: int, column: int) -> tuple[str, Row]:
     return key, row
 
 
+def chosen(rows: dict[str, Row], checked: dict[str, float | None], nfe: int) -> tuple[str, Row, float]:
+    """The shortlisted configuration with the smallest RMSE over both selection batches together (the selection
+    batch's alone where none was rerun), and that pooled RMSE."""
+    pooled = []
+    for key in _shortlist(rows, nfe):
+        a, c = rows[key][0], checked.get(key)
+        if c is not None:
+            pooled.append((math.sqrt((a * a * SAMPLES + c * c * CHECK_SAMPLES) / (SAMPLES + CHECK_SAMPLES)), key))
+    if not pooled:
+        key, row = best(rows, nfe, 0)
+        return key, row, row[0]
+    score, key = min(pooled)
+    return key.rsplit("|", 1)[0], rows[key], score
+
+
 def table(results: dict[str, Any], nfes: list[int]) -> tuple[str, list[dict[str, Any]]]:
-    """Per target and NFE: fewstep's and the peers' configurations chosen on the selection batch, their RMSE on the
-    evaluation batch and its ratio, and the ratio of the best on the evaluation batch itself (oracle)."""
+    """Per target and NFE: fewstep's and the peers' configurations chosen on both selection batches
+    (:func:`chosen`), their RMSE on the evaluation batch and its ratio; the ratio with both chosen on the first
+    selection batch alone, and with both chosen on the evaluation batch itself (oracle)."""
     head = (
-        f"{'target':<13}{'NFE':>4}  {'fewstep (chosen on the selection batch)':<44}{'RMSE':>8}  "
-        f"{'peer (chosen on the selection batch)':<50}{'RMSE':>8}{'ratio':>7}{'oracle':>8}"
+        f"{'target':<13}{'NFE':>4}  {'fewstep (chosen on the selection batches)':<50}{'RMSE':>8}  "
+        f"{'peer (chosen on the selection batches)':<50}{'RMSE':>8}{'ratio':>7}{'first':>7}{'oracle':>8}"
     )
     lines = [
         f"CFG scale {SCALE}, {SCHEDULE} schedule: RMSE against the exact guided PF-ODE solution on {SAMPLES} "
@@ -227,24 +353,30 @@ def table(results: dict[str, Any], nfes: list[int]) -> tuple[str, list[dict[str,
     ]
     summary = []
     for name, case in results.get("cases", {}).items():
-        ours_rows = {**case.get("fewstep", {}), **case.get("spaced", {}), **case.get("tuned", {})}
+        ours_rows, peer_rows_ = _ours(case), case.get("peers", {})
+        check = case.get("check", {})
         for nfe in nfes:
-            ours, ours_row = best(ours_rows, nfe, 0)
-            theirs, theirs_row = best(case.get("peers", {}), nfe, 0)
+            ours, ours_row, ours_sel = chosen(ours_rows, check.get("fewstep", {}), nfe)
+            theirs, theirs_row, theirs_sel = chosen(peer_rows_, check.get("peers", {}), nfe)
             ratio = ours_row[1] / theirs_row[1]
-            oracle = best(ours_rows, nfe, 1)[1][1] / best(case.get("peers", {}), nfe, 1)[1][1]
+            first = best(ours_rows, nfe, 0)[1][1] / best(peer_rows_, nfe, 0)[1][1]
+            oracle = best(ours_rows, nfe, 1)[1][1] / best(peer_rows_, nfe, 1)[1][1]
             spent = f" ({theirs_row[2]})" if theirs_row[2] != nfe else ""
             lines.append(
-                f"{name:<13}{nfe:>4}  {ours:<44}{ours_row[1]:>8.3g}  {theirs + spent:<50}{theirs_row[1]:>8.3g}"
-                f"{ratio:>7.2f}{oracle:>8.2f}"
+                f"{name:<13}{nfe:>4}  {ours:<50}{ours_row[1]:>8.3g}  {theirs + spent:<50}{theirs_row[1]:>8.3g}"
+                f"{ratio:>7.2f}{first:>7.2f}{oracle:>8.2f}"
             )
             summary.append(
-                {"target": name, "nfe": nfe, "fewstep": ours, "fewstep_rmse": ours_row[1], "peer": theirs,
-                 "peer_nfe": theirs_row[2], "peer_rmse": theirs_row[1], "ratio": ratio, "oracle_ratio": oracle}
+                {"target": name, "nfe": nfe, "fewstep": ours, "fewstep_rmse": ours_row[1],
+                 "fewstep_selection_rmse": ours_sel, "peer": theirs, "peer_nfe": theirs_row[2],
+                 "peer_rmse": theirs_row[1], "peer_selection_rmse": theirs_sel, "ratio": ratio,
+                 "first_batch_ratio": first, "oracle_ratio": oracle}
             )  # fmt: skip
     lines.append(
-        f"ratio: fewstep / peer on the evaluation batch (goal <= {GOAL}); oracle: the same with both chosen on the "
-        "evaluation batch itself; tuned: a sampler fitted by fewstep.tune to the guided model"
+        f"ratio: fewstep / peer on the evaluation batch (goal <= {GOAL}), each side's configuration chosen among its "
+        f"{SHORTLIST} best on the selection batch by the RMSE over it and a second batch of {CHECK_SAMPLES}; first: "
+        "both chosen on the first selection batch alone; oracle: both chosen on the evaluation batch itself; "
+        "tuned[method solver seed]: a sampler fitted by fewstep.tune to the guided model on its own noise"
     )
     return "\n".join(lines), summary
 
@@ -285,13 +417,22 @@ def main() -> None:
         "schedule": SCHEDULE, "scale": SCALE, "samples": SAMPLES, "seed": SEED, "prediction": "epsilon",
         "tune_budget": TUNE_BUDGET, "tune_seed": TUNE_SEED,
     }  # fmt: skip
+    # the tuning's settings apart from the others: a change of them reruns the tuned rows only (a new spec of
+    # TUNE_METHODS is tuned by the resumed run)
+    tuning = {"budget": TUNE_BUDGET, "seed": TUNE_SEED, "calibration": TUNE_CALIBRATION}
     results: dict[str, Any] = {}
     if RESULTS.is_file() and not args.fresh:
         results = json.loads(RESULTS.read_text())
         if results.get("settings") != settings:
             print("settings changed: starting over", flush=True)
             results = {}
-    results["settings"] = settings
+        elif {k: results.get("tuning", {}).get(k) for k in tuning} != json.loads(json.dumps(tuning)):
+            print("tuning settings changed: tuning again", flush=True)
+            for case in results.get("cases", {}).values():
+                for key in ("tuned", "tuned_errors", "tuned_samplers"):
+                    case.pop(key, None)
+                case.setdefault("check", {}).pop("fewstep", None)
+    results["settings"], results["tuning"] = settings, tuning
     started = time.perf_counter()
 
     def save() -> None:

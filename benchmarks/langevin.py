@@ -7,6 +7,7 @@ evaluation on the Gaussians and the logistic regression.
     python benchmarks/langevin.py --targets banana --draws 500 --warmup 300
     python benchmarks/langevin.py --report             # print the stored tables
     python benchmarks/langevin.py --targets gaussian --friction 1.0 --out benchmarks/results/langevin_friction1.json
+    python benchmarks/langevin.py --targets gaussian_diag --mass-estimate fisher
 
 Each target's entry in the results file keeps the settings it ran with (chains, draws, warm-up, friction), so
 targets may be run with different budgets (the 1,000-D Gaussian with a shorter one).
@@ -56,6 +57,12 @@ def main() -> None:
     parser.add_argument(
         "--friction", default="auto", help="the kinetic samplers' friction: 'auto' (adapted in warm-up) or a float"
     )
+    parser.add_argument(
+        "--mass-estimate",
+        default="variance",
+        choices=["variance", "fisher"],
+        help="the kinetic samplers' diagonal mass in warm-up: the draws' variance (Stan's) or the Fisher divergence's",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "langevin.json")
     parser.add_argument("--report", action="store_true", help="only print the tables stored in --out")
     args = parser.parse_args()
@@ -69,7 +76,8 @@ def main() -> None:
         results = json.loads(args.out.read_text(encoding="utf-8")).get("targets", {})
     dims = dict(TARGETS)
     friction = args.friction if args.friction == "auto" else float(args.friction)
-    options = {name: {"friction": friction} for name in ("kinetic", "baoab", "obabo", "randomized_midpoint")}
+    kinetic = {"friction": friction, "mass_estimate": args.mass_estimate}
+    options = {name: dict(kinetic) for name in ("kinetic", "baoab", "obabo", "randomized_midpoint")}
     for name in args.targets:
         target = density_target(name, dims.get(name))
         if isinstance(target, LogisticRegression):
@@ -116,7 +124,8 @@ def report(path: Path) -> None:
         rows = [McmcRow(**row) for row in entry["rows"]]
         print(
             f"\n{entry['name']} (d = {entry['dim']}), {settings['chains']} chains, warm-up {settings['warmup']}, "
-            f"NUTS draws {settings['draws']}, kinetic friction {settings.get('friction', 1.0)}\n"
+            f"NUTS draws {settings['draws']}, kinetic friction {settings.get('friction', 1.0)}, "
+            f"mass {settings.get('mass_estimate', 'variance')}\n"
         )
         print(markdown_table(rows))
 

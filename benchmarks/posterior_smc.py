@@ -9,8 +9,10 @@ spacing), K = 1, 4, 16, 64 particles per prompt, ``--replicates`` replicates of 
 
 The network is the differentiable exact denoiser (``as_full_covariance(mixture).model``), so the twist's gradient
 goes through it; ``--jacobian-free`` takes the isotropic mixture's own denoiser, which detaches its input (the
-gradient is then the conversion's explicit part only). ``--data-std`` (a number or ``none``) and
-``--twist-scale`` set the twist's variance ``r_t^2`` (``TDS`` docstring; defaults as ``TDS``).
+gradient is then the conversion's explicit part only). ``--variance`` (``gaussian`` or ``tweedie``), ``--data-std``
+(a number or ``none``) and ``--twist-scale`` set the twist's variance ``r_t^2`` (``TDS`` docstring; defaults as
+``TDS``); ``--first-order`` takes TDS's first-order proposal shift instead of the product proposal, and
+``--resample-schedule constant`` the constant ESS threshold instead of the noise-aware one (``smc``).
 
 Metrics against the exact posterior (``fewstep.bench.targets.posterior.mixture_posterior``), each averaged within a
 replicate, then mean ± standard error over the replicates:
@@ -30,7 +32,8 @@ per particle and the exact tilt
 ``p(x) exp(r(x))`` (``reward_tilt``, 10^5 exact samples), and the fraction of the gap closed.
 
 Usage: ``python benchmarks/posterior_smc.py [--replicates 5] [--prompts 64] [--targets 2d,64d] [--nfe 20] [--no-fk]
-[--jacobian-free] [--data-std 1|none] [--twist-scale 1] [--out benchmarks/results/posterior_smc.md]``.
+[--jacobian-free] [--variance gaussian|tweedie] [--data-std 1|none] [--twist-scale 1] [--first-order]
+[--resample-schedule noise|constant] [--out benchmarks/results/posterior_smc.md]``.
 About 5 minutes on 2 cores with the defaults (the 64-D K = 64 row takes most of it; longer on a shared machine).
 """
 
@@ -138,15 +141,24 @@ def particle_table(post: FullCovarianceMixture, run: Runner, dim: int, args: arg
 
 def tds_table(name: str, args: argparse.Namespace) -> None:
     mix, meas, model = problem(name, args.jacobian_free)
-    pot = TDS(meas, twist_scale=args.twist_scale, data_std=args.data_std)
+    pot = TDS(
+        meas,
+        twist_scale=args.twist_scale,
+        data_std=args.data_std,
+        variance=args.variance,
+        optimal_proposal=not args.first_order,
+    )
     twist = "Jacobian-free" if args.jacobian_free else "through the network"
     emit(
         f"\n### TDS, {name}: NFE {args.nfe} per particle, {args.replicates} x {args.prompts} prompts, twist {twist}, "
-        f"data_std {args.data_std}, twist_scale {args.twist_scale}\n"
+        f"variance {args.variance}, data_std {args.data_std}, twist_scale {args.twist_scale}, "
+        f"{'first-order' if args.first_order else 'product'} proposal, {args.resample_schedule} resampling\n"
     )
 
     def run(noise: torch.Tensor, g: torch.Generator, calls: fewstep.CallCount) -> SMCResult:
-        return smc(model, noise, SCHED, pot, nfe=args.nfe, generator=g, calls=calls)
+        return smc(
+            model, noise, SCHED, pot, nfe=args.nfe, generator=g, calls=calls, resample_schedule=args.resample_schedule
+        )
 
     particle_table(mixture_posterior(mix, meas), run, mix.dim, args, ess=False)
 
@@ -223,6 +235,9 @@ def main() -> None:
     parser.add_argument("--jacobian-free", action="store_true", help="the mixture's own (detaching) denoiser")
     parser.add_argument("--data-std", type=_data_std, default=1.0, help="TDS data_std (a number or none)")
     parser.add_argument("--twist-scale", type=float, default=1.0, help="TDS twist_scale")
+    parser.add_argument("--variance", default="gaussian", help="TDS variance: gaussian (default) or tweedie")
+    parser.add_argument("--first-order", action="store_true", help="TDS's first-order proposal shift")
+    parser.add_argument("--resample-schedule", default="noise", help="smc's resample_schedule: noise or constant")
     parser.add_argument("--driftlite", default="", help="DriftLite tables on these targets (e.g. 2d,64d)")
     parser.add_argument("--drifts", default="none,guidance,vcg", help="DriftLite's drifts to tabulate")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables to this file")

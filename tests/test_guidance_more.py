@@ -174,6 +174,38 @@ def test_self_recurrence_one_step_by_hand_and_counts() -> None:
     torch.testing.assert_close(out, guided(x)[0], rtol=1e-10, atol=1e-10)
 
 
+def test_self_recurrence_takes_the_runs_own_step_by_default() -> None:
+    """``h=None``: no move at the first request; at the second, ``h`` is the log-SNR gap from the first (by hand)."""
+    n, w, t0, t1 = 5, 2.0, 0.8, 0.4
+    model, x_t = two_class_model(), noise(n, 11)
+    cond, null = labels(n, 0), labels(n, -1)
+    cfg = ClassifierFreeGuidance(w, {"y": null})
+    calls = fewstep.CallCount()
+    rule = SelfRecurrence(cfg, repeats=3, generator=gen(5))
+    out = fewstep.sample(model, x_t, VP, "ddim", spacing=[t0, t1], model_kwargs={"y": cond}, guidance=rule, calls=calls)
+    assert (calls.network, calls.requests) == (1 + 3, 2)
+
+    def guided(x: Tensor, t: float) -> tuple[Tensor, Tensor, float, float]:
+        x0_u, eps_u, alpha, sigma = point_at(model, x, t, y=null)
+        x0_c, eps_c, _, _ = point_at(model, x, t, y=cond)
+        return x0_u + w * (x0_c - x0_u), eps_u + w * (eps_c - eps_u), alpha, sigma
+
+    x0, eps, _, _ = guided(x_t, t0)
+    a1, s1 = float(VP.alpha(t1)), float(VP.sigma(t1))
+    x = a1 * x0 + s1 * eps  # the plain DDIM step to t1
+    lam = VP.lambda_(torch.tensor([t0, t1], dtype=F64))
+    rho, g = math.exp(-float(lam[1] - lam[0])), gen(5)
+    for _ in range(2):
+        x0, eps, alpha, sigma = guided(x, t1)
+        z = torch.randn(x.shape, generator=g, dtype=F64)
+        x = alpha * x0 + sigma * (rho * eps + math.sqrt(1 - rho * rho) * z)
+    torch.testing.assert_close(out, guided(x, t1)[0], rtol=1e-10, atol=1e-10)
+    fixed = SelfRecurrence(cfg, repeats=3, h=0.05, generator=gen(5))  # a given h is used from the first request
+    calls = fewstep.CallCount()
+    fewstep.sample(model, x_t, VP, "ddim", spacing=[t0, t1], model_kwargs={"y": cond}, guidance=fixed, calls=calls)
+    assert calls.network == 2 * 3
+
+
 def test_self_recurrence_of_one_is_the_plain_run_and_keeps_gaussian_data() -> None:
     data = GaussianMixture.single(2, [1.0, -0.5], 0.7)
     model, start = data.model(VP), noise(4000, 8)

@@ -42,13 +42,19 @@ def test_largest_whitened_variance_matches_eigendecomposition() -> None:
     torch.testing.assert_close(largest_whitened_variance(draws, per_chain, iterations=200), expected, rtol=1e-6, atol=0)
 
 
-def test_auto_friction_is_one_over_the_longest_whitened_scale() -> None:
-    """Whitened by its diagonal, the correlated Gaussian has correlation matrix eigenvalues ``1 +- rho``: the
-    adapted friction is ``1 / sqrt(1 + rho)`` up to the warm-up's Monte Carlo error."""
+@pytest.mark.parametrize("mass_estimate", ["variance", "fisher"])
+def test_auto_friction_is_one_over_the_longest_whitened_scale(mass_estimate: str) -> None:
+    """Whitened by the variances (Stan's mass), the correlated Gaussian has the correlation matrix, eigenvalues
+    ``1 +- rho``: the adapted friction is ``1 / sqrt(1 + rho)``. The Fisher mass ``sqrt(Var x / Var g)`` is
+    ``sigma_i^2 sqrt(1 - rho^2)`` (``Var g_i = 1 / (sigma_i^2 (1 - rho^2))``), the whitened covariance
+    ``R / sqrt(1 - rho^2)`` with largest eigenvalue ``sqrt((1 + rho) / (1 - rho))``: the friction is
+    ``((1 - rho) / (1 + rho))^(1/4)``. Both up to the warm-up's Monte Carlo error."""
     x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    run = L.sample(correlated(), "baoab", x0, draws=10, warmup=400, generator=torch.Generator().manual_seed(2))
+    run = L.sample(correlated(), "baoab", x0, draws=10, warmup=400, mass_estimate=mass_estimate,
+                   generator=torch.Generator().manual_seed(2))  # fmt: skip
     assert run.friction is not None
-    assert abs(run.friction * math.sqrt(1.0 + RHO) - 1.0) < 0.15, run.friction
+    expected = 1.0 / math.sqrt(1.0 + RHO) if mass_estimate == "variance" else ((1 - RHO) / (1 + RHO)) ** 0.25
+    assert abs(run.friction / expected - 1.0) < 0.15, (run.friction, expected)
     fixed = L.sample(correlated(), "baoab", x0, draws=10, warmup=400, friction=2.0)
     assert fixed.friction == 2.0
     short = L.sample(correlated(), "obabo", x0, draws=10, step_size=0.1)  # no warm-up: the warm-up's friction

@@ -13,6 +13,7 @@ from fewstep.bench.targets import GaussianMixture, mixture_2d, mixture_nd
 from fewstep.bench.targets.posterior import as_full_covariance, mixture_posterior, reward_tilt
 from fewstep.posterior import Linear
 from fewstep.posterior.smc import TDS, driftlite, smc, vcg_coefficients
+from fewstep.posterior.smc.twist import twisted_step
 
 F64 = torch.float64
 SCHED = fewstep.VP()
@@ -51,11 +52,67 @@ def test_tds_twist_variance_formulas() -> None:
     assert TDS(meas).twist_variance(0.0, 1.0) == pytest.approx(1.0)  # pure noise: bounded by S^2
     assert math.isinf(TDS(meas, data_std=None).twist_variance(0.0, 1.0))
     x0 = torch.tensor([[1.0, 2.0]], dtype=F64)
-    expected = -((0.0 - 3.0) ** 2) / (2 * (0.09 + q / (1 + q)))
+    w = 0.09 + q / (1 + q)
+    expected = -((0.0 - 3.0) ** 2) / (2 * w) - 0.5 * math.log(w)  # one measured number: m = 1
     assert float(TDS(meas).value(x0, alpha, sigma)[0]) == pytest.approx(expected)
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="data_std"):
             TDS(meas, data_std=bad)
+
+
+def test_tds_tweedie_variance_gradient_and_curvature_on_gaussian_data() -> None:
+    """For data N(m, S^2 I) the denoiser's Jacobian is j I, j = alpha S^2 / (alpha^2 S^2 + sigma^2), so Tweedie's
+    covariance along A is |a|^2 S^2 q / (S^2 + q): the value, its gradient (r held) and the curvature
+    |B^T res|^2 / (w |res|^2), B = j a^T, against these hand formulas."""
+    std, alpha, sigma, s = 1.3, 0.6, 0.8, 0.3
+    prior = as_full_covariance(GaussianMixture.single(2, mean=0.2, std=std))
+    a = torch.tensor([[0.6, -0.8]], dtype=F64)  # a unit row: |a|^2 = 1
+    meas = Linear(y=torch.tensor([[0.7]], dtype=F64), noise_std=s, A=a)
+    x = torch.tensor([[0.4, -1.1], [2.0, 0.3]], dtype=F64, requires_grad=True)
+    x0, _ = prior.denoise(x, alpha, sigma)
+    twist = TDS(meas, variance="tweedie").value_and_gradient(x, x0, alpha, sigma)
+    q, s2 = (sigma / alpha) ** 2, std**2
+    w = s**2 + float(a.square().sum()) * s2 * q / (s2 + q)
+    j = alpha * s2 / (alpha**2 * s2 + sigma**2)
+    x0h = 0.2 + j * (x.detach() - alpha * 0.2)
+    res = 0.7 - x0h @ a[0]
+    torch.testing.assert_close(twist.value, -res.square() / (2 * w) - 0.5 * math.log(w))
+    torch.testing.assert_close(twist.grad, (j * res / w)[:, None] * a)
+    assert twist.curvature is not None
+    torch.testing.assert_close(twist.curvature, torch.full((2,), j * j * float(a.square().sum()) / w, dtype=F64))
+    gauss = TDS(meas, data_std=std).value_and_gradient(x, prior.denoise(x, alpha, sigma)[0], alpha, sigma)
+    torch.testing.assert_close(gauss.value, twist.value)  # |a| = 1: the Gaussian formula's r^2 is exact here
+    with pytest.raises(ValueError, match="variance"):
+        TDS(meas, variance="tweedy")
+    with pytest.raises(ValueError, match="variance"):
+        TDS(meas, variance="tweedie", twist=False)
+    with pytest.raises(TypeError, match="optimal_proposal"):
+        TDS(meas, optimal_proposal=1)  # type: ignore[arg-type]
+
+
+def test_twisted_step_is_the_product_gaussian() -> None:
+    """The proposal N(m + c^2 g / (1 + c^2 h), c^2 (I - rho g^ g^T)): its log ratio against the prior's step equals
+    log N(x; m, c^2 I) - log q(x) from torch's multivariate normal, and its draws have that mean and covariance."""
+    c, d = 0.7, 3
+    mean = torch.tensor([[0.1, -0.2, 0.3]], dtype=F64)
+    g = torch.tensor([[1.0, 2.0, -0.5]], dtype=F64)
+    h = torch.tensor([3.0], dtype=F64)
+    z = torch.randn(1, d, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x, log_ratio = twisted_step(mean, c, g, h, z)
+    ch = c * c * float(h)
+    unit = g[0] / g[0].norm()
+    cov = c * c * (torch.eye(d, dtype=F64) - ch / (1 + ch) * torch.outer(unit, unit))
+    q = torch.distributions.MultivariateNormal(mean[0] + c * c * g[0] / (1 + ch), cov)
+    p = torch.distributions.MultivariateNormal(mean[0], c * c * torch.eye(d, dtype=F64))
+    torch.testing.assert_close(log_ratio[0], p.log_prob(x[0]) - q.log_prob(x[0]))
+    many = torch.randn(200_000, d, generator=torch.Generator().manual_seed(1), dtype=F64)
+    xs, _ = twisted_step(mean.expand(200_000, d), c, g.expand(200_000, d), h.expand(200_000), many)
+    torch.testing.assert_close(xs.mean(0), q.mean, atol=5e-3, rtol=0)
+    torch.testing.assert_close(torch.cov(xs.T), cov, atol=5e-3, rtol=0)
+    x1, r1 = twisted_step(mean, c, g, None, z)  # no curvature: TDS's first-order shift
+    torch.testing.assert_close(x1, mean + c * c * g + c * z)
+    p1 = torch.distributions.MultivariateNormal(mean[0] + c * c * g[0], c * c * torch.eye(d, dtype=F64))
+    torch.testing.assert_close(r1[0], p.log_prob(x1[0]) - p1.log_prob(x1[0]))
 
 
 def test_tds_picks_the_64d_posterior_mode() -> None:

@@ -10,7 +10,7 @@ import torch
 
 import fewstep
 from fewstep.bench.targets import mixture_2d
-from fewstep.bench.targets.posterior import mixture_posterior, reward_tilt
+from fewstep.bench.targets.posterior import as_full_covariance, mixture_posterior, reward_tilt
 from fewstep.posterior import Linear
 from fewstep.posterior.smc import (
     RESAMPLERS,
@@ -23,6 +23,8 @@ from fewstep.posterior.smc import (
     smc,
     svdd,
 )
+from fewstep.posterior.smc.chain import Chain
+from fewstep.posterior.smc.resampling import ess_thresholds
 
 F64 = torch.float64
 SCHED = fewstep.VP()
@@ -31,6 +33,7 @@ MODEL = MIX.model(SCHED, "epsilon")
 A = torch.tensor([[1.0, 0.0]], dtype=F64)
 MEAS = Linear(y=torch.tensor([[1.4]], dtype=F64), noise_std=0.3, A=A)
 B_VEC = torch.tensor([2.0, 0.0], dtype=F64)
+CONSTANT: dict[str, object] = {"resample_schedule": "constant"}
 
 
 def reward(x: torch.Tensor) -> torch.Tensor:
@@ -111,8 +114,21 @@ def test_weights_are_normalised_per_prompt_and_ess_recorded() -> None:
     assert r.samples.shape == (3, 8, 2) and r.ess.shape == (9, 3) and r.resampled.shape == (8, 3)
     assert torch.all((r.ess >= 1 - 1e-9) & (r.ess <= 8 + 1e-9))
     torch.testing.assert_close(r.ess[-1], effective_sample_size(r.log_weights))
-    # a prompt resamples exactly when its ESS before the step was below half of K
-    torch.testing.assert_close(r.resampled, r.ess[:-1] < 4.0)
+    # the default schedule: a prompt resamples exactly when its ESS before step i was below K (1 - kappa_i / 2)
+    chain = Chain.build(MODEL, noise(3, 8, 2), SCHED, 8, None, None, "auto", None, None, None, None)
+    kappa = torch.tensor([a * a / (a * a + s * s) for a, s in map(chain.alpha_sigma, range(8))], dtype=F64)
+    torch.testing.assert_close(r.resampled, r.ess[:-1] < 8 * (1 - 0.5 * kappa)[:, None])
+    c = smc(MODEL, noise(3, 8, 2), SCHED, TDS(MEAS), nfe=8, generator=torch.Generator().manual_seed(0), **CONSTANT)
+    torch.testing.assert_close(c.resampled, c.ess[:-1] < 4.0)  # constant: below half of K
+
+
+def test_ess_thresholds_by_hand() -> None:
+    pairs = [(0.0, 1.0), (0.6, 0.8), (1.0, 0.0)]
+    assert ess_thresholds(pairs, 0.5, "noise") == pytest.approx([1.0, 1 - 0.36 * 0.5, 0.5])
+    assert ess_thresholds(pairs, 0.5, "constant") == [0.5] * 3
+    assert ess_thresholds(pairs, 0.0, "noise") == [0.0] * 3  # 0 never resamples
+    with pytest.raises(ValueError, match="resample_schedule"):
+        ess_thresholds(pairs, 0.5, "nosie")
 
 
 def test_proposal_transition_matches_the_solver() -> None:
@@ -238,6 +254,7 @@ def test_rollover_spends_its_budget_exactly() -> None:
         ({"ess_threshold": -0.1}, "ess_threshold"),
         ({"resample": "sytematic"}, "did you mean 'systematic'"),
         ({"proposal": "dppm"}, "did you mean 'ddpm'"),
+        ({"resample_schedule": "nosie"}, "did you mean 'noise'"),
         ({"potential": TDS(Linear(y=torch.zeros(3, 1, dtype=F64), noise_std=0.1, A=A))}, "y"),
         ({"potential": TDS(Linear(y=torch.zeros(2, 3, dtype=F64), noise_std=0.1, A=torch.ones(3, 5)))}, "measurement"),
     ],
@@ -267,12 +284,12 @@ def test_potential_errors() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("nfe", [20, 100])
 def test_tds_acceptance_2d(nfe: int) -> None:
-    """The flat-prior twist (``data_std=None``) with the Jacobian-free network: the configuration that meets the 2-D
-    acceptance at NFE 100 (the default bounded twist does not there: 0.106 against 0.073, docs/posterior.md).
-    K = 1, 4, 16, 64, 5 replicates of 64 prompts: the component-weight error falls with K, and at K = 64 it is
-    within 3 standard errors of the same metric for 64 exact posterior samples at NFE 100; at NFE 20 it is not (the
-    measured gap, about 0.025 against 3 SE of 0.011, is reported by benchmarks/posterior_smc.py), so there the test
-    asserts only the decrease and a bound of 1.6 times the exact samples' error."""
+    """The default TDS through the differentiable exact denoiser, K = 1, 4, 16, 64, 5 replicates of 64 prompts: the
+    component-weight error falls with K, and at K = 64 it is within 3 standard errors of the same metric for 64 exact
+    posterior samples at NFE 100; at NFE 20 it is not (about 0.081 against 0.067, 3 SE 0.008:
+    benchmarks/posterior_smc.py; even the exact twist misses it there, benchmarks/posterior_twist.py), so there the
+    test asserts only the decrease and a bound of 1.4 times the exact samples' error."""
+    model = as_full_covariance(MIX).model(SCHED, "epsilon")
     post = mixture_posterior(MIX, MEAS)
     exact = torch.softmax(post.log_weights, 0)
     means = []
@@ -280,7 +297,7 @@ def test_tds_acceptance_2d(nfe: int) -> None:
         errs, refs = [], []
         for rep in range(5):
             g = torch.Generator().manual_seed(100 * k + rep)
-            r = smc(MODEL, noise(64, k, 200 * k + rep), SCHED, TDS(MEAS, data_std=None), nfe=nfe, generator=g)
+            r = smc(model, noise(64, k, 200 * k + rep), SCHED, TDS(MEAS), nfe=nfe, generator=g)
             errs.append(component_weight_error(r, post, exact))
             xs = post.sample(64 * k, generator=torch.Generator().manual_seed(300 * k + rep)).reshape(64, k, 2)
             resp = post.responsibilities(xs.reshape(-1, 2)).reshape(64, k, -1).mean(1)
@@ -292,4 +309,4 @@ def test_tds_acceptance_2d(nfe: int) -> None:
     if nfe == 100:
         assert float(e.mean()) <= float(ref.mean()) + 3 * se, (float(e.mean()), float(ref.mean()), se)
     else:
-        assert float(e.mean()) <= 1.6 * float(ref.mean()), (float(e.mean()), float(ref.mean()))
+        assert float(e.mean()) <= 1.4 * float(ref.mean()), (float(e.mean()), float(ref.mean()))

@@ -178,3 +178,47 @@ def test_per_sample_conditioning_is_refused_before_any_call() -> None:
             guidance_scale=2.0, uncond_kwargs=per_sample,
         )  # fmt: skip
     assert not calls
+
+
+def test_a_tabulated_schedule_differentiates_in_its_times() -> None:
+    """DiscreteVP (Stable Diffusion's table) interpolates log alpha piecewise linearly; with times that require a
+    gradient it does so in torch, with the same values, so LD3 can tune it: the time gradient of a run matches
+    central differences of fewstep.sample (times mid-segment, away from the table's kinks), and so do the
+    log-SNR increments' times."""
+    sd = fewstep.DiscreteVP.scaled_linear()
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = sd.alpha(t)[:, None], sd.sigma(t)[:, None]
+        return sigma * x / (alpha**2 * SCALE**2 + sigma**2)
+
+    times = np.floor(model_times(sd, 5, "logsnr").numpy() * 1000) / 1000 + 5e-4  # the middle of table segments
+    times[0] = sd.t_max
+    x = noise(4, 2)
+    den = as_denoiser(eps, sd, "epsilon", "t", None, 1.0, None, 0.0, None, None)
+    run = TimeDifferentiableRun(den, "dpmpp_2m", {}, CallCount())
+    theta = torch.tensor(times[1:], requires_grad=True)
+    out = run.run(theta, x)
+
+    def sample_at(ts: np.ndarray) -> torch.Tensor:
+        return fewstep.sample(
+            eps, x, sd, "dpmpp_2m", spacing=torch.from_numpy(ts), prediction="epsilon", time_input="t"
+        )
+
+    torch.testing.assert_close(out, sample_at(times), rtol=0, atol=1e-12)
+    out.sum().backward()
+    fd = []
+    for j in range(len(times) - 1):
+        up, down = times.copy(), times.copy()
+        up[j + 1] += 1e-7
+        down[j + 1] -= 1e-7
+        fd.append(float((sample_at(up).sum() - sample_at(down).sum()) / 2e-7))
+    np.testing.assert_allclose(theta.grad.numpy(), fd, rtol=1e-4, atol=1e-6)
+
+    params = LogSNRIncrements(sd, 5)
+    z = np.array([0.3, -0.2, 0.5, 0.1, -1.0])
+    zt = torch.tensor(z, requires_grad=True)
+    free = params.free_times(zt)
+    np.testing.assert_allclose(free.detach().numpy(), params.times(z)[1:], rtol=1e-12)
+    free.sum().backward()
+    fd = [(params.times(z + 1e-7 * e)[1:].sum() - params.times(z - 1e-7 * e)[1:].sum()) / 2e-7 for e in np.eye(z.size)]
+    np.testing.assert_allclose(zt.grad.numpy(), fd, rtol=1e-4, atol=1e-8)

@@ -7,8 +7,8 @@ the ratio
     r_i[b] = rms(x_{i+1}[b]) / sqrt(alpha_{i+1}^2 + sigma_{i+1}^2),    rms(v) = ||v||_2 / sqrt(numel(v)),
 
 from per-sample norms kept on the state's device (one ``vector_norm`` reduction per observed step, no host-device
-synchronisation) at up to ``OBSERVED`` evenly spread steps and the last (a divergence persists, so a run of 50 steps
-is looked at every 4th step at a cost of a few microseconds each). After the run it reads the norms back in one copy
+synchronisation) at up to ``OBSERVED`` evenly spread steps, the last among them (a divergence persists and compounds,
+so a run of 50 steps is looked at every 7th step, at a cost of a few microseconds each). After the run it reads the norms back in one copy
 and compares each sample's ratios with its start's ratio ``r_start[b]`` (at least 1): a step with
 ``r_i[b] > LIMIT * r_start[b]`` means that sample grew ``LIMIT`` times beyond anything the noise or data of the start
 explain, and the run warns (:class:`DivergenceWarning`) naming the solver, the first such step looked at, its time
@@ -39,7 +39,7 @@ __all__ = ["LIMIT", "OBSERVED", "DivergenceError", "DivergenceGuard", "Divergenc
 #: How many times its start's scale a state may grow before the run is reported as diverged (module docstring).
 LIMIT = 100.0
 #: How many steps of a run the guard looks at by default (evenly spread, the last included); strict: every step.
-OBSERVED = 16
+OBSERVED = 8
 
 ADVICE = (
     "more steps, a data-prediction solver (dpmpp_2m_sde, seeds_2, dpmpp_sde) or a smaller eta usually fix it "

@@ -13,12 +13,17 @@ Alg. 1's ``k``-th step. Every recurrence costs the inner rule's calls (one netwo
 a backward pass for ``LossGuidance`` through the network), all counted in the run's :class:`~fewstep.CallCount`;
 the solver's plan still counts one request per evaluation. To first order in ``h`` each recurrence is a Langevin
 move with step ``sigma_t^2 h`` on the guided score (Alg. 1's recurrence is the sampler's step and back, i.e. ``h``
-the run's step in log-SNR; ``h = inf`` re-noises the clean-sample prediction afresh). No move is made at pure noise
-(``alpha = 0``), where the prediction carries no information.
+the run's step in log-SNR; ``h = inf`` re-noises the clean-sample prediction afresh). With ``h=None`` (the default)
+``h`` is the run's own step: at each request the log-SNR gap ``|lambda_i - lambda_{i-1}|`` to the run's previous
+request (the step that led to this level; on ``logsnr`` times exactly the run's step), so the recurrence follows the
+run's grid at any NFE and spacing; the first request, with no step before it (or a step from pure noise, of infinite
+length), makes no move. No move is made at pure
+noise (``alpha = 0``) either, where the prediction carries no information.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +48,13 @@ from .state_moves import (
 @dataclass(frozen=True)
 class SelfRecurrence:
     """``repeats`` guided steps per request with re-noising by ``h`` (log-SNR) in between (module docstring), on the
-    evaluation of ``rule`` (None: the unguided network); the re-noising draws from ``generator`` (None: torch's global
-    generator). Run it with ``solver=`` one of ``ddim``, ``euler``, ``ddpm``, ``euler_ancestral``."""
+    evaluation of ``rule`` (None: the unguided network); ``h=None``: the run's own step, the log-SNR gap to the
+    previous request. The re-noising draws from ``generator`` (None: torch's global generator). Run it with
+    ``solver=`` one of ``ddim``, ``euler``, ``ddpm``, ``euler_ancestral``."""
 
     rule: object = None
     repeats: int = 2
-    h: float = 0.5
+    h: float | None = None
     generator: torch.Generator | None = None
     cfg_pp = True  # answers with the predictions at the moved state: the solvers' CFG++ forms step from it
     cfg_pp_solvers = MOVING_SOLVERS  # the forms that step from the implied state alone
@@ -59,7 +65,8 @@ class SelfRecurrence:
             raise ValueError(
                 f"repeats: must be an integer >= 1 (1: the inner rule alone, no recurrence), got {self.repeats!r}"
             )
-        check_h("h", self.h)
+        if self.h is not None:
+            check_h("h", self.h)
         check_generator(self.generator)
 
     def check_solver(self, solver: object, sde_window: object = None) -> None:
@@ -67,11 +74,18 @@ class SelfRecurrence:
 
     def wrap_prediction(self, network: Network, needs_eps: bool) -> Evaluation:
         inner = inner_evaluation(self.rule, network)
-        rho, extra, draw = rho_of(float(self.h)), self.repeats - 1, drawer(self.generator)
+        fixed = None if self.h is None else rho_of(float(self.h))
+        extra, draw = self.repeats - 1, drawer(self.generator)
+        previous: list[float] = []  # the log-SNR of this run's previous request (one stack per run)
 
         def evaluate(x: Tensor, p: Point) -> Prediction:
             x0, eps = inner(x, p)
-            if p.alpha == 0.0 or p.sigma == 0.0:
+            rho = fixed
+            if rho is None:  # the run's own step: the gap to the previous request (none at the first)
+                gap = abs(p.lam - previous[0]) if previous else math.inf
+                rho = math.exp(-gap) if math.isfinite(gap) else None
+                previous[:] = [p.lam]
+            if rho is None or p.alpha == 0.0 or p.sigma == 0.0:
                 return x0, eps
             for _ in range(extra):
                 assert eps is not None

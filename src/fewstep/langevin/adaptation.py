@@ -14,10 +14,14 @@ diagonal inverse mass matrix from windowed variance estimates, on Stan's schedul
   iterations in which the draws' variance is accumulated (Welford), and a terminal fast buffer (50). At the end of
   each slow window the inverse mass becomes the regularised variance ``n/(n+5) var + 1e-3 * 5/(n+5)`` and the
   step-size adaptation restarts. Short warm-ups scale the buffers to 15% / 75% / 10% as Stan does.
+* Fisher-divergence mass (``mass_estimate="fisher"``; Seyboldt, Carlson & Carpenter 2026): the same windows, with
+  the inverse mass ``sqrt(Var x / Var g)`` of the draws and their scores (:func:`fisher_inverse_mass`), which a
+  start transient does not distort.
 * Friction of kinetic Langevin (as MEADS sets its damping: Hoffman & Sountsov 2022, "Tuning-free generalized
   Hamiltonian Monte Carlo"): at the end of the last slow window, ``gamma = 1 / sqrt(lambda_max)`` with
   ``lambda_max`` the largest eigenvalue of the covariance of that window's draws (all chains) whitened by the new
-  inverse mass, i.e. one over the longest standard deviation of the preconditioned target. On a Gaussian the
+  inverse mass, i.e. one over the longest standard deviation of the preconditioned target (with the Fisher mass,
+  its Fisher form along the top direction, :func:`largest_whitened_variance`). On a Gaussian the
   integrated autocorrelation time of a coordinate of standard deviation ``s`` is ``2 gamma s^2`` and that of its
   energy about ``1 / gamma``: the slowest direction's worse of the two is smallest near ``gamma = 1 / s_max``
   (a fixed ``gamma = 1`` costs a factor ``s_max`` when the diagonal mass leaves correlations).
@@ -31,8 +35,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["FRICTION_SCALE", "DualAveraging", "WelfordVariance", "Warmup", "largest_whitened_variance", "mass_windows"]
+__all__ = [
+    "FRICTION_SCALE",
+    "MASS_ESTIMATES",
+    "DualAveraging",
+    "WelfordVariance",
+    "Warmup",
+    "largest_whitened_variance",
+    "mass_windows",
+    "fisher_inverse_mass",
+]
 
+
+#: the estimators of the diagonal inverse mass: the draws' variance (Stan's) or ``sqrt(Var x / Var g)`` (nutpie's)
+MASS_ESTIMATES = ("variance", "fisher")
 
 #: the adapted friction is ``FRICTION_SCALE / sqrt(lambda_max)`` (MEADS's choice, 1)
 FRICTION_SCALE = 1.0
@@ -101,20 +117,43 @@ class WelfordVariance:
         self.mean = self.mean + delta / self.count
         self.m2 = self.m2 + delta * (x - self.mean)
 
-    def regularised(self, pooled: bool = False) -> Tensor:
-        """Stan's shrunk estimate ``n/(n+5) var + 1e-3 * 5/(n+5)``: per chain (``[chains, d]``), or with
-        ``pooled`` of all the chains' draws together (``[d]``; ``n`` the total count, the spread between the
-        chains' means included)."""
+    def variance(self, pooled: bool = False) -> tuple[Tensor, int]:
+        """The sample variance and the number of draws behind it: per chain (``[chains, d]``), or with ``pooled``
+        of all the chains' draws together (``[d]``; the spread between the chains' means included)."""
         n = self.count
         if pooled:
             chains = self.mean.shape[0]
             grand = self.mean.mean(0)
             spread = self.m2.sum(0) + n * ((self.mean - grand) ** 2).sum(0)
             n = n * chains
-            var = spread / max(n - 1, 1)
-        else:
-            var = self.m2 / max(n - 1, 1)
-        return (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
+            return spread / max(n - 1, 1), n
+        return self.m2 / max(n - 1, 1), n
+
+    def regularised(self, pooled: bool = False) -> Tensor:
+        """Stan's shrunk estimate ``n/(n+5) var + 1e-3 * 5/(n+5)`` of :meth:`variance`."""
+        var, n = self.variance(pooled)
+        return shrink(var, n)
+
+
+def shrink(estimate: Tensor, n: int) -> Tensor:
+    """Stan's regularisation of a diagonal inverse mass estimated from ``n`` draws: ``n/(n+5) m + 1e-3 * 5/(n+5)``."""
+    return (n / (n + 5.0)) * estimate + 1e-3 * (5.0 / (n + 5.0))
+
+
+def fisher_inverse_mass(draws: WelfordVariance, scores: WelfordVariance, pooled: bool = False) -> Tensor:
+    """The diagonal inverse mass ``sqrt(Var x_i / Var g_i)`` (``g`` the score), shrunk as Stan's (:func:`shrink`).
+
+    It minimises the Fisher divergence between the target whitened by the diagonal mass and a standard normal
+    (Seyboldt, Carlson & Carpenter 2026, "Preconditioning Hamiltonian Monte Carlo by minimizing Fisher divergence";
+    the default of nutpie): for a Gaussian with diagonal covariance it is the
+    variance itself, from any spread of draws, because the score ``g_i = -(x_i - mu_i) / sigma_i^2`` scales with
+    the draws. So, unlike the draws' variance, it does not keep a transient (chains still shedding the energy of
+    their start) in the mass. For correlated targets it lies between the marginal variance and the inverse of the
+    precision's diagonal."""
+    var_x, n = draws.variance(pooled)
+    var_g, _ = scores.variance(pooled)
+    ratio = (var_x / var_g.clamp_min(torch.finfo(var_g.dtype).tiny)).sqrt()
+    return shrink(ratio.clamp(1e-10, 1e10), n)
 
 
 def mass_windows(warmup: int, *, init_buffer: int = 75, term_buffer: int = 50, base_window: int = 25) -> list[range]:
@@ -140,10 +179,18 @@ def mass_windows(warmup: int, *, init_buffer: int = 75, term_buffer: int = 50, b
     return windows
 
 
-def largest_whitened_variance(draws: Tensor, inverse_mass: Tensor, *, iterations: int = 50) -> Tensor:
+def largest_whitened_variance(
+    draws: Tensor, inverse_mass: Tensor, *, scores: Tensor | None = None, iterations: int = 50
+) -> Tensor:
     """The largest eigenvalue of the covariance of ``draws`` ``[n, chains, d]`` (all chains' draws together,
     about their grand mean) whitened by the diagonal ``inverse_mass`` (``[d]`` or ``[chains, d]``): power
-    iteration on ``X^T X / (N - 1)`` through ``X`` (``O(N d)`` memory, no ``d x d`` matrix). A 0-d tensor."""
+    iteration on ``X^T X / (N - 1)`` through ``X`` (``O(N d)`` memory, no ``d x d`` matrix). A 0-d tensor.
+
+    With the draws' ``scores`` (same shape), the Fisher form of that variance along the top direction ``u``:
+    ``sqrt(u^T C_x u / u^T C_g u)``, ``C_g`` the covariance of the whitened scores ``g sqrt(M^{-1})``. At
+    stationarity on a Gaussian ``C_g`` is the whitened precision, so for an eigenvector this is the same eigenvalue;
+    but, as :func:`fisher_inverse_mass`, it does not grow with a transient spread of the draws (a Gaussian's score
+    spreads with them)."""
     white = (draws - draws.mean(dim=(0, 1))) / inverse_mass.sqrt()
     flat = white.reshape(-1, white.shape[-1])
     scale = 1.0 / max(flat.shape[0] - 1, 1)
@@ -151,7 +198,12 @@ def largest_whitened_variance(draws: Tensor, inverse_mass: Tensor, *, iterations
     for _ in range(iterations):
         vec = flat.T @ (flat @ vec)
         vec = vec / vec.norm()
-    return (flat @ vec).square().sum() * scale
+    top = (flat @ vec).square().sum() * scale
+    if scores is None:
+        return top
+    white_g = ((scores - scores.mean(dim=(0, 1))) * inverse_mass.sqrt()).reshape(-1, white.shape[-1])
+    along = (white_g @ vec).square().sum() * scale
+    return (top / along.clamp_min(torch.finfo(along.dtype).tiny)).sqrt()
 
 
 def check_inverse_mass(inverse_mass: object, x0: Tensor) -> Tensor | None:
@@ -198,7 +250,14 @@ class Warmup:
         inverse_mass: Tensor | None = None,
         friction: float = 1.0,
         adapt_friction: bool = False,
+        mass_estimate: str = "variance",
     ) -> None:
+        if mass_estimate not in MASS_ESTIMATES:
+            raise ValueError(
+                f"mass_estimate must be one of {', '.join(map(repr, MASS_ESTIMATES))}, got {mass_estimate!r}; "
+                "'variance' is Stan's, 'fisher' nutpie's"
+            )
+        self.mass_estimate = mass_estimate
         chains = x0.shape[0]
         self.friction = float(friction)
         self.adapt_friction = adapt_friction and warmup > 0
@@ -211,10 +270,12 @@ class Warmup:
         self.windows = mass_windows(warmup) if adapt_mass or self.adapt_friction else []
         self._last_window = self.windows[-1] if self.windows else range(0)
         self._window_draws: list[Tensor] = []  # the last window's draws, kept only to tune the friction
+        self._window_scores: list[Tensor] = []  # and their scores (with mass_estimate="fisher")
         self._ends = {w[-1]: w for w in self.windows if len(w)}
         self._starts = {w[0] for w in self.windows if len(w)}
         self._in_window = False
         self.welford = WelfordVariance.like(x0)
+        self.score_welford = WelfordVariance.like(x0)
         self.inverse_mass: Tensor | None = None
         if adapt_mass:
             self.inverse_mass = torch.ones_like(x0[0]) if pooled_mass else torch.ones_like(x0)
@@ -236,6 +297,7 @@ class Warmup:
         inverse_mass: object,
         friction: float = 1.0,
         adapt_friction: bool = False,
+        mass_estimate: str = "variance",
     ) -> Warmup:
         """The warm-up of a ``sampler`` run with the user's options, checked: ``step_size=None`` adapts the step
         from ``initial_step_size`` (which needs ``warmup > 0``), ``inverse_mass`` (:func:`check_inverse_mass`)
@@ -258,6 +320,7 @@ class Warmup:
             inverse_mass=m0,
             friction=friction,
             adapt_friction=adapt_friction,
+            mass_estimate=mass_estimate,
         )
 
     @property
@@ -265,26 +328,40 @@ class Warmup:
         """The current step size per chain, ``[chains, 1]``."""
         return self.step[:, None]
 
-    def observe(self, i: int, x: Tensor, accept: Tensor | None) -> None:
-        """Record warm-up iteration ``i`` (0-based): its draw ``[chains, d]`` and acceptance statistic ``[chains]``."""
+    def observe(self, i: int, x: Tensor, accept: Tensor | None, score: Tensor | None = None) -> None:
+        """Record warm-up iteration ``i`` (0-based): its draw ``[chains, d]``, acceptance statistic ``[chains]``
+        and (needed by ``mass_estimate="fisher"``) the target's score at the draw ``[chains, d]``."""
+        fisher = self.adapt_mass and self.mass_estimate == "fisher"
+        if fisher and score is None:
+            raise ValueError("mass_estimate='fisher' needs the score of every warm-up draw: pass score=")
         if self.dual is not None and accept is not None:
             self.step = self.dual.update(accept)
         if i in self._starts:
             self._in_window = True
             self.welford = WelfordVariance.like(x)
+            self.score_welford = WelfordVariance.like(x)
         if self._in_window:
             self.welford.add(x)
+            if fisher:
+                assert score is not None
+                self.score_welford.add(score)
             if self.adapt_friction and i in self._last_window:
                 self._window_draws.append(x.detach().clone())
+                if fisher:
+                    assert score is not None
+                    self._window_scores.append(score.detach().clone())
         if i in self._ends:
             self._in_window = False
-            if self.adapt_mass:
+            if fisher:
+                self.inverse_mass = fisher_inverse_mass(self.welford, self.score_welford, self.pooled_mass)
+            elif self.adapt_mass:
                 self.inverse_mass = self.welford.regularised(self.pooled_mass)
             if self.adapt_friction and i == self._last_window[-1]:
                 m = self.inverse_mass if self.inverse_mass is not None else torch.ones_like(x[0])
-                spread = largest_whitened_variance(torch.stack(self._window_draws), m)
+                scores = torch.stack(self._window_scores) if self._window_scores else None
+                spread = largest_whitened_variance(torch.stack(self._window_draws), m, scores=scores)
                 self.friction = FRICTION_SCALE * float(spread.clamp_min(1e-12).rsqrt())  # once per warm-up
-                self._window_draws = []
+                self._window_draws, self._window_scores = [], []
             if self.dual is not None:
                 self.dual.restart(self.step)
         if i == self.warmup - 1 and self.dual is not None:

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..noise.brownian import BrownianPath
 from .chains import Chains
-from .noise import StepNoise
+from .noise import StepNoise, path_times
 from .registry import check_run, register
 from .sampler_options import parse_options, positive_float, positive_int
 from .target import Target
@@ -51,7 +52,11 @@ OUTPUTS = ("slow", "fast")
 class AveragingOptions:
     """``fast_step`` (required): the largest fast step; ``epsilon``: the time-scale ratio of the slow to the fast
     process, in ``(0, 1]``; ``sigmas`` (decreasing) or ``levels`` geometric ones from ``sigma_max`` to
-    ``sigma_min``; ``steps_per_level``; ``output``: ``"slow"`` or ``"fast"`` (module docstring)."""
+    ``sigma_min``; ``steps_per_level``; ``output``: ``"slow"`` or ``"fast"`` (module docstring); ``brownian``: a
+    :class:`~fewstep.noise.BrownianPath` (``batch_size = chains``, ``shape = (2, d)``: the fast and the slow
+    process's) whose increment over the slow steps' times ``[t0 + sum_{j<k} e_j, t0 + sum_{j<=k} e_j]`` drives move
+    ``k`` instead of the generator: in the slow time the pair is one diffusion, so refinements of ``step_size`` (with
+    ``steps_per_level`` scaled to keep each level's time) share the path."""
 
     fast_step: float | None = None
     epsilon: float = 0.1
@@ -61,6 +66,7 @@ class AveragingOptions:
     sigma_min: float = 0.1
     steps_per_level: int = 100
     output: str = "slow"
+    brownian: BrownianPath | None = None
 
     def __post_init__(self) -> None:
         if self.fast_step is None:
@@ -142,10 +148,19 @@ def multiscale_annealed(
     x = y.clone()
     out = y.new_empty(y.shape[0], draws, y.shape[1])
     noise = StepNoise(y, generator=generator)
+    path = None
+    if opts.brownian is not None:  # both processes' increments over the slow step, normalised by its length
+        pair = y.new_empty(y.shape[0], 2, y.shape[1])
+        path = StepNoise(pair, generator=None, path=opts.brownian, times=path_times(m.slow for m in plan))
     start = target.gradient_evaluations
     for i, m in enumerate(plan):
-        x = x + m.fast * (target.score(x) + (y - x) * m.inv_var) + m.fast_noise * noise.normal()
-        y = y + m.slow * (x - y) * m.inv_var + m.slow_noise * noise.normal()
+        if path is None:
+            fast_xi, slow_xi = noise.normal(), noise.normal()
+        else:
+            both = path.increment(i)
+            fast_xi, slow_xi = both[:, 0], both[:, 1]
+        x = x + m.fast * (target.score(x) + (y - x) * m.inv_var) + m.fast_noise * fast_xi
+        y = y + m.slow * (x - y) * m.inv_var + m.slow_noise * slow_xi
         if i >= first:
             out[:, i - first] = x if fast_out else y
     return Chains(

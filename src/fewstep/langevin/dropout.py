@@ -31,10 +31,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..noise.brownian import BrownianPath
 from .chains import Chains
 from .history import StateHistory
 from .minibatch import MinibatchTarget, stochastic_score
-from .noise import StepNoise
+from .noise import StepNoise, path_times
 from .registry import check_run, register
 from .sampler_options import parse_options
 from .sgld import required_step, step_schedule
@@ -48,10 +49,14 @@ NAME = "dropout_sgmcmc"
 class DropoutOptions(StructuredOptions):
     """The options of :func:`~fewstep.langevin.structured.structured_sgmcmc` (``groups`` required, ``history``,
     ``decay``, ``decay_offset``) and ``keep``: the probability ``rho`` that a group is kept (moves, with the
-    current values) at a step, in ``(0, 1]``."""
+    current values) at a step, in ``(0, 1]``; ``brownian``: a :class:`~fewstep.noise.BrownianPath`
+    (``batch_size = chains``, ``shape = (d,)``) driving the noise of step ``k`` over the path times of the step
+    schedule, as in :func:`~fewstep.langevin.sgld.sgld` (the kept groups and minibatches still come from the
+    generator)."""
 
     sampler: ClassVar[str] = NAME
     keep: float = 0.5
+    brownian: BrownianPath | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,14 +91,14 @@ def dropout_sgmcmc(
     minibatch = target if isinstance(target, MinibatchTarget) else None
     history = StateHistory(theta, opts.history, generator)
     out = theta.new_empty(chains, draws, d)
-    noise = StepNoise(theta, generator=generator)
+    noise = StepNoise(theta, generator=generator, path=opts.brownian, times=path_times(steps))
     start = target.gradient_evaluations
     for i, (s, scale) in enumerate(moves):
         kept = (noise.uniform((chains, g_count)) < opts.keep).to(theta.dtype)[:, owner]  # [chains, d]
         mixed = kept * theta + (1.0 - kept) * history.per_coordinate(owner, g_count)
         index = minibatch.draw_index(chains, theta.device, generator) if minibatch is not None else None
         grad = stochastic_score(target, mixed, index)
-        theta = theta + kept * (s * grad + scale * noise.normal())
+        theta = theta + kept * (s * grad + scale * noise.increment(i))
         history.push(theta)
         if i >= warmup:
             out[:, i - warmup] = theta

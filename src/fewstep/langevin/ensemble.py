@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..noise.brownian import BrownianPath
 from .chains import Chains
 from .noise import StepNoise
 from .registry import check_run, register
@@ -39,9 +40,12 @@ NAME = "aldi"
 
 @dataclass
 class EnsembleOptions:
-    """``ensemble_size``: the members J of each ensemble (consecutive chains; default: all chains form one)."""
+    """``ensemble_size``: the members J of each ensemble (consecutive chains; default: all chains form one);
+    ``brownian``: a :class:`~fewstep.noise.BrownianPath` (``batch_size = chains``, ``shape = (J,)``: member ``i``'s
+    ``dW_ij``) whose increment over ``[t0 + k h, t0 + (k + 1) h]`` drives step ``k`` instead of the generator."""
 
     ensemble_size: int | None = None
+    brownian: BrownianPath | None = None
 
 
 @register(NAME)
@@ -68,14 +72,15 @@ def aldi(
     h = 0.05 if step_size is None else positive_float("step_size", step_size, NAME, maximum=1.0)
     correction = (d + 1) / size
     out = x.new_empty(chains, draws, d)
-    mixing = StepNoise(x.new_empty(chains // size, size, size), generator=generator)  # the ensemble's dW_ij
+    # member i's dW_ij (j over the ensemble), [chains, J], viewed per ensemble as [E, J, J]
+    mixing = StepNoise(x.new_empty(chains, size), generator=generator, path=opts.brownian, step_size=h)
     start = target.gradient_evaluations
     for i in range(warmup + draws):
         score = target.score(x).view(-1, size, d)
         theta = x.view(-1, size, d)
         spread = theta - theta.mean(1, keepdim=True)  # [E, J, d]
         cov = spread.transpose(1, 2) @ spread / size  # [E, d, d]
-        xi = mixing.normal()
+        xi = mixing.increment(i).view(-1, size, size)
         drift = score @ cov  # C grad, per member
         r = (drift * score).sum(-1).mean(1).view(-1, 1, 1)  # mean grad^T C grad, per ensemble
         he = h / (r / (4.0 * d)).sqrt().clamp_min(1.0)

@@ -30,7 +30,8 @@ Warm-up (as NUTS's): every scheme warms up with OBABO steps whose Hamiltonian (B
 with a velocity flip on rejection (generalised HMC, Horowitz 1991), so a step size tried too large is rejected
 instead of throwing the chain away; the step size of each chain is adapted by dual averaging to ``target_accept`` of
 the acceptance probability ``min(1, exp(-dH))`` (``dH`` the energy error of the BAB part) and a diagonal inverse mass
-by Stan's windowed variance. The kept draws then use the chosen scheme, unadjusted; for the splittings the same
+on Stan's windows, from the draws' variance or (``mass_estimate="fisher"``) from the Fisher divergence
+(``sqrt(Var x / Var g)``, nutpie's estimate), which a start transient does not distort. The kept draws then use the chosen scheme, unadjusted; for the splittings the same
 acceptance statistic is reported as ``Chains.acceptance`` (a measure of the discretisation error). A score-only
 target has no energy: give ``step_size``, and warm-up runs unadjusted OBABO (adapting the mass only).
 
@@ -267,6 +268,7 @@ def kinetic(
     brownian: BrownianPath | None = None,
     max_energy_error: float = 1000.0,
     step_backoff: float = 0.5,
+    mass_estimate: str = "variance",
     **options: Any,
 ) -> Chains:
     """Run kinetic Langevin with ``scheme`` (``"baoab"``, ``"obabo"`` or ``"randomized_midpoint"``).
@@ -287,12 +289,16 @@ def kinetic(
             rejected, the velocity reversed (:mod:`fewstep.langevin.backoff`); ``math.inf`` rejects only
             non-finite states.
         step_backoff: the factor applied to a chain's step size after a rejected step (1: no back-off).
+        mass_estimate: how a slow window estimates the diagonal inverse mass: ``"variance"`` (the default: the
+            draws' variance, Stan's) or ``"fisher"`` (``sqrt(Var x / Var g)`` of the draws and their scores,
+            nutpie's; :func:`~fewstep.langevin.adaptation.fisher_inverse_mass`), which a start transient does not
+            distort: the choice for short warm-ups from a poor start. The friction's estimate takes the same form.
     """
     if options:
         raise TypeError(
             f"kinetic got unexpected options {sorted(options)}; it takes scheme, friction, target_accept, "
-            "adapt_mass, pooled_mass, inverse_mass, initial_step_size, velocity, brownian, max_energy_error and "
-            "step_backoff"
+            "adapt_mass, pooled_mass, inverse_mass, initial_step_size, velocity, brownian, max_energy_error, "
+            "step_backoff and mass_estimate"
         )
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
@@ -311,6 +317,7 @@ def kinetic(
         scheme, x, warmup, step_size=step_size, initial_step_size=initial_step_size, target_accept=target_accept,
         adapt_mass=adapt_mass, pooled_mass=pooled_mass, inverse_mass=inverse_mass,
         friction=WARMUP_FRICTION if adapt_friction else float(friction), adapt_friction=adapt_friction,
+        mass_estimate=mass_estimate,
     )  # fmt: skip
     guard = StepBackoff(x, max_energy_error=max_energy_error, step_backoff=step_backoff)
     one = torch.ones((), dtype=x.dtype, device=x.device)
@@ -353,7 +360,7 @@ def kinetic(
             guard.apply(k)
         prob = None if dh is None else torch.nan_to_num(-dh, nan=-torch.inf).clamp(max=0.0).exp()
         if k < warmup:
-            warm.observe(k, state.x, prob)
+            warm.observe(k, state.x, prob, state.g)
             m_next = warm.inverse_mass if warm.inverse_mass is not None else one
             if m_next is not m_now:  # keep the velocity in equilibrium with the new mass
                 state = replace(state, v=state.v * (m_next / m_now).sqrt())

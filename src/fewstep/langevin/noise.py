@@ -18,7 +18,9 @@ not explained by ``dW`` is, to leading order, the Lévy-area term).
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,15 +28,16 @@ from torch import Tensor
 
 from fewstep.noise.brownian import BrownianPath
 
-__all__ = ["OUCoefficients", "OUIntegrals", "StepNoise", "ou_integrals"]
+__all__ = ["OUCoefficients", "OUIntegrals", "StepNoise", "ou_integrals", "path_times"]
 
 
 class StepNoise:
     """Standard normals for the steps of a chain run of states ``[chains, d]``.
 
     Step ``k`` covers the path times ``[t0 + k h, t0 + (k + 1) h]``; :meth:`pair` gives ``(xi_w, xi_h)`` over the
-    fraction ``[a, b]`` of step ``k`` (``0 <= a < b <= 1``). With ``path=None`` the normals come from
-    ``generator`` (the times are then irrelevant).
+    fraction ``[a, b]`` of step ``k`` (``0 <= a < b <= 1``). Steps of unequal lengths (a decaying step, annealing
+    levels) give ``times`` instead of ``step_size``: the path times ``t0 + times[k]`` and ``t0 + times[k + 1]``
+    bound step ``k``. With ``path=None`` the normals come from ``generator`` (the times are then irrelevant).
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class StepNoise:
         generator: torch.Generator | None,
         path: BrownianPath | None = None,
         step_size: float | None = None,
+        times: Sequence[float] | None = None,
     ) -> None:
         self.shape = like.shape
         self.dtype = like.dtype
@@ -61,9 +65,10 @@ class StepNoise:
                     f"brownian must have batch_size = chains = {self.shape[0]} and shape = (d,) = {want[1]}, "
                     f"got batch_size={path.batch_size}, shape={tuple(path.shape)}"
                 )
-            if step_size is None:
+            if step_size is None and times is None:
                 raise ValueError("a Brownian path needs a fixed step_size (the path's time per step)")
         self.step_size = step_size
+        self.times = None if times is None else [float(t) for t in times]
 
     def normal(self) -> Tensor:
         """One standard normal ``[chains, d]`` from the generator (drawn on the generator's device)."""
@@ -76,8 +81,12 @@ class StepNoise:
         return out.to(self.device, non_blocking=True)
 
     def _times(self, k: int, a: float, b: float) -> tuple[float, float]:
-        assert self.path is not None and self.step_size is not None
+        assert self.path is not None
         t0 = self.path.t0
+        if self.times is not None:
+            start, end = self.times[k], self.times[k + 1]
+            return t0 + start + a * (end - start), t0 + start + b * (end - start)
+        assert self.step_size is not None
         return t0 + (k + a) * self.step_size, t0 + (k + b) * self.step_size
 
     def increment(self, k: int, a: float = 0.0, b: float = 1.0) -> Tensor:
@@ -145,3 +154,9 @@ def ou_integrals(xi_w: Tensor, xi_h: Tensor, tau: float | Tensor, gamma: float) 
     """The exact joint law of ``(dW, E)`` over an interval of length ``tau`` from two independent standard
     normals (:class:`OUCoefficients`)."""
     return OUCoefficients.of(tau, gamma, xi_w).integrals(xi_w, xi_h)
+
+
+def path_times(steps: Iterable[float]) -> list[float]:
+    """The times bounding steps of lengths ``steps`` from 0: ``[0, h_0, h_0 + h_1, ...]`` (:class:`StepNoise`'s
+    ``times``)."""
+    return [0.0, *itertools.accumulate(float(h) for h in steps)]

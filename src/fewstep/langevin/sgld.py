@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..noise.brownian import BrownianPath
 from .chains import Chains
 from .minibatch import MinibatchTarget, stochastic_score
-from .noise import StepNoise
+from .noise import StepNoise, path_times
 from .registry import check_run, register
 from .sampler_options import parse_options, positive_float
 from .target import Target
@@ -34,10 +35,14 @@ NAME = "sgld"
 
 @dataclass
 class SGLDOptions:
-    """``decay`` (gamma) and ``decay_offset`` (b) of the step-size schedule ``h (b / (b + t))^gamma``."""
+    """``decay`` (gamma) and ``decay_offset`` (b) of the step-size schedule ``h (b / (b + t))^gamma``;
+    ``brownian``: a :class:`~fewstep.noise.BrownianPath` (``batch_size = chains``, ``shape = (d,)``) whose increment
+    over ``[t0 + sum_{j<k} h_j, t0 + sum_{j<=k} h_j]`` drives step ``k`` instead of the generator (the minibatches
+    still come from the generator)."""
 
     decay: float = 0.0
     decay_offset: float = 100.0
+    brownian: BrownianPath | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.decay, bool) or not isinstance(self.decay, int | float) or not 0.0 <= self.decay <= 1.0:
@@ -82,11 +87,11 @@ def sgld(
     minibatch = target if isinstance(target, MinibatchTarget) else None
     chains = theta.shape[0]
     out = theta.new_empty(chains, draws, theta.shape[1])
-    noise = StepNoise(theta, generator=generator)
+    noise = StepNoise(theta, generator=generator, path=opts.brownian, times=path_times(steps))
     start = target.gradient_evaluations
     for i, (s, scale) in enumerate(moves):
         index = minibatch.draw_index(chains, theta.device, generator) if minibatch is not None else None
-        theta = theta + s * stochastic_score(target, theta, index) + scale * noise.normal()
+        theta = theta + s * stochastic_score(target, theta, index) + scale * noise.increment(i)
         if i >= warmup:
             out[:, i - warmup] = theta
     return Chains(

@@ -167,18 +167,22 @@ class DiscreteVP(_VariancePreserving):
 
     def log_alpha(self, t: TimeLike) -> Tensor:
         t = as64(t)
+        if t.requires_grad:  # times being optimised (fewstep.tune's gradients): the same interpolation in torch
+            return interpolate(t, self._t, self._log_alpha)
         return torch.from_numpy(np.asarray(np.interp(t.numpy(), self._t, self._log_alpha), dtype=np.float64)).reshape(
             t.shape
         )
 
     def dalpha(self, t: TimeLike) -> Tensor:
         t = as64(t)
-        k = np.clip(np.searchsorted(self._t, t.numpy(), side="right") - 1, 0, len(self._slope) - 1)
+        k = np.clip(np.searchsorted(self._t, t.detach().numpy(), side="right") - 1, 0, len(self._slope) - 1)
         return self.alpha(t) * torch.from_numpy(np.asarray(self._slope[k], dtype=np.float64)).reshape(t.shape)
 
     def t_of_lambda(self, lam: TimeLike) -> Tensor:
         log_alpha = self.log_alpha_of_lambda(lam)
         # log alpha is decreasing and piecewise linear in t: invert by interpolating the flipped table.
+        if log_alpha.requires_grad:
+            return interpolate(log_alpha, self._log_alpha[::-1], self._t[::-1])
         out = np.interp(log_alpha.numpy(), self._log_alpha[::-1], self._t[::-1])
         return torch.from_numpy(np.asarray(out, dtype=np.float64)).reshape(log_alpha.shape)
 
@@ -188,3 +192,13 @@ class DiscreteVP(_VariancePreserving):
 
     def t_of_index(self, n: TimeLike) -> Tensor:
         return (as64(n) + 1.0) / self.num_train_timesteps
+
+
+def interpolate(x: Tensor, xp: np.ndarray, fp: np.ndarray) -> Tensor:
+    """``np.interp(x, xp, fp)`` (``xp`` increasing; constant beyond its ends) as torch operations, differentiable in
+    ``x``: on the segment ``[xp_k, xp_{k+1}]`` holding ``x``, ``fp_k + (fp_{k+1} - fp_k) / (xp_{k+1} - xp_k) (x - xp_k)``."""
+    xs, fs = torch.from_numpy(np.ascontiguousarray(xp)), torch.from_numpy(np.ascontiguousarray(fp))
+    x = x.clamp(float(xp[0]), float(xp[-1]))
+    k = (torch.searchsorted(xs, x.detach().contiguous(), right=True) - 1).clamp(0, len(xs) - 2)
+    slope = (fs[k + 1] - fs[k]) / (xs[k + 1] - xs[k])
+    return fs[k] + slope * (x - xs[k])

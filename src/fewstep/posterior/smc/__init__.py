@@ -3,8 +3,8 @@ FK steering, user values), resampling, and soft value-based decoding, DriftLite'
 
 from .driftlite import BASES, DRIFTS, driftlite, vcg_coefficients
 from .engine import SMCResult, smc
-from .potentials import FK_KINDS, TDS, FKSteering, Potential, PotentialStep, Value
-from .resampling import RESAMPLERS, effective_sample_size, resample_indices
+from .potentials import FK_KINDS, TDS, TWIST_VARIANCES, FKSteering, Potential, PotentialStep, Value
+from .resampling import RESAMPLE_SCHEDULES, RESAMPLERS, effective_sample_size, ess_thresholds, resample_indices
 from .strategies import rollover, svdd
 
 __all__ = [
@@ -12,7 +12,9 @@ __all__ = [
     "DRIFTS",
     "FK_KINDS",
     "RESAMPLERS",
+    "RESAMPLE_SCHEDULES",
     "TDS",
+    "TWIST_VARIANCES",
     "FKSteering",
     "Potential",
     "PotentialStep",
@@ -20,6 +22,7 @@ __all__ = [
     "Value",
     "driftlite",
     "effective_sample_size",
+    "ess_thresholds",
     "resample_indices",
     "rollover",
     "smc",

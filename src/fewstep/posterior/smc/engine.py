@@ -7,8 +7,10 @@ Each of the B prompts has K particles, run together as one batch of ``B*K`` rows
     log w += log G_i + log p(x_i | x_{i-1}) - log q(x_i | x_{i-1})
 
 where ``p`` is the prior's transition ``N(m, c^2 I)`` of a stochastic solver (SDE-DPM-Solver++(2M) or DDPM) and ``q`` the proposal: ``p`` itself, or, for a twisting
-potential (TDS), ``N(m + c^2 grad_x v(x0_hat(x)), c^2 I)`` (Wu et al. 2023, eq. 10). Before every step, a prompt whose
-effective sample size ``ESS / K`` is below ``ess_threshold`` resamples its particles (the Markov proposal needs only
+potential (TDS), the prior's step times the linearised twist (:mod:`fewstep.posterior.smc.twist`; ``N(m + c^2
+grad_x v(x0_hat(x)), c^2 I)`` to first order, Wu et al. 2023, eq. 10). Before every step, a prompt whose
+effective sample size ``ESS / K`` is below the step's threshold (``ess_threshold``, raised at high noise by
+``resample_schedule="noise"``: :mod:`fewstep.posterior.smc.resampling`) resamples its particles (the Markov proposal needs only
 the current state permuted) and its weights become uniform; the others keep theirs (Doucet & Johansen 2009, "A
 Tutorial on Particle Filtering and Smoothing", §3.5; Del Moral, Doucet & Jasra 2006, "Sequential Monte Carlo
 Samplers"). The weighted particles ``(samples, exp(log_weights))`` estimate the target ``p(x) prod_i G_i``
@@ -32,10 +34,17 @@ from ...model import CallCount, Denoiser
 from ...options import real_option
 from ...schedules import NoiseSchedule
 from ...spacing import SpacingLike
-from ...trajectory import gaussian_log_prob
 from .chain import Chain
-from .potentials import Potential, as_potential
-from .resampling import check_resampler, effective_sample_size, normalise, resample_indices
+from .potentials import Potential, as_potential, value_and_gradient
+from .resampling import (
+    RESAMPLE_SCHEDULES,
+    check_resampler,
+    effective_sample_size,
+    ess_thresholds,
+    normalise,
+    resample_indices,
+)
+from .twist import twisted_step
 
 __all__ = ["SMCResult", "smc"]
 
@@ -76,16 +85,20 @@ class _Particles:
     eps: Tensor
     #: the data estimate at the previous node (the multistep proposal's history)
     prev: Tensor
+    #: the twist's gradient at ``x`` (twisting potentials, before a stochastic step)
     grad: Tensor | None
     acc: Tensor
     stat: Tensor
     #: the node's value, until the potential's step consumes it
     value: Tensor | None = None
+    #: the twist's curvature along ``grad`` (``None``: the first-order shift; :mod:`fewstep.posterior.smc.twist`)
+    curvature: Tensor | None = None
 
     def take(self, rows: Tensor) -> _Particles:
         g = self.grad[rows] if self.grad is not None else None
+        h = self.curvature[rows] if self.curvature is not None else None
         x, x0, eps, prev = self.x[rows], self.x0[rows], self.eps[rows], self.prev[rows]
-        return _Particles(x, x0, eps, prev, g, self.acc[rows], self.stat[rows])
+        return _Particles(x, x0, eps, prev, g, self.acc[rows], self.stat[rows], curvature=h)
 
 
 def check_threshold(ess_threshold: object) -> float:
@@ -111,6 +124,7 @@ def smc(
     proposal: str = "dpmpp_2m_sde",
     resample: str = "systematic",
     ess_threshold: float = 0.5,
+    resample_schedule: str = "noise",
     model_kwargs: Mapping[str, Any] | None = None,
     calls: CallCount | None = None,
 ) -> SMCResult:
@@ -129,7 +143,11 @@ def smc(
         proposal: the Gaussian transition proposed from (:mod:`fewstep.posterior.smc.chain`): ``"dpmpp_2m_sde"``
             (default, second order) or ``"ddpm"``.
         resample: ``"systematic"`` (default), ``"multinomial"`` or ``"residual"``.
-        ess_threshold: resample a prompt when its ``ESS / K`` falls below this (in [0, 1]).
+        ess_threshold: resample a prompt when its ``ESS / K`` falls below this (in [0, 1]; 0 never resamples).
+        resample_schedule: ``"noise"`` (default): the threshold rises to 1 at high noise, where duplicates are
+            re-diversified by the remaining steps, as ``1 - kappa_i (1 - ess_threshold)``, ``kappa_i = alpha_i^2 /
+            (alpha_i^2 + sigma_i^2)``; ``"constant"``: ``ess_threshold`` at every step
+            (:mod:`fewstep.posterior.smc.resampling`).
         model_kwargs: conditioning; tensors with B rows are repeated for each prompt's K particles.
         calls: a :class:`~fewstep.model.CallCount` to add the run's counts to.
     """
@@ -138,9 +156,12 @@ def smc(
     if potential is None:
         raise TypeError("potential: required (TDS(measurement), FKSteering(reward), Value(fn) or a callable)")
     pot = as_potential(potential)
+    if resample_schedule not in RESAMPLE_SCHEDULES:
+        ess_thresholds([], threshold, resample_schedule)  # the ValueError naming the choices
     chain = Chain.build(
         model, noise, schedule, nfe, steps, spacing, prediction, generator, model_kwargs, calls, particles, proposal
     )
+    thresholds = ess_thresholds([chain.alpha_sigma(i) for i in range(chain.steps)], threshold, resample_schedule)
     b, k = chain.prompts, chain.particles
     start = noise.reshape(b * k, *noise.shape[2:]).to(chain.dtype).clone()
     pot = pot.bind(b, k, start)
@@ -154,7 +175,7 @@ def smc(
         state, log_w = _reweight(pot, state, log_w, None, False)
         ess.append(effective_sample_size(log_w))
         for i in range(chain.steps):
-            low = ess[-1] < threshold * k
+            low = ess[-1] < thresholds[i] * k
             flags.append(low)
             if threshold > 0.0 and bool(low.any()):  # one host read per step; no draw when none resamples
                 state, log_w = _resample(state, log_w, low, scheme, generator)
@@ -162,10 +183,10 @@ def smc(
             c = chain.std(i)
             ratio = None
             if c > 0.0:
-                shifted = mean + c * c * state.grad if state.grad is not None else mean
-                x = shifted + c * chain.draw(i, mean)
                 if state.grad is not None:
-                    ratio = gaussian_log_prob(x, mean, c) - gaussian_log_prob(x, shifted, c)
+                    x, ratio = twisted_step(mean, c, state.grad, state.curvature, chain.draw(i, mean))
+                else:
+                    x = mean + c * chain.draw(i, mean)
             else:
                 x = mean
             final = i == chain.steps - 1
@@ -189,16 +210,10 @@ def _evaluate(chain: Chain, pot: Potential, state: _Particles, x: Tensor, i: int
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
             x0, eps = chain.evaluate(leaf, i)
-            value = pot.value(x0, alpha, sigma)
-            if not value.requires_grad:
-                raise TypeError(
-                    "potential: the twisted proposal needs the value's gradient through the network, but the value "
-                    "carries no autograd graph (a model or potential that detaches); use twist=False"
-                )
-            (grad,) = torch.autograd.grad(value.sum(), leaf)
+            twist = value_and_gradient(pot, leaf, x0, alpha, sigma)
         chain.calls.backward += 1
         x0, eps = x0.detach(), eps.detach()
-        return _Particles(x, x0, eps, state.x0, grad, state.acc, state.stat, value.detach())
+        return _Particles(x, x0, eps, state.x0, twist.grad, state.acc, state.stat, twist.value, twist.curvature)
     with torch.no_grad():
         x0, eps = chain.evaluate(x, i)
         value = pot.value(x0, alpha, sigma)
@@ -221,7 +236,9 @@ def _reweight(
     inc = step.log_g if ratio is None else step.log_g + ratio
     b, k = log_w.shape
     log_w = log_w + inc.to(log_w.dtype).reshape(b, k)
-    new = _Particles(state.x, state.x0, state.eps, state.prev, state.grad, state.acc + step.log_g, step.stat)
+    new = _Particles(
+        state.x, state.x0, state.eps, state.prev, state.grad, state.acc + step.log_g, step.stat, None, state.curvature
+    )
     return new, log_w
 
 

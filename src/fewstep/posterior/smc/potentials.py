@@ -36,9 +36,20 @@ from torch import Tensor
 from ...guidance.loss_steps import posterior_variance
 from ...guidance.rule_checks import finite_number
 from ...options import real_option, suggestion
-from ..measurement import Measurement
+from ..measurement import Mask, Measurement
+from .twist import TwistStep
 
-__all__ = ["FK_KINDS", "FKSteering", "Potential", "PotentialStep", "TDS", "Value", "as_potential"]
+__all__ = [
+    "FK_KINDS",
+    "TWIST_VARIANCES",
+    "FKSteering",
+    "Potential",
+    "PotentialStep",
+    "TDS",
+    "Value",
+    "as_potential",
+    "value_and_gradient",
+]
 
 #: FK steering's kinds of potential
 FK_KINDS = ("difference", "max", "sum")
@@ -110,45 +121,70 @@ class Value:
         return _difference(value, acc, stat)
 
 
+#: how :class:`TDS` estimates the spread of ``A x0 | x_t`` (its docstring)
+TWIST_VARIANCES = ("tweedie", "gaussian")
+
+
+def _measured_size(measurement: Measurement, x0: Tensor) -> float:
+    """``m``: how many numbers a sample's measurement holds (a mask's observed entries; ``A x``'s size otherwise)."""
+    if isinstance(measurement, Mask):
+        return float(torch.broadcast_to(measurement.mask, x0.shape[1:]).count_nonzero())
+    return float(math.prod(measurement.y.shape[1:]))
+
+
 @dataclass(frozen=True)
 class TDS:
     """The twisted diffusion sampler's potential for a measurement ``y = A x + n``, ``n ~ N(0, s^2 I)`` (Wu, Trippe,
     Naesseth, Blei & Cunningham 2023, "Practical and Asymptotically Exact Conditional Sampling in Diffusion
-    Models", Alg. 1 and §3.3): the twisting function
+    Models", Alg. 1 and §3.3): the twisting function, a Gaussian stand-in for ``p_t(y | x_t)``,
 
-        log p~_t(y | x_t) = -|y - A x0_hat(x_t)|^2 / (2 (s^2 + r_t^2)),
+        v_t = log p~_t(y | x_t) = -|y - A x0_hat(x_t)|^2 / (2 (s^2 + r_t^2)) - (m / 2) log(s^2 + r_t^2)
 
-    (up to a constant per node, which the per-prompt normalisation removes), the proposal mean shifted by
-    ``std_t^2 grad_{x_t} log p~_t(y | x_t)`` (through the network: one backward pass per stochastic step), and the
-    incremental weight ``p(x_{t-1} | x_t) p~_{t-1}(y | x_{t-1}) / (q(x_{t-1} | x_t, y) p~_t(y | x_t))``. At the
-    clean end the twist is the exact likelihood, so the weighted particles target the posterior ``p(x | y)``
-    asymptotically exactly as the particles grow, whatever ``r_t``. Needs ``noise_std > 0``. ``twist=False`` keeps
-    the prior proposal (weights only).
+    (``m`` numbers measured; the constant ``2 pi`` dropped), the proposal mean shifted by ``std_t^2 grad_{x_t} v_t``
+    (``r_t`` held fixed; through the network: one backward pass per stochastic step), and the incremental weight
+    ``p(x_{t-1} | x_t) p~_{t-1}(y | x_{t-1}) / (q(x_{t-1} | x_t, y) p~_t(y | x_t))``. At the clean end ``r = 0`` and
+    the twist is the exact likelihood, so the weighted particles target the posterior ``p(x | y)`` asymptotically
+    exactly as the particles grow, whatever ``r_t``; ``r_t`` decides how many particles that takes. Needs
+    ``noise_std > 0``. ``twist=False`` keeps the prior proposal (weights only).
 
-    ``r_t^2`` stands in for the spread of ``x0 | x_t`` about ``x0_hat``: ``twist_scale`` times
+    ``r_t^2`` stands in for the spread of ``A x0 | x_t`` about ``A x0_hat``; ``twist_scale`` times
 
-    - ``S^2 q / (S^2 + q)``, ``q = sigma_t^2 / alpha_t^2``, with ``S = data_std`` (default 1, for data of unit
-      scale): the exact variance for Gaussian data ``N(m, S^2 I)`` (PiGDM's ``r_t``, Song et al. 2023), bounded by
-      ``S^2`` at high noise;
-    - ``q`` itself with ``data_std=None`` (a flat prior): unbounded as the noise grows, so at high noise, where a
-      multimodal posterior's modes are chosen, the twist is almost flat and the choice is left to the final
-      weights (on the 64-D mixture the particles then miss the posterior's mode: docs/posterior.md);
-    - 0 with ``twist_scale=0``: the paper's plug-in ``p(y | x0_hat(x_t))``, too sharp at high noise for a small
-      ``s`` (the particles collapse early; measured in docs/posterior.md).
+    - ``variance="gaussian"`` (default): ``S^2 q / (S^2 + q)``, ``q = sigma_t^2 / alpha_t^2``, ``S = data_std``
+      (default 1): the exact variance for Gaussian data ``N(m, S^2 I)`` (PiGDM's ``r_t``, Song et al. 2023),
+      bounded by ``S^2`` at high noise; ``data_std=None``: ``q`` itself (a flat prior), unbounded as the noise
+      grows;
+    - ``variance="tweedie"``: the exact posterior covariance of Tweedie's second-order formula,
+      ``Cov[x0 | x_t] = (sigma_t^2 / alpha_t) d x0_hat / d x_t`` (Boys et al. 2023, "Tweedie Moment Projected
+      Diffusions for Inverse Problems"; Rozet et al. 2024, "Learning Diffusion Priors from Observations by
+      Expectation Maximization", MMPS), read along the particle's residual: ``r_t^2 = e^T A Cov[x0 | x_t] A^T e
+      = (sigma_t^2 / alpha_t) g^T J g / |y - A x0_hat|^2``, ``g = A^T (y - A x0_hat)``, ``J = d x0_hat / d x_t``,
+      ``e`` the unit residual. The vector-Jacobian product ``J^T g`` that gives the proposal's shift gives it too:
+      no extra network call. It is the moment-matched Gaussian twist for one measured number (and for an
+      isotropic ``A Cov A^T``; otherwise a one-direction stand-in for MMPS's ``(s^2 I + A Cov A^T)^{-1}``), and
+      it follows the data at every noise level, the chosen mode's spread included, which the ``m / 2 log`` term
+      turns into the modes' relative weights. At a node where no gradient is taken (before the deterministic last
+      step; ``alpha = 0``) the ``"gaussian"`` value is used. Needs ``twist=True``.
+    - ``twist_scale=0``: the paper's plug-in ``p(y | x0_hat(x_t))``.
+
+    No Gaussian twist is right for every posterior of a multimodal prior (measured in docs/posterior.md): the
+    exact ``p_t(y | x_t)`` is a mixture over the prior's modes, sharp at high noise when ``y`` singles out one
+    far-away mode (there the plug-in twist finds it and the moment-matched ones are too flat) and smooth when
+    ``y`` fits several (there the plug-in twist collapses the particles early). ``"gaussian"`` with ``S = 1`` is
+    the default as the one that does not fail badly on either.
 
     The gradient is whatever autograd gives through the model-call stack: for a network that detaches its input
     (e.g. the isotropic mixture's exact denoiser ``GaussianMixture.model``) it is only the conversion's explicit
-    part (``x0_hat = (x - sigma eps_hat) / alpha`` with ``eps_hat`` held), a Jacobian-free twist. For Gaussian data
-    its gradient is the true one's times ``1 + q / S^2``: a much stronger pull at high noise. The weights account
-    for the proposal actually used, so the limit stays exact; whether the stronger pull helps depends on the problem
-    (with the plug-in twist it overshoots and the weights collapse; with the bounded one it finds the 64-D
-    mixture's posterior mode with fewer particles: docs/posterior.md).
+    part (``x0_hat = (x - sigma eps_hat) / alpha``, ``J = I / alpha``): a Jacobian-free twist, whose Tweedie
+    variance is then the flat prior's ``q``. The weights account for the proposal actually used, so the limit
+    stays exact.
     """
 
     measurement: Measurement
     twist_scale: float = 1.0
     twist: bool = True
     data_std: float | None = 1.0
+    variance: str = "gaussian"
+    optimal_proposal: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.measurement, Measurement):
@@ -167,10 +203,22 @@ class TDS:
                 f"data_std: must be > 0 (the data's scale, 1 for normalised data) or None (a flat prior), "
                 f"got {self.data_std}"
             )
+        if self.variance not in TWIST_VARIANCES:
+            hint = suggestion(self.variance, TWIST_VARIANCES)
+            raise ValueError(
+                f"variance: choose one of {', '.join(map(repr, TWIST_VARIANCES))}, got {self.variance!r}{hint}"
+            )
+        if not isinstance(self.optimal_proposal, bool):
+            raise TypeError(f"optimal_proposal: must be a bool, got {self.optimal_proposal!r}")
+        if self.variance == "tweedie" and not self.twist:
+            raise ValueError(
+                "variance: 'tweedie' reads the network's Jacobian from the twisted proposal's backward pass; with "
+                "twist=False use variance='gaussian'"
+            )
 
     def twist_variance(self, alpha: float, sigma: float) -> float:
-        """``r_t^2``: ``twist_scale`` times the variance of ``x0 | x_t`` under the twist's prior (class docstring);
-        0 at the clean end, inf at ``alpha = 0`` for a flat prior."""
+        """The ``"gaussian"`` ``r_t^2``: ``twist_scale`` times the variance of ``x0 | x_t`` for data ``N(m, S^2 I)``
+        (class docstring); 0 at the clean end, inf at ``alpha = 0`` for a flat prior."""
         if sigma == 0.0:
             return 0.0
         level = sigma / alpha if alpha > 0 else math.inf
@@ -194,14 +242,69 @@ class TDS:
             ) from None
         return replace(self, measurement=bound)
 
+    def _log_gaussian(self, sq: Tensor, var: Tensor | float, x0: Tensor) -> Tensor:
+        """``-sq / (2 (s^2 + r^2)) - (m / 2) log(s^2 + r^2)`` for squared residuals ``sq`` and ``var = r^2``."""
+        total = self.measurement.noise_std**2 + var
+        log_total = total.log() if isinstance(total, Tensor) else math.log(total)
+        return -sq / (2.0 * total) - 0.5 * _measured_size(self.measurement, x0) * log_total
+
     def value(self, x0: Tensor, alpha: float, sigma: float) -> Tensor:
-        var = self.measurement.noise_std**2 + self.twist_variance(alpha, sigma)
+        """``v_t`` with the ``"gaussian"`` ``r_t^2`` (every node where no gradient is taken, and ``twist=False``)."""
+        var = self.twist_variance(alpha, sigma)
         if math.isinf(var):
             return torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
-        return -self.measurement.residual(x0).flatten(1).square().sum(1) / (2.0 * var)
+        return self._log_gaussian(self.measurement.residual(x0).flatten(1).square().sum(1), var, x0)
+
+    def value_and_gradient(self, leaf: Tensor, x0: Tensor, alpha: float, sigma: float) -> TwistStep:
+        """``v_t``, ``grad_{x_t} v_t`` and the twist's curvature along it, per particle, at a stochastic step
+        (``x0 = x0_hat(leaf)`` with its graph): one backward pass gives ``g = A^T (A x0_hat - y)`` (w.r.t. ``x0``)
+        and ``J^T g`` (w.r.t. ``x_t``), hence the Tweedie ``r_t^2`` (class docstring) and, with ``B = A J``, the
+        linearised twist ``-|res - B d|^2 / (2 w)``, ``w = s^2 + r_t^2``: gradient ``B^T res / w`` and curvature
+        ``|B^T res|^2 / (w |res|^2)`` along it (exact for one measured number; the Rayleigh quotient of ``B B^T``
+        along the residual otherwise), which the proposal uses (:mod:`fewstep.posterior.smc.twist`)."""
+        res = self.measurement.residual(x0).flatten(1)
+        sq = res.square().sum(1)
+        g0, jg = torch.autograd.grad(0.5 * sq.sum(), (x0, leaf))
+        sq = sq.detach()
+        safe = sq.clamp_min(torch.finfo(sq.dtype).tiny)
+        if self.variance == "gaussian" or alpha <= 0.0:
+            var: Tensor | float = self.twist_variance(alpha, sigma)
+        else:
+            quad = (g0.detach() * jg).flatten(1).sum(1)  # g^T J g (J a covariance: symmetric, >= 0)
+            var = self.twist_scale * (sigma * sigma / alpha) * (quad / safe).clamp_min(0.0)
+        if isinstance(var, float) and math.isinf(var):
+            zero = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+            return TwistStep(zero, torch.zeros_like(leaf), zero)
+        total = self.measurement.noise_std**2 + var
+        if not isinstance(total, Tensor):
+            total = torch.full_like(sq, total)
+        # jg = J^T A^T (A x0_hat - y) = -B^T res: the gradient of -|res|^2 / (2 w), w held, is -jg / w
+        grad = -jg / total.reshape(-1, *([1] * (leaf.ndim - 1)))
+        curvature = jg.flatten(1).square().sum(1) / (total * safe)
+        value = self._log_gaussian(sq, total - self.measurement.noise_std**2, x0)
+        return TwistStep(value, grad, curvature if self.optimal_proposal else None)
 
     def step(self, value: Tensor, acc: Tensor, stat: Tensor, final: bool) -> PotentialStep:
         return _difference(value, acc, stat)
+
+
+def value_and_gradient(potential: Potential, leaf: Tensor, x0: Tensor, alpha: float, sigma: float) -> TwistStep:
+    """A twisting potential's :class:`~fewstep.posterior.smc.twist.TwistStep` at the state ``leaf``, through
+    ``x0 = x0_hat(leaf)``: the potential's own ``value_and_gradient`` where it has one (:class:`TDS`: with its
+    curvature), else autograd of ``value`` (first-order shift)."""
+    own = getattr(potential, "value_and_gradient", None)
+    if own is not None:
+        step = own(leaf, x0, alpha, sigma)
+        assert isinstance(step, TwistStep)
+        return TwistStep(step.value.detach(), step.grad.detach(), step.curvature)
+    value = potential.value(x0, alpha, sigma)
+    if not value.requires_grad:
+        raise TypeError(
+            "potential: the twisted proposal needs the value's gradient through the network, but the value "
+            "carries no autograd graph (a model or potential that detaches); use twist=False"
+        )
+    (grad,) = torch.autograd.grad(value.sum(), leaf)
+    return TwistStep(value.detach(), grad)
 
 
 @dataclass(frozen=True)

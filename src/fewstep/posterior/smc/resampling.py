@@ -12,6 +12,15 @@ within each row, ``w_bk = exp(l_bk) / sum_j exp(l_bj)``. Every scheme returns an
   drawn multinomially from the residual weights ``(K w_bk - floor(K w_bk)) / R``.
 
 The effective sample size is ``ESS_b = 1 / sum_k w_bk^2`` (between 1 and K).
+
+**When to resample** (:func:`ess_thresholds`): a prompt resamples before step ``i`` when ``ESS / K`` falls below a
+threshold. ``"constant"``: the threshold ``t`` at every step (Doucet & Johansen 2009, §3.5). ``"noise"``: ``1 -
+kappa_i (1 - t)``, ``kappa_i = alpha_i^2 / (alpha_i^2 + sigma_i^2)``. Resampling duplicates particles; over a
+diffusion's remaining steps two copies of ``x_i`` drift apart again, and the share of the final sample's variance
+they still have in common is ``Var(E[x0 | x_i]) / Var(x0) = kappa_i`` for data of unit scale (``alpha^2 S^2 /
+(alpha^2 S^2 + sigma^2)``, ``S = 1``). At high noise (``kappa ~ 0``) a duplicate costs almost nothing and waiting
+costs the particles that the weights already say are in the wrong place, so the rule resamples at any weight
+spread; near the clean end (``kappa ~ 1``) duplicates stay duplicates and the rule is the constant one.
 """
 
 from __future__ import annotations
@@ -21,10 +30,33 @@ from torch import Tensor
 
 from ...options import suggestion
 
-__all__ = ["RESAMPLERS", "check_resampler", "effective_sample_size", "normalise", "resample_indices"]
+__all__ = [
+    "RESAMPLERS",
+    "RESAMPLE_SCHEDULES",
+    "check_resampler",
+    "effective_sample_size",
+    "ess_thresholds",
+    "normalise",
+    "resample_indices",
+]
 
 #: the resampling schemes
 RESAMPLERS = ("systematic", "multinomial", "residual")
+#: when to resample (module docstring)
+RESAMPLE_SCHEDULES = ("noise", "constant")
+
+
+def ess_thresholds(alpha_sigma: list[tuple[float, float]], threshold: float, schedule: object) -> list[float]:
+    """The ``ESS / K`` threshold before each step, from the schedule values ``(alpha_i, sigma_i)`` of the step's
+    start node (module docstring); ``threshold = 0`` never resamples under either schedule."""
+    if schedule not in RESAMPLE_SCHEDULES:
+        hint = suggestion(schedule, RESAMPLE_SCHEDULES)
+        raise ValueError(
+            f"resample_schedule: choose one of {', '.join(map(repr, RESAMPLE_SCHEDULES))}, got {schedule!r}{hint}"
+        )
+    if schedule == "constant" or threshold == 0.0:
+        return [threshold] * len(alpha_sigma)
+    return [1.0 - a * a / (a * a + s * s) * (1.0 - threshold) for a, s in alpha_sigma]
 
 
 def check_resampler(name: object) -> str:
