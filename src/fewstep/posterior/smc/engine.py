@@ -37,7 +37,7 @@ from ...spacing import SpacingLike
 from .chain import Chain
 from .potentials import Potential, as_potential, value_and_gradient
 from .resampling import (
-    RESAMPLE_SCHEDULES,
+    check_resample_schedule,
     check_resampler,
     effective_sample_size,
     ess_thresholds,
@@ -156,8 +156,7 @@ def smc(
     if potential is None:
         raise TypeError("potential: required (TDS(measurement), FKSteering(reward), Value(fn) or a callable)")
     pot = as_potential(potential)
-    if resample_schedule not in RESAMPLE_SCHEDULES:
-        ess_thresholds([], threshold, resample_schedule)  # the ValueError naming the choices
+    check_resample_schedule(resample_schedule)
     chain = Chain.build(
         model, noise, schedule, nfe, steps, spacing, prediction, generator, model_kwargs, calls, particles, proposal
     )

@@ -33,6 +33,7 @@ from ...options import suggestion
 __all__ = [
     "RESAMPLERS",
     "RESAMPLE_SCHEDULES",
+    "check_resample_schedule",
     "check_resampler",
     "effective_sample_size",
     "ess_thresholds",
@@ -49,12 +50,7 @@ RESAMPLE_SCHEDULES = ("noise", "constant")
 def ess_thresholds(alpha_sigma: list[tuple[float, float]], threshold: float, schedule: object) -> list[float]:
     """The ``ESS / K`` threshold before each step, from the schedule values ``(alpha_i, sigma_i)`` of the step's
     start node (module docstring); ``threshold = 0`` never resamples under either schedule."""
-    if schedule not in RESAMPLE_SCHEDULES:
-        hint = suggestion(schedule, RESAMPLE_SCHEDULES)
-        raise ValueError(
-            f"resample_schedule: choose one of {', '.join(map(repr, RESAMPLE_SCHEDULES))}, got {schedule!r}{hint}"
-        )
-    if schedule == "constant" or threshold == 0.0:
+    if check_resample_schedule(schedule) == "constant" or threshold == 0.0:
         return [threshold] * len(alpha_sigma)
     return [1.0 - a * a / (a * a + s * s) * (1.0 - threshold) for a, s in alpha_sigma]
 
@@ -64,6 +60,16 @@ def check_resampler(name: object) -> str:
     if name not in RESAMPLERS:
         hint = suggestion(name, RESAMPLERS)
         raise ValueError(f"resample: choose one of {', '.join(map(repr, RESAMPLERS))}, got {name!r}{hint}")
+    return str(name)
+
+
+def check_resample_schedule(name: object) -> str:
+    """``name`` if it is one of :data:`RESAMPLE_SCHEDULES`, else a ValueError naming the choices."""
+    if name not in RESAMPLE_SCHEDULES:
+        hint = suggestion(name, RESAMPLE_SCHEDULES)
+        raise ValueError(
+            f"resample_schedule: choose one of {', '.join(map(repr, RESAMPLE_SCHEDULES))}, got {name!r}{hint}"
+        )
     return str(name)
 
 
