@@ -8,6 +8,12 @@ evaluation on the Gaussians and the logistic regression.
     python benchmarks/langevin.py --report             # print the stored tables
     python benchmarks/langevin.py --targets gaussian --friction 1.0 --out benchmarks/results/langevin_friction1.json
     python benchmarks/langevin.py --targets gaussian_diag --mass-estimate fisher
+    python benchmarks/langevin.py --targets gaussian --kinetic-warmup 5000   # the kinetic samplers' own, fixed warm-up
+    python benchmarks/langevin.py --targets gaussian --warmup-tolerance 0    # the kinetic samplers' warm-up = --warmup
+
+The kinetic samplers' warm-up ends by default when their diagonal mass has settled (``--warmup-tolerance 0.4``,
+fewstep.langevin.settle: at least --warmup iterations, at most a tenth of NUTS's gradient budget); an explicit
+``--kinetic-warmup`` or ``--warmup-tolerance 0`` gives a fixed count.
 
 Each target's entry in the results file keeps the settings it ran with (chains, draws, warm-up, friction), so
 targets may be run with different budgets (the 1,000-D Gaussian with a shorter one).
@@ -35,6 +41,8 @@ from fewstep.bench.targets.densities import BREAST_CANCER_REFERENCE, LogisticReg
 RESULTS = Path(__file__).parent / "results"
 REFERENCE = BREAST_CANCER_REFERENCE
 SAMPLERS = ["mala", "baoab", "obabo", "randomized_midpoint"]
+#: the kinetic samplers' default warm-up: from --warmup on, until the diagonal mass has settled to this tolerance
+SETTLE_TOLERANCE = 0.4
 #: (target name, dimension or None for its default)
 TARGETS = [
     ("gaussian", 100),
@@ -63,6 +71,21 @@ def main() -> None:
         choices=["variance", "fisher"],
         help="the kinetic samplers' diagonal mass in warm-up: the draws' variance (Stan's) or the Fisher divergence's",
     )
+    parser.add_argument(
+        "--kinetic-warmup",
+        type=int,
+        default=None,
+        help="the kinetic samplers' warm-up iterations (default --warmup); a NUTS warm-up iteration costs tens to "
+        "hundreds of gradients, a kinetic one a single gradient, and every sampler's warm-up counts in the budget",
+    )
+    parser.add_argument(
+        "--warmup-tolerance",
+        type=float,
+        default=SETTLE_TOLERANCE,
+        help="the kinetic samplers' warm-up ends when the diagonal mass has settled to this tolerance (RMS of "
+        "log(m_new / m_old) between slow windows; fewstep.langevin.settle), --warmup being its minimum and a tenth "
+        "of NUTS's gradient budget its cap; 0: exactly --warmup iterations (also with --kinetic-warmup)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "langevin.json")
     parser.add_argument("--report", action="store_true", help="only print the tables stored in --out")
     args = parser.parse_args()
@@ -76,7 +99,14 @@ def main() -> None:
         results = json.loads(args.out.read_text(encoding="utf-8")).get("targets", {})
     dims = dict(TARGETS)
     friction = args.friction if args.friction == "auto" else float(args.friction)
-    kinetic = {"friction": friction, "mass_estimate": args.mass_estimate}
+    kinetic: dict[str, object] = {"friction": friction, "mass_estimate": args.mass_estimate}
+    if args.kinetic_warmup is not None:  # an explicit count: that many iterations
+        kinetic["warmup"] = args.kinetic_warmup
+        args.warmup_tolerance = 0.0
+    if args.warmup_tolerance > 0:
+        kinetic["warmup_tolerance"] = args.warmup_tolerance
+    else:
+        args.warmup_tolerance = None  # a fixed warm-up, stored as such
     options = {name: dict(kinetic) for name in ("kinetic", "baoab", "obabo", "randomized_midpoint")}
     for name in args.targets:
         target = density_target(name, dims.get(name))
@@ -94,10 +124,11 @@ def main() -> None:
             options=options,
         )
         print(
-            f"\n{target.name} (d = {target.dim}), {args.chains} chains, warm-up {args.warmup} "
+            f"\n{target.name} (d = {target.dim}), {args.chains} chains, warm-up {args.warmup}{kinetic_note(args)} "
             f"({time.perf_counter() - start:.0f} s)"
         )
         print(markdown_table(rows))
+        print(warmups_line(rows))
         settings = {k: v for k, v in vars(args).items() if k not in ("out", "targets", "report")}
         results[name] = {
             "name": target.name,
@@ -116,6 +147,16 @@ def main() -> None:
     print(f"\nwrote {args.out}")
 
 
+def kinetic_note(args: argparse.Namespace) -> str:
+    """`` (kinetic 5000)`` when the kinetic samplers ran their own warm-up length, ``(kinetic settled to 0.4 from
+    500)`` when it ended once the mass settled."""
+    own = getattr(args, "kinetic_warmup", None)
+    tolerance = getattr(args, "warmup_tolerance", None)
+    if tolerance is not None:
+        return f" (kinetic settled to {tolerance} from {own if own is not None else args.warmup})"
+    return "" if own is None else f" (kinetic {own})"
+
+
 def report(path: Path) -> None:
     """Print the Markdown tables of a results file (what docs/langevin.md shows)."""
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -123,11 +164,18 @@ def report(path: Path) -> None:
         settings = entry.get("settings", data["meta"]["settings"])
         rows = [McmcRow(**row) for row in entry["rows"]]
         print(
-            f"\n{entry['name']} (d = {entry['dim']}), {settings['chains']} chains, warm-up {settings['warmup']}, "
+            f"\n{entry['name']} (d = {entry['dim']}), {settings['chains']} chains, warm-up {settings['warmup']}"
+            f"{kinetic_note(argparse.Namespace(**settings))}, "
             f"NUTS draws {settings['draws']}, kinetic friction {settings.get('friction', 1.0)}, "
             f"mass {settings.get('mass_estimate', 'variance')}\n"
         )
         print(markdown_table(rows))
+        print(warmups_line(rows))
+
+
+def warmups_line(rows: list[McmcRow]) -> str:
+    """The warm-up iterations each sampler ran (a settled warm-up's length is known only after the run)."""
+    return "\nwarm-up iterations run: " + ", ".join(f"{r.sampler} {r.warmup}" for r in rows)
 
 
 if __name__ == "__main__":

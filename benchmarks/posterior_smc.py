@@ -11,8 +11,11 @@ The network is the differentiable exact denoiser (``as_full_covariance(mixture).
 goes through it; ``--jacobian-free`` takes the isotropic mixture's own denoiser, which detaches its input (the
 gradient is then the conversion's explicit part only). ``--variance`` (``gaussian`` or ``tweedie``), ``--data-std``
 (a number or ``none``) and ``--twist-scale`` set the twist's variance ``r_t^2`` (``TDS`` docstring; defaults as
-``TDS``); ``--first-order`` takes TDS's first-order proposal shift instead of the product proposal, and
-``--resample-schedule constant`` the constant ESS threshold instead of the noise-aware one (``smc``).
+``TDS``); ``--first-order`` takes TDS's first-order proposal shift instead of the product proposal,
+``--lookahead`` the product proposal with the next node's twist instead of the current node's (``TDS``
+``lookahead=True``), ``--resample-schedule constant`` the constant ESS threshold instead of the noise-aware one and
+``--spacing`` another spacing of the 20 steps than smc's default ``logsnr``, and ``--qmc`` sequential quasi-Monte
+Carlo (``smc(..., qmc=True)``, start states from ``rqmc_normal``: ``fewstep.posterior.smc.qmc``).
 
 Metrics against the exact posterior (``fewstep.bench.targets.posterior.mixture_posterior``), each averaged within a
 replicate, then mean ± standard error over the replicates:
@@ -20,7 +23,8 @@ replicate, then mean ± standard error over the replicates:
 - ``weight TV``: the total variation between the exact component weights and a prompt's weighted estimate
   ``sum_k w_k r(x_k)`` (``r``: the exact posterior's responsibilities), averaged over the prompts;
 - ``sliced W2`` and ``MMD^2`` (``fewstep.bench.metrics``): one particle per prompt drawn by weight, the
-  ``prompts`` draws against as many fresh exact samples.
+  ``prompts`` draws against as many fresh exact samples;
+- ``final ESS / K``: the effective sample size after the last node, as a fraction of K (mean over prompts).
 
 The ``exact`` row is the same for exact posterior samples (K of them per prompt, equally weighted, for the TV; two
 independent sets for sliced W2 and MMD). "3 SE": whether the K = 64 mean is within 3 combined standard errors of
@@ -31,10 +35,22 @@ the exact row (``fewstep.bench.metrics.within_spread``), per metric.
 per particle and the exact tilt
 ``p(x) exp(r(x))`` (``reward_tilt``, 10^5 exact samples), and the fraction of the gap closed.
 
+**Variance reduction** (``--variance-reduction R``, with ``--targets "" --no-fk`` to run it alone): the 2-D TDS
+problem at K = 64 and NFE 20 only, for the candidate changes of the resampling (scheme, threshold, schedule), of the
+proposal's twist (``lookahead``), of where the 20 steps are spent (``spacing``) and of the proposal solver, each
+over ``R`` replicates of 64 prompts whose seeds differ from the acceptance table's (so that a choice made here is
+judged there on fresh noise; ``--candidates a,b`` keeps only the rows whose label contains one of the words, the
+default row always), with the exact row of 64 exact samples per prompt over the same number of replicates;
+per row the weight TV, the mean final ESS / K, and the mean fraction of particles whose most likely exact component
+has posterior weight below 0.05 (particles spent where the posterior has almost no mass).
+
 Usage: ``python benchmarks/posterior_smc.py [--replicates 5] [--prompts 64] [--targets 2d,64d] [--nfe 20] [--no-fk]
 [--jacobian-free] [--variance gaussian|tweedie] [--data-std 1|none] [--twist-scale 1] [--first-order]
-[--resample-schedule noise|constant] [--out benchmarks/results/posterior_smc.md]``.
-About 5 minutes on 2 cores with the defaults (the 64-D K = 64 row takes most of it; longer on a shared machine).
+[--lookahead] [--resample-schedule noise|constant] [--spacing logsnr] [--qmc] [--variance-reduction 20]
+[--candidates qmc] [--threads 1]
+[--out benchmarks/results/posterior_smc.md]``.
+About 5 minutes on one core (``--threads 1``, the fastest for these small batches) with the defaults (the 64-D K = 64 row takes most of it; longer on a shared machine);
+``--variance-reduction 20`` adds about a minute.
 """
 
 from __future__ import annotations
@@ -53,7 +69,7 @@ from fewstep.bench.posterior_compare import REWARD_Q, posterior_problem
 from fewstep.bench.targets import mixture_2d, mixture_nd
 from fewstep.bench.targets.posterior import FullCovarianceMixture, as_full_covariance, mixture_posterior, reward_tilt
 from fewstep.posterior import Linear
-from fewstep.posterior.smc import TDS, FKSteering, SMCResult, driftlite, smc
+from fewstep.posterior.smc import TDS, FKSteering, SMCResult, driftlite, rqmc_normal, smc
 
 F64 = torch.float64
 SCHED = fewstep.VP()
@@ -101,9 +117,12 @@ def _cell(s: Spread) -> str:
 Runner = Callable[[torch.Tensor, torch.Generator, fewstep.CallCount], SMCResult]
 
 
-def particle_table(post: FullCovarianceMixture, run: Runner, dim: int, args: argparse.Namespace, ess: bool) -> None:
+def particle_table(
+    post: FullCovarianceMixture, run: Runner, dim: int, args: argparse.Namespace, ess: bool, qmc: bool = False
+) -> None:
     """The rows K = 1 .. 64 of one sampler ``run(noise, generator, calls)`` against the exact ``post``, the exact
-    row and the 3-SE verdict at K = 64 (module docstring); ``ess``: add the mean final ESS / K."""
+    row and the 3-SE verdict at K = 64 (module docstring); ``ess``: add the mean final ESS / K; ``qmc``: RQMC start
+    states (``rqmc_normal``)."""
     reps, prompts = args.replicates, args.prompts
     extra = " final ESS / K |" if ess else ""
     emit(f"| K | weight TV | sliced W2 | MMD^2 |{extra} network calls | backward passes | seconds |")
@@ -115,7 +134,7 @@ def particle_table(post: FullCovarianceMixture, run: Runner, dim: int, args: arg
         start = time.perf_counter()
         for rep in range(reps):
             g = torch.Generator().manual_seed(1000 * rep + k)
-            noise = torch.randn(prompts, k, dim, generator=g, dtype=F64)
+            noise = _start(prompts, k, dim, g, qmc)
             rep_calls = fewstep.CallCount()
             r = run(noise, g, rep_calls)
             calls.add(rep_calls)
@@ -147,20 +166,117 @@ def tds_table(name: str, args: argparse.Namespace) -> None:
         data_std=args.data_std,
         variance=args.variance,
         optimal_proposal=not args.first_order,
+        lookahead=args.lookahead,
     )
     twist = "Jacobian-free" if args.jacobian_free else "through the network"
+    proposal = "first-order" if args.first_order else "product (lookahead)" if args.lookahead else "product"
+    proposal += ", SQMC (qmc=True)" if args.qmc else ""
     emit(
         f"\n### TDS, {name}: NFE {args.nfe} per particle, {args.replicates} x {args.prompts} prompts, twist {twist}, "
         f"variance {args.variance}, data_std {args.data_std}, twist_scale {args.twist_scale}, "
-        f"{'first-order' if args.first_order else 'product'} proposal, {args.resample_schedule} resampling\n"
+        f"{proposal} proposal, {args.resample_schedule} resampling, {args.spacing} spacing\n"
     )
 
     def run(noise: torch.Tensor, g: torch.Generator, calls: fewstep.CallCount) -> SMCResult:
         return smc(
-            model, noise, SCHED, pot, nfe=args.nfe, generator=g, calls=calls, resample_schedule=args.resample_schedule
+            model,
+            noise,
+            SCHED,
+            pot,
+            nfe=args.nfe,
+            spacing=args.spacing,
+            generator=g,
+            calls=calls,
+            resample_schedule=args.resample_schedule,
+            qmc=args.qmc,
         )
 
-    particle_table(mixture_posterior(mix, meas), run, mix.dim, args, ess=False)
+    particle_table(mixture_posterior(mix, meas), run, mix.dim, args, ess=True, qmc=args.qmc)
+
+
+def _start(prompts: int, k: int, dim: int, g: torch.Generator, qmc: bool) -> torch.Tensor:
+    """The start states: iid normal, or (``qmc``) per-prompt RQMC normal points."""
+    if qmc:
+        return rqmc_normal(prompts, k, (dim,), g, F64)
+    return torch.randn(prompts, k, dim, generator=g, dtype=F64)
+
+
+#: the variance-reduction candidates: (label, TDS options, smc options); the first row is the default; the smc
+#: option ``rqmc_start`` (not smc's: the start states from ``rqmc_normal``) defaults to ``qmc``
+CANDIDATES: list[tuple[str, dict[str, object], dict[str, object]]] = [
+    ("default (systematic, ESS 0.5 noise-aware, logsnr, dpmpp_2m_sde, product proposal)", {}, {}),
+    ("lookahead=True (the twist of the next node)", {"lookahead": True}, {}),
+    ("resample='multinomial'", {}, {"resample": "multinomial"}),
+    ("resample='residual'", {}, {"resample": "residual"}),
+    ("ess_threshold=0 (never resample)", {}, {"ess_threshold": 0.0}),
+    ("ess_threshold=0.3", {}, {"ess_threshold": 0.3}),
+    ("ess_threshold=0.8", {}, {"ess_threshold": 0.8}),
+    ("ess_threshold=1 (every step)", {}, {"ess_threshold": 1.0}),
+    ("resample_schedule='constant'", {}, {"resample_schedule": "constant"}),
+    ("spacing='time_quadratic'", {}, {"spacing": "time_quadratic"}),
+    ("spacing='time_quadratic', lookahead=True", {"lookahead": True}, {"spacing": "time_quadratic"}),
+    ("spacing='time_quadratic', ess_threshold=0.3", {}, {"spacing": "time_quadratic", "ess_threshold": 0.3}),
+    ("spacing='kl_optimal'", {}, {"spacing": "kl_optimal"}),
+    ("spacing='karras'", {}, {"spacing": "karras"}),
+    ("proposal='ddpm', spacing='time_quadratic'", {}, {"proposal": "ddpm", "spacing": "time_quadratic"}),
+    ("first-order proposal (TDS as published)", {"optimal_proposal": False}, {}),
+    ("qmc=True (SQMC)", {}, {"qmc": True}),
+    ("qmc=True (SQMC) from iid start states", {}, {"qmc": True, "rqmc_start": False}),
+    ("RQMC start states only (qmc=False)", {}, {"rqmc_start": True}),
+    ("qmc=True (SQMC), ess_threshold=0 (never resample)", {}, {"qmc": True, "ess_threshold": 0.0}),
+    ("qmc=True (SQMC), ess_threshold=1 (every step)", {}, {"qmc": True, "ess_threshold": 1.0}),
+    ("qmc=True (SQMC), spacing='time_quadratic'", {}, {"qmc": True, "spacing": "time_quadratic"}),
+    (
+        "qmc=True (SQMC), spacing='time_quadratic', lookahead=True",
+        {"lookahead": True},
+        {"qmc": True, "spacing": "time_quadratic"},
+    ),
+]
+
+
+def variance_table(reps: int, prompts: int, only: str = "") -> None:
+    """The variance-reduction candidates on the 2-D TDS problem at K = 64, NFE 20 (module docstring); ``only``:
+    comma-separated words, the rows whose label contains one (and the default row)."""
+    mix, meas, model = problem("2d")
+    post = mixture_posterior(mix, meas)
+    exact = torch.softmax(post.log_weights, 0)
+    rare = exact < 0.05
+    k = PARTICLES[-1]
+    emit(
+        f"\n### Variance reduction, 2d: TDS at K = {k}, NFE 20 per particle, {reps} x {prompts} prompts (seeds apart "
+        "from the acceptance table's)\n"
+    )
+    emit("| candidate | weight TV | final ESS / K | particles on modes of weight < 0.05 | seconds |")
+    emit("|---|---|---|---|---|")
+    words = [w for w in only.split(",") if w]
+    for n, (label, tds_options, smc_options) in enumerate(CANDIDATES):
+        if words and n > 0 and not any(w in label for w in words):
+            continue
+        pot = TDS(meas, **tds_options)  # type: ignore[arg-type]
+        options = dict(smc_options)
+        rqmc_start = bool(options.pop("rqmc_start", options.get("qmc", False)))
+        tvs, fractions, wasted = [], [], []
+        start = time.perf_counter()
+        for rep in range(reps):
+            g = torch.Generator().manual_seed(1000 * (rep + 100) + k)
+            noise = _start(prompts, k, mix.dim, g, rqmc_start)
+            r = smc(model, noise, SCHED, pot, nfe=20, generator=g, **options)  # type: ignore[arg-type]
+            x = r.samples.detach()
+            tvs.append(_tv(post, x, r.weights))
+            fractions.append(float(r.ess[-1].mean()) / k)
+            mode = post.responsibilities(x.reshape(prompts * k, -1)).argmax(1)
+            wasted.append(float(rare[mode].double().mean()))
+        seconds = time.perf_counter() - start
+        emit(
+            f"| {label} | {_cell(spread(tvs))} | {sum(fractions) / reps:.3f} | {sum(wasted) / reps:.3f} | "
+            f"{seconds:.1f} |"
+        )
+    floor = []
+    for rep in range(reps):
+        xs = post.sample(prompts * k, generator=torch.Generator().manual_seed(9100 + rep))
+        floor.append(_tv(post, xs.reshape(prompts, k, -1), torch.full((prompts, k), 1.0 / k, dtype=F64)))
+    mode = post.responsibilities(xs).argmax(1)
+    emit(f"| exact samples, {k} per prompt | {_cell(spread(floor))} | 1 | {float(rare[mode].double().mean()):.3f} | |")
 
 
 def driftlite_table(name: str, drift: str, args: argparse.Namespace) -> None:
@@ -238,15 +354,23 @@ def main() -> None:
     parser.add_argument("--variance", default="gaussian", help="TDS variance: gaussian (default) or tweedie")
     parser.add_argument("--first-order", action="store_true", help="TDS's first-order proposal shift")
     parser.add_argument("--resample-schedule", default="noise", help="smc's resample_schedule: noise or constant")
+    parser.add_argument("--lookahead", action="store_true", help="TDS lookahead=True")
+    parser.add_argument("--spacing", default="logsnr", help="smc's spacing of the steps (default logsnr)")
+    parser.add_argument("--qmc", action="store_true", help="smc qmc=True (SQMC) with RQMC start states")
+    parser.add_argument("--variance-reduction", type=int, default=0, help="replicates of the variance table (0: off)")
+    parser.add_argument("--candidates", default="", help="variance table: only rows containing one of these words")
     parser.add_argument("--driftlite", default="", help="DriftLite tables on these targets (e.g. 2d,64d)")
     parser.add_argument("--drifts", default="none,guidance,vcg", help="DriftLite's drifts to tabulate")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (small batches: 1 is fastest)")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables to this file")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(max(1, min(args.threads, torch.get_num_threads())))
     for name in filter(None, args.targets.split(",")):
         tds_table(name, args)
     if not args.no_fk:
         fk_table(args.prompts)
+    if args.variance_reduction > 0:
+        variance_table(args.variance_reduction, args.prompts, args.candidates)
     for name in filter(None, args.driftlite.split(",")):
         for drift in filter(None, args.drifts.split(",")):
             driftlite_table(name, drift, args)

@@ -79,7 +79,9 @@ class ExactTwist:
     def step(self, value: Tensor, acc: Tensor, stat: Tensor, final: bool) -> PotentialStep:
         return self.gaussian.step(value, acc, stat, final)
 
-    def value_and_gradient(self, leaf: Tensor, x0: Tensor, alpha: float, sigma: float) -> TwistStep:
+    def value_and_gradient(
+        self, leaf: Tensor, x0: Tensor, alpha: float, sigma: float, following: tuple[float, float] | None = None
+    ) -> TwistStep:
         mu = self.prior.means.to(leaf)
         s2 = self.prior.stds.to(leaf) ** 2
         a = self.measurement.A.to(leaf)

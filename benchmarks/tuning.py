@@ -18,7 +18,7 @@ where this fewstep has it, the learned digits UNet) on its VP schedule, and each
   noise, the ratio to the best fixed one, its network calls and seconds.
 
 The measurements go to ``benchmarks/results/tuning.json`` (or ``--results``; resumed from: ``--fresh`` starts over)
-and the table, with the targets of every other ``benchmarks/results/tuning*.json``, into docs/tuning.md between its
+and the table, with the cells of every other ``benchmarks/results/tuning*.json``, into docs/tuning.md between its
 markers. Usage: ``python benchmarks/tuning.py [--fresh] [--targets default,nd64] [--methods auto,gits]
 [--nfes 5,6,8,10] [--calibration 256] [--holdout 1024] [--budget 2000] [--results PATH] [--no-write]``. One CPU
 thread; about an hour in all on an idle machine (the digits UNet's first use trains it, a few minutes).
@@ -176,12 +176,15 @@ def table(results: dict[str, Any]) -> str:
 
 
 def merged(results: dict[str, Any]) -> dict[str, Any]:
-    """``results`` with the targets of the other ``benchmarks/results/tuning*.json`` files it lacks (a target measured
-    apart with ``--results``)."""
-    out: dict[str, Any] = {}
+    """``results`` with the cells of the other ``benchmarks/results/tuning*.json`` files it lacks (a target, or some
+    of its NFEs, measured apart with ``--results``); a cell of ``results`` wins over another file's."""
+    out: dict[str, dict[str, Any]] = {}
     for path in sorted(RESULTS.parent.glob("tuning*.json")):
-        out.update(json.loads(path.read_text()))
-    return {**out, **results}
+        for name, cells in json.loads(path.read_text()).items():
+            out.setdefault(name, {}).update(cells)
+    for name, cells in results.items():
+        out.setdefault(name, {}).update(cells)
+    return out
 
 
 def write_doc(text: str) -> None:

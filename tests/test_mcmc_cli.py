@@ -81,3 +81,18 @@ def test_cli_errors() -> None:
     r = run("--target", "banana", "--no-peers", "--reference", str(ref))
     assert r.exit_code == 2 and "only the logistic_regression target" in r.output
     assert density_target("gaussian", 3).dim == 3
+
+
+def test_cli_warmup_tolerance_lets_the_kinetic_warmup_run_on(tmp_path: Path) -> None:
+    """``--warmup-tolerance`` reaches the kinetic samplers only: their warm-up may run past ``--warmup`` (more
+    gradients than the fixed one), MALA's does not change; a tolerance of 0 is refused by name."""
+    spent = []
+    for extra in ((), ("--warmup-tolerance", "0.05")):
+        out = tmp_path / f"rows{len(extra)}.json"
+        r = run("--target", "gaussian", "--dim", "10", "--samplers", "mala,baoab", "--no-peers", "--chains", "2",
+                "--draws", "400", "--warmup", "20", "--out", str(out), *extra)  # fmt: skip
+        assert r.exit_code == 0, r.output
+        spent.append({row["sampler"]: row["gradient_evaluations"] for row in json.loads(out.read_text())})
+    assert spent[1]["mala"] == spent[0]["mala"] and spent[1]["baoab"] > spent[0]["baoab"]
+    r = run("--samplers", "baoab", "--no-peers", "--warmup-tolerance", "0")
+    assert r.exit_code == 2 and "--warmup-tolerance" in r.output

@@ -158,3 +158,20 @@ def test_unchanged_time_tensors_serve_the_next_run() -> None:
         fewstep.sample(keep, noise()[:batch], edm, "dpmpp_2m", nfe=8, prediction="sample", time_input="sigma")
     assert all(a is b for a, b in zip(seen[0], seen[1], strict=True))
     assert all(a.shape == (1,) and b.shape == (2,) for a, b in zip(seen[1], seen[2], strict=True))
+
+
+def test_a_time_input_flagged_for_gradients_is_not_handed_to_the_next_run() -> None:
+    """A model that calls ``requires_grad_()`` on its time input leaves its values alone but not its flag: the next
+    run gets fresh time tensors, none of them recording gradients."""
+    flags: list[bool] = []
+
+    def flagging(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        flags.append(sigma.requires_grad)
+        if not sigma.requires_grad:
+            sigma.requires_grad_(True)
+        return x0_model(x, sigma.detach())
+
+    edm = fewstep.EDM(0.002, 80.0)
+    for _ in range(2):
+        fewstep.sample(flagging, noise()[:1], edm, "dpmpp_2m", nfe=8, prediction="sample", time_input="sigma")
+    assert flags == [False] * 16

@@ -18,6 +18,8 @@ __all__ = ["MCMC_TARGETS", "DEFAULT_SAMPLERS", "mcmc"]
 #: ``fewstep.bench.targets.densities.DENSITY_TARGETS``).
 MCMC_TARGETS = ("gaussian", "gaussian_diag", "mixture", "funnel", "banana", "logistic_regression")
 DEFAULT_SAMPLERS = "mala,baoab,randomized_midpoint"
+#: the samplers that take ``warmup_tolerance`` (kinetic Langevin's schemes)
+KINETIC_SAMPLERS = ("kinetic", "baoab", "obabo", "randomized_midpoint")
 
 
 @click.command()
@@ -38,6 +40,14 @@ DEFAULT_SAMPLERS = "mala,baoab,randomized_midpoint"
 @click.option("--chains", default=4, show_default=True, type=click.IntRange(2), help="Chains per sampler.")
 @click.option("--draws", default=1000, show_default=True, type=click.IntRange(4), help="Kept draws per chain.")
 @click.option("--warmup", default=500, show_default=True, type=click.IntRange(1), help="Warm-up iterations.")
+@click.option(
+    "--warmup-tolerance",
+    default=None,
+    type=click.FloatRange(0.0, min_open=True),
+    metavar="FLOAT",
+    help="Kinetic samplers: warm up past --warmup until the diagonal mass settles within this RMS log change "
+    "(docs/langevin.md's tables use 0.4).  [default: exactly --warmup iterations]",
+)
 @click.option(
     "--match-budget/--no-match-budget",
     default=True,
@@ -61,6 +71,7 @@ def mcmc(
     chains: int,
     draws: int,
     warmup: int,
+    warmup_tolerance: float | None,
     match_budget: bool,
     reference: str | None,
     seed: int,
@@ -91,8 +102,16 @@ def mcmc(
                 raise ValueError("reference: only the logistic_regression target takes reference moments")
             problem.with_reference(reference)
         torch.set_num_threads(min(torch.get_num_threads(), 4))  # small batches: more threads only add overhead
+        settle = {} if warmup_tolerance is None else {"warmup_tolerance": warmup_tolerance}
         rows = compare_samplers(
-            problem, names, chains=chains, draws=draws, warmup=warmup, seed=seed, match_budget=match_budget and peers
+            problem,
+            names,
+            chains=chains,
+            draws=draws,
+            warmup=warmup,
+            seed=seed,
+            match_budget=match_budget and peers,
+            options={name: dict(settle) for name in KINETIC_SAMPLERS if settle},
         )
     except ValueError as err:
         raise cli_error(err) from err

@@ -32,6 +32,9 @@ __all__ = ["McmcRow", "compare_samplers", "markdown_table", "measure"]
 
 MAX_METRIC_POINTS = 2000  # draws (thinned evenly) and exact samples compared by sliced W2 and MMD
 PILOT = 10  # warm-up iterations and draws of the pilot runs that measure a sampler's cost
+#: the options of a settled warm-up (fewstep.langevin.settle), and its cap: this share of NUTS's gradient budget
+SETTLE_OPTIONS = ("warmup_tolerance", "max_warmup")
+SETTLED_WARMUP_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,11 @@ def compare_samplers(
 
     blackjax's NUTS runs first; with ``match_budget`` the fewstep samplers then get its gradient budget per chain
     (module docstring), blackjax's MALA as many draws as fewstep's MALA (without it, NUTS's budget). ``options`` maps a
-    fewstep sampler's name to the keyword options of its runs (``{"baoab": {"friction": 1.0}}``)."""
+    fewstep sampler's name to the keyword options of its runs (``{"baoab": {"friction": 1.0}}``); a ``"warmup"``
+    entry there replaces ``warmup`` for that sampler (its warm-up gradients still count in the budget). With a
+    ``"warmup_tolerance"`` entry (a kinetic sampler's settled warm-up, :mod:`fewstep.langevin.settle`) the warm-up
+    length is found first (capped at ``max_warmup``, by default a tenth of NUTS's budget; the run's draws do not change
+    it) and the draws then fill the budget after it."""
     from .mcmc_peers import PEER_SAMPLERS, run_blackjax
 
     names = check_samplers(samplers)
@@ -184,12 +191,18 @@ def compare_samplers(
                 budget = peer.chains.gradient_evaluations
             continue
         n = draws
-        opts = (options or {}).get(name, {})
+        opts = dict((options or {}).get(name, {}))
+        own_warmup = int(opts.pop("warmup", warmup))  # a sampler's own warm-up length (same gradient budget)
         if match_budget and budget is not None:
-            n = _draws_for_budget(target, name, x0, warmup, budget, seed, opts)
+            fixed = {k: v for k, v in opts.items() if k not in SETTLE_OPTIONS}  # the pilots' fixed warm-ups
+            if "warmup_tolerance" in opts:  # a settled warm-up: its length first, then the draws that fill the budget
+                opts.setdefault("max_warmup", max(own_warmup, int(SETTLED_WARMUP_SHARE * budget)))
+                own_warmup = _run(target, name, x0, PILOT, own_warmup, seed, opts).warmup
+                opts["max_warmup"] = own_warmup  # the same warm-up again (same seed), whatever the draws
+            n = _draws_for_budget(target, name, x0, own_warmup, budget, seed, fixed)
         per_sampler_draws[name] = n
         start = time.perf_counter()
-        result = _run(target, name, x0, n, warmup, seed, opts)
+        result = _run(target, name, x0, n, own_warmup, seed, opts)
         rows[name] = measure(target, result, time.perf_counter() - start, seed)
     return [rows[name] for name in names]
 

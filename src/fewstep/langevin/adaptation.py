@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -41,6 +42,7 @@ __all__ = [
     "DualAveraging",
     "WelfordVariance",
     "Warmup",
+    "WindowSchedule",
     "largest_whitened_variance",
     "mass_windows",
     "fisher_inverse_mass",
@@ -52,6 +54,19 @@ MASS_ESTIMATES = ("variance", "fisher")
 
 #: the adapted friction is ``FRICTION_SCALE / sqrt(lambda_max)`` (MEADS's choice, 1)
 FRICTION_SCALE = 1.0
+
+
+class WindowSchedule(Protocol):
+    """Slow windows that may grow during the warm-up (:class:`fewstep.langevin.settle.SettlingSchedule`):
+    ``windows`` (appended to by :meth:`end_window`), the ``minimum`` warm-up and its current ``length``."""
+
+    minimum: int
+    windows: list[range]
+    length: int
+
+    def end_window(self, window: range, estimate: Tensor) -> bool:
+        """Record the mass estimate of the ended ``window``; whether a new window was appended."""
+        ...
 
 
 class DualAveraging:
@@ -233,6 +248,11 @@ class Warmup:
     adaptation, e.g. Hoffman & Sountsov 2022); the chains interact only during warm-up, after which each is an
     ordinary Markov chain with a fixed kernel.
 
+    With ``settle`` (a :class:`WindowSchedule`, e.g. :class:`~fewstep.langevin.settle.SettlingSchedule`) the
+    windows are the schedule's, which grow while the mass has not settled: :attr:`warmup` is then the warm-up's
+    current length (it only grows, at the end of a slow window), and the friction is tuned on the window that turns
+    out to be the last.
+
     Call :meth:`observe` after every warm-up iteration with its draw and acceptance statistic; read
     :attr:`step_size` (``[chains, 1]``, for broadcasting) and :attr:`inverse_mass` for the next iteration.
     """
@@ -251,6 +271,7 @@ class Warmup:
         friction: float = 1.0,
         adapt_friction: bool = False,
         mass_estimate: str = "variance",
+        settle: WindowSchedule | None = None,
     ) -> None:
         if mass_estimate not in MASS_ESTIMATES:
             raise ValueError(
@@ -267,7 +288,13 @@ class Warmup:
         self.step = torch.full((chains,), float(step_size), dtype=x0.dtype, device=x0.device)
         self.dual = DualAveraging(self.step, target_accept) if self.adapt_step else None
         self.adapt_mass = adapt_mass
-        self.windows = mass_windows(warmup) if adapt_mass or self.adapt_friction else []
+        if settle is not None and (not adapt_mass or settle.minimum != warmup):
+            raise ValueError("a settled warm-up adapts the mass from its minimum: adapt_mass=True, warmup=minimum")
+        self.settle = settle
+        if settle is not None:
+            self.windows = settle.windows
+        else:
+            self.windows = mass_windows(warmup) if adapt_mass or self.adapt_friction else []
         self._last_window = self.windows[-1] if self.windows else range(0)
         self._window_draws: list[Tensor] = []  # the last window's draws, kept only to tune the friction
         self._window_scores: list[Tensor] = []  # and their scores (with mass_estimate="fisher")
@@ -298,6 +325,7 @@ class Warmup:
         friction: float = 1.0,
         adapt_friction: bool = False,
         mass_estimate: str = "variance",
+        settle: WindowSchedule | None = None,
     ) -> Warmup:
         """The warm-up of a ``sampler`` run with the user's options, checked: ``step_size=None`` adapts the step
         from ``initial_step_size`` (which needs ``warmup > 0``), ``inverse_mass`` (:func:`check_inverse_mass`)
@@ -321,6 +349,7 @@ class Warmup:
             friction=friction,
             adapt_friction=adapt_friction,
             mass_estimate=mass_estimate,
+            settle=settle,
         )
 
     @property
@@ -356,6 +385,8 @@ class Warmup:
                 self.inverse_mass = fisher_inverse_mass(self.welford, self.score_welford, self.pooled_mass)
             elif self.adapt_mass:
                 self.inverse_mass = self.welford.regularised(self.pooled_mass)
+            if self.settle is not None and self.inverse_mass is not None:
+                self._extend(self._ends[i], self.inverse_mass)
             if self.adapt_friction and i == self._last_window[-1]:
                 m = self.inverse_mass if self.inverse_mass is not None else torch.ones_like(x[0])
                 scores = torch.stack(self._window_scores) if self._window_scores else None
@@ -366,3 +397,14 @@ class Warmup:
                 self.dual.restart(self.step)
         if i == self.warmup - 1 and self.dual is not None:
             self.step = self.dual.final()
+
+    def _extend(self, window: range, estimate: Tensor) -> None:
+        """At the end of slow ``window``: let the settling schedule append a window (if the mass still moves)."""
+        assert self.settle is not None
+        if self.settle.end_window(window, estimate):
+            new = self.windows[-1]
+            self._ends[new[-1]] = new
+            self._starts.add(new[0])
+            self._last_window = new
+            self._window_draws, self._window_scores = [], []  # the ended window was not the last
+            self.warmup = self.settle.length

@@ -60,12 +60,13 @@ class PointValues:
     def points(self, batch: int, device: torch.device, dtype: torch.dtype) -> tuple[Point, ...]:
         """The Points of a run on ``batch`` samples on ``device`` in ``dtype``. Those of an earlier run with the same
         device, dtype and batch are handed out again unless a model wrote into one of their time tensors (the
-        tensors' shared version counter moved): then, and on a first run, they are made anew, in one copy to the
+        tensors' shared version counter moved) or flagged one for gradients: then, and on a first run, they are made
+        anew, in one copy to the
         device and one split into batch-shaped views."""
         time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         key = (device, time_dtype, batch)
         kept = self.kept.get(key)
-        if kept is not None and kept.time._version == kept.version:
+        if kept is not None and kept.time._version == kept.version and not kept.flagged():
             return kept.points
         with torch.inference_mode(False):  # plain tensors: they may serve later runs that record gradients
             time = self.model_time.to(device=device, dtype=time_dtype, copy=True)
@@ -87,6 +88,11 @@ class KeptPoints:
     time: Tensor
     version: int
     points: tuple[Point, ...]
+
+    def flagged(self) -> bool:
+        """Whether a model set ``requires_grad`` on one of the time tensors (a flag, which the version does not
+        count)."""
+        return any(point.model_time.requires_grad for point in self.points)
 
 
 @dataclass

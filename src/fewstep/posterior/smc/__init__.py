@@ -4,6 +4,7 @@ FK steering, user values), resampling, and soft value-based decoding, DriftLite'
 from .driftlite import BASES, DRIFTS, driftlite, vcg_coefficients
 from .engine import SMCResult, smc
 from .potentials import FK_KINDS, TDS, TWIST_VARIANCES, FKSteering, Potential, PotentialStep, Value
+from .qmc import rqmc_normal
 from .resampling import RESAMPLE_SCHEDULES, RESAMPLERS, effective_sample_size, ess_thresholds, resample_indices
 from .strategies import rollover, svdd
 
@@ -25,6 +26,7 @@ __all__ = [
     "ess_thresholds",
     "resample_indices",
     "rollover",
+    "rqmc_normal",
     "smc",
     "svdd",
     "vcg_coefficients",

@@ -8,13 +8,16 @@ Each of the B prompts has K particles, run together as one batch of ``B*K`` rows
 
 where ``p`` is the prior's transition ``N(m, c^2 I)`` of a stochastic solver (SDE-DPM-Solver++(2M) or DDPM) and ``q`` the proposal: ``p`` itself, or, for a twisting
 potential (TDS), the prior's step times the linearised twist (:mod:`fewstep.posterior.smc.twist`; ``N(m + c^2
-grad_x v(x0_hat(x)), c^2 I)`` to first order, Wu et al. 2023, eq. 10). Before every step, a prompt whose
+grad_x v(x0_hat(x)), c^2 I)`` to first order, Wu et al. 2023, eq. 10; the twist of the node the step starts
+from, or with ``TDS(lookahead=True)`` that of the node it lands on, whose ``(alpha, sigma)`` the engine hands on). Before every step, a prompt whose
 effective sample size ``ESS / K`` is below the step's threshold (``ess_threshold``, raised at high noise by
 ``resample_schedule="noise"``: :mod:`fewstep.posterior.smc.resampling`) resamples its particles (the Markov proposal needs only
 the current state permuted) and its weights become uniform; the others keep theirs (Doucet & Johansen 2009, "A
 Tutorial on Particle Filtering and Smoothing", §3.5; Del Moral, Doucet & Jasra 2006, "Sequential Monte Carlo
 Samplers"). The weighted particles ``(samples, exp(log_weights))`` estimate the target ``p(x) prod_i G_i``
-(the tilt ``p(x) exp(v(x))`` for the exact potentials), consistently as K grows.
+(the tilt ``p(x) exp(v(x))`` for the exact potentials), consistently as K grows. With ``qmc=True`` each step's
+resampling and proposal noise come from one randomised QMC point set per prompt, the particles in Hilbert order
+(sequential quasi-Monte Carlo, Gerber & Chopin 2015: :mod:`fewstep.posterior.smc.qmc`); the weights are unchanged.
 
 Cost, exactly: the network is called once per node on the whole ``B*K`` batch, so ``calls.network`` = the steps
 (the ``nfe`` asked for, per particle); a twisting potential adds one backward pass per stochastic step
@@ -36,6 +39,7 @@ from ...schedules import NoiseSchedule
 from ...spacing import SpacingLike
 from .chain import Chain
 from .potentials import Potential, as_potential, value_and_gradient
+from .qmc import RQMC, hilbert_order, sqmc_ancestors
 from .resampling import (
     check_resample_schedule,
     check_resampler,
@@ -127,6 +131,7 @@ def smc(
     resample_schedule: str = "noise",
     model_kwargs: Mapping[str, Any] | None = None,
     calls: CallCount | None = None,
+    qmc: bool = False,
 ) -> SMCResult:
     """Sequential Monte Carlo with K particles per prompt (module docstring), the arguments as :func:`fewstep.sample`.
 
@@ -150,8 +155,18 @@ def smc(
             (:mod:`fewstep.posterior.smc.resampling`).
         model_kwargs: conditioning; tensors with B rows are repeated for each prompt's K particles.
         calls: a :class:`~fewstep.model.CallCount` to add the run's counts to.
+        qmc: sequential quasi-Monte Carlo (:mod:`fewstep.posterior.smc.qmc`, Gerber & Chopin 2015): each step's
+            resampling and proposal noise from one randomised QMC point set per prompt, the particles in Hilbert
+            order; the weights as without it. Start from RQMC states too (:func:`~fewstep.posterior.smc.rqmc_normal`).
+            It replaces the resampling scheme (``resample`` must stay ``"systematic"``).
     """
     scheme = check_resampler(resample)
+    if not isinstance(qmc, bool):
+        raise TypeError(f"qmc: must be True or False, got {qmc!r}")
+    if qmc and scheme != "systematic":
+        raise ValueError(
+            f"resample: qmc=True resamples by its own sorted QMC points; leave resample at 'systematic', got {scheme!r}"
+        )
     threshold = check_threshold(ess_threshold)
     if potential is None:
         raise TypeError("potential: required (TDS(measurement), FKSteering(reward), Value(fn) or a callable)")
@@ -169,6 +184,7 @@ def smc(
     state = _Particles(start, start, start, start, None, torch.zeros_like(nan), nan)
     log_w = torch.zeros(b, k, dtype=torch.float64, device=start.device)
     ess, flags = [], []
+    points = RQMC(b, k, 1 + start[0].numel(), generator, start.device) if qmc else None
     try:
         state = _evaluate(chain, pot, state, start, 0)
         state, log_w = _reweight(pot, state, log_w, None, False)
@@ -176,16 +192,20 @@ def smc(
         for i in range(chain.steps):
             low = ess[-1] < thresholds[i] * k
             flags.append(low)
-            if threshold > 0.0 and bool(low.any()):  # one host read per step; no draw when none resamples
+            z = None
+            if points is not None:
+                state, log_w, z = _qmc_resample(state, log_w, low, points)
+            elif threshold > 0.0 and bool(low.any()):  # one host read per step; no draw when none resamples
                 state, log_w = _resample(state, log_w, low, scheme, generator)
             mean = chain.mean(i, state.x, state.x0, state.eps, state.prev)
             c = chain.std(i)
             ratio = None
             if c > 0.0:
+                z = chain.draw(i, mean) if z is None else z.to(mean.dtype).reshape(mean.shape)
                 if state.grad is not None:
-                    x, ratio = twisted_step(mean, c, state.grad, state.curvature, chain.draw(i, mean))
+                    x, ratio = twisted_step(mean, c, state.grad, state.curvature, z)
                 else:
-                    x = mean + c * chain.draw(i, mean)
+                    x = mean + c * z
             else:
                 x = mean
             final = i == chain.steps - 1
@@ -209,7 +229,7 @@ def _evaluate(chain: Chain, pot: Potential, state: _Particles, x: Tensor, i: int
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
             x0, eps = chain.evaluate(leaf, i)
-            twist = value_and_gradient(pot, leaf, x0, alpha, sigma)
+            twist = value_and_gradient(pot, leaf, x0, alpha, sigma, chain.alpha_sigma(i + 1))
         chain.calls.backward += 1
         x0, eps = x0.detach(), eps.detach()
         return _Particles(x, x0, eps, state.x0, twist.grad, state.acc, state.stat, twist.value, twist.curvature)
@@ -251,3 +271,17 @@ def _resample(
     idx = torch.where(low[:, None], idx, keep)
     rows = (idx + k * torch.arange(b, device=log_w.device)[:, None]).reshape(-1)
     return state.take(rows), torch.where(low[:, None], torch.zeros_like(log_w), log_w)
+
+
+def _qmc_resample(state: _Particles, log_w: Tensor, low: Tensor, points: RQMC) -> tuple[_Particles, Tensor, Tensor]:
+    """SQMC (:mod:`fewstep.posterior.smc.qmc`): the particles in Hilbert order, the prompts flagged ``low``
+    resampled at the sorted points' first coordinates (weights uniform), and the step's standard normal noise
+    ``(B*K, D)`` from the points' other coordinates."""
+    b, k = log_w.shape
+    u = points.uniform()
+    u = u.gather(1, u[..., 0].argsort(dim=1)[..., None].expand_as(u))
+    order = hilbert_order(state.x.reshape(b, k, -1))
+    idx = torch.where(low[:, None], sqmc_ancestors(log_w, order, u[..., 0]), order)
+    rows = (idx + k * torch.arange(b, device=log_w.device)[:, None]).reshape(-1)
+    log_w = torch.where(low[:, None], torch.zeros_like(log_w), log_w.gather(1, order))
+    return state.take(rows), log_w, torch.special.ndtri(u[..., 1:]).reshape(b * k, -1)
