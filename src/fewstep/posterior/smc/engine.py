@@ -9,8 +9,8 @@ Each of the B prompts has K particles, run together as one batch of ``B*K`` rows
 where ``p`` is the prior's transition ``N(m, c^2 I)`` of a stochastic solver (SDE-DPM-Solver++(2M) or DDPM) and ``q`` the proposal: ``p`` itself, or, for a twisting
 potential (TDS), the prior's step times the linearised twist (:mod:`fewstep.posterior.smc.twist`; ``N(m + c^2
 grad_x v(x0_hat(x)), c^2 I)`` to first order, Wu et al. 2023, eq. 10; the twist of the node the step starts
-from, or with ``TDS(lookahead=True)`` that of the node it lands on, whose ``(alpha, sigma)`` the engine hands on). Before every step, a prompt whose
-effective sample size ``ESS / K`` is below the step's threshold (``ess_threshold``, raised at high noise by
+from, or with ``TDS(lookahead=True)`` that of the node it lands on, whose ``(alpha, sigma)`` the engine hands on).
+Before every step, a prompt whose effective sample size ``ESS / K`` is below the step's threshold (``ess_threshold``, raised at high noise by
 ``resample_schedule="noise"``: :mod:`fewstep.posterior.smc.resampling`) resamples its particles (the Markov proposal needs only
 the current state permuted) and its weights become uniform; the others keep theirs (Doucet & Johansen 2009, "A
 Tutorial on Particle Filtering and Smoothing", §3.5; Del Moral, Doucet & Jasra 2006, "Sequential Monte Carlo
