@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from fewstep.bench.mcmc_cli import KINETIC_SAMPLERS
 from fewstep.bench.mcmc_compare import McmcRow, compare_samplers, markdown_table
 from fewstep.bench.mcmc_peers import PEER_SAMPLERS, blackjax_available
 from fewstep.bench.targets.densities import BREAST_CANCER_REFERENCE, LogisticRegression, density_target
@@ -107,7 +108,7 @@ def main() -> None:
         kinetic["warmup_tolerance"] = args.warmup_tolerance
     else:
         args.warmup_tolerance = None  # a fixed warm-up, stored as such
-    options = {name: dict(kinetic) for name in ("kinetic", "baoab", "obabo", "randomized_midpoint")}
+    options = {name: dict(kinetic) for name in KINETIC_SAMPLERS}
     for name in args.targets:
         target = density_target(name, dims.get(name))
         if isinstance(target, LogisticRegression):

@@ -327,7 +327,7 @@ def value_and_gradient(
     argument), else autograd of ``value`` (first-order shift)."""
     own = getattr(potential, "value_and_gradient", None)
     if own is not None:
-        extra = {"following": following} if "following" in inspect.signature(own).parameters else {}
+        extra = {"following": following} if _takes_following(type(potential), own) else {}
         step = own(leaf, x0, alpha, sigma, **extra)
         assert isinstance(step, TwistStep)
         return TwistStep(step.value.detach(), step.grad.detach(), step.curvature)
@@ -339,6 +339,21 @@ def value_and_gradient(
         )
     (grad,) = torch.autograd.grad(value.sum(), leaf)
     return TwistStep(value.detach(), grad)
+
+
+#: per potential class, whether its ``value_and_gradient`` takes ``following`` (read once per class)
+_FOLLOWING: dict[type, bool] = {}
+
+
+def _takes_following(cls: type, own: Callable[..., TwistStep]) -> bool:
+    """Whether ``own`` (the ``value_and_gradient`` of a ``cls`` instance) takes the next node's ``following``;
+    read from its signature once per class where ``own`` is the class's method (else each time)."""
+    if getattr(own, "__func__", None) is not getattr(cls, "value_and_gradient", None):
+        return "following" in inspect.signature(own).parameters
+    known = _FOLLOWING.get(cls)
+    if known is None:
+        known = _FOLLOWING[cls] = "following" in inspect.signature(own).parameters
+    return known
 
 
 @dataclass(frozen=True)
