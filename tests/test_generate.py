@@ -142,13 +142,13 @@ def broken():
     raise RuntimeError("no weights here")
 
 def killed_rank_one():
-    """The 2-D mixture; rank 1 kills itself at its 4th model call when KILL_RANK_ONE is set."""
+    """The 2-D mixture; rank 1 kills itself at its 7th model call (its second shard) when KILL_RANK_ONE is set."""
     from fewstep.bench.generation.models import resolve_model
     user = resolve_model("default")
     inner, calls = user.model, [0]
     def model(x, t):
         calls[0] += 1
-        if os.environ.get("KILL_RANK_ONE") and os.environ.get("RANK") == "1" and calls[0] == 4:
+        if os.environ.get("KILL_RANK_ONE") and os.environ.get("RANK") == "1" and calls[0] == 7:
             os.kill(os.getpid(), signal.SIGKILL)
         return inner(x, t)
     return model, user.schedule, user.prediction, user.shape
@@ -279,7 +279,9 @@ def test_a_rank_killed_mid_run_is_completed_by_a_rerun(tmp_path: Path) -> None:
     assert killed.returncode != 0
     assert str(-signal.SIGKILL) in killed.stderr or "SIGKILL" in killed.stderr, killed.stderr[-3000:]
     partial = len(list((tmp_path / "run" / "shards").glob("shard-*.json")))
-    assert 0 < partial < 6  # rank 1 died in its second batch; rank 0 may have finished its shards
+    # a shard is 2 batches of 3 calls: rank 1 wrote its first shard, died in its second and never wrote its third;
+    # rank 0 may or may not have finished its shards before the launcher stopped it
+    assert 1 <= partial <= 4
     rerun = _torchrun(tmp_path, tmp_path / "run", *args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     sys.path.insert(0, str(tmp_path))
