@@ -17,7 +17,7 @@ from fewstep.bench.targets import GaussianMixture, mixture_2d
 from fewstep.bench.targets.posterior import as_full_covariance
 from fewstep.posterior import Linear
 from fewstep.posterior.smc import TDS, rqmc_normal, smc
-from fewstep.posterior.smc.qmc import RQMC, hilbert_keys, hilbert_order, sqmc_ancestors
+from fewstep.posterior.smc.qmc import RQMC, SORT_DIMS, hilbert_keys, hilbert_order, principal_scores, sqmc_ancestors
 
 F64 = torch.float64
 SCHED = fewstep.VP()
@@ -79,6 +79,31 @@ def test_hilbert_order_many_words_and_one_dimension() -> None:
     torch.testing.assert_close(hilbert_order(y), y[..., 0].argsort(1))
 
 
+def test_principal_scores_keep_the_particles_geometry() -> None:
+    """With ``rank = K - 1`` the scores' pairwise distances are the particles' own, in 3,000 dimensions."""
+    x = torch.randn(2, 12, 3000, generator=torch.Generator().manual_seed(8), dtype=F64)
+    scores = principal_scores(x, 11)
+    assert scores.shape == (2, 12, 11)
+    torch.testing.assert_close(torch.cdist(scores, scores), torch.cdist(x, x), rtol=0.0, atol=1e-9)
+    spread = scores.var(1)
+    assert bool((spread[:, :-1] >= spread[:, 1:] - 1e-9).all())  # leading axes first
+
+
+def test_a_large_state_is_sorted_by_its_geometry_alone() -> None:
+    """Above ``SORT_DIMS`` coordinates the order depends only on the particles' pairwise geometry: a rotation and a
+    shift of the state leave it unchanged (the coordinate-wise sort of a smaller state does not have this)."""
+    gen = torch.Generator().manual_seed(9)
+    d = 2 * SORT_DIMS
+    x = torch.randn(3, 40, d, generator=gen, dtype=F64) * torch.linspace(0.1, 3.0, d, dtype=F64)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=F64))
+    order = hilbert_order(x)
+    assert bool((order.sort(1).values == torch.arange(40)).all())
+    torch.testing.assert_close(hilbert_order(x @ q + 5.0), order)
+    small = x[..., :SORT_DIMS]
+    qs, _ = torch.linalg.qr(torch.randn(SORT_DIMS, SORT_DIMS, generator=gen, dtype=F64))
+    assert not bool((hilbert_order(small @ qs) == hilbert_order(small)).all())
+
+
 def test_sqmc_resampling_is_unbiased() -> None:
     """``E[#copies of j] = K w_j`` over scrambles, by hand: ``w = (0.1, 0.2, 0.3, 0.4)``, ``K = 4`` in a scrambled
     Hilbert order."""
@@ -113,7 +138,7 @@ def _gaussian_posterior(dim: int, k: int, nfe: int, dtype: torch.dtype = F64) ->
     return mean, float((w * (x[:, 0] - mean[0]).square()).sum()), float(r.ess[-1, 0])
 
 
-@pytest.mark.parametrize(("dim", "k"), [(2, 1024), (70, 256)])
+@pytest.mark.parametrize(("dim", "k"), [(2, 1024), (70, 256), (300, 128)])
 def test_sqmc_keeps_the_exact_gaussian_posterior(dim: int, k: int) -> None:
     """The exact posterior: ``x_1`` has precision ``1/0.25 + 1/0.09``, the other coordinates keep the prior."""
     mean, var, ess = _gaussian_posterior(dim, k, 20)

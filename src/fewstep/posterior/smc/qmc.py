@@ -23,8 +23,12 @@ The point sets: scrambled Sobol' (``torch.quasirandom.SobolEngine(scramble=True)
 points (nets when K is a power of two) serve the prompts and steps, each block under its own independent random
 digital shift (an XOR of each coordinate's 30 bits, which keeps the net property and makes every point uniform;
 L'Ecuyer & Lemieux 2002). Points sit at the centres of the ``2^-30`` grid cells, so ``Phi^{-1}`` stays finite.
-The Hilbert index follows Skilling 2004, "Programming the Hilbert curve" (AIP Conf. Proc. 707): ``O(bits * D)``
-vector operations per step, ``bits = min(16, max(2, 62 // D))`` per coordinate.
+The Hilbert index follows Skilling 2004, "Programming the Hilbert curve" (AIP Conf. Proc. 707): ``O(bits * d)``
+vector operations per step, ``bits = min(16, max(2, 62 // d))`` per coordinate, ``d = D`` up to
+:data:`SORT_DIMS` = 128 coordinates. A larger state (an image's) is sorted in its particles' leading principal
+coordinates instead, ``d = min(K - 1, 128)`` of them (:func:`principal_scores`: an eigendecomposition of each
+prompt's ``K x K`` Gram matrix): K particles span at most ``K - 1`` directions, so for ``K <= 129`` the sort sees
+their geometry whole, at a cost that no longer grows with ``D`` beyond the Gram matrix (``O(K^2 D)``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from torch.quasirandom import SobolEngine
 
 from .resampling import _invert, normalise
 
-__all__ = ["RQMC", "hilbert_keys", "hilbert_order", "rqmc_normal", "sqmc_ancestors"]
+__all__ = ["RQMC", "hilbert_keys", "hilbert_order", "principal_scores", "rqmc_normal", "sqmc_ancestors"]
 
 #: bits of every Sobol' coordinate (torch's ``SobolEngine.MAXBIT``)
 SOBOL_BITS = 30
@@ -45,6 +49,8 @@ SOBOL_BITS = 30
 WORD_BITS = 62
 #: the most bits per coordinate of the Hilbert grid (65536 cells per axis: finer than any particle cloud needs)
 GRID_BITS = 16
+#: states with more coordinates are sorted in their particles' leading principal coordinates (at most this many)
+SORT_DIMS = 128
 
 
 class RQMC:
@@ -149,6 +155,8 @@ def hilbert_order(x: Tensor) -> Tensor:
     ``psi(x)`` (module docstring); for one coordinate, plain sorting."""
     b, k = x.shape[:2]
     flat = x.detach().reshape(b, k, -1).to(torch.float64)
+    if flat.shape[2] > SORT_DIMS and k > 1:
+        flat = principal_scores(flat, min(k - 1, SORT_DIMS))
     d = flat.shape[2]
     if d == 1:
         return flat[..., 0].argsort(dim=1, stable=True)
@@ -162,6 +170,16 @@ def hilbert_order(x: Tensor) -> Tensor:
         step = keys[..., w].gather(1, order).argsort(dim=1, stable=True)
         order = order.gather(1, step)
     return order
+
+
+def principal_scores(flat: Tensor, rank: int) -> Tensor:
+    """Each prompt's particles ``(B, K, D)`` in the coordinates of their ``rank`` leading principal axes ``(B, K,
+    rank)``: with ``X`` the centred particles and ``X X^T = V diag(lam) V^T``, the scores ``V sqrt(lam)`` (largest
+    first). K particles span at most ``K - 1`` directions, so with ``rank = K - 1`` every pairwise distance is kept."""
+    centred = flat - flat.mean(1, keepdim=True)
+    lam, vec = torch.linalg.eigh(centred @ centred.transpose(1, 2))
+    scores = vec * lam.clamp_min(0.0).sqrt()[:, None, :]
+    return scores.flip(2)[..., :rank]
 
 
 def sqmc_ancestors(log_w: Tensor, order: Tensor, u0: Tensor) -> Tensor:
