@@ -85,9 +85,11 @@ def test_noiseless_inpainting_projection_reproduces_the_observation():
     problem = pc.posterior_problem("inpaint_noiseless", "2d")
     assert "projection" in pc.available_methods("inpaint_noiseless")
     assert "dps" not in pc.available_methods("inpaint_noiseless")  # no Gaussian likelihood at noise 0
-    rows, exact = pc.compare_posterior(problem, ["prior", "projection"], nfe=6, n=48)
+    assert "inpaint_smc" in pc.available_methods("inpaint_noiseless")
+    rows, exact = pc.compare_posterior(problem, ["prior", "projection", "inpaint_smc"], particles=(4,), nfe=6, n=48)
     by = {r.method: r for r in rows}
     assert by["projection"].reward.mean == 0.0  # max |A x - y|: the observed coordinates exactly
+    assert by["inpaint_smc"].reward.mean == 0.0 and by["inpaint_smc"].nfe == 6
     assert by["prior"].reward.mean > 0.1
     assert exact.reward.mean < 1e-12 and problem.score_name == "max |Ax-y|"
 

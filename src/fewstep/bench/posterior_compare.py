@@ -235,6 +235,17 @@ def _smc(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int,
     return MethodRun(x, calls.network, calls.backward)
 
 
+def _run_inpaint_smc(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
+    run = _posterior_attr(".smc", "inpaint_smc")
+    assert callable(run)
+    calls = CallCount()
+    gen = torch.Generator().manual_seed(seed + 1)
+    noise = _noise(n, (particles, problem.dim), seed)
+    out = run(_model(problem, False), noise, VP(), problem.measurement, nfe=nfe, generator=gen, calls=calls)
+    pick = torch.multinomial(out.weights.to(F64), 1, generator=gen)[:, 0]
+    return MethodRun(out.samples[torch.arange(n), pick], calls.network, calls.backward)
+
+
 def _run_projection(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
     rule = _posterior_attr("", "Projection")
     assert callable(rule)
@@ -294,6 +305,9 @@ METHODS: dict[str, Method] = {
     "pigdm": Method(_run_pigdm, ("inpaint", "inpaint_noiseless", "linear"), needs=(("", "PiGDM"),)),
     "projection": Method(_run_projection, ("inpaint_noiseless",), needs=(("", "Projection"),)),
     "tds": Method(_run_tds, ("inpaint", "linear"), particles=True, needs=((".smc", "smc"), (".smc", "TDS"))),
+    "inpaint_smc": Method(
+        _run_inpaint_smc, ("inpaint", "inpaint_noiseless"), particles=True, needs=((".smc", "inpaint_smc"),)
+    ),
     "fk_steering": Method(_run_fk, ("reward",), particles=True, needs=((".smc", "smc"), (".smc", "FKSteering"))),
     "driftlite": Method(_run_driftlite, ("reward",), particles=True, needs=((".smc", "driftlite"),)),
 }

@@ -1,0 +1,245 @@
+"""``inpaint_smc``: particles for inpainting, twisted by the observation noised to each node's level.
+
+For a mask measurement ``y = M x0 + n`` (``n ~ N(0, s^2)`` on the observed entries; ``s = 0``, noiseless, allowed),
+the state at node ``i`` is ``x_i = alpha_i x0 + sigma_i eps``. Noiseless, its observed entries are, given ``y``,
+``N(alpha_i y, sigma_i^2)``: the forward process run on the observation (the pseudo-observations of SMCDiff, Trippe et
+al. 2023, "Diffusion Probabilistic Modeling of Protein Backbones in 3D for the Motif-Scaffolding Problem", and of
+MCGdiff, Cardoso, Janati, Le Corff & Moulines 2024, "Monte Carlo Guided Denoising Diffusion Models for Bayesian
+Linear Inverse Problems"). The twist at node ``i`` divides that law by the observed entries' own marginal, both for a
+stand-in prior ``N(0, S^2 I)`` (``S = data_std``), which makes it that prior's ``p_i(y | x_i)`` exactly:
+
+    log g_i(x) = sum_observed [ log N(x; alpha_i mu, v_i) - log N(x; 0, u_i) ]  =  sum_observed [ -a_i x^2 / 2 + b_i x + c_i ]
+
+    mu = S^2 y / (S^2 + s^2),   v_i = sigma_i^2 + alpha_i^2 S^2 s^2 / (S^2 + s^2),   u_i = alpha_i^2 S^2 + sigma_i^2,
+    a_i = 1/v_i - 1/u_i > 0,    b_i = alpha_i mu / v_i
+
+(``x0 | y`` of the stand-in is ``N(mu, S^2 s^2 / (S^2 + s^2))``). Without the division the intermediate target ``p_i(x)
+g_i(x)`` would have the prior's observed marginal times the conditional's; with it, about the conditional's.
+``data_std=None``: no division, ``mu = y``, ``v_i = sigma_i^2 + alpha_i^2 s^2`` (the plain pseudo-observation
+twist).
+
+Being Gaussian in the observed entries, the twist multiplies the proposal's step ``N(m, c^2 I)``
+(:mod:`fewstep.posterior.smc.chain`) exactly: the observed entries are drawn from
+
+    N(m + c^2 r / (1 + a c^2),  c^2 / (1 + a c^2)),   r = b - a m   (the twist's slope at m),
+
+the unobserved ones from the prior's step, and the incremental weight depends on the state before the step only
+(the locally optimal proposal of a particle filter):
+
+    log w += log Z_i(x_i) - log g_i(x_i),   log Z_i = log g_{i+1}(m) + sum_observed [ c^2 r^2 / (2 (1 + a c^2)) - log(1 + a c^2) / 2 ].
+
+The chain's last step to the clean end is deterministic, landing on ``m`` (the data estimate); there the target's
+potential is the likelihood itself. Noisy: the step is the chain's own and the weight ``log N(y; M m, s^2) - log
+g_{N-1}``. Noiseless: the observed entries are set to ``y`` (reproduced exactly), the others to ``m``'s, and the
+weight is ``log N(y; M m, w) - log g_{N-1}``: the last step taken as ``N(m, w)`` in the observed entries, ``w = S^2 q
+/ (S^2 + q)``, ``q = sigma^2 / alpha^2`` at the last node, the spread of ``x0`` given that node's state for data of
+scale ``S`` (``q`` itself for ``data_std=None``).
+
+The weighted particles target that chain's posterior as K grows, whatever the twists; the twists decide how many
+particles that takes. Without resampling (``ess_threshold=0``, the default) each prompt's particles keep every mode
+they reach until the end, where the weights tell the modes apart by the observed entries' spread, which a chain feels
+only at low noise, after it has chosen its mode (docs/posterior.md measures resampling at any level as worse).
+Cost: ``calls.network`` = the steps (``nfe``), on the ``B*K`` batch; no backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...guidance.loss_steps import posterior_variance
+from ...guidance.rule_checks import finite_number
+from ...model import CallCount, Denoiser
+from ...schedules import NoiseSchedule
+from ...spacing import SpacingLike
+from ..measurement import Mask, Measurement
+from .chain import Chain
+from .engine import SMCResult, check_threshold
+from .resampling import (
+    check_resample_schedule,
+    check_resampler,
+    effective_sample_size,
+    ess_thresholds,
+    normalise,
+    resample_indices,
+)
+
+__all__ = ["inpaint_smc"]
+
+
+@dataclass(frozen=True)
+class _Twist:
+    """``log g(x) = sum(mask * (-a x^2 / 2 + b x + c))`` (module docstring): ``a`` a number, ``b`` and ``c`` shaped
+    like one batch of states."""
+
+    a: float
+    b: Tensor
+    c: Tensor
+
+    def log(self, x: Tensor, mask: Tensor) -> Tensor:
+        return (mask * (-0.5 * self.a * x * x + self.b * x + self.c)).flatten(1).sum(1)
+
+
+class _Observation:
+    """The bound mask measurement: ``mask`` shaped like one sample, ``y`` like the ``B*K`` batch."""
+
+    def __init__(self, measurement: Mask, prompts: int, particles: int, like: Tensor, data_std: float | None):
+        shape = tuple(like.shape[1:])
+        try:
+            self.mask = torch.broadcast_to(measurement.mask.to(like), shape)
+        except RuntimeError:
+            raise ValueError(
+                f"mask: shape {tuple(measurement.mask.shape)} does not broadcast to the samples' {shape}"
+            ) from None
+        y = measurement.y.to(like)
+        if y.ndim < 1 or y.shape[0] not in (1, prompts) or tuple(y.shape[1:]) != shape:
+            raise ValueError(
+                f"y: need shape (1 or {prompts} prompts, *{shape}) for samples of shape {shape}, got {tuple(y.shape)}"
+            )
+        y = y if y.shape[0] == 1 else y.repeat_interleave(particles, dim=0)
+        self.y = self.mask * y
+        self.s2 = measurement.noise_std**2
+        self.data_var = None if data_std is None else data_std * data_std
+
+    def twist(self, alpha: float, sigma: float) -> _Twist:
+        """``g`` at a node with these schedule values (``sigma > 0``)."""
+        if self.data_var is None:
+            shrink, spread = 1.0, self.s2
+        else:  # x0 | y for data N(0, S^2): mean shrink * y, variance spread
+            shrink = self.data_var / (self.data_var + self.s2)
+            spread = shrink * self.s2
+        centre = (alpha * shrink) * self.y
+        v = sigma * sigma + alpha * alpha * spread
+        c = -0.5 * math.log(2.0 * math.pi * v) - centre * centre / (2.0 * v)
+        if self.data_var is None:
+            return _Twist(1.0 / v, centre / v, c)
+        u = alpha * alpha * self.data_var + sigma * sigma
+        return _Twist(1.0 / v - 1.0 / u, centre / v, c + 0.5 * math.log(2.0 * math.pi * u))
+
+    def likelihood(self, x0: Tensor, var: float) -> Tensor:
+        """``log N(y; M x0, var)`` over the observed entries."""
+        r = self.mask * (self.y - x0)
+        n = float(self.mask.count_nonzero())
+        return -r.flatten(1).square().sum(1) / (2.0 * var) - 0.5 * n * math.log(2.0 * math.pi * var)
+
+
+def inpaint_smc(
+    model: Callable[..., Tensor] | Denoiser,
+    noise: Tensor,
+    schedule: NoiseSchedule | None = None,
+    measurement: Measurement | None = None,
+    nfe: int | None = None,
+    spacing: SpacingLike | None = None,
+    prediction: str = "auto",
+    generator: torch.Generator | None = None,
+    *,
+    particles: int | None = None,
+    steps: int | None = None,
+    proposal: str = "dpmpp_2m_sde",
+    data_std: float | None = 1.0,
+    resample: str = "systematic",
+    ess_threshold: float = 0.0,
+    resample_schedule: str = "constant",
+    model_kwargs: Mapping[str, Any] | None = None,
+    calls: CallCount | None = None,
+) -> SMCResult:
+    """K particles per prompt for an inpainting mask, noiseless or noisy (module docstring), the arguments as
+    :func:`~fewstep.posterior.smc.smc`.
+
+    Args:
+        measurement: a :class:`~fewstep.posterior.Mask` (``noise_std >= 0``); ``y`` with one row per prompt or one
+            for all.
+        noise: the particles' start states ``(B, K, *sample_shape)``.
+        data_std: the data's scale ``S`` in the twist's stand-in for the prior's marginal (default 1, for
+            normalised data), or ``None`` for no stand-in (the plain noised-observation twist).
+        proposal: ``"dpmpp_2m_sde"`` (default) or ``"ddpm"``.
+        ess_threshold: resample a prompt when its ``ESS / K`` falls below this (default 0: never; module docstring);
+            ``resample`` (scheme) and ``resample_schedule`` as for :func:`~fewstep.posterior.smc.smc`.
+
+    Returns the weighted particles (:class:`~fewstep.posterior.smc.SMCResult`); with a noiseless mask every particle's
+    observed entries equal ``y`` exactly.
+    """
+    if not isinstance(measurement, Mask):
+        got = "nothing" if measurement is None else type(measurement).__name__
+        raise TypeError(
+            f"measurement: inpaint_smc takes a Mask (inpainting), got {got}; for other measurements use "
+            "smc(..., TDS(measurement))"
+        )
+    if data_std is not None and finite_number("data_std", data_std) <= 0:
+        raise ValueError(f"data_std: must be > 0 (the data's scale, 1 for normalised data) or None, got {data_std}")
+    scheme = check_resampler(resample)
+    threshold = check_threshold(ess_threshold)
+    check_resample_schedule(resample_schedule)
+    chain = Chain.build(
+        model, noise, schedule, nfe, steps, spacing, prediction, generator, model_kwargs, calls, particles, proposal
+    )
+    b, k = chain.prompts, chain.particles
+    x = noise.reshape(b * k, *noise.shape[2:]).to(chain.dtype).clone()
+    obs = _Observation(measurement, b, k, x, data_std)
+    mask = obs.mask
+    thresholds = ess_thresholds([chain.alpha_sigma(i) for i in range(chain.steps)], threshold, resample_schedule)
+    twist = obs.twist(*chain.alpha_sigma(0))
+    log_w = twist.log(x, mask).to(torch.float64).reshape(b, k)
+    ess, flags = [effective_sample_size(log_w)], []
+    try:
+        x0, eps = chain.evaluate(x, 0)
+        prev = x0
+        for i in range(chain.steps):
+            low = ess[-1] < thresholds[i] * k
+            flags.append(low)
+            if threshold > 0.0 and bool(low.any()):  # one host read per step; none when never resampling
+                rows = _ancestors(log_w, low, scheme, generator)
+                x, x0, eps, prev = x[rows], x0[rows], eps[rows], prev[rows]
+                log_w = torch.where(low[:, None], torch.zeros_like(log_w), log_w)
+            mean = chain.mean(i, x, x0, eps, prev)
+            before = twist.log(x, mask)
+            if i == chain.steps - 1:
+                x, inc = _last_step(chain, obs, mean, i, data_std)
+            else:
+                twist = obs.twist(*chain.alpha_sigma(i + 1))
+                x, inc = _twisted_step(chain, twist, mask, mean, i)
+                prev = x0
+                x0, eps = chain.evaluate(x, i + 1)
+            log_w = log_w + (inc - before).to(log_w.dtype).reshape(b, k)
+            ess.append(effective_sample_size(log_w))
+    finally:
+        chain.finish(x, calls)
+    samples = x.reshape(noise.shape).to(noise.dtype)
+    return SMCResult(samples, normalise(log_w), torch.stack(ess), torch.stack(flags), chain.calls)
+
+
+def _ancestors(log_w: Tensor, low: Tensor, scheme: str, generator: torch.Generator | None) -> Tensor:
+    """Rows of the ``B*K`` batch after resampling the prompts flagged ``low`` (the others keep theirs)."""
+    b, k = log_w.shape
+    idx = resample_indices(log_w, scheme, generator)
+    idx = torch.where(low[:, None], idx, torch.arange(k, device=log_w.device).expand(b, k))
+    return (idx + k * torch.arange(b, device=log_w.device)[:, None]).reshape(-1)
+
+
+def _twisted_step(chain: Chain, twist: _Twist, mask: Tensor, mean: Tensor, i: int) -> tuple[Tensor, Tensor]:
+    """Step ``i`` from the prior's step times the next node's twist (exact product), and ``log Z_i``."""
+    c2 = chain.std(i) ** 2
+    z = chain.draw(i, mean)
+    slope = twist.b - twist.a * mean  # r = d log g / dx at the mean
+    damp = 1.0 + twist.a * c2
+    observed = mean + (c2 / damp) * slope + math.sqrt(c2 / damp) * z
+    x = torch.where(mask.bool(), observed, mean + math.sqrt(c2) * z)
+    log_z = twist.log(mean, mask) + (mask * (c2 / (2.0 * damp)) * slope * slope).flatten(1).sum(1)
+    log_z = log_z - 0.5 * math.log(damp) * float(mask.count_nonzero())
+    return x, log_z
+
+
+def _last_step(chain: Chain, obs: _Observation, mean: Tensor, i: int, data_std: float | None) -> tuple[Tensor, Tensor]:
+    """The deterministic step to the clean end, weighted by the likelihood (module docstring)."""
+    if obs.s2 > 0.0:
+        return mean, obs.likelihood(mean, obs.s2)
+    alpha, sigma = chain.alpha_sigma(i)
+    level = sigma / alpha
+    spread = level * level if data_std is None else posterior_variance(level, data_std)
+    x = torch.where(obs.mask.bool(), obs.y, mean)
+    return x, obs.likelihood(mean, spread)
