@@ -46,7 +46,7 @@ from .resampling import (
     effective_sample_size,
     ess_thresholds,
     normalise,
-    resample_indices,
+    resampled_rows,
 )
 from .twist import twisted_step
 
@@ -265,11 +265,7 @@ def _resample(
     state: _Particles, log_w: Tensor, low: Tensor, scheme: str, generator: torch.Generator | None
 ) -> tuple[_Particles, Tensor]:
     """Resample the prompts flagged ``low`` (their weights become uniform); the others keep their particles."""
-    b, k = log_w.shape
-    idx = resample_indices(log_w, scheme, generator)
-    keep = torch.arange(k, device=log_w.device).expand(b, k)
-    idx = torch.where(low[:, None], idx, keep)
-    rows = (idx + k * torch.arange(b, device=log_w.device)[:, None]).reshape(-1)
+    rows = resampled_rows(log_w, low, scheme, generator)
     return state.take(rows), torch.where(low[:, None], torch.zeros_like(log_w), log_w)
 
 

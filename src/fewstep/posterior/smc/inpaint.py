@@ -66,7 +66,7 @@ from .resampling import (
     effective_sample_size,
     ess_thresholds,
     normalise,
-    resample_indices,
+    resampled_rows,
 )
 
 __all__ = ["inpaint_smc"]
@@ -193,7 +193,7 @@ def inpaint_smc(
             low = ess[-1] < thresholds[i] * k
             flags.append(low)
             if threshold > 0.0 and bool(low.any()):  # one host read per step; none when never resampling
-                rows = _ancestors(log_w, low, scheme, generator)
+                rows = resampled_rows(log_w, low, scheme, generator)
                 x, x0, eps, prev = x[rows], x0[rows], eps[rows], prev[rows]
                 log_w = torch.where(low[:, None], torch.zeros_like(log_w), log_w)
             mean = chain.mean(i, x, x0, eps, prev)
@@ -211,14 +211,6 @@ def inpaint_smc(
         chain.finish(x, calls)
     samples = x.reshape(noise.shape).to(noise.dtype)
     return SMCResult(samples, normalise(log_w), torch.stack(ess), torch.stack(flags), chain.calls)
-
-
-def _ancestors(log_w: Tensor, low: Tensor, scheme: str, generator: torch.Generator | None) -> Tensor:
-    """Rows of the ``B*K`` batch after resampling the prompts flagged ``low`` (the others keep theirs)."""
-    b, k = log_w.shape
-    idx = resample_indices(log_w, scheme, generator)
-    idx = torch.where(low[:, None], idx, torch.arange(k, device=log_w.device).expand(b, k))
-    return (idx + k * torch.arange(b, device=log_w.device)[:, None]).reshape(-1)
 
 
 def _twisted_step(chain: Chain, twist: _Twist, mask: Tensor, mean: Tensor, i: int) -> tuple[Tensor, Tensor]:

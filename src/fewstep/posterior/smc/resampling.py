@@ -127,3 +127,12 @@ def resample_indices(log_w: Tensor, scheme: str, generator: torch.Generator | No
 
 def _device(generator: torch.Generator | None, like: Tensor) -> torch.device:
     return generator.device if generator is not None else like.device
+
+
+def resampled_rows(log_w: Tensor, low: Tensor, scheme: str, generator: torch.Generator | None = None) -> Tensor:
+    """The rows of a prompt-major ``B*K`` batch after resampling the prompts flagged ``low`` ``(B,)`` by ``scheme``
+    (their particles' ancestors); the other prompts keep their own rows."""
+    b, k = log_w.shape
+    idx = resample_indices(log_w, scheme, generator)
+    idx = torch.where(low[:, None], idx, torch.arange(k, device=log_w.device).expand(b, k))
+    return (idx + k * torch.arange(b, device=log_w.device)[:, None]).reshape(-1)
