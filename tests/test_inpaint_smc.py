@@ -110,6 +110,19 @@ def test_image_shaped_states_float32_and_one_observation_per_prompt() -> None:
     assert math.isclose(float(out.weights.sum()), 2.0, rel_tol=1e-6)
 
 
+@pytest.mark.parametrize("data_std", [1.0, None])
+def test_one_step_from_pure_noise(data_std: float | None) -> None:
+    """A flow from ``t = 1`` (``alpha = 0``) in one step: finite weights, the observed entries set, one call."""
+    schedule = fewstep.Flow()
+    prior = GaussianMixture([[0.4, 1.0], [-0.4, -1.0]], [0.3, 0.2])
+    inpaint = Mask(y=torch.zeros(1, 2, dtype=F64), mask=torch.tensor([1.0, 0.0], dtype=F64))
+    calls = fewstep.CallCount()
+    out = inpaint_smc(prior.model(schedule, "epsilon"), torch.randn(2, 4, 2, dtype=F64), schedule, inpaint, nfe=1,
+                      data_std=data_std, calls=calls)  # fmt: skip
+    assert calls.network == 1 and bool(torch.isfinite(out.log_weights).all())
+    assert bool((out.samples[..., 0] == 0.0).all())
+
+
 def _never_called(x: Tensor, t: Tensor) -> Tensor:
     raise AssertionError("the model was called")
 

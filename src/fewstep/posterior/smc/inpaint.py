@@ -231,7 +231,9 @@ def _last_step(chain: Chain, obs: _Observation, mean: Tensor, i: int, data_std: 
     if obs.s2 > 0.0:
         return mean, obs.likelihood(mean, obs.s2)
     alpha, sigma = chain.alpha_sigma(i)
-    level = sigma / alpha
+    level = sigma / alpha if alpha > 0.0 else math.inf  # a one-step run from pure noise
     spread = level * level if data_std is None else posterior_variance(level, data_std)
     x = torch.where(obs.mask.bool(), obs.y, mean)
+    if math.isinf(spread):  # no spread known: every particle's likelihood is the same
+        return x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     return x, obs.likelihood(mean, spread)
