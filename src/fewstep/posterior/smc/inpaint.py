@@ -103,6 +103,8 @@ class _Observation:
             )
         y = y if y.shape[0] == 1 else y.repeat_interleave(particles, dim=0)
         self.y = self.mask * y
+        self.observed = self.mask.bool()
+        self.count = float(self.mask.count_nonzero())  # observed entries per sample (read once, not per step)
         self.s2 = measurement.noise_std**2
         self.data_var = None if data_std is None else data_std * data_std
 
@@ -124,8 +126,7 @@ class _Observation:
     def likelihood(self, x0: Tensor, var: float) -> Tensor:
         """``log N(y; M x0, var)`` over the observed entries."""
         r = self.mask * (self.y - x0)
-        n = float(self.mask.count_nonzero())
-        return -r.flatten(1).square().sum(1) / (2.0 * var) - 0.5 * n * math.log(2.0 * math.pi * var)
+        return -r.flatten(1).square().sum(1) / (2.0 * var) - 0.5 * self.count * math.log(2.0 * math.pi * var)
 
 
 def inpaint_smc(
@@ -202,7 +203,7 @@ def inpaint_smc(
                 x, inc = _last_step(chain, obs, mean, i, data_std)
             else:
                 twist = obs.twist(*chain.alpha_sigma(i + 1))
-                x, inc = _twisted_step(chain, twist, mask, mean, i)
+                x, inc = _twisted_step(chain, twist, obs, mean, i)
                 prev = x0
                 x0, eps = chain.evaluate(x, i + 1)
             log_w = log_w + (inc - before).to(log_w.dtype).reshape(b, k)
@@ -213,16 +214,17 @@ def inpaint_smc(
     return SMCResult(samples, normalise(log_w), torch.stack(ess), torch.stack(flags), chain.calls)
 
 
-def _twisted_step(chain: Chain, twist: _Twist, mask: Tensor, mean: Tensor, i: int) -> tuple[Tensor, Tensor]:
+def _twisted_step(chain: Chain, twist: _Twist, obs: _Observation, mean: Tensor, i: int) -> tuple[Tensor, Tensor]:
     """Step ``i`` from the prior's step times the next node's twist (exact product), and ``log Z_i``."""
+    mask = obs.mask
     c2 = chain.std(i) ** 2
     z = chain.draw(i, mean)
     slope = twist.b - twist.a * mean  # r = d log g / dx at the mean
     damp = 1.0 + twist.a * c2
     observed = mean + (c2 / damp) * slope + math.sqrt(c2 / damp) * z
-    x = torch.where(mask.bool(), observed, mean + math.sqrt(c2) * z)
+    x = torch.where(obs.observed, observed, mean + math.sqrt(c2) * z)
     log_z = twist.log(mean, mask) + (mask * (c2 / (2.0 * damp)) * slope * slope).flatten(1).sum(1)
-    log_z = log_z - 0.5 * math.log(damp) * float(mask.count_nonzero())
+    log_z = log_z - 0.5 * math.log(damp) * obs.count
     return x, log_z
 
 
@@ -233,7 +235,7 @@ def _last_step(chain: Chain, obs: _Observation, mean: Tensor, i: int, data_std: 
     alpha, sigma = chain.alpha_sigma(i)
     level = sigma / alpha if alpha > 0.0 else math.inf  # a one-step run from pure noise
     spread = level * level if data_std is None else posterior_variance(level, data_std)
-    x = torch.where(obs.mask.bool(), obs.y, mean)
+    x = torch.where(obs.observed, obs.y, mean)
     if math.isinf(spread):  # no spread known: every particle's likelihood is the same
         return x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     return x, obs.likelihood(mean, spread)
