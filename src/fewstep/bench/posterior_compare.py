@@ -29,6 +29,7 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -215,6 +216,13 @@ def _run_pigdm(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed
     return _chain(problem, n, nfe, seed, guidance=rule(problem.measurement))
 
 
+def _one_per_prompt(out: Any, calls: CallCount, gen: torch.Generator) -> MethodRun:
+    """One particle per prompt of a particle method's weighted result, drawn by weight."""
+    pick = torch.multinomial(out.weights.to(F64), 1, generator=gen)[:, 0]
+    x = out.samples[torch.arange(out.samples.shape[0]), pick].detach()
+    return MethodRun(x, calls.network, calls.backward)
+
+
 def _smc(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int, potential: object) -> MethodRun:
     smc = _posterior_attr(".smc", "smc")
     assert callable(smc)
@@ -230,9 +238,7 @@ def _smc(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int,
         generator=gen,
         calls=calls,
     )
-    pick = torch.multinomial(out.weights.to(F64), 1, generator=gen)[:, 0]
-    x = out.samples[torch.arange(n), pick].detach()
-    return MethodRun(x, calls.network, calls.backward)
+    return _one_per_prompt(out, calls, gen)
 
 
 def _run_inpaint_smc(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
@@ -242,8 +248,7 @@ def _run_inpaint_smc(problem: PosteriorProblem, n: int, particles: int, nfe: int
     gen = torch.Generator().manual_seed(seed + 1)
     noise = _noise(n, (particles, problem.dim), seed)
     out = run(_model(problem, False), noise, VP(), problem.measurement, nfe=nfe, generator=gen, calls=calls)
-    pick = torch.multinomial(out.weights.to(F64), 1, generator=gen)[:, 0]
-    return MethodRun(out.samples[torch.arange(n), pick], calls.network, calls.backward)
+    return _one_per_prompt(out, calls, gen)
 
 
 def _run_projection(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
@@ -279,8 +284,7 @@ def _run_driftlite(problem: PosteriorProblem, n: int, particles: int, nfe: int, 
         lam=lam,
         calls=calls,
     )
-    pick = torch.multinomial(out.weights.to(F64), 1, generator=gen)[:, 0]
-    return MethodRun(out.samples[torch.arange(n), pick].detach(), calls.network, calls.backward)
+    return _one_per_prompt(out, calls, gen)
 
 
 def _run_fk(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
