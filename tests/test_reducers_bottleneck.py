@@ -172,3 +172,15 @@ def test_invalid_runs_fail_before_any_model_call(stages, noise, options, match: 
     with pytest.raises((ValueError, TypeError), match=match):
         Bottleneck(stages).sample(model, noise, VP, "dpmpp_2m", **options)
     assert not model.sizes
+
+
+def test_a_start_below_the_previous_end_by_rounding_is_the_same_time() -> None:
+    """A stage's ``t_start`` computed by other arithmetic than the previous stage's ``t_end`` may land one rounding
+    step below it; that is the same time, not a request to re-noise backwards."""
+    end = 0.248046875 / 2 + VP.t_min / 2
+    start = math.nextafter(end, 0.0)  # e.g. end + c - c for some c
+    stages = [Stage(1, 2, t_end=0.5), Stage(2, 1, t_start=0.6, t_end=end), Stage(1, 1, t_start=start)]
+    spans = Bottleneck(stages).spans(VP)
+    assert spans[2][0] == end
+    with pytest.raises(ValueError, match="stage 2 must start at or above"):
+        Bottleneck([*stages[:2], Stage(1, 1, t_start=end * (1 - 1e-6))]).spans(VP)

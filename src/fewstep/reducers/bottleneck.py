@@ -58,7 +58,8 @@ class Stage:
         nfe: the solver's requests in this stage (its network calls with the plain stack).
         t_end: the schedule time where the stage hands over (None for the last stage: it ends as the run).
         t_start: the schedule time where the stage starts, the re-noising level (None: ``t_max`` for the first
-            stage, the previous stage's ``t_end`` for the others).
+            stage, the previous stage's ``t_end`` for the others); at or above the previous stage's ``t_end`` (a
+            value below it by rounding, relative 1e-12, is taken as equal).
     """
 
     factor: int
@@ -168,6 +169,8 @@ class Bottleneck:
         previous = float(schedule.t_max)
         for i, s in enumerate(self.stages):
             start = previous if s.t_start is None else float(s.t_start)
+            if start < previous and math.isclose(start, previous, rel_tol=1e-12, abs_tol=1e-15):
+                start = previous  # the same time, reached by other floating-point arithmetic
             end = float(schedule.t_min) if s.t_end is None else float(s.t_end)
             if not (schedule.t_min <= end < start <= schedule.t_max):
                 raise ValueError(
