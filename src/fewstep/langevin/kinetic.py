@@ -38,7 +38,8 @@ at 50 to 69 (the target's own is 32) and 5,000 bring it to 31 to 33, doubling th
 gradient (docs/langevin.md); ``warmup_tolerance`` lets the warm-up run past ``warmup`` until the mass has settled
 (:mod:`fewstep.langevin.settle`), so that one setting serves both kinds of target. The kept draws then use the
 chosen scheme, unadjusted; for the splittings the same acceptance statistic is reported as ``Chains.acceptance``
-(a measure of the discretisation error). A score-only target has no energy: give ``step_size``, and warm-up runs unadjusted OBABO (adapting the mass only).
+(a measure of the discretisation error). A score-only target has no energy: give ``step_size``, and warm-up runs
+unadjusted OBABO (adapting the mass only).
 
 Friction: ``friction="auto"`` warms up at ``gamma = 1`` and, at the end of the last mass window, sets
 ``gamma = 1 / sqrt(lambda_max)`` from the whitened covariance of that window's draws (as MEADS sets its damping,
@@ -306,8 +307,8 @@ def kinetic(
             (:mod:`fewstep.langevin.settle`): past the minimum's windows, doubling slow windows are appended while
             the RMS over the coordinates of ``log(m_new / m_old)`` between consecutive windows has not stayed within
             ``warmup_tolerance`` twice in a row (0.4 is the benchmark's choice), then the terminal step-size
-            buffer. Needs ``adapt_mass`` and ``warmup >= 20``; ``Chains.warmup`` reports the length run (its gradients count in
-            ``gradient_evaluations``).
+            buffer. Needs ``adapt_mass`` and ``warmup >= 20``; ``Chains.warmup`` reports the length run (its
+            gradients count in ``gradient_evaluations``).
         max_warmup: the settled warm-up's cap in iterations (default ``max(warmup, draws // 4)``, a quarter of the
             kept draws).
     """

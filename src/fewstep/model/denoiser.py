@@ -61,8 +61,7 @@ class PointValues:
         """The Points of a run on ``batch`` samples on ``device`` in ``dtype``. Those of an earlier run with the same
         device, dtype and batch are handed out again unless a model wrote into one of their time tensors (the
         tensors' shared version counter moved) or flagged one for gradients: then, and on a first run, they are made
-        anew, in one copy to the
-        device and one split into batch-shaped views."""
+        anew, in one copy to the device and one split into batch-shaped views."""
         time_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
         key = (device, time_dtype, batch)
         kept = self.kept.get(key)

@@ -6,18 +6,19 @@ Each of the B prompts has K particles, run together as one batch of ``B*K`` rows
 
     log w += log G_i + log p(x_i | x_{i-1}) - log q(x_i | x_{i-1})
 
-where ``p`` is the prior's transition ``N(m, c^2 I)`` of a stochastic solver (SDE-DPM-Solver++(2M) or DDPM) and ``q`` the proposal: ``p`` itself, or, for a twisting
-potential (TDS), the prior's step times the linearised twist (:mod:`fewstep.posterior.smc.twist`; ``N(m + c^2
-grad_x v(x0_hat(x)), c^2 I)`` to first order, Wu et al. 2023, eq. 10; the twist of the node the step starts
-from, or with ``TDS(lookahead=True)`` that of the node it lands on, whose ``(alpha, sigma)`` the engine hands on).
-Before every step, a prompt whose effective sample size ``ESS / K`` is below the step's threshold (``ess_threshold``, raised at high noise by
-``resample_schedule="noise"``: :mod:`fewstep.posterior.smc.resampling`) resamples its particles (the Markov proposal needs only
-the current state permuted) and its weights become uniform; the others keep theirs (Doucet & Johansen 2009, "A
-Tutorial on Particle Filtering and Smoothing", §3.5; Del Moral, Doucet & Jasra 2006, "Sequential Monte Carlo
-Samplers"). The weighted particles ``(samples, exp(log_weights))`` estimate the target ``p(x) prod_i G_i``
-(the tilt ``p(x) exp(v(x))`` for the exact potentials), consistently as K grows. With ``qmc=True`` each step's
-resampling and proposal noise come from one randomised QMC point set per prompt, the particles in Hilbert order
-(sequential quasi-Monte Carlo, Gerber & Chopin 2015: :mod:`fewstep.posterior.smc.qmc`); the weights are unchanged.
+where ``p`` is the prior's transition ``N(m, c^2 I)`` of a stochastic solver (SDE-DPM-Solver++(2M) or DDPM) and
+``q`` the proposal: ``p`` itself, or, for a twisting potential (TDS), the prior's step times the linearised twist
+(:mod:`fewstep.posterior.smc.twist`; ``N(m + c^2 grad_x v(x0_hat(x)), c^2 I)`` to first order, Wu et al. 2023, eq.
+10; the twist of the node the step starts from, or with ``TDS(lookahead=True)`` that of the node it lands on, whose
+``(alpha, sigma)`` the engine hands on). Before every step, a prompt whose effective sample size ``ESS / K`` is
+below the step's threshold (``ess_threshold``, raised at high noise by ``resample_schedule="noise"``:
+:mod:`fewstep.posterior.smc.resampling`) resamples its particles (the Markov proposal needs only the current state
+permuted) and its weights become uniform; the others keep theirs (Doucet & Johansen 2009, "A Tutorial on Particle
+Filtering and Smoothing", §3.5; Del Moral, Doucet & Jasra 2006, "Sequential Monte Carlo Samplers"). The weighted
+particles ``(samples, exp(log_weights))`` estimate the target ``p(x) prod_i G_i`` (the tilt ``p(x) exp(v(x))`` for
+the exact potentials), consistently as K grows. With ``qmc=True`` each step's resampling and proposal noise come
+from one randomised QMC point set per prompt, the particles in Hilbert order (sequential quasi-Monte Carlo, Gerber &
+Chopin 2015: :mod:`fewstep.posterior.smc.qmc`); the weights are unchanged.
 
 Cost, exactly: the network is called once per node on the whole ``B*K`` batch, so ``calls.network`` = the steps
 (the ``nfe`` asked for, per particle); a twisting potential adds one backward pass per stochastic step
@@ -41,6 +42,7 @@ from .chain import Chain
 from .potentials import Potential, as_potential, value_and_gradient
 from .qmc import RQMC, hilbert_order, sqmc_ancestors
 from .resampling import (
+    batch_rows,
     check_resample_schedule,
     check_resampler,
     effective_sample_size,
@@ -278,6 +280,5 @@ def _qmc_resample(state: _Particles, log_w: Tensor, low: Tensor, points: RQMC) -
     u = u.gather(1, u[..., 0].argsort(dim=1)[..., None].expand_as(u))
     order = hilbert_order(state.x.reshape(b, k, -1))
     idx = torch.where(low[:, None], sqmc_ancestors(log_w, order, u[..., 0]), order)
-    rows = (idx + k * torch.arange(b, device=log_w.device)[:, None]).reshape(-1)
     log_w = torch.where(low[:, None], torch.zeros_like(log_w), log_w.gather(1, order))
-    return state.take(rows), log_w, torch.special.ndtri(u[..., 1:]).reshape(b * k, -1)
+    return state.take(batch_rows(idx)), log_w, torch.special.ndtri(u[..., 1:]).reshape(b * k, -1)

@@ -8,7 +8,8 @@ MCGdiff, Cardoso, Janati, Le Corff & Moulines 2024, "Monte Carlo Guided Denoisin
 Linear Inverse Problems"). The twist at node ``i`` divides that law by the observed entries' own marginal, both for a
 stand-in prior ``N(0, S^2 I)`` (``S = data_std``), which makes it that prior's ``p_i(y | x_i)`` exactly:
 
-    log g_i(x) = sum_observed [ log N(x; alpha_i mu, v_i) - log N(x; 0, u_i) ]  =  sum_observed [ -a_i x^2 / 2 + b_i x + c_i ]
+    log g_i(x) = sum_observed [ log N(x; alpha_i mu, v_i) - log N(x; 0, u_i) ]
+               = sum_observed [ -a_i x^2 / 2 + b_i x + c_i ]
 
     mu = S^2 y / (S^2 + s^2),   v_i = sigma_i^2 + alpha_i^2 S^2 s^2 / (S^2 + s^2),   u_i = alpha_i^2 S^2 + sigma_i^2,
     a_i = 1/v_i - 1/u_i > 0,    b_i = alpha_i mu / v_i
@@ -26,7 +27,8 @@ Being Gaussian in the observed entries, the twist multiplies the proposal's step
 the unobserved ones from the prior's step, and the incremental weight depends on the state before the step only
 (the locally optimal proposal of a particle filter):
 
-    log w += log Z_i(x_i) - log g_i(x_i),   log Z_i = log g_{i+1}(m) + sum_observed [ c^2 r^2 / (2 (1 + a c^2)) - log(1 + a c^2) / 2 ].
+    log w += log Z_i(x_i) - log g_i(x_i),
+    log Z_i = log g_{i+1}(m) + sum_observed [ c^2 r^2 / (2 (1 + a c^2)) - log(1 + a c^2) / 2 ].
 
 The chain's last step to the clean end is deterministic, landing on ``m`` (the data estimate); there the target's
 potential is the likelihood itself. Noisy: the step is the chain's own and the weight ``log N(y; M m, s^2) - log

@@ -134,5 +134,11 @@ def resampled_rows(log_w: Tensor, low: Tensor, scheme: str, generator: torch.Gen
     (their particles' ancestors); the other prompts keep their own rows."""
     b, k = log_w.shape
     idx = resample_indices(log_w, scheme, generator)
-    idx = torch.where(low[:, None], idx, torch.arange(k, device=log_w.device).expand(b, k))
-    return (idx + k * torch.arange(b, device=log_w.device)[:, None]).reshape(-1)
+    return batch_rows(torch.where(low[:, None], idx, torch.arange(k, device=log_w.device).expand(b, k)))
+
+
+def batch_rows(idx: Tensor) -> Tensor:
+    """Particle indices ``(B, K)`` within each prompt as rows ``(B*K,)`` of the prompt-major batch (particle ``k`` of
+    prompt ``b`` is row ``b*K + k``)."""
+    b, k = idx.shape
+    return (idx + k * torch.arange(b, device=idx.device)[:, None]).reshape(-1)
