@@ -47,7 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "tuning.json"
 DOC = ROOT / "docs" / "tuning.md"
 NFES = (5, 6, 8, 10)
-METHODS = ("auto", "gits", "dmn", "ld3")
+#: ``coefficients``: ``auto`` with ``coefficients=True`` (the fitted non-stationary form of its result)
+METHODS = ("auto", "gits", "dmn", "ld3", "coefficients")
 TARGETS = ("default", "nd64", "digits", "learned", "digits_unet")
 HELD_OUT = 1024
 #: targets whose reference is costly: at most this many held-out samples
@@ -124,7 +125,8 @@ def measure(
         for method in methods:
             start = time.perf_counter()
             tuned = fewstep.tune(
-                case["model"], schedule, nfe=nfe, calibration=calibration, holdout=calibration, shape=(case["dim"],), method=method,
+                case["model"], schedule, nfe=nfe, calibration=calibration, holdout=calibration, shape=(case["dim"],),
+                method="auto" if method == "coefficients" else method, coefficients=method == "coefficients",
                 budget=budget, prediction=case["prediction"], seed=0,
             )  # fmt: skip
             seconds = time.perf_counter() - start
@@ -150,6 +152,8 @@ def table(results: dict[str, Any]) -> str:
     )
     out = [head, "|" + " --- |" * (7 + len(methods))]
     ratios: list[float] = []
+    fitted: list[float] = []
+    paired: list[float] = []  # auto's ratio in the cells measured with fitted coefficients
     for name in TARGETS:
         for nfe in NFES:
             cell = results.get(name, {}).get(str(nfe))
@@ -159,6 +163,9 @@ def table(results: dict[str, Any]) -> str:
             auto = runs.get("auto", {})
             if auto:
                 ratios.append(auto["ratio"])
+            if "coefficients" in runs:
+                fitted.append(runs["coefficients"]["ratio"])
+                paired.append(auto.get("ratio", math.nan))
             out.append(
                 f"| {name} | {nfe} | {cell['best_fixed'].replace('|', ', ')} | {cell['best_fixed_rmse']:.4g} | "
                 f"{auto.get('rmse', math.nan):.4g} | "
@@ -172,18 +179,25 @@ def table(results: dict[str, Any]) -> str:
             f"{statistics.median(ratios):.2f}, worst {max(ratios):.2f}, best {min(ratios):.2f} (acceptance target: "
             "median <= 0.5, every cell <= 0.7).",
         ]
+    if fitted:
+        out.append(
+            f"With fitted coefficients (`coefficients`, {len(fitted)} cells): median {statistics.median(fitted):.2f}, "
+            f"worst {max(fitted):.2f}, best {min(fitted):.2f}; `auto` in the same cells: median "
+            f"{statistics.median(paired):.2f}, worst {max(paired):.2f}, best {min(paired):.2f}."
+        )
     return "\n".join(out)
 
 
 def merged(results: dict[str, Any]) -> dict[str, Any]:
-    """``results`` with the cells of the other ``benchmarks/results/tuning*.json`` files it lacks (a target, or some
-    of its NFEs, measured apart with ``--results``); a cell of ``results`` wins over another file's."""
+    """``results`` with the cells of the other ``benchmarks/results/tuning*.json`` files it lacks (a target, some of
+    its NFEs, or some methods, measured apart with ``--results``); a method's run in ``results`` wins over another
+    file's."""
     out: dict[str, dict[str, Any]] = {}
-    for path in sorted(RESULTS.parent.glob("tuning*.json")):
-        for name, cells in json.loads(path.read_text()).items():
-            out.setdefault(name, {}).update(cells)
-    for name, cells in results.items():
-        out.setdefault(name, {}).update(cells)
+    for source in [*(json.loads(p.read_text()) for p in sorted(RESULTS.parent.glob("tuning*.json"))), results]:
+        for name, cells in source.items():
+            for nfe, cell in cells.items():
+                into = out.setdefault(name, {}).setdefault(nfe, {**cell, "methods": {}})
+                into["methods"].update(cell["methods"])
     return out
 
 

@@ -36,6 +36,16 @@ def test_tune_writes_a_sampler_that_runs_and_prints_the_comparison(tmp_path: Pat
     assert calls.network == 4 and torch.isfinite(x).all()
 
 
+def test_coefficients_flag_fits_and_reports_them(tmp_path: Path) -> None:
+    out = tmp_path / "fit.json"
+    args = ["tune", "--nfe", "5", "--method", "dmn", "--coefficients", "--budget", "800", "--calibration", "64"]
+    result = CliRunner().invoke(main, [*args, "--holdout", "64", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "coefficients: fitted" in result.output
+    tuned = fewstep.TunedSampler.load(out)
+    assert "coefficients_holdout" in tuned.errors and tuned.calls <= 800
+
+
 def test_bad_options_name_the_option(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["tune", "--nfe", "5", "--solver", "dpmpp_9m", "--out", str(tmp_path / "a.json")])

@@ -63,6 +63,7 @@ SOLVERS: tuple[SolverEntry, ...] = (
     SolverEntry("evodiff", 2, 1, False, "Li et al. 2025, EVODiff: Entropy-aware Variance Optimized Diffusion Inference"),
     SolverEntry("heunpp2", 1, 3, False, "Carzit, sd-webui-samplers-scheduler (Heun++ 2); Karras et al. 2022 (EDM), Alg. 1"),
     SolverEntry("lms", 4, 1, False, "Adams-Bashforth linear multistep; Karras et al. 2022 / k-diffusion"),
+    SolverEntry("nonstationary", 2, 1, False, "Shaul et al. 2024, Bespoke Non-Stationary Solvers for Fast Sampling of Diffusion and Flow Models"),
     SolverEntry("per_step", 2, 1, False, "Liu et al. 2023, A Unified Sampling Framework for Solver Searching of Diffusion Probabilistic Models"),
     SolverEntry("ipndm", 2, 1, False, "Zhang & Chen 2023, Fast Sampling of Diffusion Models with Exponential Integrator"),
     SolverEntry("ipndm_v", 4, 1, False, "Zhang & Chen 2023, Fast Sampling of Diffusion Models with Exponential Integrator"),

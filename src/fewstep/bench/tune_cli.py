@@ -51,6 +51,12 @@ METHODS = ("auto", "gits", "dmn", "ld3", "search")
     "the mean per-sample distance).",
 )
 @click.option(
+    "--coefficients",
+    is_flag=True,
+    help="Also fit the weights of the tuned sampler's steps to the teacher's trajectory (nfe calls, and nfe to check "
+    "them on the held-out noise; kept only where better there).",
+)
+@click.option(
     "--out", default="tuned.json", show_default=True, type=click.Path(dir_okay=False), help="Where to write the JSON."
 )
 def tune(
@@ -63,6 +69,7 @@ def tune(
     solver: str | None,
     seed: int,
     loss: str,
+    coefficients: bool,
     out: str,
 ) -> None:
     """Tune the times (and solver) of an NFE-evaluation sampler for one model, against a high-NFE teacher.
@@ -100,6 +107,7 @@ def tune(
             seed=seed,
             progress=True,
             loss=loss,
+            coefficients=coefficients,
         )
     except ValueError as err:
         name, _, rest = str(err).partition(": ")

@@ -26,6 +26,7 @@ from ..solvers import available, get_solver
 from ..spacing import DISCRETE_SPACINGS, SPACINGS, model_times
 from .backprop import check_backprop
 from .budget import Budget, BudgetExhausted, Objective
+from .coefficients import fitted
 from .dmn import nelder_mead
 from .gits import gits_times
 from .ld3 import adam_spsa, learn_times
@@ -196,6 +197,7 @@ def tune(
     grid: int = 100,
     progress: bool = False,
     loss: str = "auto",
+    coefficients: bool = False,
 ) -> TunedSampler:
     """Tune the model-evaluation times (and, with ``solver=None``, the solver) of an ``nfe``-evaluation sampler for
     ``model`` so that its samples match a high-NFE teacher's from the same noise.
@@ -239,6 +241,8 @@ def tune(
     limit = _positive_int("budget", budget)
     seed = _positive_int("seed", seed, 0)
     grid = _positive_int("grid", grid, 2)
+    if not isinstance(coefficients, bool):
+        raise TypeError(f"coefficients: must be True or False, got {coefficients!r}")
     if solver is not None and not isinstance(solver, str):
         raise TypeError(f"solver: must be a solver name or None, got {type(solver).__name__}")
     denoiser = as_denoiser(
@@ -261,7 +265,9 @@ def tune(
     starts = _starts(denoiser, nfe, solver, limit)
     if not starts:
         raise ValueError(f"nfe: none of the candidate solvers spends exactly {nfe} evaluations")
-    need = 3 * grid + len(starts) * nfe + 4 * nfe + 1
+    checks = 5 * nfe if coefficients else 4 * nfe  # the held-out runs (and the fitted sampler's) kept back
+    fitting = nfe if coefficients else 0  # the run that fits the coefficients
+    need = 3 * grid + len(starts) * nfe + checks + fitting + 1
     if need > limit:
         raise ValueError(f"budget: {limit} calls do not cover the teacher, the starts and the held-out check ({need})")
 
@@ -270,7 +276,8 @@ def tune(
     b = calib.shape[0]
     teacher = Teacher(both.final[:b], both.grid, both.states[:, :b], both.calls)
     report(f"teacher: {accounts.spent} network calls")
-    work = Budget(limit - 4 * nfe - 1, accounts.calls)  # keep four runs and the fingerprint's probe call
+    # keep the coefficients' run, the held-out runs and the fingerprint's probe call
+    work = Budget(limit - checks - fitting - 1, accounts.calls)
 
     # the start: the best fixed configuration on the calibration batch
     scored = []
@@ -314,6 +321,13 @@ def tune(
         chosen = f"gits+{AUTO_REFINE}" if method == "auto" else method
 
     report(f"{chosen}: {accounts.spent} calls")
+    fit = None
+    if coefficients:
+        try:
+            fit = fitted(denoiser, solver_name, options, times, calib, teacher, Budget(limit - checks - 1, work.calls))
+        except BudgetExhausted:
+            pass
+        report(f"coefficients: {'fitted' if fit else 'not fitted'}, {accounts.spent} calls")
     # the held-out measurement of the result, its start and the default (the search's also on the calibration batch)
     calib_error = (
         Objective(denoiser, solver_name, options, nfe, calib, teacher.final, accounts).error(times)
@@ -326,6 +340,13 @@ def tune(
         "start_calibration": float(start_error),
         "start_holdout": Objective(denoiser, start_solver, {}, nfe, held, both.final[b:], accounts).error(start_times),
     }
+    if fit is not None:
+        fit_options = {"coefficients": fit.rows}
+        fit_holdout = Objective(denoiser, "nonstationary", fit_options, nfe, held, both.final[b:], accounts)
+        errors["coefficients_holdout"] = fit_holdout.error(fit.times)
+        if errors["coefficients_holdout"] < errors["holdout"]:  # kept only where it carries over to fresh noise
+            solver_name, options, times, chosen = "nonstationary", fit_options, fit.times, f"{chosen} + coefficients"
+            errors["calibration"], errors["holdout"] = fit.calibration, errors["coefficients_holdout"]
     default_solver, default_spacing = default_solver_and_spacing(sched, nfe)
     default_steps = _spends(default_solver, nfe, denoiser)
     if default_steps is not None:

@@ -148,12 +148,13 @@ class TunedSampler:
     def sigmas(self, warn: bool = True) -> Tensor:
         """k-diffusion's ``sigmas`` for a sampler of the caller's choice: the levels ``sigma / alpha`` of the times
         and a trailing 0. The caller's sampler replaces this one's solver: a per-step choice of solvers (``solver
-        == "per_step"``) is dropped, with a warning."""
+        == "per_step"``) or fitted coefficients (``"nonstationary"``) are dropped, with a warning."""
         if not self.levels:
             raise ValueError("levels: this TunedSampler has no k-diffusion levels (made by another fewstep version)")
-        if warn and self.solver == "per_step":
+        if warn and self.solver in ("per_step", "nonstationary"):
+            dropped = "per-step solver choices" if self.solver == "per_step" else "fitted coefficients"
             warnings.warn(
-                "TunedSampler.sigmas(): the per-step solver choices are dropped; the caller's sampler runs every step "
+                f"TunedSampler.sigmas(): the {dropped} are dropped; the caller's sampler runs every step "
                 "(use fewstep.integrations.kdiffusion.tuned_sampler(tuned) to keep them)",
                 stacklevel=2,
             )

@@ -1,0 +1,114 @@
+"""Fitting a tuned sampler's coefficients: the solver's run rewritten as a non-stationary linear solver
+(:mod:`fewstep.solvers.ode.nonstationary`) whose weights are fitted, step by step, to the teacher's trajectory.
+
+With ``C`` the linear form of the tuned solver at its request times (:func:`~fewstep.solvers.linear_form.
+linear_form`: ``x_k = C[k, 0] x_T + sum_{j<k} C[k, 1 + j] D_j``), the state of request k >= 2 (and the output,
+k = N) gets a correction along the differences of the data estimates,
+
+    x_k <- x_k + a_k sum_{j < k-1} delta_j (D_j - D_{k-1}),
+
+which leaves the solver exact where every estimate is the same (a constant data estimate) and is scaled by
+``a_k = alpha(t_k)`` (1 for the output). One run on the calibration noise chooses each ``delta`` in turn, given
+the states and estimates of the fitted steps before it, by ridge-regularised least squares against the teacher's
+state at ``t_k`` (:func:`teacher_state`; its final sample for the output):
+
+    delta = argmin ||x_k(delta) - x*(t_k)||^2 + mu ||delta||^2,      mu = RIDGE tr(F^T F) / (k - 1),
+
+with ``F`` the columns ``a_k (D_j - D_{k-1})``. The run spends the sampler's ``nfe`` network calls; :func:`fitted`
+returns the rows and the calibration RMSE of the fitted sampler's output. Greedy, and each least-squares problem
+has at most N - 1 unknowns against every entry of the calibration batch, so it does not over-fit a batch of a few
+hundred samples; :func:`fewstep.tune` keeps it only if it is also better on the held-out noise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..model import Denoiser
+from ..nodes import NodeTable
+from ..solvers import get_solver
+from ..solvers.linear_form import frame_free, linear_form
+from .budget import Budget, rmse
+from .teacher import Teacher
+
+#: The ridge weight ``mu`` relative to the mean diagonal of ``F^T F`` (module docstring).
+RIDGE = 1e-3
+
+#: The teacher's grid states the interpolation at a request time uses (a cubic through the nearest four).
+INTERPOLATION_POINTS = 4
+
+
+class FittedCoefficients(NamedTuple):
+    """The rows of a :class:`~fewstep.solvers.ode.nonstationary.Nonstationary` solver (frame-free,
+    :meth:`~fewstep.solvers.linear_form.LinearForm.rows`), its request ``times`` and the calibration RMSE of its
+    output against the teacher."""
+
+    rows: list[list[float]]
+    times: np.ndarray
+    calibration: float
+
+
+def teacher_state(teacher: Teacher, t: float) -> Tensor:
+    """The teacher's state at time ``t``: its trajectory's states at the :data:`INTERPOLATION_POINTS` grid times
+    nearest to ``t``, through Lagrange's interpolating polynomial in the schedule time."""
+    grid = teacher.grid
+    order = np.argsort(np.abs(grid - t), kind="stable")[:INTERPOLATION_POINTS]
+    nearest = grid[order]
+    out = torch.zeros_like(teacher.states[0], dtype=torch.float64)
+    for i, ti in zip(order, nearest, strict=True):
+        weight = math.prod((t - tj) / (ti - tj) for tj in nearest if tj != ti)
+        out += weight * teacher.states[i].to(torch.float64)
+    return out
+
+
+def fitted(
+    denoiser: Denoiser, solver: str, options: dict, times: np.ndarray, noise: Tensor, teacher: Teacher, budget: Budget
+) -> FittedCoefficients | None:
+    """The fitted rows of ``solver`` (with ``options``) at node ``times`` (module docstring), from one run on the
+    calibration ``noise`` (``nfe`` calls from ``budget``); None when its requests are not at strictly decreasing
+    times (a singlestep solver that evaluates twice at one time), which the non-stationary solver cannot take."""
+    base = get_solver(solver, **options)
+    batch, device, dtype = noise.shape[0], noise.device, noise.dtype
+    table = NodeTable.build(denoiser, np.concatenate([times, [np.nan]]), True, batch, device, dtype)
+    form = linear_form(base, table)
+    n = len(form.times)
+    if n > 1 and not np.all(np.diff(form.times) < 0):
+        return None
+    nodes = NodeTable.build(denoiser, np.concatenate([form.times, [np.nan]]), True, batch, device, dtype)
+    scale = [*nodes.alpha[:n].tolist(), 1.0]
+    coef = form.coefficients.copy()
+    budget.reserve(n)
+    stack = denoiser.stack(budget.calls, False)
+    start = noise.to(torch.float64)
+    estimates: list[Tensor] = []
+
+    def state(k: int) -> Tensor:
+        return coef[k, 0] * start + sum((coef[k, 1 + j] * d for j, d in enumerate(estimates)), torch.zeros(()))
+
+    x = start
+    with torch.no_grad():
+        for k in range(n + 1):
+            if k:
+                x = state(k)
+            if k >= 2:
+                columns = torch.stack([scale[k] * (d - estimates[-1]).reshape(-1) for d in estimates[:-1]], dim=1)
+                target = teacher.final if k == n else teacher_state(teacher, float(form.times[k]))
+                residual = (target.to(torch.float64) - x).reshape(-1)
+                gram = columns.T @ columns
+                mu = RIDGE * torch.trace(gram) / gram.shape[0]
+                if bool(mu > 0) and bool(torch.isfinite(gram).all() and torch.isfinite(residual).all()):
+                    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+                    step = (scale[k] * torch.linalg.solve(gram + mu * eye, columns.T @ residual)).numpy()
+                    coef[k, 1:k] += step  # D_0 .. D_{k-2}
+                    coef[k, k] -= step.sum()  # D_{k-1}
+                    x = state(k)
+                # else: the estimates agree (nothing to correct along) or the run is not finite: the row stays
+            if k == n:
+                break
+            estimates.append(stack.evaluate(x.to(noise.dtype), nodes.node(k))[0].to(torch.float64))
+    return FittedCoefficients(frame_free(coef, form.norms), form.times, rmse(x, teacher.final))
