@@ -60,7 +60,9 @@ def test_problems_keep_two_components(kind):
 
 
 def test_problem_errors():
-    with pytest.raises(ValueError, match="posterior: choose one of inpaint, inpaint_noiseless, linear, reward"):
+    with pytest.raises(
+        ValueError, match="posterior: choose one of inpaint, inpaint_noiseless, linear, linear_noiseless, reward"
+    ):
         pc.posterior_problem("deblur")
     with pytest.raises(ValueError, match="target"):
         pc.posterior_problem("inpaint", "3d")
@@ -92,6 +94,17 @@ def test_noiseless_inpainting_projection_reproduces_the_observation():
     assert by["inpaint_smc"].reward.mean == 0.0 and by["inpaint_smc"].nfe == 6
     assert by["prior"].reward.mean > 0.1
     assert exact.reward.mean < 1e-12 and problem.score_name == "max |Ax-y|"
+
+
+def test_noiseless_linear_problem_is_met_by_projection_and_linear_smc():
+    problem = pc.posterior_problem("linear_noiseless", "64d")
+    assert problem.measurement is not None and problem.measurement.noiseless
+    assert {"projection", "linear_smc", "pigdm"} <= set(pc.available_methods("linear_noiseless"))
+    rows, exact = pc.compare_posterior(problem, ["prior", "projection", "linear_smc"], particles=(4,), nfe=6, n=48)
+    by = {r.method: r for r in rows}
+    assert by["linear_smc"].reward.mean < 1e-9 and by["linear_smc"].nfe == 6  # max |A x - y|, to rounding
+    assert by["projection"].reward.mean < 1e-9
+    assert by["prior"].reward.mean > 0.1 and exact.reward.mean < 1e-6  # exact samples: a near-singular covariance
 
 
 def test_cli_posterior():

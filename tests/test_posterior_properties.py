@@ -13,7 +13,7 @@ from test_posterior_samplers import mixture_model
 import fewstep
 from fewstep.bench.targets import GaussianMixture
 from fewstep.posterior import DPS, TDS, FKSteering, LangevinDC, Linear, Mask, PiGDM, Projection, smc
-from fewstep.posterior.smc import driftlite, inpaint_smc
+from fewstep.posterior.smc import driftlite, inpaint_smc, linear_smc
 
 F64 = torch.float64
 PRIOR = GaussianMixture([[-2.0, 0.0, 1.0], [2.0, 1.0, -1.0]], 0.5)
@@ -25,7 +25,7 @@ SCHEDULES = {  # a flow from just below pure noise: gradient guidance needs alph
     "edm": (fewstep.EDM(), None),
     "flow": (fewstep.Flow(t_max=0.999), None),
 }
-METHODS = ("dps", "pigdm", "projection", "langevin_dc", "tds", "fk", "driftlite", "inpaint_smc")
+METHODS = ("dps", "pigdm", "projection", "langevin_dc", "tds", "fk", "driftlite", "inpaint_smc", "linear_smc")
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -70,6 +70,15 @@ def test_every_method_is_finite_and_spends_its_documented_calls(
         assert calls.network == nfe and calls.backward == 0
         if seed % 2 == 0:
             assert bool((x[..., [0, 2]] == inpaint.y[:, [0, 2]]).all())
+    elif method == "linear_smc":  # noiseless for even seeds, noisy for odd ones
+        linear = Linear(y=Y, noise_std=0.3 * (seed % 2), A=A)
+        out = linear_smc(model(), start(schedule, (3, 4, 3), seed), schedule, linear, nfe=nfe,
+                         generator=torch.Generator().manual_seed(seed), calls=calls)  # fmt: skip
+        x = out.samples
+        assert x.shape == (3, 4, 3) and bool(torch.isfinite(out.log_weights).all())
+        assert calls.network == nfe and calls.backward == 0
+        if seed % 2 == 0:
+            assert float((x @ A.T - Y).abs().max()) < 1e-9
     elif method in ("tds", "fk"):
         potential = TDS(noisy) if method == "tds" else FKSteering(lambda x0: -(x0 - 1.0).square().sum(1), lam=0.5)
         out = smc(model(), start(schedule, (3, 4, 3), seed), schedule, potential, nfe=nfe,

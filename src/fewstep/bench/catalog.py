@@ -104,7 +104,7 @@ PREDICTIONS: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "score", "v
 #: ``fewstep compare``'s class-labelled exact targets (their networks take labels; ``--guidance`` runs them with CFG).
 CONDITIONAL_TARGETS: tuple[str, ...] = ("labelled_2d", "labelled_64d", "labelled_digits")
 #: The problems of ``fewstep compare --posterior`` (:mod:`fewstep.bench.posterior_compare`).
-POSTERIOR_PROBLEMS: tuple[str, ...] = ("inpaint", "inpaint_noiseless", "linear", "reward")
+POSTERIOR_PROBLEMS: tuple[str, ...] = ("inpaint", "inpaint_noiseless", "linear", "linear_noiseless", "reward")
 
 
 def solver_names() -> list[str]:

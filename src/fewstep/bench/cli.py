@@ -202,7 +202,7 @@ def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]
     default=None,
     type=click.Choice(POSTERIOR_PROBLEMS),
     help="Compare posterior samplers against the exact posterior instead: inpaint (a mask of half the coordinates, "
-    "noisy), inpaint_noiseless (the same mask, observed exactly; the last column is max |Ax-y|), linear (a random Gaussian matrix, m = D/2, noisy) or reward (the tilt by a quadratic reward), on "
+    "noisy), inpaint_noiseless (the same mask, observed exactly; the last column is max |Ax-y|), linear (a random Gaussian matrix, m = D/2, noisy), linear_noiseless (the same matrix, observed exactly) or reward (the tilt by a quadratic reward), on "
     "--target default (2-D) or nd64; prints component-weight error, sliced W2, MMD and the mean log-likelihood or "
     "reward of each available method (plain sampling, DPS, and the fewstep.posterior samplers and SMC) next to "
     "exact samples of the same size. Uses the first --nfe (default 20), --samples (default 256) and --seed.",

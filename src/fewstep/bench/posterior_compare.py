@@ -7,6 +7,7 @@ fixed measurement or reward and its exact answer (:mod:`fewstep.bench.targets.po
 - ``inpaint_noiseless``: the same mask, noiseless (``y`` is observed exactly); its last column is the largest
   observed-coordinate error ``max |A x - y|`` (0 for a method that reproduces the observation);
 - ``linear``: a Gaussian matrix ``A`` (``m = D/2`` rows, entries ``N(0, 1/D)``), noise std 0.2 (2-D) / 0.5 (64-D);
+- ``linear_noiseless``: the same matrix, noiseless (its last column is ``max |A x - y|``, as above);
 - ``reward``: ``r(x) = -q/2 |x - c|^2`` (``Q = q I``, ``b = q c``), q = 1 (2-D) / 0.1 (64-D), scale 1.
 
 The observation is ``y = A x*`` at the midpoint ``x*`` of the two component means closest in the measured space
@@ -15,7 +16,8 @@ The observation is ``y = A x*`` at the midpoint ``x*`` of the two component mean
 Methods (:data:`METHODS`, each run only where it applies; the ``fewstep.posterior`` ones are found by import):
 ``prior`` (unconditioned sampling: the baseline), ``dps`` (:class:`~fewstep.guidance.LossGuidance` with the
 negative log-likelihood, or the negative reward, as loss: DPS, Chung et al. 2023), ``pigdm``, ``projection`` (needs
-a noiseless measurement: not run here), ``tds`` (SMC with the twisted diffusion sampler's potential) and
+a noiseless measurement: not run here), ``tds`` (SMC with the twisted diffusion sampler's potential),
+``inpaint_smc`` (masks) and ``linear_smc`` (a matrix, in its singular basis) and
 ``fk_steering`` (SMC with the reward's difference potential) and ``driftlite`` (DriftLite's variance-controlling
 drift, :func:`fewstep.posterior.smc.driftlite`; reward problems only: on the sharp likelihoods of the measurement
 problems its explicit guidance step is unstable, docs/posterior.md). The one-chain methods run the stochastic solver
@@ -65,13 +67,13 @@ __all__ = [
     "format_posterior_table",
 ]
 
-PROBLEMS = ("inpaint", "inpaint_noiseless", "linear", "reward")
+PROBLEMS = ("inpaint", "inpaint_noiseless", "linear", "linear_noiseless", "reward")
 PROBLEM_TARGETS = ("2d", "64d")
 SOLVER = "ddpm"
 SPACING = "logsnr"  # the SMC engine's default: the one-chain and the particle methods share their 20-step chain
 F64 = torch.float64
 NOISE = {("inpaint", 2): 0.1, ("inpaint", 64): 0.2, ("linear", 2): 0.2, ("linear", 64): 0.5}
-NOISE |= {("inpaint_noiseless", 2): 0.0, ("inpaint_noiseless", 64): 0.0}
+NOISE |= {(f"{kind}_noiseless", d): 0.0 for kind in ("inpaint", "linear") for d in (2, 64)}
 REWARD_Q = {2: 1.0, 64: 0.1}
 
 
@@ -241,14 +243,20 @@ def _smc(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int,
     return _one_per_prompt(out, calls, gen)
 
 
-def _run_inpaint_smc(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
-    run = _posterior_attr(".smc", "inpaint_smc")
+def _run_inpaint_smc(
+    problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int, name: str = "inpaint_smc"
+) -> MethodRun:
+    run = _posterior_attr(".smc", name)
     assert callable(run)
     calls = CallCount()
     gen = torch.Generator().manual_seed(seed + 1)
     noise = _noise(n, (particles, problem.dim), seed)
     out = run(_model(problem, False), noise, VP(), problem.measurement, nfe=nfe, generator=gen, calls=calls)
     return _one_per_prompt(out, calls, gen)
+
+
+def _run_linear_smc(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
+    return _run_inpaint_smc(problem, n, particles, nfe, seed, "linear_smc")
 
 
 def _run_projection(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
@@ -306,11 +314,14 @@ class Method:
 METHODS: dict[str, Method] = {
     "prior": Method(_run_prior, PROBLEMS),
     "dps": Method(_run_dps, ("inpaint", "linear", "reward")),
-    "pigdm": Method(_run_pigdm, ("inpaint", "inpaint_noiseless", "linear"), needs=(("", "PiGDM"),)),
-    "projection": Method(_run_projection, ("inpaint_noiseless",), needs=(("", "Projection"),)),
+    "pigdm": Method(_run_pigdm, ("inpaint", "inpaint_noiseless", "linear", "linear_noiseless"), needs=(("", "PiGDM"),)),
+    "projection": Method(_run_projection, ("inpaint_noiseless", "linear_noiseless"), needs=(("", "Projection"),)),
     "tds": Method(_run_tds, ("inpaint", "linear"), particles=True, needs=((".smc", "smc"), (".smc", "TDS"))),
     "inpaint_smc": Method(
         _run_inpaint_smc, ("inpaint", "inpaint_noiseless"), particles=True, needs=((".smc", "inpaint_smc"),)
+    ),
+    "linear_smc": Method(
+        _run_linear_smc, ("linear", "linear_noiseless"), particles=True, needs=((".smc", "linear_smc"),)
     ),
     "fk_steering": Method(_run_fk, ("reward",), particles=True, needs=((".smc", "smc"), (".smc", "FKSteering"))),
     "driftlite": Method(_run_driftlite, ("reward",), particles=True, needs=((".smc", "driftlite"),)),

@@ -76,10 +76,10 @@ __all__ = ["inpaint_smc"]
 
 @dataclass(frozen=True)
 class _Twist:
-    """``log g(x) = sum(mask * (-a x^2 / 2 + b x + c))`` (module docstring): ``a`` a number, ``b`` and ``c`` shaped
-    like one batch of states."""
+    """``log g(x) = sum(mask * (-a x^2 / 2 + b x + c))`` (module docstring): ``a`` shaped like one sample, ``b`` and
+    ``c`` like one batch of states."""
 
-    a: float
+    a: Tensor
     b: Tensor
     c: Tensor
 
@@ -87,13 +87,23 @@ class _Twist:
         return (mask * (-0.5 * self.a * x * x + self.b * x + self.c)).flatten(1).sum(1)
 
 
-class _Observation:
-    """The bound mask measurement: ``mask`` shaped like one sample, ``y`` like the ``B*K`` batch."""
+class Observation:
+    """The bound observation: ``mask`` shaped like one sample, ``y`` like the ``B*K`` batch, ``s2`` the noise
+    variance of each entry (one sample's shape; a mask's ``noise_std^2`` everywhere, entry-wise in the SVD basis of
+    :func:`~fewstep.posterior.smc.linear_smc`)."""
 
-    def __init__(self, measurement: Mask, prompts: int, particles: int, like: Tensor, data_std: float | None):
+    def __init__(self, mask: Tensor, y: Tensor, s2: Tensor, noisy: bool, data_std: float | None):
+        self.mask, self.y, self.s2, self.noisy = mask, mask * y, s2, noisy
+        self.observed = self.mask.bool()
+        self.data_var = None if data_std is None else data_std * data_std
+
+    @classmethod
+    def of_mask(
+        cls, measurement: Mask, prompts: int, particles: int, like: Tensor, data_std: float | None
+    ) -> Observation:
         shape = tuple(like.shape[1:])
         try:
-            self.mask = torch.broadcast_to(measurement.mask.to(like), shape)
+            mask = torch.broadcast_to(measurement.mask.to(like), shape)
         except RuntimeError:
             raise ValueError(
                 f"mask: shape {tuple(measurement.mask.shape)} does not broadcast to the samples' {shape}"
@@ -104,31 +114,30 @@ class _Observation:
                 f"y: need shape (1 or {prompts} prompts, *{shape}) for samples of shape {shape}, got {tuple(y.shape)}"
             )
         y = y if y.shape[0] == 1 else y.repeat_interleave(particles, dim=0)
-        self.y = self.mask * y
-        self.observed = self.mask.bool()
-        self.count = float(self.mask.count_nonzero())  # observed entries per sample (read once, not per step)
-        self.s2 = measurement.noise_std**2
-        self.data_var = None if data_std is None else data_std * data_std
+        s2 = torch.full_like(mask, measurement.noise_std**2)
+        return cls(mask, y, s2, measurement.noise_std > 0.0, data_std)
 
     def twist(self, alpha: float, sigma: float) -> _Twist:
         """``g`` at a node with these schedule values (``sigma > 0``)."""
         if self.data_var is None:
-            shrink, spread = 1.0, self.s2
+            shrink, spread = torch.ones_like(self.s2), self.s2
         else:  # x0 | y for data N(0, S^2): mean shrink * y, variance spread
             shrink = self.data_var / (self.data_var + self.s2)
             spread = shrink * self.s2
         centre = (alpha * shrink) * self.y
         v = sigma * sigma + alpha * alpha * spread
-        c = -0.5 * math.log(2.0 * math.pi * v) - centre * centre / (2.0 * v)
+        c = -0.5 * torch.log(2.0 * math.pi * v) - centre * centre / (2.0 * v)
         if self.data_var is None:
             return _Twist(1.0 / v, centre / v, c)
         u = alpha * alpha * self.data_var + sigma * sigma
         return _Twist(1.0 / v - 1.0 / u, centre / v, c + 0.5 * math.log(2.0 * math.pi * u))
 
-    def likelihood(self, x0: Tensor, var: float) -> Tensor:
-        """``log N(y; M x0, var)`` over the observed entries."""
+    def likelihood(self, x0: Tensor, var: Tensor | float) -> Tensor:
+        """``log N(y; M x0, var)`` over the observed entries (``var`` a number or one per entry)."""
         r = self.mask * (self.y - x0)
-        return -r.flatten(1).square().sum(1) / (2.0 * var) - 0.5 * self.count * math.log(2.0 * math.pi * var)
+        var_t = torch.as_tensor(var, dtype=x0.dtype, device=x0.device)
+        log_norm = (self.mask * torch.log(2.0 * math.pi * var_t)).sum()
+        return -(r.square() / (2.0 * var_t)).flatten(1).sum(1) - 0.5 * log_norm
 
 
 def inpaint_smc(
@@ -170,9 +179,40 @@ def inpaint_smc(
     if not isinstance(measurement, Mask):
         got = "nothing" if measurement is None else type(measurement).__name__
         raise TypeError(
-            f"measurement: inpaint_smc takes a Mask (inpainting), got {got}; for other measurements use "
-            "smc(..., TDS(measurement))"
+            f"measurement: inpaint_smc takes a Mask (inpainting), got {got}; for a Linear one use linear_smc, for "
+            "other measurements smc(..., TDS(measurement))"
         )
+
+    def bind(prompts: int, particles: int, like: Tensor) -> Observation:
+        return Observation.of_mask(measurement, prompts, particles, like, data_std)
+
+    return run_twisted(
+        model, noise, schedule, bind, nfe, spacing, prediction, generator, particles, steps, proposal, data_std,
+        resample, ess_threshold, resample_schedule, model_kwargs, calls,
+    )  # fmt: skip
+
+
+def run_twisted(
+    model: Callable[..., Tensor] | Denoiser,
+    noise: Tensor,
+    schedule: NoiseSchedule | None,
+    bind: Callable[[int, int, Tensor], Observation],
+    nfe: int | None,
+    spacing: SpacingLike | None,
+    prediction: str,
+    generator: torch.Generator | None,
+    particles: int | None,
+    steps: int | None,
+    proposal: str,
+    data_std: float | None,
+    resample: str,
+    ess_threshold: float,
+    resample_schedule: str,
+    model_kwargs: Mapping[str, Any] | None,
+    calls: CallCount | None,
+) -> SMCResult:
+    """The particle run of :func:`inpaint_smc` for the observation ``bind(B, K, rows)`` makes (checked, with every
+    option, before the first model call)."""
     if data_std is not None and finite_number("data_std", data_std) <= 0:
         raise ValueError(f"data_std: must be > 0 (the data's scale, 1 for normalised data) or None, got {data_std}")
     scheme = check_resampler(resample)
@@ -183,7 +223,7 @@ def inpaint_smc(
     )
     b, k = chain.prompts, chain.particles
     x = noise.reshape(b * k, *noise.shape[2:]).to(chain.dtype).clone()
-    obs = _Observation(measurement, b, k, x, data_std)
+    obs = bind(b, k, x)
     mask = obs.mask
     thresholds = ess_thresholds([chain.alpha_sigma(i) for i in range(chain.steps)], threshold, resample_schedule)
     twist = obs.twist(*chain.alpha_sigma(0))
@@ -216,23 +256,23 @@ def inpaint_smc(
     return SMCResult(samples, normalise(log_w), torch.stack(ess), torch.stack(flags), chain.calls)
 
 
-def _twisted_step(chain: Chain, twist: _Twist, obs: _Observation, mean: Tensor, i: int) -> tuple[Tensor, Tensor]:
+def _twisted_step(chain: Chain, twist: _Twist, obs: Observation, mean: Tensor, i: int) -> tuple[Tensor, Tensor]:
     """Step ``i`` from the prior's step times the next node's twist (exact product), and ``log Z_i``."""
     mask = obs.mask
     c2 = chain.std(i) ** 2
     z = chain.draw(i, mean)
     slope = twist.b - twist.a * mean  # r = d log g / dx at the mean
     damp = 1.0 + twist.a * c2
-    observed = mean + (c2 / damp) * slope + math.sqrt(c2 / damp) * z
+    observed = mean + (c2 / damp) * slope + torch.sqrt(c2 / damp) * z
     x = torch.where(obs.observed, observed, mean + math.sqrt(c2) * z)
     log_z = twist.log(mean, mask) + (mask * (c2 / (2.0 * damp)) * slope * slope).flatten(1).sum(1)
-    log_z = log_z - 0.5 * math.log(damp) * obs.count
+    log_z = log_z - 0.5 * (mask * torch.log(damp)).sum()
     return x, log_z
 
 
-def _last_step(chain: Chain, obs: _Observation, mean: Tensor, i: int, data_std: float | None) -> tuple[Tensor, Tensor]:
+def _last_step(chain: Chain, obs: Observation, mean: Tensor, i: int, data_std: float | None) -> tuple[Tensor, Tensor]:
     """The deterministic step to the clean end, weighted by the likelihood (module docstring)."""
-    if obs.s2 > 0.0:
+    if obs.noisy:
         return mean, obs.likelihood(mean, obs.s2)
     alpha, sigma = chain.alpha_sigma(i)
     level = sigma / alpha if alpha > 0.0 else math.inf  # a one-step run from pure noise
