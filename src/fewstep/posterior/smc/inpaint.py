@@ -14,7 +14,9 @@ stand-in prior ``N(0, S^2 I)`` (``S = data_std``), which makes it that prior's `
     mu = S^2 y / (S^2 + s^2),   v_i = sigma_i^2 + alpha_i^2 S^2 s^2 / (S^2 + s^2),   u_i = alpha_i^2 S^2 + sigma_i^2,
     a_i = 1/v_i - 1/u_i > 0,    b_i = alpha_i mu / v_i
 
-(``x0 | y`` of the stand-in is ``N(mu, S^2 s^2 / (S^2 + s^2))``). Without the division the intermediate target ``p_i(x)
+(``x0 | y`` of the stand-in is ``N(mu, S^2 s^2 / (S^2 + s^2))``). The noise variance ``s^2`` may differ from entry
+to entry (:func:`~fewstep.posterior.smc.linear_smc` runs this in a matrix's singular basis, where it does): every
+formula here holds entry by entry. Without the division the intermediate target ``p_i(x)
 g_i(x)`` would have the prior's observed marginal times the conditional's; with it, about the conditional's.
 ``data_std=None``: no division, ``mu = y``, ``v_i = sigma_i^2 + alpha_i^2 s^2`` (the plain pseudo-observation
 twist).
