@@ -25,7 +25,9 @@ SCHEDULES = {  # a flow from just below pure noise: gradient guidance needs alph
     "edm": (fewstep.EDM(), None),
     "flow": (fewstep.Flow(t_max=0.999), None),
 }
-METHODS = ("dps", "pigdm", "projection", "langevin_dc", "tds", "fk", "driftlite", "inpaint_smc", "linear_smc")
+METHODS = (
+    "dps", "pigdm", "projection", "langevin_dc", "tds", "fk", "fk_gradient", "driftlite", "inpaint_smc", "linear_smc",
+)  # fmt: skip
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -79,8 +81,9 @@ def test_every_method_is_finite_and_spends_its_documented_calls(
         assert calls.network == nfe and calls.backward == 0
         if seed % 2 == 0:
             assert float((x @ A.T - Y).abs().max()) < 1e-9
-    elif method in ("tds", "fk"):
-        potential = TDS(noisy) if method == "tds" else FKSteering(lambda x0: -(x0 - 1.0).square().sum(1), lam=0.5)
+    elif method in ("tds", "fk", "fk_gradient"):
+        reward = lambda x0: -(x0 - 1.0).square().sum(1)  # noqa: E731
+        potential = TDS(noisy) if method == "tds" else FKSteering(reward, lam=0.5, gradient=method == "fk_gradient")
         out = smc(model(), start(schedule, (3, 4, 3), seed), schedule, potential, nfe=nfe,
                   generator=torch.Generator().manual_seed(seed), calls=calls)  # fmt: skip
         x = out.samples

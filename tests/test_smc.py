@@ -10,7 +10,12 @@ import torch
 
 import fewstep
 from fewstep.bench.targets import mixture_2d
-from fewstep.bench.targets.posterior import as_full_covariance, mixture_posterior, reward_tilt
+from fewstep.bench.targets.posterior import (
+    FullCovarianceMixture,
+    as_full_covariance,
+    mixture_posterior,
+    reward_tilt,
+)
 from fewstep.posterior import Linear
 from fewstep.posterior.smc import (
     RESAMPLERS,
@@ -310,3 +315,40 @@ def test_tds_acceptance_2d(nfe: int) -> None:
         assert float(e.mean()) <= float(ref.mean()) + 3 * se, (float(e.mean()), float(ref.mean()), se)
     else:
         assert float(e.mean()) <= 1.4 * float(ref.mean()), (float(e.mean()), float(ref.mean()))
+
+
+def test_fk_gradient_proposal_targets_the_tilt_without_a_backward_pass() -> None:
+    """``gradient=True``: the proposal moves along the reward's gradient, the weights take its density ratio, so the
+    weighted particles still target the exact tilt (a Gaussian prior and a quadratic reward: a Gaussian tilt), and
+    no backward pass through the network is made."""
+    one = FullCovarianceMixture(torch.zeros(1, 2, dtype=F64), (0.5 * torch.eye(2, dtype=F64))[None], [1.0])
+    tilt = reward_tilt(one, torch.eye(2, dtype=F64), B_VEC, 0.5)
+    calls = fewstep.CallCount()
+    r = smc(one.model(SCHED, "epsilon"), noise(4, 1024, 7), SCHED, FKSteering(reward, 0.5, gradient=True,
+            gradient_scale=2.0), nfe=20, generator=torch.Generator().manual_seed(8), calls=calls)  # fmt: skip
+    assert (calls.network, calls.backward) == (20, 0)
+    w = r.weights
+    mean = (w[..., None] * r.samples).sum(1).mean(0)
+    ess = float((1.0 / w.square().sum(1)).sum())
+    var = float(tilt.covariances[0].diagonal().max())
+    torch.testing.assert_close(mean, tilt.means[0], atol=4.0 * math.sqrt(var / ess) + 0.01, rtol=0.0)
+    runs = [  # without resampling, the unweighted particles show the proposal itself
+        smc(one.model(SCHED, "epsilon"), noise(4, 256, 9), SCHED, FKSteering(reward, 0.5, gradient=g), nfe=20,
+            ess_threshold=0.0, generator=torch.Generator().manual_seed(10))
+        for g in (True, False)
+    ]  # fmt: skip
+    moved = runs[0].samples.mean((0, 1)) - runs[1].samples.mean((0, 1))
+    assert float(moved @ B_VEC) > 0.05, moved  # towards the reward's b
+
+
+def test_fk_gradient_options_are_checked_before_any_model_call() -> None:
+    with pytest.raises(TypeError, match="differentiable"):
+        smc(refuse, noise(2, 3, 0), SCHED, FKSteering(lambda x: reward(x).detach(), gradient=True), nfe=4)
+    with pytest.raises(TypeError, match="gradient"):
+        FKSteering(reward, gradient=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="data_std"):
+        FKSteering(reward, gradient=True, data_std=0.0)
+    with pytest.raises(ValueError, match="gradient_scale"):
+        FKSteering(reward, gradient=True, gradient_scale=-1.0)
+    with pytest.raises(ValueError, match="gradient=True"):
+        FKSteering(reward, twist=True)

@@ -18,7 +18,8 @@ Methods (:data:`METHODS`, each run only where it applies; the ``fewstep.posterio
 negative log-likelihood, or the negative reward, as loss: DPS, Chung et al. 2023), ``pigdm``, ``projection`` (needs
 a noiseless measurement: not run here), ``tds`` (SMC with the twisted diffusion sampler's potential),
 ``inpaint_smc`` (masks) and ``linear_smc`` (a matrix, in its singular basis) and
-``fk_steering`` (SMC with the reward's difference potential) and ``driftlite`` (DriftLite's variance-controlling
+``fk_steering`` (SMC with the reward's difference potential), ``fk_gradient`` (the same with its proposal shifted by
+the reward's gradient, ``FKSteering(..., gradient=True)``, no backward pass) and ``driftlite`` (DriftLite's variance-controlling
 drift, :func:`fewstep.posterior.smc.driftlite`; reward problems only: on the sharp likelihoods of the measurement
 problems its explicit guidance step is unstable, docs/posterior.md). The one-chain methods run the stochastic solver
 ``ddpm`` at ``nfe`` steps on the ``logsnr`` spacing (the SMC engine's chain; guidance through the network adds one backward pass per step); the particle methods run
@@ -75,6 +76,8 @@ F64 = torch.float64
 NOISE = {("inpaint", 2): 0.1, ("inpaint", 64): 0.2, ("linear", 2): 0.2, ("linear", 64): 0.5}
 NOISE |= {(f"{kind}_noiseless", d): 0.0 for kind in ("inpaint", "linear") for d in (2, 64)}
 REWARD_Q = {2: 1.0, 64: 0.1}
+#: ``fk_gradient``'s ``FKSteering(..., gradient=True, gradient_scale=...)`` (``benchmarks/posterior.py`` sets it)
+FK_GRADIENT_SCALE = 1.0
 
 
 @dataclass(frozen=True)
@@ -295,10 +298,17 @@ def _run_driftlite(problem: PosteriorProblem, n: int, particles: int, nfe: int, 
     return _one_per_prompt(out, calls, gen)
 
 
-def _run_fk(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
+def _run_fk(
+    problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int, gradient: bool = False
+) -> MethodRun:
     fk = _posterior_attr(".smc", "FKSteering")
     assert callable(fk) and problem.reward is not None
-    return _smc(problem, n, particles, nfe, seed, fk(problem.reward, lam=problem.reward.scale))
+    options = {"gradient": True, "gradient_scale": FK_GRADIENT_SCALE} if gradient else {}
+    return _smc(problem, n, particles, nfe, seed, fk(problem.reward, lam=problem.reward.scale, **options))
+
+
+def _run_fk_gradient(problem: PosteriorProblem, n: int, particles: int, nfe: int, seed: int) -> MethodRun:
+    return _run_fk(problem, n, particles, nfe, seed, gradient=True)
 
 
 @dataclass(frozen=True)
@@ -324,6 +334,9 @@ METHODS: dict[str, Method] = {
         _run_linear_smc, ("linear", "linear_noiseless"), particles=True, needs=((".smc", "linear_smc"),)
     ),
     "fk_steering": Method(_run_fk, ("reward",), particles=True, needs=((".smc", "smc"), (".smc", "FKSteering"))),
+    "fk_gradient": Method(
+        _run_fk_gradient, ("reward",), particles=True, needs=((".smc", "smc"), (".smc", "FKSteering"))
+    ),
     "driftlite": Method(_run_driftlite, ("reward",), particles=True, needs=((".smc", "driftlite"),)),
 }
 

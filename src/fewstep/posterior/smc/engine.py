@@ -50,7 +50,7 @@ from .resampling import (
     normalise,
     resampled_rows,
 )
-from .twist import twisted_step
+from .twist import TwistStep, twisted_step
 
 __all__ = ["SMCResult", "smc"]
 
@@ -225,7 +225,8 @@ def smc(
 
 def _evaluate(chain: Chain, pot: Potential, state: _Particles, x: Tensor, i: int) -> _Particles:
     """Node ``i``'s evaluation at ``x``: ``x0_hat``, ``eps_hat``, the value and (twisting, stochastic step next) its
-    gradient through the network (one backward pass, counted)."""
+    gradient through the network (one backward pass, counted), or a potential's ``stand_in_twist`` (a gradient
+    without a backward pass: ``FKSteering(gradient=True)``)."""
     alpha, sigma = chain.alpha_sigma(i)
     if pot.twist and chain.std(i) > 0.0:
         with torch.enable_grad():
@@ -237,6 +238,11 @@ def _evaluate(chain: Chain, pot: Potential, state: _Particles, x: Tensor, i: int
         return _Particles(x, x0, eps, state.x0, twist.grad, state.acc, state.stat, twist.value, twist.curvature)
     with torch.no_grad():
         x0, eps = chain.evaluate(x, i)
+    stand_in = getattr(pot, "stand_in_twist", None)  # a proposal gradient without a backward pass (FK steering)
+    shift: TwistStep | None = stand_in(x0, alpha, sigma) if stand_in is not None and chain.std(i) > 0.0 else None
+    if shift is not None:
+        return _Particles(x, x0, eps, state.x0, shift.grad, state.acc, state.stat, shift.value)
+    with torch.no_grad():
         value = pot.value(x0, alpha, sigma)
     return _Particles(x, x0, eps, state.x0, None, state.acc, state.stat, value)
 

@@ -363,14 +363,24 @@ class FKSteering:
     ``lam * r(x0_hat_i)`` and ``kind`` picks the potential, ``"difference"`` (``lam (r_i - r_{i-1})``), ``"max"``
     (``lam max_{j <= i} r_j``) or ``"sum"`` (``lam sum_{j <= i} r_j``). Target: ``p(x) exp(lam r(x))``. The
     difference potential is exact for it; max and sum are exact with ``exact=True`` (the last potential corrects
-    the path's product, module docstring) and the paper's heuristics with ``exact=False``. The proposal is the
-    prior's (no gradient of the reward is taken)."""
+    the path's product, module docstring) and the paper's heuristics with ``exact=False``.
+
+    The proposal is the prior's (``gradient=False``, the default), or, with ``gradient=True``, the prior's step
+    shifted by the value's gradient, ``N(m + c^2 kappa grad_{x0} v(x0_hat), c^2 I)``, the reward's gradient at the data
+    estimate carried to the state by ``kappa = alpha S^2 / (alpha^2 S^2 + sigma^2)``, the denoiser's Jacobian for
+    Gaussian data of scale ``S = data_std``, times ``gradient_scale`` (gradient guidance as FK steering's proposal,
+    without a backward pass through the network: the reward's own gradient only, no extra network call). The weights
+    take the proposal's density ratio, so the target is the same for any scale; the scale trades how far 4 particles
+    get against how many a larger K needs (docs/posterior.md)."""
 
     reward: Callable[[Tensor], Tensor]
     lam: float = 1.0
     kind: str = "difference"
     exact: bool = True
     twist: bool = False
+    gradient: bool = False
+    data_std: float = 1.0
+    gradient_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not callable(self.reward):
@@ -383,10 +393,41 @@ class FKSteering:
         if not isinstance(self.exact, bool):
             raise TypeError(f"exact: must be a bool, got {self.exact!r}")
         if self.twist:
-            raise ValueError("twist: FK steering uses the prior's proposal (twist=False)")
+            raise ValueError(
+                "twist: FK steering takes no gradient through the network (twist=False); gradient=True shifts its "
+                "proposal by the reward's gradient without one"
+            )
+        if not isinstance(self.gradient, bool):
+            raise TypeError(f"gradient: must be a bool, got {self.gradient!r}")
+        if finite_number("data_std", self.data_std) <= 0:
+            raise ValueError(f"data_std: must be > 0 (the data's scale, 1 for normalised data), got {self.data_std}")
+        if finite_number("gradient_scale", self.gradient_scale) < 0:
+            raise ValueError(f"gradient_scale: must be >= 0 (1: the stand-in's shift), got {self.gradient_scale}")
 
     def bind(self, prompts: int, particles: int, like: Tensor) -> FKSteering:
+        if self.gradient:  # the reward must be differentiable: checked on a probe, before any model call
+            probe = like[:1].detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                out = self.reward(probe)
+            if not isinstance(out, Tensor) or not out.requires_grad:
+                raise TypeError(
+                    "reward: gradient=True needs a reward differentiable in x0 (a torch function of it), but its "
+                    "output carries no gradient; use gradient=False"
+                )
         return self
+
+    def stand_in_twist(self, x0: Tensor, alpha: float, sigma: float) -> TwistStep | None:
+        """With ``gradient``: the value and its gradient w.r.t. the state, ``kappa grad_{x0} v(x0_hat)`` (class
+        docstring; the reward's own gradient, no network call); None without."""
+        if not self.gradient:
+            return None
+        with torch.enable_grad():
+            leaf = x0.detach().requires_grad_(True)
+            value = self.value(leaf, alpha, sigma)
+            (grad,) = torch.autograd.grad(value.sum(), leaf)
+        s2 = self.data_std * self.data_std
+        kappa = self.gradient_scale * alpha * s2 / (alpha * alpha * s2 + sigma * sigma)
+        return TwistStep(value.detach(), kappa * grad)
 
     def value(self, x0: Tensor, alpha: float, sigma: float) -> Tensor:
         return self.lam * _check_values("reward", self.reward(x0), x0.shape[0])
