@@ -197,6 +197,8 @@ def merged(results: dict[str, Any]) -> dict[str, Any]:
         for name, cells in source.items():
             for nfe, cell in cells.items():
                 into = out.setdefault(name, {}).setdefault(nfe, {**cell, "methods": {}})
+                if "auto" in cell["methods"]:  # the cell's own fields (best fixed) from the main measurement
+                    into.update({key: value for key, value in cell.items() if key != "methods"})
                 into["methods"].update(cell["methods"])
     return out
 
