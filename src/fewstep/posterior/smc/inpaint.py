@@ -189,8 +189,9 @@ def inpaint_smc(
         return Observation.of_mask(measurement, prompts, particles, like, data_std)
 
     return run_twisted(
-        model, noise, schedule, bind, nfe, spacing, prediction, generator, particles, steps, proposal, data_std,
-        resample, ess_threshold, resample_schedule, model_kwargs, calls,
+        model, noise, schedule, bind, nfe=nfe, spacing=spacing, prediction=prediction, generator=generator,
+        particles=particles, steps=steps, proposal=proposal, data_std=data_std, resample=resample,
+        ess_threshold=ess_threshold, resample_schedule=resample_schedule, model_kwargs=model_kwargs, calls=calls,
     )  # fmt: skip
 
 
@@ -199,6 +200,7 @@ def run_twisted(
     noise: Tensor,
     schedule: NoiseSchedule | None,
     bind: Callable[[int, int, Tensor], Observation],
+    *,
     nfe: int | None,
     spacing: SpacingLike | None,
     prediction: str,

@@ -124,8 +124,9 @@ def linear_smc(
         return Observation(observed.to(like), rows, s2.to(like), noisy, data_std)
 
     result = run_twisted(
-        rotated, z.to(noise.dtype), schedule, bind, nfe, spacing, prediction, generator, particles, steps, proposal,
-        data_std, resample, ess_threshold, resample_schedule, model_kwargs, calls,
+        rotated, z.to(noise.dtype), schedule, bind, nfe=nfe, spacing=spacing, prediction=prediction,
+        generator=generator, particles=particles, steps=steps, proposal=proposal, data_std=data_std, resample=resample,
+        ess_threshold=ess_threshold, resample_schedule=resample_schedule, model_kwargs=model_kwargs, calls=calls,
     )  # fmt: skip
     x = (result.samples.to(torch.float64) @ vh).reshape(noise.shape).to(noise.dtype)
     return dataclasses.replace(result, samples=x)
