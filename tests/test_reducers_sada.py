@@ -154,3 +154,24 @@ def test_sada_differs_from_skipcache_only_in_the_criterion() -> None:
 def test_invalid_options_are_refused(options, match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         SADA(**options)
+
+
+def test_a_solver_that_returns_to_an_earlier_time_keeps_the_extrapolation_finite() -> None:
+    """Heun++ evaluates at the next two nodes and then starts its next step at the first of them again. The kept
+    outputs held that time twice (only a repeat of the last one was replaced), so the Lagrange extrapolation divided
+    by zero and the run returned NaN (found by tests/test_reducers_properties.py's hypothesis search)."""
+    from fewstep.bench.targets import mixture_2d
+    from fewstep.reducers.counts import keep
+
+    schedule = fewstep.Flow(t_max=0.999)
+    denoiser = fewstep.Denoiser(mixture_2d("default").model(schedule, "velocity"), schedule)
+    noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    layer = SADA(threshold=0.02, max_skips=1, order=3, warmup=3, variable="lambda", quantity="x0")
+    calls = fewstep.CallCount()
+    out = fewstep.sample(denoiser, noise, solver="heunpp2", nfe=7, wrappers=[layer], calls=calls, check_finite="each")
+    assert bool(torch.isfinite(out).all()) and calls.network + calls.substituted == calls.requests == 7
+    history: list = []
+    point = fewstep.Denoiser(lambda x, t: x, schedule).point
+    for t in (0.9, 0.5, 0.9):
+        keep(history, point(t, 1, torch.device("cpu"), torch.float64), torch.zeros(1), 3)
+    assert [h.t for h in history] == [0.5, 0.9]  # distinct times, the newest output kept

@@ -85,10 +85,9 @@ def extrapolate(history: Sequence[Output], p: Point, variable: str) -> Tensor:
 
 
 def keep(history: list[Output], p: Point, value: Tensor, size: int) -> None:
-    """Append the output at ``p`` (replacing one at the same time, e.g. a corrector's second request at a node),
-    keeping the last ``size``."""
-    if history and history[-1].t == p.t:
-        history.pop()
+    """Append the output at ``p`` (replacing any kept one at the same time: a corrector's second request at a node,
+    or a solver that comes back to a time it evaluated before, as Heun++ does), keeping the last ``size``."""
+    history[:] = [h for h in history if h.t != p.t]
     history.append(Output(p.t, p.lam, value))
     del history[:-size]
 

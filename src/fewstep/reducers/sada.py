@@ -92,8 +92,7 @@ class SADA(SkipCache):
                 gradients.clear()
                 return False
             u = p.lam if variable == "lambda" else p.t
-            if gradients and gradients[-1][0] == u:  # a corrector's second request at a node replaces the first
-                gradients.pop()
+            gradients[:] = [g for g in gradients if g[0] != u]  # a later request at a time replaces the earlier one
             gradients.append((u, y))
             del gradients[:-3]
             return len(gradients) == 3 and stability(gradients) < threshold
