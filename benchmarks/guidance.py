@@ -27,7 +27,8 @@ are rerun on a second one (:data:`CHECK_SAMPLES`), and the one with the smallest
 chosen. The table gives, per target and NFE, both choices, their evaluation RMSE and ratio (the goal: at most 0.7),
 the ratio with both chosen on the first selection batch alone (first), and with both chosen on the evaluation batch
 itself (oracle). Results go to ``benchmarks/results/guidance.json``, which a later run resumes from (``--fresh``
-starts over; a change of the tuning's settings reruns the tuned samplers only).
+starts over; a change of the tuning's settings reruns the tuned samplers only, one of :data:`LARGE_FACTOR` or
+:data:`LARGE_BUDGET` the large ones only).
 
 Usage: ``python benchmarks/guidance.py [--fresh] [--no-tune] [--no-spacings] [--targets labelled_2d,labelled_64d]
 [--nfe 5,8,10] [--results PATH]``.
@@ -436,6 +437,7 @@ def main() -> None:
     # the tuning's settings apart from the others: a change of them reruns the tuned rows only (a new spec of
     # TUNE_METHODS is tuned by the resumed run)
     tuning = {"budget": TUNE_BUDGET, "seed": TUNE_SEED, "calibration": TUNE_CALIBRATION}
+    large = {"factor": LARGE_FACTOR, "budget": LARGE_BUDGET}  # a change of these reruns the "large" rows only
     results: dict[str, Any] = {}
     if path.is_file() and not args.fresh:
         results = json.loads(path.read_text())
@@ -448,7 +450,15 @@ def main() -> None:
                 for key in ("tuned", "tuned_errors", "tuned_samplers"):
                     case.pop(key, None)
                 case.setdefault("check", {}).pop("fewstep", None)
-    results["settings"], results["tuning"] = settings, tuning
+        elif results.get("large_tuning", large) != large:
+            print("settings of the large tunings changed: tuning them again", flush=True)
+            for case in results.get("cases", {}).values():
+                for key in ("tuned", "tuned_errors", "tuned_samplers"):
+                    rows = case.get(key, {})
+                    for stale in [k for k in rows if " large]:" in k]:
+                        del rows[stale]
+                case.setdefault("check", {}).pop("fewstep", None)
+    results["settings"], results["tuning"], results["large_tuning"] = settings, tuning, large
     started = time.perf_counter()
 
     def save() -> None:
