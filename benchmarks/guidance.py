@@ -43,6 +43,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -419,6 +420,17 @@ def guided_defaults(results: dict[str, Any], nfes: list[int]) -> str:
     return "\n".join(lines)
 
 
+def drop_tuned(results: dict[str, Any], stale: Callable[[str], bool]) -> None:
+    """Remove the tuned samplers whose key is ``stale`` (their rows, errors and samplers) from every case, and
+    fewstep's second-batch reruns, which a resumed run then measures again."""
+    for case in results.get("cases", {}).values():
+        for field in ("tuned", "tuned_errors", "tuned_samplers"):
+            rows = case.get(field, {})
+            for key in [k for k in rows if stale(k)]:
+                del rows[key]
+        case.setdefault("check", {}).pop("fewstep", None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming from the JSON")
@@ -447,18 +459,10 @@ def main() -> None:
             results = {}
         elif {k: results.get("tuning", {}).get(k) for k in tuning} != json.loads(json.dumps(tuning)):
             print("tuning settings changed: tuning again", flush=True)
-            for case in results.get("cases", {}).values():
-                for key in ("tuned", "tuned_errors", "tuned_samplers"):
-                    case.pop(key, None)
-                case.setdefault("check", {}).pop("fewstep", None)
+            drop_tuned(results, lambda key: True)
         elif results.get("large_tuning", large) != large:
             print("settings of the large tunings changed: tuning them again", flush=True)
-            for case in results.get("cases", {}).values():
-                for key in ("tuned", "tuned_errors", "tuned_samplers"):
-                    rows = case.get(key, {})
-                    for stale in [k for k in rows if " large]:" in k]:
-                        del rows[stale]
-                case.setdefault("check", {}).pop("fewstep", None)
+            drop_tuned(results, lambda key: " large]:" in key)
     results["settings"], results["tuning"], results["large_tuning"] = settings, tuning, large
     started = time.perf_counter()
 

@@ -74,6 +74,11 @@ class Potential(Protocol):
     errors raised here, before any model call). ``value(x0, alpha, sigma)`` is ``v_i`` per particle at a node with
     these schedule values (``sigma = 0`` at the clean end, where ``x0`` is the sample); it must be differentiable in
     ``x0`` when ``twist``. ``step(value, acc, stat, final)`` is the node's :class:`PotentialStep`.
+
+    Optional, outside the protocol: ``stand_in_twist(x0, alpha, sigma)``, the value and a proposal gradient w.r.t.
+    the state without a backward pass through the network (a :class:`~fewstep.posterior.smc.twist.TwistStep`, or
+    None for the prior's proposal); the engine uses it, where present, before a stochastic step of a potential without
+    ``twist`` (``FKSteering(gradient=True)``).
     """
 
     @property
