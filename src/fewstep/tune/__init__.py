@@ -6,6 +6,8 @@
 - :mod:`~fewstep.tune.gits`, :mod:`~fewstep.tune.dmn`, :mod:`~fewstep.tune.ld3`: the optimisers;
 - :mod:`~fewstep.tune.backprop`: a solver run differentiable with respect to its times (LD3's gradient);
 - :mod:`~fewstep.tune.budget`: the network-call budget and the error minimised;
+- :mod:`~fewstep.tune.hard`: :func:`hard_samples`, the noise few-step samplers send far from the teacher (for a
+  stratified calibration batch);
 - :mod:`~fewstep.tune.api`: :func:`tune`.
 
 The names load on first use (PEP 562), so that :func:`fewstep.sample` can recognise a :class:`TunedSampler` without
@@ -22,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .api import tune
+    from .hard import hard_samples
     from .tuned import TunedSampler
 
-_NAMES = {"tune": "api", "TunedSampler": "tuned"}
+_NAMES = {"tune": "api", "TunedSampler": "tuned", "hard_samples": "hard"}
 
-__all__ = ["tune", "TunedSampler"]
+__all__ = ["tune", "TunedSampler", "hard_samples"]
 
 
 def __getattr__(name: str) -> Any:
