@@ -10,7 +10,9 @@ DOP853 at rtol = atol = 1e-11; its distance to a 1e-8 solve is recorded) of
 - samplers fitted to the guided model by ``fewstep.tune`` per NFE (:data:`TUNE_METHODS`: the per-step search and
   Nelder-Mead on the times; 6,000 network calls each, calibrated on their own noise of :data:`TUNE_CALIBRATION`
   samples from seeds 1 and 3, disjoint from the benchmark's batches; :data:`LARGE_METHODS`: the per-step search on
-  four times as many calibration samples with 20,000 calls, from two draws; ``--no-tune`` leaves them out);
+  four times as many calibration samples with 20,000 calls, from two draws; :data:`HARD_METHODS`: the per-step
+  search on stratified calibration batches that hold more of the trajectories few-step samplers send to another
+  mode (:func:`hard_calibration`); ``--no-tune`` leaves them out);
 - the solvers that led that grid (:data:`SPACING_SOLVERS`) on spacings with tuned options (:data:`TUNED_SPACINGS`:
   Karras and polyexponential ``rho``, beta ``a``, ``b``; ``--no-spacings`` leaves them out);
 - every deterministic k-diffusion sampler (:data:`fewstep.bench.peers.KDIFFUSION_ODE`) on Karras, exponential and
@@ -21,19 +23,19 @@ DOP853 at rtol = atol = 1e-11; its distance to a 1e-8 solve is recorded) of
 A configuration may spend fewer evaluations than the NFE (the largest it can spend exactly; Heun-type peers 2n - 1).
 Each side's configuration is chosen on selection noise and measured on another batch (256 samples, the reported
 RMSE): the errors at scale 7.5 are dominated by the few trajectories that end in another mode, so a choice made on
-the batch it is measured on would favour the side with more configurations. The selection is in two stages, the same
-for both sides: every configuration runs on a first selection batch (256 samples); the :data:`SHORTLIST` best there
-are rerun on a second one (:data:`CHECK_SAMPLES`), and the one with the smallest RMSE over both (1,024 samples) is
-chosen. The table gives, per target and NFE, both choices, their evaluation RMSE and ratio (the goal: at most 0.7),
-the ratio with both chosen on the first selection batch alone (first), and with both chosen on the evaluation batch
-itself (oracle). Results go to ``benchmarks/results/guidance.json``, which a later run resumes from (``--fresh``
+the batch it is measured on would favour the side with more configurations. The selection is the same for both
+sides: every configuration runs on a first selection batch (256 samples) and on a second one
+(:data:`CHECK_SAMPLES`), and the one with the smallest RMSE over both (1,024 samples) is chosen. The table gives, per target and NFE, both choices, their evaluation RMSE and ratio (the goal: at most 0.7),
+the ratio with both chosen on the first selection batch alone (first), with both chosen on the evaluation batch
+itself (oracle), and of the chosen configurations on a confirmation batch of :data:`CONFIRM_SAMPLES` (confirm). Results go to ``benchmarks/results/guidance.json``, which a later run resumes from (``--fresh``
 starts over; a change of the tuning's settings reruns the tuned samplers only, one of :data:`LARGE_FACTOR` or
 :data:`LARGE_BUDGET` the large ones only).
 
 Usage: ``python benchmarks/guidance.py [--fresh] [--no-tune] [--no-spacings] [--targets labelled_2d,labelled_64d]
 [--nfe 5,8,10] [--results PATH]``.
 A run that resumes the fixed configurations' rows from the JSON and tunes took 45 minutes on a shared 2-core
-machine; the ``large`` tunings, two draws, added about 70 minutes.
+machine; the ``large`` tunings, two draws, added about 70 minutes, the ``hard`` ones about 10 minutes on the 2-D
+mixture and 4-15 minutes per NFE and spec on the 64-D one.
 """
 
 from __future__ import annotations
@@ -100,17 +102,35 @@ TUNE_METHODS: tuple[tuple[str, str | None, int], ...] = (
 LARGE_METHODS: tuple[tuple[str, str | None, int], ...] = (("auto", None, TUNE_SEED), ("auto", None, TUNE_SEED + 2))
 LARGE_FACTOR = 4
 LARGE_BUDGET = 20000
+#: The per-step search on a stratified calibration batch (:func:`hard_calibration`), from two draws of the pool
+#: (the seed is the pool's and the search's): :data:`HARD_POOL` samples of noise from the spec's seed, disjoint from
+#: the benchmark's batches and the other tunings', of which ``fewstep.tune.hard.hard_samples`` flags the ones its
+#: probes (few-step samplers at the NFE) send far from the teacher; the calibration batch (twice
+#: :data:`TUNE_CALIBRATION`) is drawn from the first half of the pool and the held-out batch (half as large) from the
+#: second, each with up to :data:`HARD_SHARE` of its samples from the flagged ones. Labelled "hard" in the table;
+#: "hard large" on :data:`LARGE_FACTOR` times :data:`TUNE_CALIBRATION` with :data:`LARGE_BUDGET` calls, from the
+#: first draw (the second, tried at 64-D NFE 5 and 10, measured 0.24 and 0.20 on the evaluation batch). As (``method``, ``solver``, ``seed``, calibration factor, budget).
+HARD_METHODS: tuple[tuple[str, str | None, int, int, int], ...] = (
+    ("auto", None, 11, 2, TUNE_BUDGET), ("auto", None, 13, 2, TUNE_BUDGET),
+    ("auto", None, 11, LARGE_FACTOR, LARGE_BUDGET),
+)  # fmt: skip
+HARD_POOL = 20000
+HARD_SHARE = 0.25
 KDIFFUSION_SPACINGS = ("karras", "exponential", "polyexponential")
 DIFFUSERS_SPACINGS: tuple[str | None, ...] = (None, *SPACINGS, *SIGMA_GRIDS)
 GOAL = 0.7
-#: The second held-out selection batch: the :data:`SHORTLIST` configurations of each side with the smallest RMSE on
-#: the selection batch are rerun on ``CHECK_SAMPLES`` further samples (seed ``CHECK_SEED``, labels in turn), and each
-#: side takes the one with the smallest RMSE over both selection batches together (1,024 samples): the selection
-#: batch alone picks, among hundreds of candidates, the one that happens to steer its two or three boundary
-#: trajectories right.
+#: The second held-out selection batch: every configuration of each side is rerun on ``CHECK_SAMPLES`` further
+#: samples (seed ``CHECK_SEED``, labels in turn), and each side takes the one with the smallest RMSE over both
+#: selection batches together (1,024 samples): the first selection batch alone picks, among hundreds of candidates,
+#: the one that happens to steer its two or three boundary trajectories right (and a shortlist of its ten best, the
+#: previous procedure, passed over configurations that one or two of its samples went against).
 CHECK_SAMPLES = 768
 CHECK_SEED = 2
-SHORTLIST = 10
+#: A larger batch that no choice and no tuning saw, on which each side's chosen configuration is measured once more:
+#: the evaluation batch's 256 samples hold a few boundary trajectories each, so its ratio moves by a tenth or more
+#: with the draw; ``CONFIRM_SAMPLES`` samples from seed ``CONFIRM_SEED`` (labels in turn) say how far it moved.
+CONFIRM_SAMPLES = 2048
+CONFIRM_SEED = 4
 #: Spacings with tuned options, searched for fewstep's side with the solvers that led the named-spacing grid (a
 #: spacing fitted to the guided model: chosen on the selection batch like every other configuration).
 TUNED_SPACINGS: dict[str, str | Spacing] = {
@@ -206,19 +226,24 @@ def tuned_rows(case: dict[str, Any], name: str, target: Any, noise: torch.Tensor
         labels = torch.arange(x.shape[0]) % classes
         return cfg_combine(cfg(x, t, torch.full_like(labels, -1)), cfg(x, t, labels), SCALE)
 
-    specs = [(*spec, 1, TUNE_BUDGET) for spec in TUNE_METHODS]
-    specs += [(*spec, LARGE_FACTOR, LARGE_BUDGET) for spec in LARGE_METHODS]
+    specs = [(*spec, 1, TUNE_BUDGET, "") for spec in TUNE_METHODS]
+    specs += [(*spec, LARGE_FACTOR, LARGE_BUDGET, " large") for spec in LARGE_METHODS]
+    specs += [(*spec, " hard" + (" large" if spec[3] == LARGE_FACTOR else "")) for spec in HARD_METHODS]
     for asked in nfes:
-        for method, solver, seed, factor, budget in specs:
+        for method, solver, seed, factor, budget, kind in specs:
             label = method if solver is None else f"{method} {solver}"
             label += "" if seed == TUNE_SEED else f" seed {seed}"
-            label += "" if factor == 1 else " large"
+            label += kind
             if any(k.startswith(f"tuned[{label}]:") and k.endswith(f"|{asked}") for k in rows):
                 continue
             started = time.perf_counter()
+            calibration: torch.Tensor | int = factor * count
+            holdout: torch.Tensor | int = factor * count // 2
+            if kind.startswith(" hard"):
+                calibration, holdout = hard_calibration(guided, schedule, target, asked, factor * count, seed)
             tuned = fewstep.tune(
-                guided, schedule, nfe=asked, calibration=factor * count, holdout=factor * count // 2,
-                shape=(target.dim,), method=method, solver=solver, budget=budget, seed=seed, loss="rmse",
+                guided, schedule, nfe=asked, calibration=calibration, holdout=holdout, shape=(target.dim,),
+                method=method, solver=solver, budget=budget, seed=seed, loss="rmse",
             )  # fmt: skip
             print(f"{name}: tuned[{label}] at NFE {asked} in {time.perf_counter() - started:.0f} s", flush=True)
             x = fewstep.sample(cfg, noise, schedule, solver=tuned, progress=False, **run.sample_kwargs())
@@ -228,10 +253,45 @@ def tuned_rows(case: dict[str, Any], name: str, target: Any, noise: torch.Tensor
             save()
 
 
-def _shortlist(rows: dict[str, Row], nfe: int) -> list[str]:
-    """The :data:`SHORTLIST` keys at ``nfe`` with the smallest RMSE on the selection batch."""
+def hard_calibration(guided: Callable[..., torch.Tensor], schedule: fewstep.NoiseSchedule, target: Any, nfe: int,
+                     count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A stratified calibration batch of ``count`` samples and a held-out batch of ``count // 2`` for the
+    ``nfe``-evaluation tuning of the guided model (which labels a batch's samples by position, ``i % classes``):
+    :data:`HARD_POOL` samples of noise from ``seed``, the hard ones flagged by ``fewstep.tune.hard.hard_samples``;
+    the calibration batch from the pool's first half, the held-out batch from its second, each with up to
+    :data:`HARD_SHARE` of every class's samples from the hard ones and the rest from the others, at random, in
+    positions that keep every sample's label."""
+    from fewstep.tune.hard import hard_samples
+
+    classes = target.num_classes
+    scale = float(schedule.sigma(schedule.t_max))
+    pool = torch.randn(HARD_POOL, target.dim, generator=torch.Generator().manual_seed(seed), dtype=F64) * scale
+    hard = hard_samples(guided, schedule, noise=pool, nfe=nfe)
+    labels = torch.arange(HARD_POOL) % classes
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def draw(part: torch.Tensor, size: int) -> torch.Tensor:
+        per, columns = size // classes, []
+        for c in range(classes):
+            members = part[labels[part] == c]
+            flagged, others = members[hard[members]], members[~hard[members]]
+            n = min(len(flagged), round(per * HARD_SHARE))
+            flagged = flagged[torch.randperm(len(flagged), generator=gen)[:n]]
+            others = others[torch.randperm(len(others), generator=gen)[: per - n]]
+            columns.append(torch.cat([flagged, others])[torch.randperm(per, generator=gen)])
+        return torch.stack(columns, 1).reshape(-1)  # position j holds a sample of class j % classes
+
+    index = torch.arange(HARD_POOL)
+    calibration, holdout = draw(index[: HARD_POOL // 2], count), draw(index[HARD_POOL // 2 :], count // 2)
+    print(f"hard samples at NFE {nfe}: {int(hard.sum())} of {HARD_POOL}, {int(hard[calibration].sum())} in the "
+          f"calibration batch, {int(hard[holdout].sum())} held out", flush=True)  # fmt: skip
+    return pool[calibration], pool[holdout]
+
+
+def _selectable(rows: dict[str, Row], nfe: int) -> list[str]:
+    """The keys at ``nfe`` that ran on the selection and evaluation batches, by their RMSE on the selection batch."""
     ranked = sorted((v[0], k) for k, v in rows.items() if k.endswith(f"|{nfe}") and v[0] is not None and v[1])
-    return [k for _, k in ranked[:SHORTLIST]]
+    return [k for _, k in ranked]
 
 
 def _rerun_fewstep(key: str, case: dict[str, Any], model: Any, noise: torch.Tensor, run: GuidedRun,
@@ -264,19 +324,41 @@ def _rerun_peer(key: str, model: Any, noise: torch.Tensor, run: GuidedRun, sched
 
 def check_rows(case: dict[str, Any], target: Any, schedule: fewstep.NoiseSchedule, nfes: list[int],
                save: Any) -> None:  # fmt: skip
-    """Each side's shortlist (:func:`_shortlist`) rerun on the second selection batch (:data:`CHECK_SAMPLES`), its RMSE
-    there into ``case["check"][side][key]`` (None: the run failed)."""
-    noise = torch.randn(CHECK_SAMPLES, target.dim, generator=torch.Generator().manual_seed(CHECK_SEED), dtype=F64)
+    """Each side's configurations (:func:`_selectable`) rerun on the second selection batch (:data:`CHECK_SAMPLES`),
+    their RMSE there into ``case["check"][side][key]`` (None: the run failed)."""
+    keys = {"fewstep": _ours(case), "peers": case.get("peers", {})}
+    chosen_keys = {side: {nfe: _selectable(rows, nfe) for nfe in nfes} for side, rows in keys.items()}
+    _rerun_rows(case, target, schedule, chosen_keys, CHECK_SAMPLES, CHECK_SEED, "check", save)
+
+
+def confirm_rows(case: dict[str, Any], target: Any, schedule: fewstep.NoiseSchedule, nfes: list[int],
+                 save: Any) -> None:  # fmt: skip
+    """Each side's chosen configuration (:func:`chosen`) rerun on the confirmation batch (:data:`CONFIRM_SAMPLES`),
+    its RMSE there into ``case["confirm"][side][key]``."""
+    rows = {"fewstep": _ours(case), "peers": case.get("peers", {})}
+    picks = {
+        side: {nfe: [chosen(r, case.get("check", {}).get(side, {}), nfe)[0] + f"|{nfe}"] for nfe in nfes}
+        for side, r in rows.items()
+    }
+    _rerun_rows(case, target, schedule, picks, CONFIRM_SAMPLES, CONFIRM_SEED, "confirm", save)
+
+
+def _rerun_rows(case: dict[str, Any], target: Any, schedule: fewstep.NoiseSchedule,
+                keys: dict[str, dict[int, list[str]]], samples: int, seed: int, field: str,
+                save: Any) -> None:  # fmt: skip
+    """The configurations ``keys[side][nfe]`` rerun on ``samples`` samples of noise from ``seed`` (labels in turn),
+    their RMSE against the exact guided solution into ``case[field][side][key]`` (None: the run failed)."""
+    noise = torch.randn(samples, target.dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
     noise = noise * float(schedule.sigma(schedule.t_max))
-    run = GuidedRun.of(target, SCALE, CHECK_SAMPLES)
+    run = GuidedRun.of(target, SCALE, samples)
     assert run is not None
     reference: torch.Tensor | None = None
     model = target.model(schedule, "epsilon")
     sides = {"fewstep": _ours(case), "peers": case.get("peers", {})}
     for side, rows in sides.items():
-        done = case.setdefault("check", {}).setdefault(side, {})
-        for nfe in nfes:
-            for key in _shortlist(rows, nfe):
+        done = case.setdefault(field, {}).setdefault(side, {})
+        for wanted in keys[side].values():
+            for key in wanted:
                 if key in done:
                     continue
                 if reference is None:
@@ -325,6 +407,8 @@ def measure(name: str, nfes: list[int], results: dict[str, Any], tune: bool, spa
         print(f"{name}: tuned done at {time.perf_counter() - started:.0f} s", flush=True)
     check_rows(case, target, schedule, nfes, save)
     print(f"{name}: second selection batch done at {time.perf_counter() - started:.0f} s", flush=True)
+    confirm_rows(case, target, schedule, nfes, save)
+    print(f"{name}: confirmation batch done at {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def _ours(case: dict[str, Any]) -> dict[str, Row]:
@@ -340,10 +424,10 @@ def best(rows: dict[str, Row], nfe: int, column: int) -> tuple[str, Row]:
 
 
 def chosen(rows: dict[str, Row], checked: dict[str, float | None], nfe: int) -> tuple[str, Row, float]:
-    """The shortlisted configuration with the smallest RMSE over both selection batches together (the selection
-    batch's alone where none was rerun), and that pooled RMSE."""
+    """The configuration with the smallest RMSE over both selection batches together (the selection batch's alone
+    where none was rerun), and that pooled RMSE."""
     pooled = []
-    for key in _shortlist(rows, nfe):
+    for key in _selectable(rows, nfe):
         a, c = rows[key][0], checked.get(key)
         if c is not None:
             pooled.append((math.sqrt((a * a * SAMPLES + c * c * CHECK_SAMPLES) / (SAMPLES + CHECK_SAMPLES)), key))
@@ -361,6 +445,7 @@ def table(results: dict[str, Any], nfes: list[int]) -> tuple[str, list[dict[str,
     head = (
         f"{'target':<13}{'NFE':>4}  {'fewstep (chosen on the selection batches)':<50}{'RMSE':>8}  "
         f"{'peer (chosen on the selection batches)':<50}{'RMSE':>8}{'ratio':>7}{'first':>7}{'oracle':>8}"
+        f"{'confirm':>9}"
     )
     lines = [
         f"CFG scale {SCALE}, {SCHEDULE} schedule: RMSE against the exact guided PF-ODE solution on {SAMPLES} "
@@ -379,20 +464,25 @@ def table(results: dict[str, Any], nfes: list[int]) -> tuple[str, list[dict[str,
             first = best(ours_rows, nfe, 0)[1][1] / best(peer_rows_, nfe, 0)[1][1]
             oracle = best(ours_rows, nfe, 1)[1][1] / best(peer_rows_, nfe, 1)[1][1]
             spent = f" ({theirs_row[2]})" if theirs_row[2] != nfe else ""
+            confirm = case.get("confirm", {})
+            a, b = confirm.get("fewstep", {}).get(f"{ours}|{nfe}"), confirm.get("peers", {}).get(f"{theirs}|{nfe}")
+            confirmed = a / b if a is not None and b else math.nan
             lines.append(
                 f"{name:<13}{nfe:>4}  {ours:<50}{ours_row[1]:>8.3g}  {theirs + spent:<50}{theirs_row[1]:>8.3g}"
-                f"{ratio:>7.2f}{first:>7.2f}{oracle:>8.2f}"
+                f"{ratio:>7.2f}{first:>7.2f}{oracle:>8.2f}{confirmed:>9.2f}"
             )
             summary.append(
                 {"target": name, "nfe": nfe, "fewstep": ours, "fewstep_rmse": ours_row[1],
                  "fewstep_selection_rmse": ours_sel, "peer": theirs, "peer_nfe": theirs_row[2],
                  "peer_rmse": theirs_row[1], "peer_selection_rmse": theirs_sel, "ratio": ratio,
-                 "first_batch_ratio": first, "oracle_ratio": oracle}
+                 "first_batch_ratio": first, "oracle_ratio": oracle, "fewstep_confirm_rmse": a,
+                 "peer_confirm_rmse": b, "confirm_ratio": confirmed}
             )  # fmt: skip
     lines.append(
-        f"ratio: fewstep / peer on the evaluation batch (goal <= {GOAL}), each side's configuration chosen among its "
-        f"{SHORTLIST} best on the selection batch by the RMSE over it and a second batch of {CHECK_SAMPLES}; first: "
+        f"ratio: fewstep / peer on the evaluation batch (goal <= {GOAL}), each side's configuration chosen by the "
+        f"RMSE over the selection batch and a second batch of {CHECK_SAMPLES}; first: "
         "both chosen on the first selection batch alone; oracle: both chosen on the evaluation batch itself; "
+        f"confirm: the chosen configurations' ratio on a further batch of {CONFIRM_SAMPLES}; "
         "tuned[method solver seed]: a sampler fitted by fewstep.tune to the guided model on its own noise"
     )
     return "\n".join(lines), summary
@@ -451,6 +541,7 @@ def main() -> None:
     # TUNE_METHODS is tuned by the resumed run)
     tuning = {"budget": TUNE_BUDGET, "seed": TUNE_SEED, "calibration": TUNE_CALIBRATION}
     large = {"factor": LARGE_FACTOR, "budget": LARGE_BUDGET}  # a change of these reruns the "large" rows only
+    hard = {"pool": HARD_POOL, "share": HARD_SHARE}  # and of these the "hard" rows only
     results: dict[str, Any] = {}
     if path.is_file() and not args.fresh:
         results = json.loads(path.read_text())
@@ -460,10 +551,15 @@ def main() -> None:
         elif {k: results.get("tuning", {}).get(k) for k in tuning} != json.loads(json.dumps(tuning)):
             print("tuning settings changed: tuning again", flush=True)
             drop_tuned(results, lambda key: True)
-        elif results.get("large_tuning", large) != large:
-            print("settings of the large tunings changed: tuning them again", flush=True)
-            drop_tuned(results, lambda key: " large]:" in key)
+        else:
+            if results.get("large_tuning", large) != large:
+                print("settings of the large tunings changed: tuning them again", flush=True)
+                drop_tuned(results, lambda key: " large]:" in key)
+            if results.get("hard_tuning", hard) != hard:
+                print("settings of the stratified tunings changed: tuning them again", flush=True)
+                drop_tuned(results, lambda key: " hard]:" in key)
     results["settings"], results["tuning"], results["large_tuning"] = settings, tuning, large
+    results["hard_tuning"] = hard
     started = time.perf_counter()
 
     def save() -> None:
