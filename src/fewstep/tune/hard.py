@@ -58,7 +58,7 @@ def hard_samples(
     guidance: GuidanceRule | None = None,
 ) -> Tensor:
     """The samples of ``noise`` (a (B, ...) batch at ``t_max``) on which some probe's ``nfe``-evaluation sample is
-    more than ``factor`` times the probes' median distance from the teacher's (module docstring), as a (B,) bool
+    more than ``factor`` times that probe's median distance from the teacher's (module docstring), as a (B,) bool
     mask.
 
     Args:
@@ -73,7 +73,6 @@ def hard_samples(
         grid: the teacher's number of logSNR-uniform times, as for :func:`fewstep.tune`.
     """
     from ..sampling import sample
-    from .api import _spends
 
     if not isinstance(noise, Tensor) or noise.ndim < 2 or noise.shape[0] < 2 or not noise.dtype.is_floating_point:
         shape = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
@@ -93,13 +92,12 @@ def hard_samples(
             raise TypeError(f"probes: need (solver name, spacing) pairs, got {pair!r}")
         if not isinstance(pair[1], str | Spacing):
             raise TypeError(f"probes: the spacing of {pair[0]!r} must be a name or a Spacing, got {pair[1]!r}")
-        steps = _spends(pair[0], nfe, denoiser)
-        if steps is None:
-            raise ValueError(f"probes: {pair[0]!r} is not a solver that spends exactly nfe={nfe} evaluations")
-        try:
-            model_times(denoiser.schedule, steps, pair[1])
-        except ValueError as err:
-            raise ValueError(f"probes: the spacing of {pair[0]!r}: {err}") from None
+        refusal = _refusal(denoiser, nfe, *pair)
+        if refusal:
+            raise ValueError(f"probes: {refusal}")
+    chosen = list(probes) if probes is not None else _candidates(denoiser, nfe)
+    if not chosen:
+        raise ValueError(f"nfe: none of the candidate probes can spend exactly {nfe} evaluations; give probes=")
     noise = noise.detach()
     teacher = solve_teacher(denoiser, noise, Budget(3 * grid), grid).final
 
@@ -109,15 +107,7 @@ def hard_samples(
         distance = (x - teacher).to(torch.float64).flatten(1).pow(2).mean(1).sqrt()
         return torch.nan_to_num(distance, nan=math.inf)  # a diverged probe sample is a hard one
 
-    runs = []
-    for solver, spacing in probes if probes is not None else _candidates(denoiser, nfe):
-        try:
-            runs.append(distances(solver, spacing))
-        except ValueError:  # a candidate's spacing this schedule does not have, or an NFE it cannot spend
-            if probes is not None:
-                raise
-    if not runs:
-        raise ValueError(f"nfe: none of the candidate probes can spend exactly {nfe} evaluations; give probes=")
+    runs = [distances(solver, spacing) for solver, spacing in chosen]
     if probes is None:
         runs = sorted(runs, key=lambda d: float(d.pow(2).mean()))[:KEEP]
     hard = torch.zeros(noise.shape[0], dtype=torch.bool, device=noise.device)
@@ -126,11 +116,27 @@ def hard_samples(
     return hard
 
 
-def _candidates(denoiser: Denoiser, nfe: int) -> list[tuple[str, str]]:
-    """The candidate probes: the default solver at ``nfe`` and :data:`~fewstep.tune.api.CANDIDATE_SOLVERS`, each on
-    every continuous spacing."""
-    from .api import CANDIDATE_SOLVERS  # imported here: the api module imports the optimisers
+def _refusal(denoiser: Denoiser, nfe: int, solver: str, spacing: str | Spacing) -> str | None:
+    """Why ``solver`` on ``spacing`` cannot run ``nfe`` evaluations on the denoiser's schedule (no model call), or
+    None."""
+    from .api import _spends  # imported here: the api module imports the optimisers
+
+    steps = _spends(solver, nfe, denoiser)
+    if steps is None:
+        return f"{solver!r} is not a solver that spends exactly nfe={nfe} evaluations"
+    try:
+        model_times(denoiser.schedule, steps, spacing)
+    except ValueError as err:
+        return f"the spacing of {solver!r}: {err}"
+    return None
+
+
+def _candidates(denoiser: Denoiser, nfe: int) -> list[tuple[str, str | Spacing]]:
+    """The candidate probes that can run: the default solver at ``nfe`` and
+    :data:`~fewstep.tune.api.CANDIDATE_SOLVERS`, each on every continuous spacing."""
+    from .api import CANDIDATE_SOLVERS
 
     default, _ = default_solver_and_spacing(denoiser.schedule, nfe)
     continuous = [s for s in SPACINGS if s not in DISCRETE_SPACINGS]
-    return [(n, sp) for n in dict.fromkeys((default, *CANDIDATE_SOLVERS)) for sp in continuous]
+    pairs = [(n, sp) for n in dict.fromkeys((default, *CANDIDATE_SOLVERS)) for sp in continuous]
+    return [(n, sp) for n, sp in pairs if _refusal(denoiser, nfe, n, sp) is None]
