@@ -326,8 +326,7 @@ def check_rows(case: dict[str, Any], target: Any, schedule: fewstep.NoiseSchedul
                save: Any) -> None:  # fmt: skip
     """Each side's configurations (:func:`_selectable`) rerun on the second selection batch (:data:`CHECK_SAMPLES`),
     their RMSE there into ``case["check"][side][key]`` (None: the run failed)."""
-    keys = {"fewstep": _ours(case), "peers": case.get("peers", {})}
-    chosen_keys = {side: {nfe: _selectable(rows, nfe) for nfe in nfes} for side, rows in keys.items()}
+    chosen_keys = {side: {nfe: _selectable(rows, nfe) for nfe in nfes} for side, rows in _sides(case).items()}
     _rerun_rows(case, target, schedule, chosen_keys, CHECK_SAMPLES, CHECK_SEED, "check", save)
 
 
@@ -335,10 +334,9 @@ def confirm_rows(case: dict[str, Any], target: Any, schedule: fewstep.NoiseSched
                  save: Any) -> None:  # fmt: skip
     """Each side's chosen configuration (:func:`chosen`) rerun on the confirmation batch (:data:`CONFIRM_SAMPLES`),
     its RMSE there into ``case["confirm"][side][key]``."""
-    rows = {"fewstep": _ours(case), "peers": case.get("peers", {})}
     picks = {
         side: {nfe: [chosen(r, case.get("check", {}).get(side, {}), nfe)[0] + f"|{nfe}"] for nfe in nfes}
-        for side, r in rows.items()
+        for side, r in _sides(case).items()
     }
     _rerun_rows(case, target, schedule, picks, CONFIRM_SAMPLES, CONFIRM_SEED, "confirm", save)
 
@@ -354,8 +352,7 @@ def _rerun_rows(case: dict[str, Any], target: Any, schedule: fewstep.NoiseSchedu
     assert run is not None
     reference: torch.Tensor | None = None
     model = target.model(schedule, "epsilon")
-    sides = {"fewstep": _ours(case), "peers": case.get("peers", {})}
-    for side, rows in sides.items():
+    for side, rows in _sides(case).items():
         done = case.setdefault(field, {}).setdefault(side, {})
         for wanted in keys[side].values():
             for key in wanted:
@@ -414,6 +411,11 @@ def measure(name: str, nfes: list[int], results: dict[str, Any], tune: bool, spa
 def _ours(case: dict[str, Any]) -> dict[str, Row]:
     """fewstep's candidates: the named-spacing grid, the tuned spacings and the tuned samplers."""
     return {**case.get("fewstep", {}), **case.get("spaced", {}), **case.get("tuned", {})}
+
+
+def _sides(case: dict[str, Any]) -> dict[str, dict[str, Row]]:
+    """Each side's candidates by side ("fewstep", "peers")."""
+    return {"fewstep": _ours(case), "peers": case.get("peers", {})}
 
 
 def best(rows: dict[str, Row], nfe: int, column: int) -> tuple[str, Row]:

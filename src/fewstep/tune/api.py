@@ -58,6 +58,8 @@ CANDIDATE_SOLVERS = ("dpmpp_3m", "unipc_bh2", "ipndm", "gradient_estimation")
 
 #: The spacings every deterministic solver is scored on as starts, when the budget allows.
 COMMON_SPACINGS = ("logsnr", "time_quadratic")
+#: The spacings that give times for any number of steps (diffusers' discrete tables left out).
+CONTINUOUS_SPACINGS = tuple(s for s in SPACINGS if s not in DISCRETE_SPACINGS)
 
 #: The share of the budget the scoring of starts may take: with ``solver=None``, :data:`CANDIDATE_SOLVERS` on every
 #: continuous spacing and, when that fits too, every other deterministic solver (but DPM-Solver-v3, which needs its
@@ -105,15 +107,20 @@ def _spends(solver: str, nfe: int, denoiser: Denoiser, **options: Any) -> int | 
         return None
 
 
+def _start_names(denoiser: Denoiser, nfe: int, solver: str | None) -> list[str]:
+    """``solver``, or the measured default for the schedule and NFE and :data:`CANDIDATE_SOLVERS`: the solvers scored
+    as starts on every continuous spacing (also ``fewstep.tune.hard_samples``' candidate probes)."""
+    default_solver, _ = default_solver_and_spacing(denoiser.schedule, nfe)
+    return [solver] if solver else [default_solver, *CANDIDATE_SOLVERS]
+
+
 def _starts(denoiser: Denoiser, nfe: int, solver: str | None, budget: int) -> list[tuple[str, str, np.ndarray]]:
     """The fixed (solver, spacing, times) configurations scored as starts (:data:`START_SHARE`)."""
-    default_solver, _ = default_solver_and_spacing(denoiser.schedule, nfe)
-    continuous = [s for s in SPACINGS if s not in DISCRETE_SPACINGS]
-    names = [solver] if solver else [default_solver, *CANDIDATE_SOLVERS]
+    names = _start_names(denoiser, nfe, solver)
     every = [i.name for i in available() if not i.stochastic and i.name not in ("dpm_solver_v3", "per_step")]
     tiers = [  # from the widest scoring to the narrowest, the first that fits the share of the budget
-        [(n, sp) for n in names for sp in continuous] + [(n, sp) for n in every for sp in COMMON_SPACINGS],
-        [(n, sp) for n in names for sp in continuous],
+        [(n, sp) for n in names for sp in CONTINUOUS_SPACINGS] + [(n, sp) for n in every for sp in COMMON_SPACINGS],
+        [(n, sp) for n in names for sp in CONTINUOUS_SPACINGS],
         [(n, sp) for n in names for sp in COMMON_SPACINGS],
         [(names[0], sp) for sp in COMMON_SPACINGS],
     ]

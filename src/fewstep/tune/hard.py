@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..defaults import default_solver_and_spacing
 from ..model import Denoiser
 from ..prepare import as_denoiser
 from ..schedules import NoiseSchedule
-from ..spacing import DISCRETE_SPACINGS, SPACINGS, Spacing, model_times
+from ..spacing import Spacing, model_times
 from .budget import Budget
 from .teacher import solve_teacher
 
@@ -132,11 +131,8 @@ def _refusal(denoiser: Denoiser, nfe: int, solver: str, spacing: str | Spacing) 
 
 
 def _candidates(denoiser: Denoiser, nfe: int) -> list[tuple[str, str | Spacing]]:
-    """The candidate probes that can run: the default solver at ``nfe`` and
-    :data:`~fewstep.tune.api.CANDIDATE_SOLVERS`, each on every continuous spacing."""
-    from .api import CANDIDATE_SOLVERS
+    """The candidate probes that can run: :func:`fewstep.tune`'s start solvers, each on every continuous spacing."""
+    from .api import CONTINUOUS_SPACINGS, _start_names
 
-    default, _ = default_solver_and_spacing(denoiser.schedule, nfe)
-    continuous = [s for s in SPACINGS if s not in DISCRETE_SPACINGS]
-    pairs = [(n, sp) for n in dict.fromkeys((default, *CANDIDATE_SOLVERS)) for sp in continuous]
+    pairs = [(n, sp) for n in dict.fromkeys(_start_names(denoiser, nfe, None)) for sp in CONTINUOUS_SPACINGS]
     return [(n, sp) for n, sp in pairs if _refusal(denoiser, nfe, n, sp) is None]
