@@ -559,7 +559,7 @@ def main() -> None:
                 drop_tuned(results, lambda key: " large]:" in key)
             if results.get("hard_tuning", hard) != hard:
                 print("settings of the stratified tunings changed: tuning them again", flush=True)
-                drop_tuned(results, lambda key: " hard]:" in key)
+                drop_tuned(results, lambda key: " hard" in key.split("]:", 1)[0])  # "hard" and "hard large"
     results["settings"], results["tuning"], results["large_tuning"] = settings, tuning, large
     results["hard_tuning"] = hard
     started = time.perf_counter()
