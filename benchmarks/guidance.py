@@ -23,13 +23,14 @@ DOP853 at rtol = atol = 1e-11; its distance to a 1e-8 solve is recorded) of
 A configuration may spend fewer evaluations than the NFE (the largest it can spend exactly; Heun-type peers 2n - 1).
 Each side's configuration is chosen on selection noise and measured on another batch (256 samples, the reported
 RMSE): the errors at scale 7.5 are dominated by the few trajectories that end in another mode, so a choice made on
-the batch it is measured on would favour the side with more configurations. The selection is the same for both
-sides: every configuration runs on a first selection batch (256 samples) and on a second one
-(:data:`CHECK_SAMPLES`), and the one with the smallest RMSE over both (1,024 samples) is chosen. The table gives, per target and NFE, both choices, their evaluation RMSE and ratio (the goal: at most 0.7),
-the ratio with both chosen on the first selection batch alone (first), with both chosen on the evaluation batch
-itself (oracle), and of the chosen configurations on a confirmation batch of :data:`CONFIRM_SAMPLES` (confirm). Results go to ``benchmarks/results/guidance.json``, which a later run resumes from (``--fresh``
-starts over; a change of the tuning's settings reruns the tuned samplers only, one of :data:`LARGE_FACTOR` or
-:data:`LARGE_BUDGET` the large ones only).
+the batch it is measured on would favour the side with more configurations. The selection is the same for both sides:
+every configuration runs on a first selection batch (256 samples) and on a second one (:data:`CHECK_SAMPLES`), and the
+one with the smallest RMSE over both (1,024 samples) is chosen. The table gives, per target and NFE, both choices, their
+evaluation RMSE and ratio (the goal: at most 0.7), the ratio with both chosen on the first selection batch alone
+(first), with both chosen on the evaluation batch itself (oracle), and of the chosen configurations on a confirmation
+batch of :data:`CONFIRM_SAMPLES` (confirm). Results go to ``benchmarks/results/guidance.json``, which a later run
+resumes from (``--fresh`` starts over; a change of the tuning's settings reruns the tuned samplers only, one of
+:data:`LARGE_FACTOR` or :data:`LARGE_BUDGET` the large ones only).
 
 Usage: ``python benchmarks/guidance.py [--fresh] [--no-tune] [--no-spacings] [--targets labelled_2d,labelled_64d]
 [--nfe 5,8,10] [--results PATH]``.
@@ -102,14 +103,15 @@ TUNE_METHODS: tuple[tuple[str, str | None, int], ...] = (
 LARGE_METHODS: tuple[tuple[str, str | None, int], ...] = (("auto", None, TUNE_SEED), ("auto", None, TUNE_SEED + 2))
 LARGE_FACTOR = 4
 LARGE_BUDGET = 20000
-#: The per-step search on a stratified calibration batch (:func:`hard_calibration`), from two draws of the pool
-#: (the seed is the pool's and the search's): :data:`HARD_POOL` samples of noise from the spec's seed, disjoint from
-#: the benchmark's batches and the other tunings', of which ``fewstep.tune.hard.hard_samples`` flags the ones its
-#: probes (few-step samplers at the NFE) send far from the teacher; the calibration batch (twice
-#: :data:`TUNE_CALIBRATION`) is drawn from the first half of the pool and the held-out batch (half as large) from the
-#: second, each with up to :data:`HARD_SHARE` of its samples from the flagged ones. Labelled "hard" in the table;
-#: "hard large" on :data:`LARGE_FACTOR` times :data:`TUNE_CALIBRATION` with :data:`LARGE_BUDGET` calls, from the
-#: first draw (the second, tried at 64-D NFE 5 and 10, measured 0.24 and 0.20 on the evaluation batch). As (``method``, ``solver``, ``seed``, calibration factor, budget).
+#: The per-step search on a stratified calibration batch (:func:`hard_calibration`), from two draws of the pool (the
+#: seed is the pool's and the search's): :data:`HARD_POOL` samples of noise from the spec's seed, disjoint from the
+#: benchmark's batches and the other tunings', of which ``fewstep.tune.hard.hard_samples`` flags the ones its probes
+#: (few-step samplers at the NFE) send far from the teacher; the calibration batch (twice :data:`TUNE_CALIBRATION`) is
+#: drawn from the first half of the pool and the held-out batch (half as large) from the second, each with up to
+#: :data:`HARD_SHARE` of its samples from the flagged ones. Labelled "hard" in the table; "hard large" on
+#: :data:`LARGE_FACTOR` times :data:`TUNE_CALIBRATION` with :data:`LARGE_BUDGET` calls, from the first draw (the second,
+#: tried at 64-D NFE 5 and 10, measured 0.24 and 0.20 on the evaluation batch). As (``method``, ``solver``, ``seed``,
+#: calibration factor, budget).
 HARD_METHODS: tuple[tuple[str, str | None, int, int, int], ...] = (
     ("auto", None, 11, 2, TUNE_BUDGET), ("auto", None, 13, 2, TUNE_BUDGET),
     ("auto", None, 11, LARGE_FACTOR, LARGE_BUDGET),

@@ -1,10 +1,10 @@
 """Hard calibration samples: the noise whose few-step samples end far from the teacher's.
 
-Where the data has several modes, a few-step sampler's RMSE is decided by the few trajectories that it sends to
-another mode than the exact solve does (under CFG 7.5 on the 64-D mixture of docs/guidance.md at NFE 10, fewer
-than 2% of them hold over 95% of the squared error). A calibration batch drawn at random holds few such trajectories, so the times fitted to
-them do not carry over to fresh noise. :func:`hard_samples` finds them in a large pool of noise, for a stratified
-calibration batch that holds more of them: with ``d_i`` the RMS distance between probe ``p``'s sample and the
+Where the data has several modes, a few-step sampler's RMSE is decided by the few trajectories that it sends to another
+mode than the exact solve does (under CFG 7.5 on the 64-D mixture of docs/guidance.md at NFE 10, fewer than 2% of them
+hold over 95% of the squared error). A calibration batch drawn at random holds few such trajectories, so the times
+fitted to them do not carry over to fresh noise. :func:`hard_samples` finds them in a large pool of noise, for a
+stratified calibration batch that holds more of them: with ``d_i`` the RMS distance between probe ``p``'s sample and the
 teacher's from noise ``i``,
 
     hard_i = max_p d_i(p) > factor * median_i d_i(p).
