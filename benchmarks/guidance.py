@@ -12,7 +12,8 @@ DOP853 at rtol = atol = 1e-11; its distance to a 1e-8 solve is recorded) of
   samples from seeds 1 and 3, disjoint from the benchmark's batches; :data:`LARGE_METHODS`: the per-step search on
   four times as many calibration samples with 20,000 calls, from two draws; :data:`HARD_METHODS`: the per-step
   search on stratified calibration batches that hold more of the trajectories few-step samplers send to another
-  mode (:func:`hard_calibration`); ``--no-tune`` leaves them out);
+  mode (:func:`hard_calibration`); :data:`GROWN_FROM`: the per-step search started from such a sampler of a smaller
+  NFE, its steps split (``fewstep.tune(..., start=)``); ``--no-tune`` leaves them out);
 - the solvers that led that grid (:data:`SPACING_SOLVERS`) on spacings with tuned options (:data:`TUNED_SPACINGS`:
   Karras and polyexponential ``rho``, beta ``a``, ``b``; ``--no-spacings`` leaves them out);
 - every deterministic k-diffusion sampler (:data:`fewstep.bench.peers.KDIFFUSION_ODE`) on Karras, exponential and
@@ -36,7 +37,8 @@ Usage: ``python benchmarks/guidance.py [--fresh] [--no-tune] [--no-spacings] [--
 [--nfe 5,8,10] [--results PATH]``.
 A run that resumes the fixed configurations' rows from the JSON and tunes took 45 minutes on a shared 2-core
 machine; the ``large`` tunings, two draws, added about 70 minutes, the ``hard`` ones about 10 minutes on the 2-D
-mixture and 4-15 minutes per NFE and spec on the 64-D one.
+mixture and 4-15 minutes per NFE and spec on the 64-D one, the ``grown`` ones 3-11 minutes per NFE on the 2-D mixture
+and 14-19 on the 64-D one.
 """
 
 from __future__ import annotations
@@ -116,6 +118,12 @@ HARD_METHODS: tuple[tuple[str, str | None, int, int, int], ...] = (
     ("auto", None, 11, 2, TUNE_BUDGET), ("auto", None, 13, 2, TUNE_BUDGET),
     ("auto", None, 11, LARGE_FACTOR, LARGE_BUDGET),
 )  # fmt: skip
+#: The per-step search at each NFE started from the :data:`GROWN_FROM` sampler of the largest smaller NFE measured,
+#: grown to this NFE (``fewstep.tune(..., start=)``: every way of splitting its steps scored on the calibration batch,
+#: the search from the best), on that spec's stratified calibration batch at this NFE and with its budget. Labelled
+#: "hard large grown" in the table. At the smallest NFE, the spec is first tuned at NFE - 1 (kept with the samplers,
+#: not a row of the table) and grown from there.
+GROWN_FROM = ("auto", None, 11, LARGE_FACTOR, LARGE_BUDGET)
 HARD_POOL = 20000
 HARD_SHARE = 0.25
 KDIFFUSION_SPACINGS = ("karras", "exponential", "polyexponential")
@@ -231,6 +239,7 @@ def tuned_rows(case: dict[str, Any], name: str, target: Any, noise: torch.Tensor
     specs = [(*spec, 1, TUNE_BUDGET, "") for spec in TUNE_METHODS]
     specs += [(*spec, LARGE_FACTOR, LARGE_BUDGET, " large") for spec in LARGE_METHODS]
     specs += [(*spec, " hard" + (" large" if spec[3] == LARGE_FACTOR else "")) for spec in HARD_METHODS]
+    specs += [(*GROWN_FROM, " hard large grown")]
     for asked in nfes:
         for method, solver, seed, factor, budget, kind in specs:
             label = method if solver is None else f"{method} {solver}"
@@ -241,11 +250,26 @@ def tuned_rows(case: dict[str, Any], name: str, target: Any, noise: torch.Tensor
             started = time.perf_counter()
             calibration: torch.Tensor | int = factor * count
             holdout: torch.Tensor | int = factor * count // 2
+            start = None
+            if kind.endswith(" grown"):
+                start = _grown_start(case, label.removesuffix(" grown"), asked)
+                if start is None and asked > 2:  # the smallest NFE: grow one tuned at NFE - 1 (not a row)
+                    base_calibration, base_holdout = hard_calibration(
+                        guided, schedule, target, asked - 1, factor * count, seed
+                    )
+                    start = fewstep.tune(
+                        guided, schedule, nfe=asked - 1, calibration=base_calibration, holdout=base_holdout,
+                        shape=(target.dim,), method=method, solver=solver, budget=budget, seed=seed, loss="rmse",
+                    )  # fmt: skip
+                    base_key = f"tuned[{label.removesuffix(' grown')}]:{start.solver}|{start.method}|{asked - 1}"
+                    case.setdefault("tuned_samplers", {})[base_key] = start.to_dict()
+                if start is None:
+                    continue
             if kind.startswith(" hard"):
                 calibration, holdout = hard_calibration(guided, schedule, target, asked, factor * count, seed)
             tuned = fewstep.tune(
                 guided, schedule, nfe=asked, calibration=calibration, holdout=holdout, shape=(target.dim,),
-                method=method, solver=solver, budget=budget, seed=seed, loss="rmse",
+                method=method, solver=solver, budget=budget, seed=seed, loss="rmse", start=start,
             )  # fmt: skip
             print(f"{name}: tuned[{label}] at NFE {asked} in {time.perf_counter() - started:.0f} s", flush=True)
             x = fewstep.sample(cfg, noise, schedule, solver=tuned, progress=False, **run.sample_kwargs())
@@ -253,6 +277,13 @@ def tuned_rows(case: dict[str, Any], name: str, target: Any, noise: torch.Tensor
             rows[key], errors[key] = _errors(x, reference, tuned.nfe), tuned.errors
             case.setdefault("tuned_samplers", {})[key] = tuned.to_dict()
             save()
+
+
+def _grown_start(case: dict[str, Any], label: str, nfe: int) -> fewstep.TunedSampler | None:
+    """The ``tuned[label]`` sampler of the largest NFE below ``nfe`` measured so far (None: there is none)."""
+    found = [(int(k.rsplit("|", 1)[1]), k) for k in case.get("tuned_samplers", {}) if k.startswith(f"tuned[{label}]:")]
+    below = [(n, k) for n, k in found if n < nfe]
+    return fewstep.TunedSampler.from_dict(case["tuned_samplers"][max(below)[1]]) if below else None
 
 
 def hard_calibration(guided: Callable[..., torch.Tensor], schedule: fewstep.NoiseSchedule, target: Any, nfe: int,
@@ -558,7 +589,7 @@ def main() -> None:
         else:
             if results.get("large_tuning", large) != large:
                 print("settings of the large tunings changed: tuning them again", flush=True)
-                drop_tuned(results, lambda key: " large]:" in key)
+                drop_tuned(results, lambda key: " large" in key.split("]:", 1)[0])  # and the rows grown from them
             if results.get("hard_tuning", hard) != hard:
                 print("settings of the stratified tunings changed: tuning them again", flush=True)
                 drop_tuned(results, lambda key: " hard" in key.split("]:", 1)[0])  # "hard" and "hard large"

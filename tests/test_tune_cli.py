@@ -77,3 +77,21 @@ def test_compare_shows_a_tuned_sampler_beside_the_fixed_ones(tmp_path: Path) -> 
     assert rows["tuned:mine", 5]["rmse"] < rows["dpmpp_2m", 5]["rmse"]  # NFE 5 joined the asked NFEs
     bad = CliRunner().invoke(main, ["compare", "--tuned", str(tmp_path / "none.json"), "--out", str(out)])
     assert bad.exit_code == 2 and "--tuned" in bad.output
+
+
+def test_start_grows_a_saved_sampler_and_refuses_another_models(tmp_path: Path) -> None:
+    small, grown = tmp_path / "small.json", tmp_path / "grown.json"
+    common = ["--budget", "700", "--calibration", "16", "--holdout", "16"]
+    assert CliRunner().invoke(main, ["tune", "--nfe", "4", *common, "--out", str(small)]).exit_code == 0
+    result = CliRunner().invoke(main, ["tune", "--nfe", "6", *common, "--start", str(small), "--out", str(grown)])
+    assert result.exit_code == 0, result.output
+    assert "start (per_step, grown: step" in result.output
+    tuned = fewstep.TunedSampler.load(grown)
+    assert tuned.nfe == 6 and tuned.start["grown_from_nfe"] == 4
+    other = ["tune", "--nfe", "6", "--model", "ring", *common, "--start", str(small), "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(main, other)
+    assert result.exit_code == 2 and "--start" in result.output and "fingerprint" in result.output
+    result = CliRunner().invoke(
+        main, ["tune", "--nfe", "3", *common, "--start", str(small), "--out", str(tmp_path / "y")]
+    )
+    assert result.exit_code == 2 and "--start" in result.output and "fewer evaluations than nfe=3" in result.output

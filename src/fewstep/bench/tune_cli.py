@@ -57,6 +57,15 @@ METHODS = ("auto", "gits", "dmn", "ld3", "search")
     "them on the held-out noise; kept only where better there).",
 )
 @click.option(
+    "--start",
+    "start_path",
+    default=None,
+    metavar="PATH",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A per-step sampler's JSON tuned for this model at fewer evaluations: grow it to --nfe (its steps split, "
+    "then searched) instead of starting from the fixed configurations.",
+)
+@click.option(
     "--out", default="tuned.json", show_default=True, type=click.Path(dir_okay=False), help="Where to write the JSON."
 )
 def tune(
@@ -70,6 +79,7 @@ def tune(
     seed: int,
     loss: str,
     coefficients: bool,
+    start_path: str | None,
     out: str,
 ) -> None:
     """Tune the times (and solver) of an NFE-evaluation sampler for one model, against a high-NFE teacher.
@@ -82,6 +92,7 @@ def tune(
         raise click.BadParameter(f"unknown solver {solver!r}; `fewstep solvers` lists them", param_hint="--solver")
     import torch
 
+    from ..tune import TunedSampler
     from ..tune import tune as run_tune
     from .generation.models import resolve_model
 
@@ -89,6 +100,12 @@ def tune(
         user = resolve_model(model)
     except (TypeError, ValueError) as err:
         raise click.BadParameter(str(err).removeprefix("model: "), param_hint="--model") from err
+    start = None
+    if start_path is not None:
+        try:
+            start = TunedSampler.load(start_path, model=user.model, schedule=user.schedule)
+        except (TypeError, ValueError) as err:
+            raise click.BadParameter(str(err), param_hint="--start") from err
     torch.set_num_threads(max(1, torch.get_num_threads()))
     click.echo(f"tuning {user.name} at NFE {nfe} ({method}, at most {budget} network calls) ...", err=True)
     try:
@@ -108,10 +125,15 @@ def tune(
             progress=True,
             loss=loss,
             coefficients=coefficients,
+            start=start,
         )
     except ValueError as err:
         name, _, rest = str(err).partition(": ")
-        hint = f"--{name.replace('_', '-')}" if name in ("nfe", "budget", "solver", "method", "seed", "loss") else None
+        hint = (
+            f"--{name.replace('_', '-')}"
+            if name in ("nfe", "budget", "solver", "method", "seed", "loss", "start")
+            else None
+        )
         raise click.BadParameter(rest if hint else str(err), param_hint=hint) from err
     tuned.save(Path(out))
     click.echo(summary(tuned))
@@ -124,7 +146,8 @@ def summary(tuned: object) -> str:
     start = getattr(tuned, "start", {}) or {}
     rows = [
         (f"tuned ({tuned.method}: {tuned.solver})", errors.get("holdout")),  # type: ignore[attr-defined]
-        (f"best fixed ({start.get('solver')}, {start.get('spacing')})", errors.get("start_holdout")),
+        (f"{'start' if 'grown_from_nfe' in start else 'best fixed'} ({start.get('solver')}, {start.get('spacing')})",
+         errors.get("start_holdout")),
         (f"default ({start.get('default_solver', '?')}, {start.get('default_spacing', '?')})",
          errors.get("default_holdout")),
     ]  # fmt: skip

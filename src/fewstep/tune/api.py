@@ -1,9 +1,10 @@
 """``fewstep.tune``: fit a sampler's times (and solver) to one model and schedule within a network-call budget.
 
 Steps: draw the calibration and held-out noise; solve both with the teacher in one batch
-(:mod:`~fewstep.tune.teacher`); score a few fixed (solver, spacing) configurations on the calibration batch and keep
-the best as the start; run the method; measure the result and the start on the held-out batch. Every network call
-(teacher, scoring, optimisation, held-out measurement) is counted against ``budget``.
+(:mod:`~fewstep.tune.teacher`); score a few fixed (solver, spacing) configurations (or, with ``start=``, the ways of
+growing a smaller tuned sampler, :mod:`~fewstep.tune.grow`) on the calibration batch and keep the best as the start;
+run the method; measure the result and the start on the held-out batch. Every network call (teacher, scoring,
+optimisation, held-out measurement) is counted against ``budget``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .budget import Budget, BudgetExhausted, Objective
 from .coefficients import fitted
 from .dmn import nelder_mead
 from .gits import gits_times
+from .grow import GROWN_SOLVER, check_start, grown_starts
 from .ld3 import adam_spsa, learn_times
 from .params import LogSNRIncrements
 from .teacher import Teacher, solve_teacher
@@ -159,14 +161,21 @@ def _has_search() -> bool:
 
 
 def _search(
-    denoiser: Denoiser, nfe: int, noise: Tensor, teacher: Teacher, times: np.ndarray, budget: Budget, seed: int
+    denoiser: Denoiser,
+    nfe: int,
+    noise: Tensor,
+    teacher: Teacher,
+    times: np.ndarray,
+    budget: Budget,
+    seed: int,
+    choices: list[Any] | None = None,
 ) -> tuple[str, dict[str, Any], np.ndarray]:
     """The per-step solver search of ``fewstep.tune.search`` (ValueError when this fewstep has none)."""
     if not _has_search():
         raise ValueError("method: 'search' needs fewstep.tune.search, which this installation does not have")
     module = importlib.import_module(f"{__package__}.search")
     solver, options, found = module.search_choices(
-        denoiser, denoiser.schedule, nfe, noise, teacher, times, budget, seed
+        denoiser, denoiser.schedule, nfe, noise, teacher, times, budget, seed, choices=choices
     )
     return str(solver), dict(options), np.asarray(found, dtype=np.float64)
 
@@ -205,6 +214,7 @@ def tune(
     progress: bool = False,
     loss: str = "auto",
     coefficients: bool = False,
+    start: TunedSampler | None = None,
 ) -> TunedSampler:
     """Tune the model-evaluation times (and, with ``solver=None``, the solver) of an ``nfe``-evaluation sampler for
     ``model`` so that its samples match a high-NFE teacher's from the same noise.
@@ -234,6 +244,10 @@ def tune(
         loss: what the optimisers minimise against the teacher: ``"rmse"``, ``"mean_distance"`` (the mean over
             samples of each sample's RMS error), or ``"auto"``: the RMSE from :data:`RMSE_FROM` calibration samples
             on, else the mean distance. The reported errors are RMSEs whatever the loss.
+        start: a per-step sampler tuned for this model and schedule at fewer evaluations (``method="auto"`` or
+            ``"search"`` with ``solver=None``) to grow to ``nfe``: every way of splitting its steps
+            (:mod:`fewstep.tune.grow`) is scored on the calibration batch instead of the fixed configurations, and the
+            search starts from the best (its times and per-step choices). None: start from the fixed configurations.
 
     Returns:
         A :class:`TunedSampler`; run it with ``fewstep.sample(model, noise, schedule, solver=tuned)``.
@@ -252,6 +266,11 @@ def tune(
         raise TypeError(f"coefficients: must be True or False, got {coefficients!r}")
     if solver is not None and not isinstance(solver, str):
         raise TypeError(f"solver: must be a solver name or None, got {type(solver).__name__}")
+    if start is not None and (method not in ("auto", "search") or solver is not None):
+        raise ValueError(
+            f"start: a grown sampler starts the per-step search; use method='auto' or 'search' with solver=None "
+            f"(got method={method!r}, solver={solver!r})"
+        )
     denoiser = as_denoiser(
         model, schedule, prediction, time_input, model_kwargs, guidance_scale, uncond_kwargs, guidance_rescale,
         None, guidance,
@@ -269,7 +288,13 @@ def tune(
     held = held.to(calib.dtype)
     if loss == "auto":
         loss = "rmse" if calib.shape[0] >= RMSE_FROM else "mean_distance"
-    starts = _starts(denoiser, nfe, solver, limit)
+    if start is not None:
+        starts = [
+            (GROWN_SOLVER, label, times, {"choices": choices})
+            for label, times, choices in grown_starts(check_start(start, nfe, sched), nfe, sched)
+        ]
+    else:
+        starts = [(name, spacing, times, {}) for name, spacing, times in _starts(denoiser, nfe, solver, limit)]
     if not starts:
         raise ValueError(f"nfe: none of the candidate solvers spends exactly {nfe} evaluations")
     checks = 5 * nfe if coefficients else 4 * nfe  # the held-out runs (and the fitted sampler's) kept back
@@ -286,21 +311,21 @@ def tune(
     # keep the coefficients' run, the held-out runs and the fingerprint's probe call
     work = Budget(limit - checks - fitting - 1, accounts.calls)
 
-    # the start: the best fixed configuration on the calibration batch
+    # the start: the best fixed configuration (or grown sampler) on the calibration batch
     scored = []
     refused: ValueError | None = None
-    for name, spacing, times in starts:
-        objective = Objective(denoiser, name, {}, nfe, calib, teacher.final, work, loss=loss)
+    for name, spacing, times, start_options in starts:
+        objective = Objective(denoiser, name, start_options, nfe, calib, teacher.final, work, loss=loss)
         try:
-            scored.append((objective.error(times), name, spacing, times, objective.best_rmse))
+            scored.append((objective.error(times), name, spacing, times, objective.best_rmse, start_options))
         except ValueError as err:  # a solver whose plan on these times spends another NFE (checked before any call)
             refused = err
     if not scored:
         raise ValueError(f"nfe: no start configuration could run {nfe} evaluations; the last refusal: {refused}")
-    start_loss, start_solver, start_spacing, start_times, start_error = min(scored, key=lambda s: s[0])
-    report(f"{len(scored)} fixed starts scored, best {start_solver} on {start_spacing}: {accounts.spent} calls")
+    start_loss, start_solver, start_spacing, start_times, start_error, start_options = min(scored, key=lambda s: s[0])
+    report(f"{len(scored)} starts scored, best {start_solver} on {start_spacing}: {accounts.spent} calls")
     solver_name = start_solver
-    objective = Objective(denoiser, solver_name, {}, nfe, calib, teacher.final, work, loss=loss)
+    objective = Objective(denoiser, solver_name, start_options, nfe, calib, teacher.final, work, loss=loss)
     objective.best, objective.best_rmse = (start_loss, start_times), start_error
     options: dict[str, Any] = {}
     chosen = method
@@ -308,7 +333,8 @@ def tune(
         method, chosen = "search", "auto (search)"
     if method == "search":
         search_start = start_times if len(start_times) == nfe else model_times(sched, nfe, start_spacing).numpy()
-        solver_name, options, times = _search(denoiser, nfe, calib, teacher, search_start, work, seed)
+        choices = start_options.get("choices")
+        solver_name, options, times = _search(denoiser, nfe, calib, teacher, search_start, work, seed, choices)
     else:
         if method in ("gits", "auto"):
             try:
@@ -345,7 +371,9 @@ def tune(
         "calibration": calib_error,
         "holdout": Objective(denoiser, solver_name, options, nfe, held, both.final[b:], accounts).error(times),
         "start_calibration": float(start_error),
-        "start_holdout": Objective(denoiser, start_solver, {}, nfe, held, both.final[b:], accounts).error(start_times),
+        "start_holdout": Objective(denoiser, start_solver, start_options, nfe, held, both.final[b:], accounts).error(
+            start_times
+        ),
     }
     if fit is not None:
         fit_options = {"coefficients": fit.rows}
@@ -362,7 +390,7 @@ def tune(
         errors["default_holdout"] = default_run.error(default_times)
     report(f"held-out check: {accounts.spent} calls")
     if errors["holdout"] > errors["start_holdout"]:  # the optimum over-fitted the calibration batch: keep the start
-        solver_name, options, times, chosen = start_solver, {}, start_times, f"{chosen} (start kept)"
+        solver_name, options, times, chosen = start_solver, start_options, start_times, f"{chosen} (start kept)"
         errors["calibration"], errors["holdout"] = errors["start_calibration"], errors["start_holdout"]
     fingerprint = model_fingerprint(denoiser, sched, tuple(calib.shape[1:]), accounts.calls)
     levels = torch.exp(-sched.lambda_(torch.from_numpy(np.asarray(times, dtype=np.float64)))).tolist()
@@ -386,6 +414,7 @@ def tune(
             "spacing": start_spacing,
             "default_solver": default_solver,
             "default_spacing": default_spacing,
+            **({"grown_from_nfe": start.nfe} if start is not None else {}),
         },
         seed=seed,
     )

@@ -10,8 +10,8 @@ sampled schedules. Here the objective is measured directly and the search is a g
 over the choices ``c = (c_0, ..., c_{n-1})`` (:class:`~fewstep.solvers.ode.per_step.StepChoice` of each step) and,
 with ``refine_times``, the model-evaluation times ``t_1 .. t_{n-1}`` (``t_0 = t_max``; the run ends with a step to
 sigma = 0). It starts from the best uniform schedule (one choice for every step; among them DPM-Solver++(2M),
-``dpmpp_2m``, and UniPC-bh2, ``unipc_bh2``, which are tried first) at the given times, then repeats sweeps until
-one improves nothing or the budget is spent:
+``dpmpp_2m``, and UniPC-bh2, ``unipc_bh2``, which are tried first) at the given times, or from given choices (a
+grown sampler's, :mod:`fewstep.tune.grow`), then repeats sweeps until one improves nothing or the budget is spent:
 
 1. for each step j (in an order drawn from ``seed`` after the first sweep, which goes from the first step to the
    last), every distinct choice of that step with the others held; the best is kept if it lowers E;
@@ -41,7 +41,7 @@ from ..model import CallCount, Denoiser, Point
 from ..model.network import NonFiniteModelOutput
 from ..model.stack import Evaluation
 from ..schedules import NoiseSchedule
-from ..solvers.ode.per_step import ORDERS, PREDICTIONS, SCALES, StepChoice
+from ..solvers.ode.per_step import ORDERS, PREDICTIONS, SCALES, StepChoice, as_choice
 from .budget import Budget
 from .teacher import Teacher
 
@@ -163,6 +163,7 @@ def search_choices(
     *,
     refine_times: bool = True,
     calls: CallCount | None = None,
+    choices: Sequence[StepChoice | dict[str, Any]] | None = None,
 ) -> tuple[str, dict[str, Any], np.ndarray]:
     """Search the per-step choices of the ``per_step`` solver (and the times) that bring the final sample from
     ``noise`` closest to ``teacher`` (module docstring).
@@ -181,6 +182,8 @@ def search_choices(
         refine_times: also move the times (coordinate moves in logSNR).
         calls: a :class:`~fewstep.model.CallCount` that receives the search's counts (network calls, substituted);
             with a ``Budget``, its own count is used.
+        choices: the start's per-step choices (``nfe`` of them; e.g. a grown sampler's, :mod:`fewstep.tune.grow`);
+            None: the best uniform schedule.
 
     Returns:
         ``("per_step", {"choices": [StepChoice.to_dict(), ...]}, times)``: the solver's name and JSON options for
@@ -216,13 +219,17 @@ def search_choices(
         except BudgetSpent:
             return math.nan
 
-    # start: the best uniform schedule, first DPM-Solver++(2M) and UniPC-bh2 (which these uniform schedules equal)
-    best_c: list[StepChoice] = [StepChoice()] * nfe
+    given = None if choices is None else [as_choice(c) for c in choices]
+    if given is not None and len(given) != nfe:
+        raise ValueError(f"choices: need one per step ({nfe}), got {len(given)}")
+    # start: the given choices, or the best uniform schedule, first DPM-Solver++(2M) and UniPC-bh2 (which these
+    # uniform schedules equal)
+    best_c: list[StepChoice] = given if given is not None else [StepChoice()] * nfe
     best_e = trial(best_c, t)
     if math.isnan(best_e):
         raise ValueError(f"budget: {budget} calls do not pay for one run of {nfe} evaluations")
     uniform = [StepChoice(corrector=True), *(c for c in max(options, key=len) if c != StepChoice())]
-    for choice in uniform:
+    for choice in uniform if given is None else []:
         e = trial([choice] * nfe, t)
         if math.isnan(e):
             break
