@@ -44,7 +44,8 @@ def settled(results: dict[str, Any]) -> list[str]:
     noise = noise * float(schedule.sigma(schedule.t_max))
     run = GuidedRun.of(target, 7.5, noise.shape[0])
     assert run is not None
-    exact = reference_solution_from_time(run.exact(), noise, schedule, schedule.t_max)
+    guided = run.exact()
+    exact = reference_solution_from_time(guided, noise, schedule, schedule.t_max)
     model = target.model(schedule, "epsilon")
     stored = results["cases"]["labelled_64d"]["tuned_samplers"]
     runs: list[tuple[str, dict[str, Any]]] = [("UniPC-bh2, Karras, NFE 10", {"solver": "unipc_bh2", "nfe": 10,
@@ -68,7 +69,7 @@ def settled(results: dict[str, Any]) -> list[str]:
             )
         counts = []
         for t, state in states[:-1]:  # the last state is the sample itself
-            y = reference_solution_from_time(run.exact(), state, schedule, t, rtol=1e-9, atol=1e-9)
+            y = reference_solution_from_time(guided, state, schedule, t, rtol=1e-9, atol=1e-9)
             counts.append(int(((y - exact).pow(2).sum(1).sqrt() > FAR).sum()))
         counts.append(int(((x - exact).pow(2).sum(1).sqrt() > FAR).sum()))
         rmse = float((x - exact).pow(2).mean().sqrt())

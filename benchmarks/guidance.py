@@ -238,6 +238,20 @@ def tuned_rows(case: dict[str, Any], name: str, target: Any, noise: torch.Tensor
         labels = torch.arange(x.shape[0]) % classes
         return cfg_combine(cfg(x, t, torch.full_like(labels, -1)), cfg(x, t, labels), SCALE)
 
+    def tuned_at(spec: tuple[str, str | None, int, int, int], hard: bool, nfe: int,
+                 start: fewstep.TunedSampler | None = None) -> fewstep.TunedSampler:  # fmt: skip
+        """The tuning of ``spec`` (method, solver, seed, calibration factor, budget) at ``nfe``, on a stratified batch
+        (:func:`hard_calibration`) when ``hard``, grown from ``start`` when given."""
+        method, solver, seed, factor, budget = spec
+        calibration: torch.Tensor | int = factor * count
+        holdout: torch.Tensor | int = factor * count // 2
+        if hard:
+            calibration, holdout = hard_calibration(guided, schedule, target, nfe, factor * count, seed)
+        return fewstep.tune(
+            guided, schedule, nfe=nfe, calibration=calibration, holdout=holdout, shape=(target.dim,),
+            method=method, solver=solver, budget=budget, seed=seed, loss="rmse", start=start,
+        )  # fmt: skip
+
     specs = [(*spec, 1, TUNE_BUDGET, "") for spec in TUNE_METHODS]
     specs += [(*spec, LARGE_FACTOR, LARGE_BUDGET, " large") for spec in LARGE_METHODS]
     specs += [(*spec, " hard" + (" large" if spec[3] == LARGE_FACTOR else "")) for spec in HARD_METHODS]
@@ -250,29 +264,17 @@ def tuned_rows(case: dict[str, Any], name: str, target: Any, noise: torch.Tensor
             if any(k.startswith(f"tuned[{label}]:") and k.endswith(f"|{asked}") for k in rows):
                 continue
             started = time.perf_counter()
-            calibration: torch.Tensor | int = factor * count
-            holdout: torch.Tensor | int = factor * count // 2
+            spec, hard = (method, solver, seed, factor, budget), kind.startswith(" hard")
             start = None
             if kind.endswith(" grown"):
                 start = _grown_start(case, label.removesuffix(" grown"), asked)
                 if start is None and asked > 2:  # the smallest NFE: grow one tuned at NFE - 1 (not a row)
-                    base_calibration, base_holdout = hard_calibration(
-                        guided, schedule, target, asked - 1, factor * count, seed
-                    )
-                    start = fewstep.tune(
-                        guided, schedule, nfe=asked - 1, calibration=base_calibration, holdout=base_holdout,
-                        shape=(target.dim,), method=method, solver=solver, budget=budget, seed=seed, loss="rmse",
-                    )  # fmt: skip
+                    start = tuned_at(spec, hard, asked - 1)
                     base_key = f"tuned[{label.removesuffix(' grown')}]:{start.solver}|{start.method}|{asked - 1}"
                     case.setdefault("tuned_samplers", {})[base_key] = start.to_dict()
                 if start is None:
                     continue
-            if kind.startswith(" hard"):
-                calibration, holdout = hard_calibration(guided, schedule, target, asked, factor * count, seed)
-            tuned = fewstep.tune(
-                guided, schedule, nfe=asked, calibration=calibration, holdout=holdout, shape=(target.dim,),
-                method=method, solver=solver, budget=budget, seed=seed, loss="rmse", start=start,
-            )  # fmt: skip
+            tuned = tuned_at(spec, hard, asked, start)
             print(f"{name}: tuned[{label}] at NFE {asked} in {time.perf_counter() - started:.0f} s", flush=True)
             x = fewstep.sample(cfg, noise, schedule, solver=tuned, progress=False, **run.sample_kwargs())
             key = f"tuned[{label}]:{tuned.solver}|{tuned.method}|{asked}"

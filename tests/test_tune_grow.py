@@ -89,7 +89,7 @@ class Refusing:
         ({"nfe": 4}, ValueError, "start: a sampler of fewer evaluations than nfe=4"),
         ({"method": "dmn"}, ValueError, "start: a grown sampler starts the per-step search"),
         ({"solver": "dpmpp_2m"}, ValueError, "start: a grown sampler starts the per-step search"),
-        ({"schedule": fewstep.VP(beta_max=15.0)}, ValueError, "start: it was tuned for"),
+        ({"schedule": fewstep.VP(beta_max=15.0)}, ValueError, "start: schedule: the sampler was tuned for"),
     ],
 )
 def test_bad_start_is_refused_before_any_model_call(case: dict[str, Any], changes: dict[str, Any], error: type,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..schedules import NoiseSchedule
-from .tuned import TunedSampler, schedule_description
+from .tuned import TunedSampler
 
 #: The solver a grown sampler must have been tuned with: its per-step choices are what the splits copy.
 GROWN_SOLVER = "per_step"
@@ -46,11 +46,10 @@ def check_start(start: object, nfe: int, schedule: NoiseSchedule) -> TunedSample
         raise ValueError(f"start: a sampler of fewer evaluations than nfe={nfe} is grown, got one of {start.nfe}")
     if start.nfe < 2:
         raise ValueError("start: need a sampler of at least 2 evaluations (a step to split besides the last)")
-    if schedule_description(schedule)["digest"] != start.schedule.get("digest"):
-        raise ValueError(
-            f"start: it was tuned for {start.schedule.get('repr')!r}, not this schedule ({schedule!r}); their noise "
-            "levels differ"
-        )
+    try:
+        start.check(schedule=schedule)
+    except ValueError as err:
+        raise ValueError(f"start: {err}") from err
     return start
 
 
