@@ -15,7 +15,10 @@ where this fewstep has it, the learned digits UNet) on its VP schedule, and each
   the tuning decides whether to keep its start) of ``--calibration`` samples each (default 256: a batched call counts
   as one network call, and a larger batch generalises better, and decides better) and a budget of
   ``--budget`` network calls (default 2,000, teacher and backward passes included): its RMSE on the held-out
-  noise, the ratio to the best fixed one, its network calls and seconds.
+  noise, the ratio to the best fixed one, its network calls and seconds. ``coefficients`` is ``auto`` with
+  ``coefficients=True``; ``stratified`` is that on a stratified batch of 2,048 drawn from a pool of 16,384
+  (``pool=``; 1,024 from 4,096 on the digits mixture, whose calls on large batches are the slowest), with 2,048
+  (1,024) held-out samples in the tuning.
 
 The measurements go to ``benchmarks/results/tuning.json`` (or ``--results``; resumed from: ``--fresh`` starts over)
 and the table, with the cells of every other ``benchmarks/results/tuning*.json``, into docs/tuning.md between its
@@ -47,14 +50,19 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "tuning.json"
 DOC = ROOT / "docs" / "tuning.md"
 NFES = (5, 6, 8, 10)
-#: ``coefficients``: ``auto`` with ``coefficients=True`` (the fitted non-stationary form of its result)
-METHODS = ("auto", "gits", "dmn", "ld3", "coefficients")
+#: ``coefficients``: ``auto`` with ``coefficients=True`` (the fitted non-stationary form of its result);
+#: ``stratified``: ``coefficients`` on a stratified calibration batch drawn from a pool (``pool=``, docs/tuning.md)
+METHODS = ("auto", "gits", "dmn", "ld3", "coefficients", "stratified")
 TARGETS = ("default", "nd64", "digits", "learned", "digits_unet")
 HELD_OUT = 1024
 #: targets whose reference is costly: at most this many held-out samples
 HELD_OUT_COSTLY = {"digits": 512, "digits_unet": 512}
 CALIBRATION = 256
 BUDGET = 2000
+#: ``stratified``: the pool, and the stratified calibration batch and the held-out batch of the tuning (the pool's
+#: teacher solve and starts cost time, not calls; the digits mixture's calls on large batches are the slowest)
+POOL, POOL_CALIBRATION = 16384, 2048
+POOL_COSTLY = {"digits": (4096, 1024), "digits_unet": (2048, 512)}
 
 
 def make_case(name: str) -> dict[str, Any] | None:
@@ -124,10 +132,14 @@ def measure(
         cell: dict[str, Any] = {"best_fixed": best, "best_fixed_rmse": fixed[best], "methods": {}}
         for method in methods:
             start = time.perf_counter()
+            batches: dict[str, Any] = {"calibration": calibration, "holdout": calibration}
+            if method == "stratified":
+                pool, size = POOL_COSTLY.get(name, (POOL, POOL_CALIBRATION))
+                batches = {"pool": pool, "calibration": size, "holdout": size}
             tuned = fewstep.tune(
-                case["model"], schedule, nfe=nfe, calibration=calibration, holdout=calibration, shape=(case["dim"],),
-                method="auto" if method == "coefficients" else method, coefficients=method == "coefficients",
-                budget=budget, prediction=case["prediction"], seed=0,
+                case["model"], schedule, nfe=nfe, shape=(case["dim"],), budget=budget, prediction=case["prediction"],
+                method="auto" if method in ("coefficients", "stratified") else method, seed=0,
+                coefficients=method in ("coefficients", "stratified"), **batches,
             )  # fmt: skip
             seconds = time.perf_counter() - start
             x = fewstep.sample(case["model"], noise, schedule, solver=tuned, prediction=case["prediction"])
@@ -154,6 +166,8 @@ def table(results: dict[str, Any]) -> str:
     ratios: list[float] = []
     fitted: list[float] = []
     paired: list[float] = []  # auto's ratio in the cells measured with fitted coefficients
+    pooled: list[float] = []  # the stratified tuning's, and coefficients' in the same cells
+    unpooled: list[float] = []
     for name in TARGETS:
         for nfe in NFES:
             cell = results.get(name, {}).get(str(nfe))
@@ -166,6 +180,9 @@ def table(results: dict[str, Any]) -> str:
             if "coefficients" in runs:
                 fitted.append(runs["coefficients"]["ratio"])
                 paired.append(auto.get("ratio", math.nan))
+            if "stratified" in runs:
+                pooled.append(runs["stratified"]["ratio"])
+                unpooled.append(runs.get("coefficients", {}).get("ratio", math.nan))
             out.append(
                 f"| {name} | {nfe} | {cell['best_fixed'].replace('|', ', ')} | {cell['best_fixed_rmse']:.4g} | "
                 f"{auto.get('rmse', math.nan):.4g} | "
@@ -184,6 +201,13 @@ def table(results: dict[str, Any]) -> str:
             f"With fitted coefficients (`coefficients`, {len(fitted)} cells): median {statistics.median(fitted):.2f}, "
             f"worst {max(fitted):.2f}, best {min(fitted):.2f}; `auto` in the same cells: median "
             f"{statistics.median(paired):.2f}, worst {max(paired):.2f}, best {min(paired):.2f}."
+        )
+    if pooled:
+        out.append(
+            f"On a stratified calibration batch from a pool (`stratified`, {len(pooled)} cells): median "
+            f"{statistics.median(pooled):.2f}, worst {max(pooled):.2f}, best {min(pooled):.2f}; `coefficients` in the "
+            f"same cells: median {statistics.median(unpooled):.2f}, worst {max(unpooled):.2f}, best "
+            f"{min(unpooled):.2f}."
         )
     return "\n".join(out)
 

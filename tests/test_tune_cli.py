@@ -46,6 +46,17 @@ def test_coefficients_flag_fits_and_reports_them(tmp_path: Path) -> None:
     assert "coefficients_holdout" in tuned.errors and tuned.calls <= 800
 
 
+def test_pool_draws_a_stratified_calibration_batch(tmp_path: Path) -> None:
+    out = tmp_path / "pool.json"
+    args = ["tune", "--nfe", "5", "--method", "dmn", "--pool", "256", "--budget", "800", "--calibration", "64"]
+    result = CliRunner().invoke(main, [*args, "--holdout", "64", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    tuned = fewstep.TunedSampler.load(out)
+    assert tuned.start["pool"] == 256 and f"a pool of 256 ({tuned.start['pool_hard']} hard samples)" in result.output
+    result = CliRunner().invoke(main, ["tune", "--nfe", "5", "--pool", "32", "--out", str(tmp_path / "p.json")])
+    assert result.exit_code == 2 and "--calibration" in result.output and "pool of 32" in result.output
+
+
 def test_bad_options_name_the_option(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["tune", "--nfe", "5", "--solver", "dpmpp_9m", "--out", str(tmp_path / "a.json")])

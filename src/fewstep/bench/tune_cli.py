@@ -36,6 +36,14 @@ METHODS = ("auto", "gits", "dmn", "ld3", "search")
 @click.option("--calibration", default=64, show_default=True, type=click.IntRange(1), help="Calibration samples.")
 @click.option("--holdout", default=64, show_default=True, type=click.IntRange(1), help="Held-out samples.")
 @click.option(
+    "--pool",
+    default=None,
+    type=click.IntRange(2),
+    help="Draw a stratified calibration batch of --calibration samples from a pool of this many: the samples that "
+    "the best starts send far from the teacher fill up to half of it, each stratum weighted by its share of the "
+    "pool (costs time, not calls).  [default: no pool]",
+)
+@click.option(
     "--solver",
     default=None,
     metavar="NAME",
@@ -75,6 +83,7 @@ def tune(
     budget: int,
     calibration: int,
     holdout: int,
+    pool: int | None,
     solver: str | None,
     seed: int,
     loss: str,
@@ -126,12 +135,13 @@ def tune(
             loss=loss,
             coefficients=coefficients,
             start=start,
+            pool=pool,
         )
     except ValueError as err:
         name, _, rest = str(err).partition(": ")
         hint = (
             f"--{name.replace('_', '-')}"
-            if name in ("nfe", "budget", "solver", "method", "seed", "loss", "start")
+            if name in ("nfe", "budget", "solver", "method", "seed", "loss", "start", "pool", "calibration")
             else None
         )
         raise click.BadParameter(rest if hint else str(err), param_hint=hint) from err
@@ -164,4 +174,6 @@ def summary(tuned: object) -> str:
         f"{tuned.calls} network calls in {tuned.seconds:.1f} s (teacher: "  # type: ignore[attr-defined]
         f"{teacher.get('calls', '?')} calls)"
     )
+    if "pool" in start:
+        lines.append(f"calibration batch stratified from a pool of {start['pool']} ({start['pool_hard']} hard samples)")
     return "\n".join(lines)

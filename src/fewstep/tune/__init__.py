@@ -6,8 +6,9 @@
 - :mod:`~fewstep.tune.gits`, :mod:`~fewstep.tune.dmn`, :mod:`~fewstep.tune.ld3`: the optimisers;
 - :mod:`~fewstep.tune.backprop`: a solver run differentiable with respect to its times (LD3's gradient);
 - :mod:`~fewstep.tune.budget`: the network-call budget and the error minimised;
-- :mod:`~fewstep.tune.hard`: :func:`hard_samples`, the noise few-step samplers send far from the teacher (for a
-  stratified calibration batch);
+- :mod:`~fewstep.tune.hard`: :func:`hard_samples`, the noise few-step samplers send far from the teacher;
+- :mod:`~fewstep.tune.strata`: the hard samples' flags and the weighted stratified calibration batch that
+  ``tune(pool=...)`` draws;
 - :mod:`~fewstep.tune.api`: :func:`tune`.
 
 The names load on first use (PEP 562), so that :func:`fewstep.sample` can recognise a :class:`TunedSampler` without

@@ -13,7 +13,7 @@ import importlib.util
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -26,13 +26,14 @@ from ..schedules import NoiseSchedule
 from ..solvers import available, get_solver
 from ..spacing import DISCRETE_SPACINGS, SPACINGS, model_times
 from .backprop import check_backprop
-from .budget import Budget, BudgetExhausted, Objective
+from .budget import Budget, BudgetExhausted, Objective, weighted_mean
 from .coefficients import fitted
 from .dmn import nelder_mead
 from .gits import gits_times
 from .grow import GROWN_SOLVER, check_start, grown_starts
 from .ld3 import adam_spsa, learn_times
 from .params import LogSNRIncrements
+from .strata import KEEP, flag_hard, stratify
 from .teacher import Teacher, solve_teacher
 from .tuned import TunedSampler, model_fingerprint, schedule_description
 
@@ -215,6 +216,7 @@ def tune(
     loss: str = "auto",
     coefficients: bool = False,
     start: TunedSampler | None = None,
+    pool: Tensor | int | None = None,
 ) -> TunedSampler:
     """Tune the model-evaluation times (and, with ``solver=None``, the solver) of an ``nfe``-evaluation sampler for
     ``model`` so that its samples match a high-NFE teacher's from the same noise.
@@ -248,6 +250,15 @@ def tune(
             ``"search"`` with ``solver=None``) to grow to ``nfe``: every way of splitting its steps
             (:mod:`fewstep.tune.grow`) is scored on the calibration batch instead of the fixed configurations, and the
             search starts from the best (its times and per-step choices). None: start from the fixed configurations.
+        pool: a larger batch of noise (a (P, ...) tensor or a number of samples, drawn before the held-out noise) to
+            draw a stratified calibration batch of ``calibration`` (a number) samples from: the teacher solves the
+            pool and the starts are scored on it (the same calls: a batched call is one call); the samples that one
+            of the :data:`~fewstep.tune.strata.KEEP` best starts sends far from the teacher (more than ten times its
+            median distance, :func:`~fewstep.tune.strata.flag_hard`) fill up to half the batch, and every error on the
+            batch weighs each sample by its stratum's share of the pool (:func:`~fewstep.tune.strata.stratify`).
+            Where a few samples that end in another mode hold most of the error, the tuning then sees many of them.
+            It costs time (the pool's teacher solve and starts) and memory (the teacher's ``grid`` states of the
+            pool), not calls. None: the calibration batch as given or drawn.
 
     Returns:
         A :class:`TunedSampler`; run it with ``fewstep.sample(model, noise, schedule, solver=tuned)``.
@@ -281,13 +292,23 @@ def tune(
     sched = denoiser.schedule
     gen = torch.Generator().manual_seed(seed)
     scale = float(sched.sigma(sched.t_max))
-    calib = _noise(calibration, "calibration", shape, scale, gen)
-    held = _noise(holdout, "holdout", tuple(calib.shape[1:]), scale, gen)
+    if pool is not None and isinstance(calibration, Tensor):
+        raise ValueError("pool: the calibration batch is drawn from the pool; give calibration as a number of samples")
+    if pool is not None:
+        scoring = _noise(pool, "pool", shape, scale, gen)
+        b = _positive_int("calibration", calibration, 2)
+        if b > scoring.shape[0]:
+            raise ValueError(f"calibration: {b} samples cannot be drawn from a pool of {scoring.shape[0]}")
+    else:
+        scoring = _noise(calibration, "calibration", shape, scale, gen)
+        b = scoring.shape[0]
+    calib = scoring
+    held = _noise(holdout, "holdout", tuple(scoring.shape[1:]), scale, gen)
     if held.shape[1:] != calib.shape[1:]:
         raise ValueError(f"holdout: samples of shape {tuple(held.shape[1:])}, calibration {tuple(calib.shape[1:])}")
     held = held.to(calib.dtype)
     if loss == "auto":
-        loss = "rmse" if calib.shape[0] >= RMSE_FROM else "mean_distance"
+        loss = "rmse" if b >= RMSE_FROM else "mean_distance"
     if start is not None:
         starts = [
             (GROWN_SOLVER, label, times, {"choices": choices})
@@ -304,9 +325,10 @@ def tune(
         raise ValueError(f"budget: {limit} calls do not cover the teacher, the starts and the held-out check ({need})")
 
     accounts = Budget(limit)
-    both = solve_teacher(denoiser, torch.cat([calib, held]), accounts, grid)
-    b = calib.shape[0]
-    teacher = Teacher(both.final[:b], both.grid, both.states[:, :b], both.calls)
+    both = solve_teacher(denoiser, torch.cat([scoring, held]), accounts, grid)
+    p = scoring.shape[0]
+    teacher = Teacher(both.final[:p], both.grid, both.states[:, :p], both.calls)
+    held_teacher = both.final[p:]
     report(f"teacher: {accounts.spent} network calls")
     # keep the coefficients' run, the held-out runs and the fingerprint's probe call
     work = Budget(limit - checks - fitting - 1, accounts.calls)
@@ -315,17 +337,31 @@ def tune(
     scored = []
     refused: ValueError | None = None
     for name, spacing, times, start_options in starts:
-        objective = Objective(denoiser, name, start_options, nfe, calib, teacher.final, work, loss=loss)
+        objective = Objective(denoiser, name, start_options, nfe, scoring, teacher.final, work, loss=loss)
         try:
-            scored.append((objective.error(times), name, spacing, times, objective.best_rmse, start_options))
+            value = objective.error(times)
+            squares_of = cast(Tensor, objective.squares)  # each sample's, set by error()
+            scored.append((value, name, spacing, times, objective.best_rmse, start_options, squares_of))
         except ValueError as err:  # a solver whose plan on these times spends another NFE (checked before any call)
             refused = err
     if not scored:
         raise ValueError(f"nfe: no start configuration could run {nfe} evaluations; the last refusal: {refused}")
-    start_loss, start_solver, start_spacing, start_times, start_error, start_options = min(scored, key=lambda s: s[0])
+    scored.sort(key=lambda s: s[0])
+    start_loss, start_solver, start_spacing, start_times, start_error, start_options, squares = scored[0]
     report(f"{len(scored)} starts scored, best {start_solver} on {start_spacing}: {accounts.spent} calls")
+    if pool is not None:  # the stratified calibration batch, and the start's errors on it (from its run on the pool)
+        hard = flag_hard([s[-1].sqrt() for s in scored[:KEEP]])
+        index, weights = stratify(hard, b)
+        calib = scoring[index]
+        teacher = Teacher(teacher.final[index], teacher.grid, teacher.states[:, index], teacher.calls, weights)
+        on_batch = squares[index]
+        start_error = float(weighted_mean(on_batch, weights).sqrt())
+        start_loss = start_error if loss == "rmse" else float(weighted_mean(on_batch.sqrt(), weights))
+        report(f"stratified batch: {int(hard[index].sum())} of the pool's {int(hard.sum())} hard samples")
     solver_name = start_solver
-    objective = Objective(denoiser, solver_name, start_options, nfe, calib, teacher.final, work, loss=loss)
+    objective = Objective(
+        denoiser, solver_name, start_options, nfe, calib, teacher.final, work, loss=loss, weights=teacher.weights
+    )
     objective.best, objective.best_rmse = (start_loss, start_times), start_error
     options: dict[str, Any] = {}
     chosen = method
@@ -363,21 +399,23 @@ def tune(
         report(f"coefficients: {'fitted' if fit else 'not fitted'}, {accounts.spent} calls")
     # the held-out measurement of the result, its start and the default (the search's also on the calibration batch)
     calib_error = (
-        Objective(denoiser, solver_name, options, nfe, calib, teacher.final, accounts).error(times)
+        Objective(denoiser, solver_name, options, nfe, calib, teacher.final, accounts, weights=teacher.weights).error(
+            times
+        )
         if method == "search"
         else float(objective.best_rmse)
     )
     errors = {
         "calibration": calib_error,
-        "holdout": Objective(denoiser, solver_name, options, nfe, held, both.final[b:], accounts).error(times),
+        "holdout": Objective(denoiser, solver_name, options, nfe, held, held_teacher, accounts).error(times),
         "start_calibration": float(start_error),
-        "start_holdout": Objective(denoiser, start_solver, start_options, nfe, held, both.final[b:], accounts).error(
+        "start_holdout": Objective(denoiser, start_solver, start_options, nfe, held, held_teacher, accounts).error(
             start_times
         ),
     }
     if fit is not None:
         fit_options = {"coefficients": fit.rows}
-        fit_holdout = Objective(denoiser, "nonstationary", fit_options, nfe, held, both.final[b:], accounts)
+        fit_holdout = Objective(denoiser, "nonstationary", fit_options, nfe, held, held_teacher, accounts)
         errors["coefficients_holdout"] = fit_holdout.error(fit.times)
         if errors["coefficients_holdout"] < errors["holdout"]:  # kept only where it carries over to fresh noise
             solver_name, options, times, chosen = "nonstationary", fit_options, fit.times, f"{chosen} + coefficients"
@@ -386,7 +424,7 @@ def tune(
     default_steps = _spends(default_solver, nfe, denoiser)
     if default_steps is not None:
         default_times = model_times(sched, default_steps, default_spacing).numpy()
-        default_run = Objective(denoiser, default_solver, {}, nfe, held, both.final[b:], accounts)
+        default_run = Objective(denoiser, default_solver, {}, nfe, held, held_teacher, accounts)
         errors["default_holdout"] = default_run.error(default_times)
     report(f"held-out check: {accounts.spent} calls")
     if errors["holdout"] > errors["start_holdout"]:  # the optimum over-fitted the calibration batch: keep the start
@@ -415,6 +453,7 @@ def tune(
             "default_solver": default_solver,
             "default_spacing": default_spacing,
             **({"grown_from_nfe": start.nfe} if start is not None else {}),
+            **({"pool": p, "pool_hard": int(hard.sum())} if pool is not None else {}),
         },
         seed=seed,
     )

@@ -45,17 +45,29 @@ class Budget:
             raise BudgetExhausted(f"{n} more calls would exceed the budget of {self.limit} ({self.spent} spent)")
 
 
-def rmse(x: Tensor, y: Tensor) -> float:
-    """Root mean square difference over every entry."""
-    return float(torch.sqrt(torch.mean((x.to(torch.float64) - y.to(torch.float64)) ** 2)))
+def square_errors(x: Tensor, y: Tensor) -> Tensor:
+    """Each sample's mean square difference over its entries, (B,) float64."""
+    return (x.to(torch.float64) - y.to(torch.float64)).reshape(x.shape[0], -1).pow(2).mean(dim=1)
 
 
-def mean_distance(x: Tensor, y: Tensor) -> float:
+def weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """``sum_i w_i v_i`` with the weights of a stratified batch (they sum to 1), the plain mean without."""
+    return values.mean() if weights is None else (weights.to(values) * values).sum()
+
+
+def rmse(x: Tensor, y: Tensor, weights: Tensor | None = None) -> float:
+    """Root mean square difference over every entry: ``sqrt(sum_i w_i mean_j (x_ij - y_ij)^2)``, ``w_i = 1 / B``
+    without ``weights``."""
+    if weights is None:
+        return float(torch.sqrt(torch.mean((x.to(torch.float64) - y.to(torch.float64)) ** 2)))
+    return float(torch.sqrt(weighted_mean(square_errors(x, y), weights)))
+
+
+def mean_distance(x: Tensor, y: Tensor, weights: Tensor | None = None) -> float:
     """The mean over samples of the root mean square difference of each sample's entries: less swayed than
     :func:`rmse` by the few samples that land in another mode, which a handful of times cannot fix for every
     noise."""
-    diff = (x.to(torch.float64) - y.to(torch.float64)).reshape(x.shape[0], -1)
-    return float(torch.sqrt(torch.mean(diff**2, dim=1)).mean())
+    return float(weighted_mean(torch.sqrt(square_errors(x, y)), weights))
 
 
 LOSSES = {"rmse": rmse, "mean_distance": mean_distance}
@@ -78,6 +90,10 @@ class Objective:
     runs: int = 0
     loss: str = "rmse"
     best_rmse: float = math.inf
+    #: the per-sample weights of a stratified calibration batch (:func:`fewstep.tune.strata.stratify`), or None
+    weights: Tensor | None = None
+    #: each sample's mean square error in the last run (:func:`square_errors`)
+    squares: Tensor | None = None
 
     def run(self, times: np.ndarray, noise: Tensor | None = None) -> Tensor:
         """The solver's sample from ``noise`` (default: the calibration noise) at ``times``."""
@@ -95,10 +111,11 @@ class Objective:
     def error(self, times: np.ndarray) -> float:
         """RMSE against the teacher (inf for a non-finite sample)."""
         x = self.run(times)
-        value = LOSSES[self.loss](x, self.target)
+        self.squares = square_errors(x, self.target)
+        value = LOSSES[self.loss](x, self.target, self.weights)
         value = value if math.isfinite(value) else math.inf
         self.runs += 1
         if value < self.best[0]:
             self.best = (value, np.array(times, dtype=np.float64))
-            self.best_rmse = rmse(x, self.target)
+            self.best_rmse = rmse(x, self.target, self.weights)
         return value

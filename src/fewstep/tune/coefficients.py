@@ -90,15 +90,21 @@ def fitted(
     def state(k: int) -> Tensor:
         return coef[k, 0] * start + sum((coef[k, 1 + j] * d for j, d in enumerate(estimates)), torch.zeros(()))
 
+    # a stratified batch's weights (Teacher.weights) weigh each sample's entries in the least squares by sqrt(w_i B)
+    root = None if teacher.weights is None else (teacher.weights.to(torch.float64) * batch).sqrt()
+
+    def entries(v: Tensor) -> Tensor:
+        return (v if root is None else v * root.reshape(batch, *[1] * (v.ndim - 1))).reshape(-1)
+
     x = start
     with torch.no_grad():
         for k in range(n + 1):
             if k:
                 x = state(k)
             if k >= 2:
-                columns = torch.stack([scale[k] * (d - estimates[-1]).reshape(-1) for d in estimates[:-1]], dim=1)
+                columns = torch.stack([scale[k] * entries(d - estimates[-1]) for d in estimates[:-1]], dim=1)
                 target = teacher.final if k == n else teacher_state(teacher, float(form.times[k]))
-                residual = (target.to(torch.float64) - x).reshape(-1)
+                residual = entries(target.to(torch.float64) - x)
                 gram = columns.T @ columns
                 mu = RIDGE * torch.trace(gram) / gram.shape[0]
                 if bool(mu > 0) and bool(torch.isfinite(gram).all() and torch.isfinite(residual).all()):
@@ -111,4 +117,4 @@ def fitted(
             if k == n:
                 break
             estimates.append(stack.evaluate(x.to(noise.dtype), nodes.node(k))[0].to(torch.float64))
-    return FittedCoefficients(frame_free(coef, form.norms), form.times, rmse(x, teacher.final))
+    return FittedCoefficients(frame_free(coef, form.norms), form.times, rmse(x, teacher.final, teacher.weights))

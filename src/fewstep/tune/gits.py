@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..model import Denoiser
-from .budget import Budget
+from .budget import Budget, rmse
 from .teacher import Teacher
 
 
@@ -66,8 +66,8 @@ def jump_costs(denoiser: Denoiser, teacher: Teacher, budget: Budget) -> np.ndarr
             x0, eps = stack.evaluate(states[i], point)
             for j in range(i + 1, g):
                 jumped = alpha[j] * x0 + sigma[j] * eps  # DDIM: the state at g_j from the estimates at g_i
-                cost[i, j] = float(torch.sqrt(torch.mean((jumped - states[j]) ** 2)))
-            cost[i, g] = float(torch.sqrt(torch.mean((x0 - teacher.final) ** 2)))
+                cost[i, j] = rmse(jumped, states[j], teacher.weights)
+            cost[i, g] = rmse(x0, teacher.final, teacher.weights)
     return cost
 
 

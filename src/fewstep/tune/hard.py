@@ -12,6 +12,9 @@ teacher's from noise ``i``,
 The teacher is :func:`fewstep.tune.teacher.solve_teacher`'s (about ``3 grid`` calls); each probe, a fixed few-step
 configuration at the NFE to be tuned, spends ``nfe`` more (with ``probes=None`` every candidate runs: 52 on a VP
 schedule). A batched call is one call, so the pool's size costs time, not calls.
+
+:func:`fewstep.tune.strata.stratify` draws such a batch with the weights that keep its errors unbiased;
+``fewstep.tune(..., pool=...)`` does all of it with the tuning's own teacher and starts as the probes.
 """
 
 from __future__ import annotations
@@ -28,15 +31,11 @@ from ..prepare import as_denoiser
 from ..schedules import NoiseSchedule
 from ..spacing import Spacing, model_times
 from .budget import Budget
+from .strata import KEEP, flag_hard
 from .teacher import solve_teacher
 
 if TYPE_CHECKING:
     from ..guidance import GuidanceRule
-
-#: With ``probes=None``, the candidate probes are :func:`fewstep.tune`'s start solvers on every continuous spacing,
-#: scored against the teacher on the pool; the ``KEEP`` most accurate are the probes (a probe that is far off on
-#: every sample, as Karras sigmas at NFE 5 on the guided 2-D mixture, flags nothing).
-KEEP = 3
 
 
 def hard_samples(
@@ -107,12 +106,7 @@ def hard_samples(
         return torch.nan_to_num(distance, nan=math.inf)  # a diverged probe sample is a hard one
 
     runs = [distances(solver, spacing) for solver, spacing in chosen]
-    if probes is None:
-        runs = sorted(runs, key=lambda d: float(d.pow(2).mean()))[:KEEP]
-    hard = torch.zeros(noise.shape[0], dtype=torch.bool, device=noise.device)
-    for distance in runs:
-        hard |= distance > factor * distance.median()
-    return hard
+    return flag_hard(runs if probes is not None else sorted(runs, key=lambda d: float(d.pow(2).mean()))[:KEEP], factor)
 
 
 def _refusal(denoiser: Denoiser, nfe: int, solver: str, spacing: str | Spacing) -> str | None:

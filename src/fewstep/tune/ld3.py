@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .backprop import TimeDifferentiableRun
-from .budget import Budget, BudgetExhausted, Objective
+from .budget import Budget, BudgetExhausted, Objective, weighted_mean
 from .params import LogSNRIncrements
 
 #: LD3's slack radius ``r`` (module docstring), relative to ``sigma(t_max) sqrt(D)``.
@@ -46,13 +46,14 @@ LEARNING_RATE = 0.05
 CHECK_EVERY = 4
 
 
-def _loss(x: Tensor, target: Tensor, name: str) -> Tensor:
+def _loss(x: Tensor, target: Tensor, name: str, weights: Tensor | None = None) -> Tensor:
     """The objective's loss as a differentiable tensor: the mean square difference for ``"rmse"`` (the same
-    minimiser, a smoother derivative), the mean per-sample distance for ``"mean_distance"``."""
+    minimiser, a smoother derivative), the mean per-sample distance for ``"mean_distance"``; each sample weighted
+    by ``weights`` (a stratified batch's) where given."""
     square = (x.to(torch.float64) - target).reshape(x.shape[0], -1) ** 2
     if name == "mean_distance":
-        return torch.sqrt(square.mean(dim=1) + 1e-300).mean()
-    return square.mean()
+        return weighted_mean(torch.sqrt(square.mean(dim=1) + 1e-300), weights)
+    return square.mean() if weights is None else weighted_mean(square.mean(dim=1), weights)
 
 
 def learn_times(
@@ -90,7 +91,7 @@ def learn_times(
             steps += 1
             optimiser.zero_grad()
             x = run.run(params.free_times(z), (noise.to(torch.float64) + shift).to(noise.dtype))
-            loss = _loss(x, target, objective.loss)
+            loss = _loss(x, target, objective.loss, objective.weights)
             if not torch.isfinite(loss):
                 budget.calls.backward += nfe  # counted as spent: the budget stays an upper bound
                 break

@@ -42,7 +42,7 @@ from ..model.network import NonFiniteModelOutput
 from ..model.stack import Evaluation
 from ..schedules import NoiseSchedule
 from ..solvers.ode.per_step import ORDERS, PREDICTIONS, SCALES, StepChoice, as_choice
-from .budget import Budget
+from .budget import Budget, rmse
 from .teacher import Teacher
 
 SOLVER = "per_step"
@@ -132,6 +132,7 @@ class _Search:
     teacher: Tensor
     cache: ReuseCache
     runs: int = 0
+    weights: Tensor | None = None
 
     def error(self, choices: Sequence[StepChoice], times: np.ndarray) -> float:
         from ..sampling import sample  # the tuning package is imported by the sampling module's callers only
@@ -147,7 +148,7 @@ class _Search:
             return math.inf
         finally:
             self.runs += 1
-        err = float(torch.sqrt(torch.mean((out.double() - self.teacher.double()) ** 2)))
+        err = rmse(out, self.teacher, self.weights)
         return err if math.isfinite(err) else math.inf
 
 
@@ -174,7 +175,7 @@ def search_choices(
         nfe: the evaluations of one run: ``len(times)`` steps, the last to sigma = 0.
         noise: the calibration noise (the state at ``times[0]``), one batch.
         teacher: the teacher's final sample for ``noise`` (the exact or a high-NFE answer), same shape, or a
-            :class:`~fewstep.tune.teacher.Teacher` (its ``final``).
+            :class:`~fewstep.tune.teacher.Teacher` (its ``final``; its ``weights`` weigh each sample's error).
         times: the initial model-evaluation times (``nfe`` of them, decreasing).
         budget: the most network calls the search may make (one batched call on ``noise`` is one call), or a
             :class:`~fewstep.tune.budget.Budget`, whose count the search's calls then join (up to its limit).
@@ -201,14 +202,16 @@ def search_choices(
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < nfe:
         raise ValueError(f"budget: must be an integer of at least nfe = {nfe} network calls, got {budget!r}")
     if isinstance(teacher, Teacher):
-        teacher = teacher.final
+        weights, teacher = teacher.weights, teacher.final
+    else:
+        weights = None
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: must be an integer, got {seed!r}")
     if not isinstance(noise, Tensor) or not isinstance(teacher, Tensor) or noise.shape != teacher.shape:
         raise ValueError("noise, teacher: need two tensors of the same shape (the teacher's answer for the noise)")
     t = _check_times(times, nfe, schedule)
     calls = calls if calls is not None else CallCount()
-    search = _Search(denoiser, noise, teacher, ReuseCache(calls, calls.nfe + budget))
+    search = _Search(denoiser, noise, teacher, ReuseCache(calls, calls.nfe + budget), weights=weights)
     rng = np.random.default_rng(seed)
     finite = [float(schedule.alpha(float(t[0]))) > 0.0, *[True] * (nfe - 2), False]  # the last step ends at sigma = 0
     options = _distinct_choices(nfe, finite)

@@ -25,12 +25,15 @@ TEACHER_SOLVER = "dpm_solver_3"
 @dataclass(frozen=True)
 class Teacher:
     """``final``: the teacher's samples; ``grid`` (G,) times and ``states`` (G, *noise.shape) the trajectory at
-    them (``states[0]`` is the noise); ``calls`` the network calls it spent."""
+    them (``states[0]`` is the noise); ``calls`` the network calls it spent; ``weights``: the samples' weights in
+    every error measured against it where the noise is a stratified batch (:func:`fewstep.tune.strata.stratify`;
+    they sum to 1), None for equal weights."""
 
     final: Tensor
     grid: np.ndarray
     states: Tensor
     calls: int
+    weights: Tensor | None = None
 
     def describe(self) -> dict[str, Any]:
         """What the teacher was, for :class:`~fewstep.tune.TunedSampler`."""
