@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_tune import CountingModel  # the same mixture's exact network, counting its calls
 
 import fewstep
 from fewstep.bench.targets import mixture_2d, reference_solution
@@ -118,15 +119,6 @@ def test_every_optimisers_error_weighs_the_samples(four: dict[str, Any]) -> None
 
 
 # --------------------------------------------------------------------------------------------- tune(..., pool=)
-
-
-class CountingModel:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return MODEL(x, t)
 
 
 @pytest.mark.parametrize("method", ["dmn", "gits", "ld3", "auto"])
