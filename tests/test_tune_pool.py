@@ -69,6 +69,8 @@ def test_flag_hard_is_the_union_over_the_probes() -> None:
     b = torch.tensor([2.0, 30.0, 2.0, 2.0, 2.0])
     assert flag_hard([a, b]).tolist() == [False, True, False, True, False]
     assert flag_hard([a, b], factor=40.0).tolist() == [False, False, False, True, False]
+    diverged = torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0])
+    assert flag_hard([diverged]).tolist() == [False, True, False, False, False]
 
 
 # ------------------------------------------------------------------------------------------------ weighted errors

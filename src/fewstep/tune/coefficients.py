@@ -91,7 +91,7 @@ def fitted(
         return coef[k, 0] * start + sum((coef[k, 1 + j] * d for j, d in enumerate(estimates)), torch.zeros(()))
 
     # a stratified batch's weights (Teacher.weights) weigh each sample's entries in the least squares by sqrt(w_i B)
-    root = None if teacher.weights is None else (teacher.weights.to(torch.float64) * batch).sqrt()
+    root = None if teacher.weights is None else (teacher.weights.to(device, torch.float64) * batch).sqrt()
 
     def entries(v: Tensor) -> Tensor:
         return (v if root is None else v * root.reshape(batch, *[1] * (v.ndim - 1))).reshape(-1)

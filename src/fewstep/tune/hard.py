@@ -103,7 +103,7 @@ def hard_samples(
         with torch.no_grad():
             x = sample(denoiser, noise, solver=solver, nfe=nfe, spacing=spacing, progress=False)
         distance = (x - teacher).to(torch.float64).flatten(1).pow(2).mean(1).sqrt()
-        return torch.nan_to_num(distance, nan=math.inf)  # a diverged probe sample is a hard one
+        return torch.nan_to_num(distance, nan=math.inf)  # a diverged probe sample is a hard one (and ranks last)
 
     runs = [distances(solver, spacing) for solver, spacing in chosen]
     return flag_hard(runs if probes is not None else sorted(runs, key=lambda d: float(d.pow(2).mean()))[:KEEP], factor)

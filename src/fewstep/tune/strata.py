@@ -13,6 +13,7 @@ of the pool over the stratum's count in the batch, so that a weighted error on i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -31,6 +32,7 @@ def flag_hard(distances: Sequence[Tensor], factor: float = 10.0) -> Tensor:
     docstring), a (B,) bool mask."""
     hard = torch.zeros(distances[0].shape[0], dtype=torch.bool, device=distances[0].device)
     for distance in distances:
+        distance = torch.nan_to_num(distance, nan=math.inf)  # a diverged sample is a hard one
         hard |= distance > factor * distance.median()
     return hard
 
@@ -54,7 +56,7 @@ def stratify(hard: Tensor, size: int, share: float = HARD_SHARE) -> tuple[Tensor
     m_hard = size - m_easy  # a pool short of easy samples gives the rest of the batch to hard ones
     index = torch.cat([where_hard[:m_hard], where_easy[:m_easy]])
     weights = torch.cat([
-        torch.full((m_hard,), len(where_hard) / pool / max(m_hard, 1), dtype=torch.float64),
-        torch.full((m_easy,), len(where_easy) / pool / max(m_easy, 1), dtype=torch.float64),
+        torch.full((m_hard,), len(where_hard) / pool / max(m_hard, 1), dtype=torch.float64, device=hard.device),
+        torch.full((m_easy,), len(where_easy) / pool / max(m_easy, 1), dtype=torch.float64, device=hard.device),
     ])  # fmt: skip
     return index, weights
