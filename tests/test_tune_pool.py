@@ -13,7 +13,7 @@ from test_tune import CountingModel  # the same mixture's exact network, countin
 import fewstep
 from fewstep.bench.targets import mixture_2d, reference_solution
 from fewstep.model import Denoiser
-from fewstep.tune.budget import Budget, Objective, mean_distance, rmse
+from fewstep.tune.budget import Budget, Objective, mean_distance_of, rmse, square_errors
 from fewstep.tune.coefficients import fitted
 from fewstep.tune.gits import jump_costs
 from fewstep.tune.search import search_choices
@@ -76,8 +76,13 @@ def test_flag_hard_is_the_union_over_the_probes() -> None:
 # ------------------------------------------------------------------------------------------------ weighted errors
 
 
+def mean_distance(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    return mean_distance_of(square_errors(x, y), weights)
+
+
 def test_weighted_losses_reduce_to_the_weighted_samples() -> None:
     x, y = torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), torch.zeros(6, 3)
+    assert rmse(x, y) == pytest.approx(float(torch.sqrt(torch.mean((x - y).double() ** 2))), rel=1e-12)
     one_hot = torch.zeros(6, dtype=torch.float64)
     one_hot[2] = 1.0
     assert rmse(x, y, one_hot) == pytest.approx(rmse(x[2:3], y[2:3]), rel=1e-12)

@@ -26,7 +26,7 @@ from ..schedules import NoiseSchedule
 from ..solvers import available, get_solver
 from ..spacing import DISCRETE_SPACINGS, SPACINGS, model_times
 from .backprop import check_backprop
-from .budget import Budget, BudgetExhausted, Objective, weighted_mean
+from .budget import LOSSES, Budget, BudgetExhausted, Objective, rmse_of
 from .coefficients import fitted
 from .dmn import nelder_mead
 from .gits import gits_times
@@ -354,9 +354,7 @@ def tune(
         index, weights = stratify(hard, b)
         calib = scoring[index]
         teacher = Teacher(teacher.final[index], teacher.grid, teacher.states[:, index], teacher.calls, weights)
-        on_batch = squares[index]
-        start_error = float(weighted_mean(on_batch, weights).sqrt())
-        start_loss = start_error if loss == "rmse" else float(weighted_mean(on_batch.sqrt(), weights))
+        start_error, start_loss = rmse_of(squares[index], weights), LOSSES[loss](squares[index], weights)
         report(f"stratified batch: {int(hard[index].sum())} of the pool's {int(hard.sum())} hard samples")
     solver_name = start_solver
     objective = Objective(

@@ -55,22 +55,26 @@ def weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
     return values.mean() if weights is None else (weights.to(values) * values).sum()
 
 
+def rmse_of(squares: Tensor, weights: Tensor | None = None) -> float:
+    """The RMSE from each sample's mean square error (:func:`square_errors`): ``sqrt(sum_i w_i squares_i)``,
+    ``w_i = 1 / B`` without ``weights``."""
+    return float(torch.sqrt(weighted_mean(squares, weights)))
+
+
+def mean_distance_of(squares: Tensor, weights: Tensor | None = None) -> float:
+    """The mean over samples of each sample's RMS difference, ``sum_i w_i sqrt(squares_i)``: less swayed than the
+    RMSE by the few samples that land in another mode, which a handful of times cannot fix for every noise."""
+    return float(weighted_mean(torch.sqrt(squares), weights))
+
+
 def rmse(x: Tensor, y: Tensor, weights: Tensor | None = None) -> float:
-    """Root mean square difference over every entry: ``sqrt(sum_i w_i mean_j (x_ij - y_ij)^2)``, ``w_i = 1 / B``
-    without ``weights``."""
-    if weights is None:
-        return float(torch.sqrt(torch.mean((x.to(torch.float64) - y.to(torch.float64)) ** 2)))
-    return float(torch.sqrt(weighted_mean(square_errors(x, y), weights)))
+    """Root mean square difference over every entry, each sample weighted by ``weights`` where given
+    (:func:`rmse_of`)."""
+    return rmse_of(square_errors(x, y), weights)
 
 
-def mean_distance(x: Tensor, y: Tensor, weights: Tensor | None = None) -> float:
-    """The mean over samples of the root mean square difference of each sample's entries: less swayed than
-    :func:`rmse` by the few samples that land in another mode, which a handful of times cannot fix for every
-    noise."""
-    return float(weighted_mean(torch.sqrt(square_errors(x, y)), weights))
-
-
-LOSSES = {"rmse": rmse, "mean_distance": mean_distance}
+#: The losses the optimisers may minimise, each of the per-sample mean square errors and the weights.
+LOSSES = {"rmse": rmse_of, "mean_distance": mean_distance_of}
 
 
 @dataclass
@@ -109,13 +113,12 @@ class Objective:
             )  # fmt: skip
 
     def error(self, times: np.ndarray) -> float:
-        """RMSE against the teacher (inf for a non-finite sample)."""
-        x = self.run(times)
-        self.squares = square_errors(x, self.target)
-        value = LOSSES[self.loss](x, self.target, self.weights)
+        """The loss against the teacher (inf for a non-finite sample)."""
+        self.squares = square_errors(self.run(times), self.target)
+        value = LOSSES[self.loss](self.squares, self.weights)
         value = value if math.isfinite(value) else math.inf
         self.runs += 1
         if value < self.best[0]:
             self.best = (value, np.array(times, dtype=np.float64))
-            self.best_rmse = rmse(x, self.target, self.weights)
+            self.best_rmse = rmse_of(self.squares, self.weights)
         return value

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .backprop import TimeDifferentiableRun
-from .budget import Budget, BudgetExhausted, Objective, weighted_mean
+from .budget import Budget, BudgetExhausted, Objective, square_errors, weighted_mean
 from .params import LogSNRIncrements
 
 #: LD3's slack radius ``r`` (module docstring), relative to ``sigma(t_max) sqrt(D)``.
@@ -50,10 +50,10 @@ def _loss(x: Tensor, target: Tensor, name: str, weights: Tensor | None = None) -
     """The objective's loss as a differentiable tensor: the mean square difference for ``"rmse"`` (the same
     minimiser, a smoother derivative), the mean per-sample distance for ``"mean_distance"``; each sample weighted
     by ``weights`` (a stratified batch's) where given."""
-    square = (x.to(torch.float64) - target).reshape(x.shape[0], -1) ** 2
+    squares = square_errors(x, target)
     if name == "mean_distance":
-        return weighted_mean(torch.sqrt(square.mean(dim=1) + 1e-300), weights)
-    return square.mean() if weights is None else weighted_mean(square.mean(dim=1), weights)
+        return weighted_mean(torch.sqrt(squares + 1e-300), weights)
+    return weighted_mean(squares, weights)
 
 
 def learn_times(

@@ -51,9 +51,9 @@ def stratify(hard: Tensor, size: int, share: float = HARD_SHARE) -> tuple[Tensor
         raise ValueError(f"size: the batch must hold between 2 and the pool's {pool} samples, got {size!r}")
     where_hard = torch.nonzero(hard, as_tuple=True)[0]
     where_easy = torch.nonzero(~hard, as_tuple=True)[0]
-    m_hard = min(len(where_hard), round(share * size))
-    m_easy = min(len(where_easy), size - m_hard)
-    m_hard = size - m_easy  # a pool short of easy samples gives the rest of the batch to hard ones
+    # the easy ones fill what the hard ones' share leaves; a pool short of easy samples gives the rest to hard ones
+    m_easy = min(len(where_easy), size - min(len(where_hard), round(share * size)))
+    m_hard = size - m_easy
     index = torch.cat([where_hard[:m_hard], where_easy[:m_easy]])
     weights = torch.cat([
         torch.full((m_hard,), len(where_hard) / pool / max(m_hard, 1), dtype=torch.float64, device=hard.device),
