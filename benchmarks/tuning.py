@@ -18,7 +18,8 @@ where this fewstep has it, the learned digits UNet) on its VP schedule, and each
   noise, the ratio to the best fixed one, its network calls and seconds. ``coefficients`` is ``auto`` with
   ``coefficients=True``; ``stratified`` is that on a stratified batch of 2,048 drawn from a pool of 16,384
   (``pool=``; 1,024 from 4,096 on the digits mixture, whose calls on large batches are the slowest), with 2,048
-  (1,024) held-out samples in the tuning.
+  (1,024) held-out samples in the tuning; ``refined`` is ``stratified`` with ``coefficients="refine"`` (the fitted
+  weights moved end to end through the network; docs/tuning.md measures it with ``--budget 4000``).
 
 The measurements go to ``benchmarks/results/tuning.json`` (or ``--results``; resumed from: ``--fresh`` starts over)
 and the table, with the cells of every other ``benchmarks/results/tuning*.json``, into docs/tuning.md between its
@@ -51,8 +52,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "tuning.json"
 DOC = ROOT / "docs" / "tuning.md"
 NFES = (5, 6, 8, 10)
 #: ``coefficients``: ``auto`` with ``coefficients=True`` (the fitted non-stationary form of its result);
-#: ``stratified``: ``coefficients`` on a stratified calibration batch drawn from a pool (``pool=``, docs/tuning.md)
-METHODS = ("auto", "gits", "dmn", "ld3", "coefficients", "stratified")
+#: ``stratified``: ``coefficients`` on a stratified calibration batch drawn from a pool (``pool=``, docs/tuning.md);
+#: ``refined``: that with ``coefficients="refine"``
+METHODS = ("auto", "gits", "dmn", "ld3", "coefficients", "stratified", "refined")
 TARGETS = ("default", "nd64", "digits", "learned", "digits_unet")
 HELD_OUT = 1024
 #: targets whose reference is costly: at most this many held-out samples
@@ -133,13 +135,13 @@ def measure(
         for method in methods:
             start = time.perf_counter()
             batches: dict[str, Any] = {"calibration": calibration, "holdout": calibration}
-            if method == "stratified":
+            if method in ("stratified", "refined"):
                 pool, size = POOL_COSTLY.get(name, (POOL, POOL_CALIBRATION))
                 batches = {"pool": pool, "calibration": size, "holdout": size}
             tuned = fewstep.tune(
                 case["model"], schedule, nfe=nfe, shape=(case["dim"],), budget=budget, prediction=case["prediction"],
-                method="auto" if method in ("coefficients", "stratified") else method, seed=0,
-                coefficients=method in ("coefficients", "stratified"), **batches,
+                method="auto" if method in ("coefficients", "stratified", "refined") else method, seed=0,
+                coefficients="refine" if method == "refined" else method in ("coefficients", "stratified"), **batches,
             )  # fmt: skip
             seconds = time.perf_counter() - start
             x = fewstep.sample(case["model"], noise, schedule, solver=tuned, prediction=case["prediction"])

@@ -184,8 +184,10 @@ def test_tune_keeps_the_coefficients_only_where_they_are_better_held_out(pair: t
     if fit.solver == "nonstationary":
         assert fit.method.endswith("+ coefficients")
         assert fit.errors["holdout"] == fit.errors["coefficients_holdout"] < plain.errors["holdout"]
-    with pytest.raises(TypeError, match="coefficients"):
-        fewstep.tune(MODEL, SCHEDULE, nfe=6, coefficients="yes", **QUICK)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="coefficients: choose True, False or 'refine', got 'yes'"):
+        fewstep.tune(MODEL, SCHEDULE, nfe=6, coefficients="yes", **QUICK)
+    with pytest.raises(TypeError, match="coefficients: must be True, False or 'refine', got int"):
+        fewstep.tune(MODEL, SCHEDULE, nfe=6, coefficients=1, **QUICK)  # type: ignore[arg-type]
 
 
 def test_a_fitted_sampler_saves_spends_its_nfe_and_beats_the_plain_one(

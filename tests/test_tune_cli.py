@@ -46,6 +46,16 @@ def test_coefficients_flag_fits_and_reports_them(tmp_path: Path) -> None:
     assert "coefficients_holdout" in tuned.errors and tuned.calls <= 800
 
 
+def test_refine_coefficients_flag_refines_them(tmp_path: Path) -> None:
+    out = tmp_path / "refined.json"
+    args = ["tune", "--nfe", "5", "--method", "dmn", "--refine-coefficients", "--budget", "800", "--calibration", "64"]
+    result = CliRunner().invoke(main, [*args, "--holdout", "64", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "coefficients: fitted" in result.output and "coefficients refined: " in result.output
+    tuned = fewstep.TunedSampler.load(out)
+    assert "coefficients_holdout" in tuned.errors and tuned.calls <= 800
+
+
 def test_pool_draws_a_stratified_calibration_batch(tmp_path: Path) -> None:
     out = tmp_path / "pool.json"
     args = ["tune", "--nfe", "5", "--method", "dmn", "--pool", "256", "--budget", "800", "--calibration", "64"]

@@ -65,6 +65,12 @@ METHODS = ("auto", "gits", "dmn", "ld3", "search")
     "them on the held-out noise; kept only where better there).",
 )
 @click.option(
+    "--refine-coefficients",
+    is_flag=True,
+    help="Fit the weights as --coefficients does, then move them all by gradient descent on the output's error "
+    "through the network (half the budget kept for it: give twice the budget; kept only where better on the held-out noise).",
+)
+@click.option(
     "--start",
     "start_path",
     default=None,
@@ -88,6 +94,7 @@ def tune(
     seed: int,
     loss: str,
     coefficients: bool,
+    refine_coefficients: bool,
     start_path: str | None,
     out: str,
 ) -> None:
@@ -133,7 +140,7 @@ def tune(
             seed=seed,
             progress=True,
             loss=loss,
-            coefficients=coefficients,
+            coefficients="refine" if refine_coefficients else coefficients,
             start=start,
             pool=pool,
         )

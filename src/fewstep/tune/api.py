@@ -27,7 +27,7 @@ from ..solvers import available, get_solver
 from ..spacing import DISCRETE_SPACINGS, SPACINGS, model_times
 from .backprop import check_backprop
 from .budget import LOSSES, Budget, BudgetExhausted, Objective, rmse_of
-from .coefficients import fitted
+from .coefficients import fitted, refined
 from .dmn import nelder_mead
 from .gits import gits_times
 from .grow import GROWN_SOLVER, check_start, grown_starts
@@ -51,6 +51,11 @@ RMSE_FROM = 256
 #: What ``method="auto"`` runs after GITS, from the better of GITS's times and the best fixed spacing (measured in
 #: docs/tuning.md).
 AUTO_REFINE = "dmn"
+
+#: ``coefficients="refine"``: the share of the calls that the teacher and the starts leave, kept from the method for
+#: the end-to-end refinement of the fitted rows (:func:`fewstep.tune.coefficients.refined`; it also takes what the
+#: method leaves).
+REFINE_SHARE = 0.5
 
 #: The methods of :func:`tune`.
 METHODS = ("auto", "gits", "dmn", "ld3", "search")
@@ -214,7 +219,7 @@ def tune(
     grid: int = 100,
     progress: bool = False,
     loss: str = "auto",
-    coefficients: bool = False,
+    coefficients: bool | str = False,
     start: TunedSampler | None = None,
     pool: Tensor | int | None = None,
 ) -> TunedSampler:
@@ -246,6 +251,11 @@ def tune(
         loss: what the optimisers minimise against the teacher: ``"rmse"``, ``"mean_distance"`` (the mean over
             samples of each sample's RMS error), or ``"auto"``: the RMSE from :data:`RMSE_FROM` calibration samples
             on, else the mean distance. The reported errors are RMSEs whatever the loss.
+        coefficients: True: rewrite the result as a non-stationary linear solver and fit its weights, step by step,
+            to the teacher's trajectory (:func:`fewstep.tune.coefficients.fitted`, ``nfe`` calls); ``"refine"``: then
+            move them end to end by gradient descent on the output's error through the network
+            (:func:`~fewstep.tune.coefficients.refined`, with :data:`REFINE_SHARE` of the calls the teacher and the
+            starts leave). Either is kept only where the held-out error is lower.
         start: a per-step sampler tuned for this model and schedule at fewer evaluations (``method="auto"`` or
             ``"search"`` with ``solver=None``) to grow to ``nfe``: every way of splitting its steps
             (:mod:`fewstep.tune.grow`) is scored on the calibration batch instead of the fixed configurations, and the
@@ -273,8 +283,10 @@ def tune(
     limit = _positive_int("budget", budget)
     seed = _positive_int("seed", seed, 0)
     grid = _positive_int("grid", grid, 2)
-    if not isinstance(coefficients, bool):
-        raise TypeError(f"coefficients: must be True or False, got {coefficients!r}")
+    if isinstance(coefficients, str) and coefficients != "refine":
+        raise ValueError(f"coefficients: choose True, False or 'refine', got {coefficients!r}")
+    if not isinstance(coefficients, bool | str):
+        raise TypeError(f"coefficients: must be True, False or 'refine', got {type(coefficients).__name__}")
     if solver is not None and not isinstance(solver, str):
         raise TypeError(f"solver: must be a solver name or None, got {type(solver).__name__}")
     if start is not None and (method not in ("auto", "search") or solver is not None):
@@ -356,6 +368,8 @@ def tune(
         teacher = Teacher(teacher.final[index], teacher.grid, teacher.states[:, index], teacher.calls, weights)
         start_error, start_loss = rmse_of(squares[index], weights), LOSSES[loss](squares[index], weights)
         report(f"stratified batch: {int(hard[index].sum())} of the pool's {int(hard.sum())} hard samples")
+    if coefficients == "refine":  # the refinement's share of what the teacher and the starts leave
+        work.limit -= min(int(REFINE_SHARE * work.left), max(0, work.left - nfe))  # the method keeps a run
     solver_name = start_solver
     objective = Objective(
         denoiser, solver_name, start_options, nfe, calib, teacher.final, work, loss=loss, weights=teacher.weights
@@ -388,13 +402,17 @@ def tune(
         chosen = f"gits+{AUTO_REFINE}" if method == "auto" else method
 
     report(f"{chosen}: {accounts.spent} calls")
-    fit = None
+    fit, refined_note = None, ""
     if coefficients:
         try:
             fit = fitted(denoiser, solver_name, options, times, calib, teacher, Budget(limit - checks - 1, work.calls))
         except BudgetExhausted:
             pass
         report(f"coefficients: {'fitted' if fit else 'not fitted'}, {accounts.spent} calls")
+        if fit is not None and coefficients == "refine":
+            moved, steps = refined(denoiser, fit, calib, teacher, Budget(limit - checks - 1, work.calls))
+            fit, refined_note = moved, " refined" if moved is not fit else ""
+            report(f"coefficients refined: {steps} steps, {accounts.spent} calls")
     # the held-out measurement of the result, its start and the default (the search's also on the calibration batch)
     calib_error = (
         Objective(denoiser, solver_name, options, nfe, calib, teacher.final, accounts, weights=teacher.weights).error(
@@ -416,7 +434,8 @@ def tune(
         fit_holdout = Objective(denoiser, "nonstationary", fit_options, nfe, held, held_teacher, accounts)
         errors["coefficients_holdout"] = fit_holdout.error(fit.times)
         if errors["coefficients_holdout"] < errors["holdout"]:  # kept only where it carries over to fresh noise
-            solver_name, options, times, chosen = "nonstationary", fit_options, fit.times, f"{chosen} + coefficients"
+            solver_name, options, times = "nonstationary", fit_options, fit.times
+            chosen = f"{chosen} +{refined_note} coefficients"
             errors["calibration"], errors["holdout"] = fit.calibration, errors["coefficients_holdout"]
     default_solver, default_spacing = default_solver_and_spacing(sched, nfe)
     default_steps = _spends(default_solver, nfe, denoiser)

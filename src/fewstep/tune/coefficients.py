@@ -18,6 +18,18 @@ with ``F`` the columns ``a_k (D_j - D_{k-1})``. The run spends the sampler's ``n
 returns the rows and the calibration RMSE of the fitted sampler's output. Greedy, and each least-squares problem
 has at most N - 1 unknowns against every entry of the calibration batch, so it does not over-fit a batch of a few
 hundred samples; :func:`fewstep.tune` keeps it only if it is also better on the held-out noise.
+
+:func:`refined` then moves every row end to end, as Shaul et al. 2024 train a bespoke non-stationary solver (here on
+the calibration batch, within the tuning's budget): with ``r_k`` the frame-free rows, ``n = alpha + sigma`` and the
+run ``x_k = r_k[0] (n_k / n_0) x_T + sum_{j<k} r_k[1 + j] n_k D_j(x_j)``, Adam minimises
+
+    L(r) = sum_i w_i ||x_N(r; x_T,i) - x*_i||^2 / d
+
+(``w_i = 1 / B`` without a stratified batch's weights, ``d`` one sample's size), its gradient through the network's
+answers ``D_j`` by autograd. Where the network's output has no gradient in its input (a network that detaches it, as
+the embedded exact mixtures do), the gradient holds the answers fixed; every step's loss is still that of a real
+run, and the lowest is kept. The greedy fit matches each state to the teacher's; this minimises the error of the
+output alone, which is what is measured.
 """
 
 from __future__ import annotations
@@ -33,11 +45,15 @@ from ..model import Denoiser
 from ..nodes import NodeTable
 from ..solvers import get_solver
 from ..solvers.linear_form import frame_free, linear_form
-from .budget import Budget, rmse
+from .budget import Budget, BudgetExhausted, rmse, square_errors, weighted_mean
 from .teacher import Teacher
 
 #: The ridge weight ``mu`` relative to the mean diagonal of ``F^T F`` (module docstring).
 RIDGE = 1e-3
+
+#: :func:`refined`: Adam's learning rate on the frame-free rows (their entries are of order one), decayed to 0 on a
+#: cosine over the steps its budget allows.
+LEARNING_RATE = 1e-3
 
 #: The teacher's grid states the interpolation at a request time uses (a cubic through the nearest four).
 INTERPOLATION_POINTS = 4
@@ -118,3 +134,68 @@ def fitted(
                 break
             estimates.append(stack.evaluate(x.to(noise.dtype), nodes.node(k))[0].to(torch.float64))
     return FittedCoefficients(frame_free(coef, form.norms), form.times, rmse(x, teacher.final, teacher.weights))
+
+
+def refined(
+    denoiser: Denoiser,
+    fit: FittedCoefficients,
+    noise: Tensor,
+    teacher: Teacher,
+    budget: Budget,
+    lr: float | None = None,
+) -> tuple[FittedCoefficients, int]:
+    """``fit``'s rows moved end to end by Adam on the output's error against the teacher (module docstring), until
+    the ``budget`` is spent: each step is one run (``nfe`` calls) and its backward pass (``nfe``), and a last run
+    scores the last rows. Returns the rows of the lowest calibration loss seen (``fit`` itself when none is lower or
+    the run is not finite) and the Adam steps taken."""
+    lr = LEARNING_RATE if lr is None else float(lr)
+    n = len(fit.times)
+    batch, device, dtype = noise.shape[0], noise.device, noise.dtype
+    nodes = NodeTable.build(denoiser, np.concatenate([fit.times, [np.nan]]), True, batch, device, dtype)
+    norms = (nodes.alpha + nodes.sigma).tolist()
+    rows = [torch.tensor(r, dtype=torch.float64, device=device, requires_grad=True) for r in fit.rows]
+    optimiser = torch.optim.Adam(rows, lr=lr)
+    stack = denoiser.stack(budget.calls, False)
+    start, target = noise.to(torch.float64), teacher.final.to(device, torch.float64)
+    weights = None if teacher.weights is None else teacher.weights.to(device, torch.float64)
+    best = (fit.calibration**2, fit.rows)
+    total = max(1, (budget.left - n) // (2 * n))  # the steps the budget allows, keeping the last score
+
+    def loss() -> Tensor:
+        x, estimates = start, []
+        for k in range(n):  # x_{k+1} = r[0] (n_{k+1} / n_0) x_T + sum_j r[1 + j] n_{k+1} D_j
+            estimates.append(stack.evaluate(x.to(dtype), nodes.node(k))[0].to(torch.float64))
+            r, norm = rows[k], norms[k + 1]
+            x = r[0] * (norm / norms[0]) * start + sum(r[1 + j] * norm * d for j, d in enumerate(estimates))
+        return weighted_mean(square_errors(x, target), weights)
+
+    def keep(value: float) -> None:
+        nonlocal best
+        if value < best[0]:
+            best = (value, [r.detach().cpu().tolist() for r in rows])
+
+    steps = 0
+    try:
+        while steps < total:
+            budget.reserve(3 * n)  # this step and the last score
+            for group in optimiser.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * steps / total))  # cosine decay
+            optimiser.zero_grad()
+            value = loss()
+            if not bool(torch.isfinite(value)):  # diverged
+                break
+            keep(float(value.detach()))
+            value.backward()
+            budget.calls.backward += n
+            optimiser.step()
+            steps += 1
+        if steps:
+            with torch.no_grad():
+                value = loss()
+            if bool(torch.isfinite(value)):
+                keep(float(value))
+    except BudgetExhausted:
+        pass
+    if best[1] is fit.rows:
+        return fit, steps
+    return FittedCoefficients(best[1], fit.times, math.sqrt(best[0])), steps
