@@ -45,6 +45,7 @@ from ..model import Denoiser
 from ..nodes import NodeTable
 from ..solvers import get_solver
 from ..solvers.linear_form import frame_free, linear_form
+from ..solvers.ode.nonstationary import in_frame
 from .budget import Budget, BudgetExhausted, rmse, square_errors, weighted_mean
 from .teacher import Teacher
 
@@ -152,21 +153,20 @@ def refined(
     n = len(fit.times)
     batch, device, dtype = noise.shape[0], noise.device, noise.dtype
     nodes = NodeTable.build(denoiser, np.concatenate([fit.times, [np.nan]]), True, batch, device, dtype)
-    norms = (nodes.alpha + nodes.sigma).tolist()
+    norms = (nodes.alpha + nodes.sigma).tolist()  # alpha + sigma at the nodes, for the frame-free rows
     rows = [torch.tensor(r, dtype=torch.float64, device=device, requires_grad=True) for r in fit.rows]
     optimiser = torch.optim.Adam(rows, lr=lr)
     stack = denoiser.stack(budget.calls, False)
     start, target = noise.to(torch.float64), teacher.final.to(device, torch.float64)
     weights = None if teacher.weights is None else teacher.weights.to(device, torch.float64)
-    best = (fit.calibration**2, fit.rows)
+    best = (math.inf, fit.rows)  # the first run's loss is the fitted rows' own
     total = max(1, (budget.left - n) // (2 * n))  # the steps the budget allows, keeping the last score
 
     def loss() -> Tensor:
         x, estimates = start, []
-        for k in range(n):  # x_{k+1} = r[0] (n_{k+1} / n_0) x_T + sum_j r[1 + j] n_{k+1} D_j
+        for k, row in enumerate(in_frame(rows, norms)):  # x_{k+1} = row[0] x_T + sum_j row[1 + j] D_j
             estimates.append(stack.evaluate(x.to(dtype), nodes.node(k))[0].to(torch.float64))
-            r, norm = rows[k], norms[k + 1]
-            x = r[0] * (norm / norms[0]) * start + sum(r[1 + j] * norm * d for j, d in enumerate(estimates))
+            x = row[0] * start + sum(c * d for c, d in zip(row[1:], estimates, strict=True))
         return weighted_mean(square_errors(x, target), weights)
 
     def keep(value: float) -> None:
@@ -184,7 +184,10 @@ def refined(
             value = loss()
             if not bool(torch.isfinite(value)):  # diverged
                 break
-            keep(float(value.detach()))
+            if steps:
+                keep(float(value.detach()))
+            else:
+                best = (float(value.detach()), fit.rows)
             value.backward()
             budget.calls.backward += n
             optimiser.step()
@@ -196,6 +199,6 @@ def refined(
                 keep(float(value))
     except BudgetExhausted:
         pass
-    if best[1] is fit.rows:
+    if best[1] is fit.rows:  # nothing lower than the fitted rows' own loss
         return fit, steps
     return FittedCoefficients(best[1], fit.times, math.sqrt(best[0])), steps

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -60,6 +61,13 @@ def check_coefficients(coefficients: object) -> tuple[tuple[float, ...], ...]:
     return tuple(rows)
 
 
+def in_frame(rows: Sequence[Any], norms: Sequence[float]) -> list[tuple[Any, ...]]:
+    """Frame-free rows ``c_1 .. c_N`` in the schedule's frame of the nodes whose ``alpha + sigma`` are ``norms``:
+    ``x_k = c_k[0] (n_k / n_0) x_T + sum_j c_k[1 + j] n_k D_j``. A row is a sequence of numbers, or a 1-D tensor that
+    autograd follows (:func:`fewstep.tune.coefficients.refined`)."""
+    return [(row[0] * norms[k] / norms[0], *(c * norms[k] for c in row[1:])) for k, row in enumerate(rows, start=1)]
+
+
 @register
 class Nonstationary(Solver):
     """``x_k / n_k = c_k[0] x_T / n_0 + sum_{j<k} c_k[1 + j] D_j`` with fitted rows ``c_k`` (module docstring)."""
@@ -88,11 +96,7 @@ class Nonstationary(Solver):
 
     def plan(self, nodes: NodeTable) -> list[tuple[float, ...]]:
         """Row k in the schedule's frame: ``x_k = c_k[0] (n_k / n_0) x_T + sum_j c_k[1 + j] n_k D_j``."""
-        norms = (nodes.alpha + nodes.sigma).tolist()
-        return [
-            (row[0] * norms[k] / norms[0], *(c * norms[k] for c in row[1:]))
-            for k, row in enumerate(self.rows(nodes), start=1)
-        ]
+        return in_frame(self.rows(nodes), (nodes.alpha + nodes.sigma).tolist())
 
     def solve(self, x: Tensor, nodes: NodeTable, ctx: RunContext) -> Steps:
         plan = nodes.remember(self, "plan", lambda: self.plan(nodes))  # checked before the first request
