@@ -68,7 +68,8 @@ METHODS = ("auto", "gits", "dmn", "ld3", "search")
     "--refine-coefficients",
     is_flag=True,
     help="Fit the weights as --coefficients does, then move them all by gradient descent on the output's error "
-    "through the network (half the budget kept for it: give twice the budget; kept only where better on the held-out noise).",
+    "through the network (half the calls the teacher and the starts leave are kept for it, so give about twice the "
+    "budget; kept only where better on the held-out noise).",
 )
 @click.option(
     "--start",
