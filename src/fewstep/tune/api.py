@@ -404,13 +404,16 @@ def tune(
     report(f"{chosen}: {accounts.spent} calls")
     fit, refined_note = None, ""
     if coefficients:
+        fitting_budget = Budget(
+            limit - checks - 1, work.calls
+        )  # all but the held-out runs, for the fit and its refinement
         try:
-            fit = fitted(denoiser, solver_name, options, times, calib, teacher, Budget(limit - checks - 1, work.calls))
+            fit = fitted(denoiser, solver_name, options, times, calib, teacher, fitting_budget)
         except BudgetExhausted:
             pass
         report(f"coefficients: {'fitted' if fit else 'not fitted'}, {accounts.spent} calls")
         if fit is not None and coefficients == "refine":
-            moved, steps = refined(denoiser, fit, calib, teacher, Budget(limit - checks - 1, work.calls))
+            moved, steps = refined(denoiser, fit, calib, teacher, fitting_budget)
             fit, refined_note = moved, " refined" if moved is not fit else ""
             report(f"coefficients refined: {steps} steps, {accounts.spent} calls")
     # the held-out measurement of the result, its start and the default (the search's also on the calibration batch)

@@ -30,7 +30,7 @@ from ..model import Denoiser
 from ..prepare import as_denoiser
 from ..schedules import NoiseSchedule
 from ..spacing import Spacing, model_times
-from .budget import Budget
+from .budget import Budget, square_errors
 from .strata import KEEP, flag_hard
 from .teacher import solve_teacher
 
@@ -102,7 +102,7 @@ def hard_samples(
     def distances(solver: str, spacing: str | Spacing) -> Tensor:  # each sample's RMS distance to the teacher's
         with torch.no_grad():
             x = sample(denoiser, noise, solver=solver, nfe=nfe, spacing=spacing, progress=False)
-        distance = (x - teacher).to(torch.float64).flatten(1).pow(2).mean(1).sqrt()
+        distance = square_errors(x, teacher).sqrt()
         return torch.nan_to_num(distance, nan=math.inf)  # a diverged probe sample is a hard one (and ranks last)
 
     runs = [distances(solver, spacing) for solver, spacing in chosen]
