@@ -45,7 +45,7 @@ import fewstep
 from fewstep.bench.compare import _feasible_nfe, deterministic_solvers
 from fewstep.bench.metrics import rmse
 from fewstep.bench.targets import digits_target, learned_target, mixture_2d, mixture_nd, reference_solution_from_time
-from fewstep.spacing import DISCRETE_SPACINGS, SPACINGS
+from fewstep.spacing import CONTINUOUS_SPACINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "tuning.json"
@@ -100,7 +100,7 @@ def fixed_errors(case: dict[str, Any], noise: torch.Tensor, reference: torch.Ten
         spent = _feasible_nfe(solver, nfe, schedule, True)
         if spent is None:
             continue
-        for spacing in (s for s in SPACINGS if s not in DISCRETE_SPACINGS):
+        for spacing in CONTINUOUS_SPACINGS:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

@@ -62,6 +62,8 @@ SPACING_ALIASES = {
     "align_your_steps": "ays_sd15",
 }
 DISCRETE_SPACINGS = ("linspace", "leading", "trailing")
+#: The spacings defined on any schedule (every one but diffusers' discrete timesteps).
+CONTINUOUS_SPACINGS: tuple[str, ...] = tuple(s for s in SPACINGS if s not in DISCRETE_SPACINGS)
 #: The options of each spacing that has some, with their defaults (``linear_steps=None``: half the steps).
 SPACING_OPTIONS: dict[str, dict[str, float | int | None]] = {
     "karras": {"rho": 7.0},

@@ -29,14 +29,14 @@ from torch import Tensor
 
 from ..schedules import EDM, Flow
 from ..solvers import available
-from ..spacing import DISCRETE_SPACINGS, SPACINGS, Spacing, model_times
+from ..spacing import CONTINUOUS_SPACINGS, Spacing, model_times
 from .kdiffusion import CFG_PP_SAMPLERS, SAMPLERS, is_rectified_flow
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "FewstepSampler", "FewstepSigmas", "sigmas_for"]
 __all__ += ["FewstepCFGPPSampler"]
 
 #: The spacings offered on sigma grids (diffusers' discrete ones need a DDPM table).
-SIGMA_SPACINGS = [s for s in SPACINGS if s not in DISCRETE_SPACINGS]
+SIGMA_SPACINGS = list(CONTINUOUS_SPACINGS)
 
 
 def sigmas_for(

@@ -24,7 +24,7 @@ from ..model import Denoiser
 from ..prepare import as_denoiser, refuse_cfg_pp
 from ..schedules import NoiseSchedule
 from ..solvers import available, get_solver
-from ..spacing import DISCRETE_SPACINGS, SPACINGS, model_times
+from ..spacing import CONTINUOUS_SPACINGS, model_times
 from .backprop import check_backprop
 from .budget import LOSSES, Budget, BudgetExhausted, Objective, rmse_of
 from .coefficients import fitted, refined
@@ -67,7 +67,6 @@ CANDIDATE_SOLVERS = ("dpmpp_3m", "unipc_bh2", "ipndm", "gradient_estimation")
 #: The spacings every deterministic solver is scored on as starts, when the budget allows.
 COMMON_SPACINGS = ("logsnr", "time_quadratic")
 #: The spacings that give times for any number of steps (diffusers' discrete tables left out).
-CONTINUOUS_SPACINGS = tuple(s for s in SPACINGS if s not in DISCRETE_SPACINGS)
 
 #: The share of the budget the scoring of starts may take: with ``solver=None``, :data:`CANDIDATE_SOLVERS` on every
 #: continuous spacing and, when that fits too, every other deterministic solver (but DPM-Solver-v3, which needs its

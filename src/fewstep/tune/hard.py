@@ -29,7 +29,7 @@ from torch import Tensor
 from ..model import Denoiser
 from ..prepare import as_denoiser
 from ..schedules import NoiseSchedule
-from ..spacing import Spacing, model_times
+from ..spacing import CONTINUOUS_SPACINGS, Spacing, model_times
 from .budget import Budget, square_errors
 from .strata import KEEP, flag_hard
 from .teacher import solve_teacher
@@ -126,7 +126,7 @@ def _refusal(denoiser: Denoiser, nfe: int, solver: str, spacing: str | Spacing) 
 
 def _candidates(denoiser: Denoiser, nfe: int) -> list[tuple[str, str | Spacing]]:
     """The candidate probes that can run: :func:`fewstep.tune`'s start solvers, each on every continuous spacing."""
-    from .api import CONTINUOUS_SPACINGS, _start_names
+    from .api import _start_names
 
     pairs = [(n, sp) for n in dict.fromkeys(_start_names(denoiser, nfe, None)) for sp in CONTINUOUS_SPACINGS]
     return [(n, sp) for n, sp in pairs if _refusal(denoiser, nfe, n, sp) is None]
