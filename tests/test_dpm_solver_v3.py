@@ -20,6 +20,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from helpers import Counting
 from test_convergence import TARGETS, ode_flow, problem
 
 import fewstep
@@ -212,15 +213,6 @@ def test_ems_of_a_linear_gaussian_model_match_the_closed_form() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------ cache
-class Counting:
-    def __init__(self, model):
-        self.model, self.calls = model, 0
-
-    def __call__(self, x, t):
-        self.calls += 1
-        return self.model(x, t)
-
-
 def test_cache_round_trip_and_key_checks(tmp_path) -> None:
     target = mixture_2d("wide")
     data = target.sample(32, torch.Generator().manual_seed(0))

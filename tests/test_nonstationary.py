@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import Counting
 
 import fewstep
 from fewstep.bench.targets import mixture_2d, reference_solution_from_time
@@ -103,17 +104,8 @@ def test_a_stochastic_solver_has_no_linear_form() -> None:
         linear_form(get_solver("ddpm"), table)
 
 
-class CountingModel:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return MODEL(x, t)
-
-
 def test_bad_coefficients_are_refused_before_any_model_call() -> None:
-    counting = CountingModel()
+    counting = Counting(MODEL)
     x = noise(4, 2)
     with pytest.raises(ValueError, match=r"coefficients\[1\].*needs 3 numbers"):
         fewstep.sample(counting, x, SCHEDULE, "nonstationary", coefficients=[[1.0, 0.5], [1.0, 0.0]], nfe=2)
@@ -199,7 +191,7 @@ def test_a_fitted_sampler_saves_spends_its_nfe_and_beats_the_plain_one(
     fit.save(path)
     loaded = TunedSampler.load(path, model=MODEL, schedule=SCHEDULE)
     x = noise(512, 7) * float(SCHEDULE.sigma(SCHEDULE.t_max))
-    counting, calls = CountingModel(), fewstep.CallCount()
+    counting, calls = Counting(MODEL), fewstep.CallCount()
     ours = fewstep.sample(counting, x, SCHEDULE, solver=loaded, calls=calls)
     assert counting.calls == calls.nfe == 6
     assert torch.equal(ours, fewstep.sample(MODEL, x, SCHEDULE, solver=fit))

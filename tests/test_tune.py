@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import Counting
 
 import fewstep
 from fewstep.bench.targets import mixture_2d, reference_solution
@@ -23,17 +24,6 @@ TARGET = mixture_2d()
 MODEL = TARGET.model(SCHEDULE, "epsilon")
 #: Small enough to run in a few seconds: a 40-time teacher (120 calls), 32 calibration and 32 held-out samples.
 QUICK = {"shape": (2,), "calibration": 32, "holdout": 32, "grid": 40, "budget": 600, "seed": 0}
-
-
-class CountingModel:
-    """The mixture's exact epsilon network, counting its calls (independently of fewstep's own count)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return MODEL(x, t)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +95,7 @@ def test_logits_give_decreasing_times_in_range(schedule: fewstep.NoiseSchedule) 
 
 
 def test_tuned_sampler_spends_exactly_its_nfe(tuned: TunedSampler) -> None:
-    counting = CountingModel()
+    counting = Counting(MODEL)
     calls = fewstep.CallCount()
     fewstep.sample(counting, noise(8, 1), SCHEDULE, solver=tuned, calls=calls)
     assert counting.calls == calls.nfe == tuned.nfe == 5
@@ -188,7 +178,7 @@ def test_parameter_fingerprint_tells_modules_apart() -> None:
 
 
 def test_budget_is_respected() -> None:
-    counting = CountingModel()
+    counting = Counting(MODEL)
     result = fewstep.tune(counting, SCHEDULE, nfe=6, method="dmn", **{**QUICK, "budget": 400})
     assert counting.calls == result.calls <= 400
     assert result.teacher["calls"] <= 3 * QUICK["grid"]
