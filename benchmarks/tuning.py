@@ -149,6 +149,7 @@ def measure(
             cell["methods"][method] = {
                 "rmse": value, "ratio": value / fixed[best], "calls": tuned.calls, "seconds": seconds,
                 "solver": tuned.solver, "start": tuned.start, "times": tuned.times, "errors": tuned.errors,
+                "batches": batches,
             }  # fmt: skip
             print(f"{name} NFE {nfe} {method}: ratio {value / fixed[best]:.3f} ({tuned.calls} calls, {seconds:.0f} s)",
                   flush=True)  # fmt: skip
