@@ -66,7 +66,6 @@ CANDIDATE_SOLVERS = ("dpmpp_3m", "unipc_bh2", "ipndm", "gradient_estimation")
 
 #: The spacings every deterministic solver is scored on as starts, when the budget allows.
 COMMON_SPACINGS = ("logsnr", "time_quadratic")
-#: The spacings that give times for any number of steps (diffusers' discrete tables left out).
 
 #: The share of the budget the scoring of starts may take: with ``solver=None``, :data:`CANDIDATE_SOLVERS` on every
 #: continuous spacing and, when that fits too, every other deterministic solver (but DPM-Solver-v3, which needs its
