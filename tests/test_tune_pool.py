@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_tune import CountingModel  # the same mixture's exact network, counting its calls
+from helpers import Counting
 
 import fewstep
 from fewstep.bench.targets import mixture_2d, reference_solution
@@ -130,12 +130,12 @@ def test_every_optimisers_error_weighs_the_samples(four: dict[str, Any]) -> None
 
 @pytest.mark.parametrize("method", ["dmn", "gits", "ld3", "auto"])
 def test_tune_with_a_pool_spends_its_budget_and_exactly_nfe(method: str) -> None:
-    counting = CountingModel()
+    counting = Counting(MODEL)
     tuned = fewstep.tune(counting, SCHEDULE, nfe=6, method=method, pool=512, **{**QUICK, "budget": 600})
     assert counting.calls <= tuned.calls <= 600  # LD3's backward passes count as calls too
     assert counting.calls == tuned.calls or method == "ld3"
     assert tuned.start["pool"] == 512 and 0 < tuned.start["pool_hard"] < 512
-    again, calls = CountingModel(), fewstep.CallCount()
+    again, calls = Counting(MODEL), fewstep.CallCount()
     fewstep.sample(again, noise(16, 9), SCHEDULE, solver=tuned, calls=calls)
     assert again.calls == calls.nfe == tuned.nfe == 6
 
@@ -161,7 +161,7 @@ def test_tune_with_a_pool_beats_its_start_on_fresh_noise_against_the_exact_solut
     ],
 )
 def test_bad_pool_is_refused_before_any_model_call(options: dict[str, Any], match: str) -> None:
-    counting = CountingModel()
+    counting = Counting(MODEL)
     with pytest.raises(ValueError, match=match):
         fewstep.tune(counting, SCHEDULE, nfe=6, **{**QUICK, **options})
     assert counting.calls == 0
