@@ -26,6 +26,8 @@ and the table, with the cells of every other ``benchmarks/results/tuning*.json``
 markers. Usage: ``python benchmarks/tuning.py [--fresh] [--targets default,nd64] [--methods auto,gits]
 [--nfes 5,6,8,10] [--calibration 256] [--holdout 1024] [--budget 2000] [--results PATH] [--no-write]``. One CPU
 thread; about an hour in all on an idle machine (the digits UNet's first use trains it, a few minutes).
+``--fixed-selection`` only checks the baseline: per cell, the best fixed configuration chosen on another draw of
+as many samples (seed 2), and its RMSE on the held-out noise over the best there (a table; nothing is written).
 """
 
 from __future__ import annotations
@@ -115,6 +117,41 @@ def fixed_errors(case: dict[str, Any], noise: torch.Tensor, reference: torch.Ten
     return out
 
 
+def held_out_noise(case: dict[str, Any], count: int, seed: int) -> torch.Tensor:
+    """``count`` samples of ``sigma(t_max) N(0, I)`` from ``seed`` (the measurement's: seed 1)."""
+    schedule = case["schedule"]
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(count, case["dim"], generator=gen, dtype=torch.float64) * float(schedule.sigma(schedule.t_max))
+
+
+def fixed_selection(names: list[str], holdout: int, nfes: tuple[int, ...]) -> str:
+    """How much the best fixed configuration gains from being chosen on the very noise it is scored on: per cell, the
+    best on the measurement's held-out noise (seed 1), the best on as many other samples (seed 2) with its RMSE there,
+    and its RMSE on the measurement's noise over the former's (1: the same configuration)."""
+    out = [
+        "| target | NFE | best fixed (on the scored noise) | RMSE | best fixed on other noise | its RMSE there | its RMSE "
+        "on the scored noise / best |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in names:
+        case = make_case(name)
+        if case is None:
+            continue
+        count = min(holdout, HELD_OUT_COSTLY.get(name, holdout))
+        scored, other = held_out_noise(case, count, 1), held_out_noise(case, count, 2)
+        scored_reference, other_reference = case["reference"](scored), case["reference"](other)
+        for nfe in nfes:
+            on_scored = fixed_errors(case, scored, scored_reference, nfe)
+            on_other = fixed_errors(case, other, other_reference, nfe)
+            best, chosen = min(on_scored, key=on_scored.__getitem__), min(on_other, key=on_other.__getitem__)
+            out.append(
+                f"| {name} | {nfe} | {best.replace('|', ', ')} | {on_scored[best]:.4g} | {chosen.replace('|', ', ')} "
+                f"| {on_other[chosen]:.4g} | {on_scored[chosen] / on_scored[best]:.3f} |"
+            )
+            print(out[-1], flush=True)
+    return "\n".join(out)
+
+
 def measure(
     name: str, methods: list[str], calibration: int, holdout: int, budget: int, nfes: tuple[int, ...] = NFES
 ) -> dict[str, Any] | None:
@@ -122,10 +159,7 @@ def measure(
     if case is None:
         return None
     schedule = case["schedule"]
-    gen = torch.Generator().manual_seed(1)
-    noise = torch.randn(
-        min(holdout, HELD_OUT_COSTLY.get(name, holdout)), case["dim"], generator=gen, dtype=torch.float64
-    ) * float(schedule.sigma(schedule.t_max))
+    noise = held_out_noise(case, min(holdout, HELD_OUT_COSTLY.get(name, holdout)), 1)
     reference = case["reference"](noise)
     cells: dict[str, Any] = {}
     for nfe in nfes:
@@ -248,8 +282,15 @@ def main() -> None:
     parser.add_argument("--nfes", default=",".join(map(str, NFES)), help="the NFEs measured (default 5,6,8,10)")
     parser.add_argument("--results", default=str(RESULTS), help="the JSON file of the measurements (resumed from)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not rewrite docs/tuning.md")
+    parser.add_argument(
+        "--fixed-selection", action="store_true",
+        help="only check the baseline: the best fixed configuration chosen on other noise, scored on the held-out noise",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.fixed_selection:
+        print(fixed_selection(args.targets.split(","), args.holdout, tuple(int(v) for v in args.nfes.split(","))))
+        return
     results: dict[str, Any] = {}
     store = Path(args.results)
     if store.exists() and not args.fresh:
