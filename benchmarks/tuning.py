@@ -124,15 +124,16 @@ def held_out_noise(case: dict[str, Any], count: int, seed: int) -> torch.Tensor:
     return torch.randn(count, case["dim"], generator=gen, dtype=torch.float64) * float(schedule.sigma(schedule.t_max))
 
 
-def fixed_selection(names: list[str], holdout: int, nfes: tuple[int, ...]) -> str:
+def fixed_selection(names: list[str], holdout: int, nfes: tuple[int, ...]) -> None:
     """How much the best fixed configuration gains from being chosen on the very noise it is scored on: per cell, the
     best on the measurement's held-out noise (seed 1), the best on as many other samples (seed 2) with its RMSE there,
-    and its RMSE on the measurement's noise over the former's (1: the same configuration)."""
-    out = [
+    and its RMSE on the measurement's noise over the former's (1: the same configuration). Prints a table, a row as
+    each cell is measured."""
+    print(
         "| target | NFE | best fixed (on the scored noise) | RMSE | best fixed on other noise | its RMSE there | its RMSE "
-        "on the scored noise / best |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+        "on the scored noise / best |\n| --- | --- | --- | --- | --- | --- | --- |",
+        flush=True,
+    )
     for name in names:
         case = make_case(name)
         if case is None:
@@ -144,12 +145,11 @@ def fixed_selection(names: list[str], holdout: int, nfes: tuple[int, ...]) -> st
             on_scored = fixed_errors(case, scored, scored_reference, nfe)
             on_other = fixed_errors(case, other, other_reference, nfe)
             best, chosen = min(on_scored, key=on_scored.__getitem__), min(on_other, key=on_other.__getitem__)
-            out.append(
+            print(
                 f"| {name} | {nfe} | {best.replace('|', ', ')} | {on_scored[best]:.4g} | {chosen.replace('|', ', ')} "
-                f"| {on_other[chosen]:.4g} | {on_scored[chosen] / on_scored[best]:.3f} |"
+                f"| {on_other[chosen]:.4g} | {on_scored[chosen] / on_scored[best]:.3f} |",
+                flush=True,
             )
-            print(out[-1], flush=True)
-    return "\n".join(out)
 
 
 def measure(
@@ -289,7 +289,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.fixed_selection:
-        print(fixed_selection(args.targets.split(","), args.holdout, tuple(int(v) for v in args.nfes.split(","))))
+        fixed_selection(args.targets.split(","), args.holdout, tuple(int(v) for v in args.nfes.split(",")))
         return
     results: dict[str, Any] = {}
     store = Path(args.results)

@@ -402,9 +402,8 @@ def tune(
     report(f"{chosen}: {accounts.spent} calls")
     fit, refined_note = None, ""
     if coefficients:
-        fitting_budget = Budget(
-            limit - checks - 1, work.calls
-        )  # all but the held-out runs, for the fit and its refinement
+        # all but the held-out runs, for the fit and its refinement
+        fitting_budget = Budget(limit - checks - 1, work.calls)
         try:
             fit = fitted(denoiser, solver_name, options, times, calib, teacher, fitting_budget)
         except BudgetExhausted:
