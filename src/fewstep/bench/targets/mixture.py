@@ -140,30 +140,36 @@ class GaussianMixture:
             )
         return self._cache[device]
 
-    def denoise(self, x: Tensor, alpha: float | Tensor, sigma: float | Tensor) -> tuple[Tensor, Tensor]:
+    def denoise(
+        self, x: Tensor, alpha: float | Tensor, sigma: float | Tensor, *, differentiable: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """The exact ``(E[x0 | x_t = x], E[eps | x_t = x])`` for ``x_t = alpha x0 + sigma eps``.
 
         ``x`` has shape (B, D) or (B, *shape) with prod(shape) = D; ``alpha``, ``sigma`` are numbers or
         tensors with 1 or B elements (alpha, sigma >= 0, not both 0). Returns float64 tensors shaped like
-        ``x``, on ``x``'s device (computed there when it supports float64, else on the CPU).
+        ``x``, on ``x``'s device (computed there when it supports float64, else on the CPU). The answers are
+        detached from ``x``, ``alpha`` and ``sigma`` unless ``differentiable``: then autograd follows them.
         """
         x = torch.as_tensor(x)
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
             raise ValueError(f"x: need shape (B, D) or (B, *shape) with D = {self.dim}, got {tuple(x.shape)}")
         dev = _compute_device(x.device)
         b = x.shape[0]
-        xf = x.detach().to(device=dev, dtype=torch.float64).reshape(b, self.dim)
+        xf = (x if differentiable else x.detach()).to(device=dev, dtype=torch.float64).reshape(b, self.dim)
         a, s = self._level(alpha, "alpha", b, dev), self._level(sigma, "sigma", b, dev)
+        if not differentiable:
+            a, s = a.detach(), s.detach()
         if bool(torch.any((a == 0) & (s == 0))):
             raise ValueError("alpha, sigma: not both 0 (x_t would carry no information and no noise)")
         mu, std, log_w = self._params(dev)
         rows = max(1, CHUNK_ELEMENTS // (self.num_components * (self.dim if self._direct else 4)))
-        x0, eps = torch.empty_like(xf), torch.empty_like(xf)
-        for i in range(0, b, rows):
+        blocks = []  # concatenated, not written into a buffer: autograd follows them when differentiable
+        for i in range(0, max(b, 1), rows):
             j = slice(i, i + rows)
             aj = a if a.shape[0] == 1 else a[j]
             sj = s if s.shape[0] == 1 else s[j]
-            x0[j], eps[j] = self._denoise_block(xf[j], aj, sj, mu, std, log_w)
+            blocks.append(self._denoise_block(xf[j], aj, sj, mu, std, log_w))
+        x0, eps = (torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*blocks, strict=True))
         return x0.reshape(x.shape).to(x.device), eps.reshape(x.shape).to(x.device)
 
     def _level(self, value: float | Tensor, name: str, batch: int, device: torch.device) -> Tensor:
@@ -203,13 +209,15 @@ class GaussianMixture:
         dtype: torch.dtype | None = None,
         *,
         time_input: str | None = None,
+        differentiable: bool = False,
     ) -> MixtureModel:
         """This mixture's exact denoiser as a network ``model(x, time)`` predicting ``prediction``.
 
         ``time`` is a scalar or a (B,) tensor in the ``time_input`` convention (default: the schedule's
         ``default_time_input``, what fewstep passes with ``time_input="auto"``): ``"t"`` the schedule time,
         ``"sigma"`` = sigma/alpha = exp(-lambda), ``"index"`` a DiscreteVP's fractional training index.
-        The output is cast to ``dtype`` (default: ``x``'s dtype) on ``x``'s device.
+        The output is cast to ``dtype`` (default: ``x``'s dtype) on ``x``'s device. It is detached from ``x``
+        and ``time`` unless ``differentiable``: then autograd follows it into both, as through a trained network.
         """
         check_prediction(prediction)
         time_input = schedule.default_time_input if time_input is None else time_input
@@ -217,7 +225,7 @@ class GaussianMixture:
             raise ValueError(f"time_input: choose one of {', '.join(TIME_INPUTS)}, got {time_input!r}")
         if time_input == "index" and not isinstance(schedule, DiscreteVP):
             raise ValueError("time_input: 'index' needs a DiscreteVP schedule")
-        return MixtureModel(self, schedule, prediction, time_input, dtype)
+        return MixtureModel(self, schedule, prediction, time_input, dtype, differentiable)
 
     def __repr__(self) -> str:
         s_lo, s_hi = float(self.stds.min()), float(self.stds.max())
@@ -235,10 +243,13 @@ class MixtureModel:
     prediction: str
     time_input: str
     dtype: torch.dtype | None = None
+    #: autograd follows the output into ``x`` and ``time`` (else both are detached)
+    differentiable: bool = False
 
     def schedule_time(self, time: Tensor | float) -> Tensor:
         """Schedule time t (float64, CPU) of the model's time input."""
-        u = torch.as_tensor(time).detach().to(device="cpu", dtype=torch.float64)
+        u = torch.as_tensor(time)
+        u = (u if self.differentiable else u.detach()).to(device="cpu", dtype=torch.float64)
         if self.time_input == "sigma":
             return self.schedule.t_of_lambda(-torch.log(u))
         if self.time_input == "index":
@@ -252,7 +263,10 @@ class MixtureModel:
         if t.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"time: need a scalar or {x.shape[0]} values, got {t.shape[0]}")
         a, s, da, ds = sched.alpha(t), sched.sigma(t), sched.dalpha(t), sched.dsigma(t)
-        x0, eps = self.target.denoise(x, a, s)
+        # (other targets reuse this class with a denoise of the detached signature only)
+        x0, eps = (
+            self.target.denoise(x, a, s, differentiable=True) if self.differentiable else self.target.denoise(x, a, s)
+        )
         shape = (-1,) + (1,) * (x.ndim - 1)
         a, s, da, ds = (v.to(x0.device).reshape(shape) for v in (a, s, da, ds))
         out = output_from(self.prediction, x0, eps, a, s, da, ds)  # type: ignore[arg-type]  # tensors broadcast
