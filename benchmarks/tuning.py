@@ -19,8 +19,9 @@ where this fewstep has it, the learned digits UNet) on its VP schedule, and each
   noise, the ratio to the best fixed one, its network calls and seconds. ``coefficients`` is ``auto`` with
   ``coefficients=True``; ``stratified`` is that on a stratified batch of 2,048 drawn from a pool of 16,384
   (``pool=``; 1,024 from 4,096 on the digits mixture, whose calls on large batches are the slowest), with 2,048
-  (1,024) held-out samples in the tuning; ``refined`` is ``stratified`` with ``coefficients="refine"`` (the fitted
-  weights moved end to end through the network; docs/tuning.md measures it with ``--budget 4000``).
+  (1,024) held-out samples in the tuning; ``refined`` is ``stratified`` with ``coefficients="refine"`` (``auto`` then
+  moves the best start's times by GITS and Nelder-Mead, and its fitted weights end to end through the network), and
+  ``search_refined`` the same with ``method="search"`` (the per-step search before the refinement).
 
 The measurements go to ``benchmarks/results/tuning.json`` (or ``--results``; resumed from: ``--fresh`` starts over)
 and the table, with the cells of every other ``benchmarks/results/tuning*.json``, into docs/tuning.md between its
@@ -56,8 +57,11 @@ DOC = ROOT / "docs" / "tuning.md"
 NFES = (5, 6, 8, 10)
 #: ``coefficients``: ``auto`` with ``coefficients=True`` (the fitted non-stationary form of its result);
 #: ``stratified``: ``coefficients`` on a stratified calibration batch drawn from a pool (``pool=``, docs/tuning.md);
-#: ``refined``: that with ``coefficients="refine"``
-METHODS = ("auto", "gits", "dmn", "ld3", "coefficients", "stratified", "refined")
+#: ``refined``: that with ``coefficients="refine"`` (``auto`` is then GITS and the refinement); ``search_refined``:
+#: ``refined`` with ``method="search"`` (the per-step search before the refinement)
+METHODS = ("auto", "gits", "dmn", "ld3", "coefficients", "stratified", "refined", "search_refined")
+#: the methods tuned on a stratified batch from a pool
+POOLED = ("stratified", "refined", "search_refined")
 TARGETS = ("default", "nd64", "digits", "learned", "digits_unet")
 HELD_OUT = 1024
 #: targets whose reference is costly: at most this many held-out samples
@@ -171,13 +175,14 @@ def measure(
         for method in methods:
             start = time.perf_counter()
             batches: dict[str, Any] = {"calibration": calibration, "holdout": calibration}
-            if method in ("stratified", "refined"):
+            if method in POOLED:
                 pool, size = POOL_COSTLY.get(name, (POOL, POOL_CALIBRATION))
                 batches = {"pool": pool, "calibration": size, "holdout": size}
             tuned = fewstep.tune(
                 case["model"], schedule, nfe=nfe, shape=(case["dim"],), budget=budget, prediction=case["prediction"],
-                method="auto" if method in ("coefficients", "stratified", "refined") else method, seed=0,
-                coefficients="refine" if method == "refined" else method in ("coefficients", "stratified"), **batches,
+                method={"search_refined": "search", "gits": "gits", "dmn": "dmn", "ld3": "ld3"}.get(method, "auto"),
+                seed=0, coefficients="refine" if method.endswith("refined") else method in ("coefficients", "stratified"),
+                **batches,
             )  # fmt: skip
             seconds = time.perf_counter() - start
             x = fewstep.sample(case["model"], noise, schedule, solver=tuned, prediction=case["prediction"])
@@ -207,6 +212,8 @@ def table(results: dict[str, Any]) -> str:
     paired: list[float] = []  # auto's ratio in the cells measured with fitted coefficients
     pooled: list[float] = []  # the stratified tuning's, and coefficients' in the same cells
     unpooled: list[float] = []
+    refined: list[float] = []  # the refined tuning's, and the stratified tuning's in the same cells
+    searched: list[float] = []
     for name in TARGETS:
         for nfe in NFES:
             cell = results.get(name, {}).get(str(nfe))
@@ -222,6 +229,10 @@ def table(results: dict[str, Any]) -> str:
             if "stratified" in runs:
                 pooled.append(runs["stratified"]["ratio"])
                 unpooled.append(runs.get("coefficients", {}).get("ratio", math.nan))
+            if "refined" in runs:
+                refined.append(runs["refined"]["ratio"])
+                if "stratified" in runs:
+                    searched.append(runs["stratified"]["ratio"])
             out.append(
                 f"| {name} | {nfe} | {cell['best_fixed'].replace('|', ', ')} | {cell['best_fixed_rmse']:.4g} | "
                 f"{auto.get('rmse', math.nan):.4g} | "
@@ -247,6 +258,18 @@ def table(results: dict[str, Any]) -> str:
             f"{statistics.median(pooled):.2f}, worst {max(pooled):.2f}, best {min(pooled):.2f}; `coefficients` in the "
             f"same cells: median {statistics.median(unpooled):.2f}, worst {max(unpooled):.2f}, best "
             f"{min(unpooled):.2f}."
+        )
+    if refined:
+        above = sum(r > 0.7 for r in refined)
+        out.append(
+            f"With the refined weights (`refined`, {len(refined)} cells): median {statistics.median(refined):.2f}, "
+            f"worst {max(refined):.2f}, best {min(refined):.2f}, {above} cell{'' if above == 1 else 's'} above 0.7"
+            + (
+                f"; `stratified` in the {len(searched)} of them where it was measured: median "
+                f"{statistics.median(searched):.2f}, worst {max(searched):.2f}, best {min(searched):.2f}."
+                if searched
+                else "."
+            )
         )
     return "\n".join(out)
 

@@ -62,7 +62,10 @@ DIVERGE_AT_FEW_STEPS = {
 #: 0.002): first-order SDE steps and Heun's final Euler step overshoot there (docs/solvers.md, "Divergence").
 #: dpm_2_ancestral: its noise-prediction step down to sigma_down (a lambda-step longer than the grid's) overshoots from
 #: nearly pure noise (alpha(t_max) near 0) when the spacing makes the first steps long (karras, exponential, AYS).
-OVERSHOOT_OFF_LOGSNR = {"euler_maruyama", "dpm_solver_1_sde", "heun", "edm_sde", "dpm_2_ancestral"}
+#: conjugate_ddim: the factor 1 + O(du^2) of its step multiplies y = x / alpha, which is some 600 times x at the
+#: start of the trigonometric interpolant stopped at t_max = 0.999 (alpha = 0.0016); a long first step in u (karras,
+#: exponential) leaves that much of it uncancelled (10 data radii exceeded 2x and 3.6x at NFE 10; logSNR: within).
+OVERSHOOT_OFF_LOGSNR = {"euler_maruyama", "dpm_solver_1_sde", "heun", "edm_sde", "dpm_2_ancestral", "conjugate_ddim"}
 
 
 def pure_noise_start(schedule: NoiseSchedule) -> bool:

@@ -20,38 +20,17 @@ from fewstep.tune.teacher import Teacher, solve_teacher
 SCHEDULE = fewstep.VP()
 TARGET = mixture_2d()
 SCALE = float(SCHEDULE.sigma(SCHEDULE.t_max))
-MEANS = TARGET.means.to(torch.float64)
-STDS = torch.as_tensor(TARGET.stds, dtype=torch.float64).reshape(-1)
-LOG_WEIGHTS = torch.log(torch.as_tensor(TARGET.weights, dtype=torch.float64).reshape(-1))
-
-
-class DifferentiableMixture:
-    """The default 2-D mixture's exact epsilon-prediction, written so that autograd follows its input (the embedded
-    target's network detaches it)."""
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1)
-        a, s = SCHEDULE.alpha(t), SCHEDULE.sigma(t)
-        v = a**2 * STDS**2 + s**2  # (B, K): each component's variance at t
-        diff = x[:, None, :] - a[:, :, None] * MEANS  # (B, K, 2)
-        logits = LOG_WEIGHTS - torch.log(v) - diff.square().sum(-1) / (2 * v)
-        r = torch.softmax(logits, dim=1)
-        x0 = (r[:, :, None] * (MEANS + (a * STDS**2 / v)[:, :, None] * diff)).sum(1)
-        return (x - a * x0) / s
+#: the default 2-D mixture's exact epsilon-prediction, differentiable in its input (as a trained network is)
+DIFFERENTIABLE = TARGET.model(SCHEDULE, "epsilon", differentiable=True)
 
 
 def noise(n: int, seed: int) -> torch.Tensor:
     return SCALE * torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def test_the_differentiable_mixture_is_the_embedded_one() -> None:
-    x, t = noise(16, 5), torch.full((16,), 0.4, dtype=torch.float64)
-    assert torch.allclose(DifferentiableMixture()(x, t), TARGET.model(SCHEDULE, "epsilon")(x, t), rtol=1e-9, atol=1e-12)
-
-
 @pytest.fixture(scope="module")
 def case() -> dict[str, Any]:
-    denoiser = Denoiser(DifferentiableMixture(), SCHEDULE)
+    denoiser = Denoiser(DIFFERENTIABLE, SCHEDULE)
     calib = noise(128, 1)
     teacher = solve_teacher(denoiser, calib, Budget(1000), 40)
     times = fewstep.spacing.model_times(SCHEDULE, 5, "logsnr").numpy()
@@ -105,21 +84,27 @@ def test_refining_weighs_the_samples(case: dict[str, Any]) -> None:
         assert np.allclose(row, row_alone, rtol=1e-7, atol=1e-10)
 
 
-def test_tune_refines_and_spends_exactly_nfe() -> None:
-    model = Counting(DifferentiableMixture())
+@pytest.mark.parametrize("method", ["auto", "search"])
+def test_tune_refines_and_spends_exactly_nfe(method: str) -> None:
+    """``auto`` moves the best start's times (GITS, Nelder-Mead) before the refinement (docs/tuning.md measures it
+    against the per-step search first); ``search`` searches the per-step choices first."""
+    model = Counting(DIFFERENTIABLE)
     options: dict[str, Any] = {"shape": (2,), "calibration": 128, "holdout": 128, "grid": 40, "seed": 0}
-    tuned = fewstep.tune(model, SCHEDULE, nfe=5, budget=900, coefficients="refine", **options)
+    tuned = fewstep.tune(model, SCHEDULE, nfe=5, budget=900, method=method, coefficients="refine", **options)
     assert model.calls <= tuned.calls <= 900
+    assert tuned.method.startswith("gits+dmn" if method == "auto" else "search")
     assert "coefficients_holdout" in tuned.errors
     if tuned.solver == "nonstationary":
         assert tuned.method.endswith("coefficients")
+    elif method == "search":
+        assert tuned.solver == "per_step" or tuned.method.endswith("(start kept)")
     calls = fewstep.CallCount()
     x = fewstep.sample(model, noise(8, 9), SCHEDULE, solver=tuned, calls=calls)
     assert x.shape == (8, 2) and bool(torch.isfinite(x).all()) and calls.network == 5
 
 
 def test_a_bad_coefficients_option_is_refused_before_any_model_call() -> None:
-    model = Counting(DifferentiableMixture())
+    model = Counting(DIFFERENTIABLE)
     with pytest.raises(ValueError, match="coefficients: choose True, False or 'refine'"):
         fewstep.tune(model, SCHEDULE, nfe=5, shape=(2,), coefficients="end_to_end")
     assert model.calls == 0

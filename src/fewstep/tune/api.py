@@ -236,8 +236,9 @@ def tune(
             on the final error), ``"ld3"`` (gradient descent on the times through the differentiable run, with LD3's
             soft-teacher slack; simultaneous-perturbation gradients where the run has no time gradient),
             ``"search"`` (the per-step solver search of ``fewstep.tune.search``), or ``"auto"``: with
-            ``solver=None`` the search where this fewstep has it, else GITS, then :data:`AUTO_REFINE` from the
-            better of GITS and the best fixed spacing (docs/tuning.md has the measurements).
+            ``solver=None`` and without ``coefficients="refine"``, the search where this fewstep has it; else GITS,
+            then :data:`AUTO_REFINE` from the better of GITS and the best fixed spacing, on the best start's solver
+            (docs/tuning.md has the measurements).
         budget: the most network calls the tuning spends, teacher included (a batched call is one call; a backward
             pass is one call).
         solver: the solver name to tune the times of; None: the best on the calibration batch of the measured
@@ -375,7 +376,9 @@ def tune(
     objective.best, objective.best_rmse = (start_loss, start_times), start_error
     options: dict[str, Any] = {}
     chosen = method
-    if method == "auto" and solver is None and _has_search():  # measured best where it exists (docs/tuning.md)
+    # measured best (docs/tuning.md): the search where this fewstep has it; with refined weights GITS and Nelder-Mead
+    # on the best start's solver, then the weights
+    if method == "auto" and solver is None and _has_search() and coefficients != "refine":
         method, chosen = "search", "auto (search)"
     if method == "search":
         search_start = start_times if len(start_times) == nfe else model_times(sched, nfe, start_spacing).numpy()
