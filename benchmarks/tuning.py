@@ -7,9 +7,9 @@ where this fewstep has it, the learned digits UNet) on its VP schedule, and each
   of ``sigma(t_max) N(0, I)`` from seed 1 (the tuning draws its own calibration and held-out batches from seed 0),
   and its reference: the exact probability-flow ODE solution for the mixtures, the network's own tight solve
   (``reference``) for the learned targets. The mixtures' exact denoisers are built ``differentiable``, so that the
-  gradient methods get the whole gradient through the run, as through a trained network. The RMSE of a few steps on these targets is dominated by the few samples
-  that land in another mode; 256 samples, used before, left the minimum over some 400 fixed configurations
-  biased towards the configuration that happened to move none of them;
+  gradient methods get the whole gradient through the run, as through a trained network. The RMSE of a few steps
+  on these targets is dominated by the few samples that land in another mode; 256 samples, used before, left the
+  minimum over some 400 fixed configurations biased towards the configuration that happened to move none of them;
 - the best fixed configuration: the lowest RMSE against the reference of every deterministic fewstep solver on
   every continuous spacing (at the largest NFE <= asked the solver can spend, as benchmarks/defaults.py does);
 - each tuning method (``auto``, ``gits``, ``dmn``, ``ld3``) with a calibration batch and a held-out batch (on which
@@ -57,8 +57,8 @@ DOC = ROOT / "docs" / "tuning.md"
 NFES = (5, 6, 8, 10)
 #: ``coefficients``: ``auto`` with ``coefficients=True`` (the fitted non-stationary form of its result);
 #: ``stratified``: ``coefficients`` on a stratified calibration batch drawn from a pool (``pool=``, docs/tuning.md);
-#: ``refined``: that with ``coefficients="refine"`` (``auto`` is then GITS and the refinement); ``search_refined``:
-#: ``refined`` with ``method="search"`` (the per-step search before the refinement)
+#: ``refined``: that with ``coefficients="refine"`` (``auto`` is then GITS, Nelder-Mead and the refinement);
+#: ``search_refined``: ``refined`` with ``method="search"`` (the per-step search before the refinement)
 METHODS = ("auto", "gits", "dmn", "ld3", "coefficients", "stratified", "refined", "search_refined")
 #: the methods tuned on a stratified batch from a pool
 POOLED = ("stratified", "refined", "search_refined")
@@ -181,8 +181,8 @@ def measure(
             tuned = fewstep.tune(
                 case["model"], schedule, nfe=nfe, shape=(case["dim"],), budget=budget, prediction=case["prediction"],
                 method={"search_refined": "search", "gits": "gits", "dmn": "dmn", "ld3": "ld3"}.get(method, "auto"),
-                seed=0, coefficients="refine" if method.endswith("refined") else method in ("coefficients", "stratified"),
-                **batches,
+                seed=0, **batches,
+                coefficients="refine" if method.endswith("refined") else method in ("coefficients", "stratified"),
             )  # fmt: skip
             seconds = time.perf_counter() - start
             x = fewstep.sample(case["model"], noise, schedule, solver=tuned, prediction=case["prediction"])
