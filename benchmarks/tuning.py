@@ -60,6 +60,13 @@ NFES = (5, 6, 8, 10)
 #: ``refined``: that with ``coefficients="refine"`` (``auto`` is then GITS, Nelder-Mead and the refinement);
 #: ``search_refined``: ``refined`` with ``method="search"`` (the per-step search before the refinement)
 METHODS = ("auto", "gits", "dmn", "ld3", "coefficients", "stratified", "refined", "search_refined")
+#: the ``fewstep.tune`` options of the composite methods (the others are ``tune``'s method of the same name)
+COMPOSITE: dict[str, dict[str, Any]] = {
+    "coefficients": {"method": "auto", "coefficients": True},
+    "stratified": {"method": "auto", "coefficients": True},
+    "refined": {"method": "auto", "coefficients": "refine"},
+    "search_refined": {"method": "search", "coefficients": "refine"},
+}
 #: the methods tuned on a stratified batch from a pool
 POOLED = ("stratified", "refined", "search_refined")
 TARGETS = ("default", "nd64", "digits", "learned", "digits_unet")
@@ -178,11 +185,10 @@ def measure(
             if method in POOLED:
                 pool, size = POOL_COSTLY.get(name, (POOL, POOL_CALIBRATION))
                 batches = {"pool": pool, "calibration": size, "holdout": size}
+            options = COMPOSITE.get(method, {"method": method, "coefficients": False})
             tuned = fewstep.tune(
                 case["model"], schedule, nfe=nfe, shape=(case["dim"],), budget=budget, prediction=case["prediction"],
-                method={"search_refined": "search", "gits": "gits", "dmn": "dmn", "ld3": "ld3"}.get(method, "auto"),
-                seed=0, **batches,
-                coefficients="refine" if method.endswith("refined") else method in ("coefficients", "stratified"),
+                seed=0, **options, **batches,
             )  # fmt: skip
             seconds = time.perf_counter() - start
             x = fewstep.sample(case["model"], noise, schedule, solver=tuned, prediction=case["prediction"])
